@@ -1,0 +1,198 @@
+"""Locality-dial attention (DESIGN §2): two query/key channels per head, a monotone cross-block
+barrier b(λ_f) = β·log(1−λ_f), a temperature τ and an anchor bias γ.
+
+    s(t,j) = q_in(t)·k_in(j)/√d_h                 if blk(j) = blk(t)
+    s(t,j) = q_x(t)·k_x(j)/√d_h + b(λ_f)          otherwise (masked outright at λ_f = 1)
+    s(t,j) += γ·[j is an anchor of blk(t)]
+    α(t,·) = softmax(s(t,·)/τ) over the visible keys j ≤ t
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import RULE_STRENGTH_RANGE, TEMPERATURE_RANGE, ModelConfig
+
+
+class HookPoint(nn.Module):
+    """An identity module; its module path is its hook name (``blocks.0.attn.hook_pattern``)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x
+
+
+class DialNotice(UserWarning):
+    """A dial value was out of range and has been clamped."""
+
+
+@dataclass(frozen=True)
+class Dial:
+    """The inference-time settings: locality λ_f, temperature τ and rule strength γ."""
+
+    locality: float = 0.0
+    attn_temperature: float = 1.0
+    rule_strength: float = 0.0
+
+
+def resolve_dial(locality: float = 0.0, attn_temperature: float = 1.0,
+                 rule_strength: float = 0.0) -> tuple[Dial, list[str]]:
+    """Validate and clamp dial values; return the dial and the notices a user should see.
+
+    NaN is refused (there is no sensible value to clamp it to); ±inf and out-of-range values
+    are clamped to the nearest edge, each with a notice.
+    """
+    notices: list[str] = []
+    values = {}
+    spec = {
+        "locality": ("λ", locality, (0.0, 1.0)),
+        "attn_temperature": ("τ", attn_temperature, TEMPERATURE_RANGE),
+        "rule_strength": ("γ", rule_strength, RULE_STRENGTH_RANGE),
+    }
+    for key, (sym, raw, (lo, hi)) in spec.items():
+        try:
+            v = float(raw)
+        except (TypeError, ValueError):
+            raise ValueError(f"{sym} must be a number, got {raw!r}") from None
+        if math.isnan(v):
+            raise ValueError(f"{sym} is NaN; give a number in [{lo}, {hi}]")
+        if v < lo or v > hi:
+            clamped = min(max(v, lo), hi)
+            notices.append(f"{sym}={raw} is outside [{lo}, {hi}]; using {sym}={clamped}.")
+            v = clamped
+        values[key] = v
+    return Dial(**values), notices
+
+
+def cross_block_barrier(locality: float, sharpness: float) -> float:
+    """b(λ_f) = β·log(1−λ_f): 0 at λ_f = 0, falling to −∞ at λ_f = 1.
+
+    Callers mask cross-block keys outright at λ_f = 1 instead of adding −∞ (0·∞ gives NaN).
+
+    >>> cross_block_barrier(0.0, 4.0), round(cross_block_barrier(0.5, 4.0), 4)
+    (0.0, -2.7726)
+    """
+    if locality >= 1.0:
+        return -math.inf
+    if locality <= 0.0:
+        return 0.0
+    return sharpness * math.log1p(-locality)
+
+
+def locality_bias(block_ids: Tensor, locality: float, sharpness: float) -> Tensor:
+    """``[batch, query, key]`` additive bias: 0 within a block, b(λ_f) across, −∞ at λ_f = 1.
+
+    >>> from localist_core.blocks import FixedPartition
+    >>> ids = FixedPartition(2).block_ids(torch.zeros(1, 4, dtype=torch.long))
+    >>> locality_bias(ids, 0.5, 1.0)[0]
+    tensor([[ 0.0000,  0.0000, -0.6931, -0.6931],
+            [ 0.0000,  0.0000, -0.6931, -0.6931],
+            [-0.6931, -0.6931,  0.0000,  0.0000],
+            [-0.6931, -0.6931,  0.0000,  0.0000]])
+    """
+    sb = block_ids.unsqueeze(-1) == block_ids.unsqueeze(-2)
+    b = cross_block_barrier(locality, sharpness)
+    return torch.zeros(sb.shape).masked_fill(~sb, b)
+
+
+def visible_keys(block_ids: Tensor, noncausal_diagnostic: bool = False) -> Tensor:
+    """``[batch, query, key]`` bool: the keys a query may attend to.
+
+    Causal: j ≤ t. The diagnostic mode also lets a query see later tokens of its own block, which
+    is a leak: it exists only to show where the papers' figures come from.
+    """
+    n = block_ids.shape[-1]
+    causal = torch.ones(n, n, dtype=torch.bool, device=block_ids.device).tril()
+    if not noncausal_diagnostic:
+        return causal.expand(block_ids.shape[0], n, n)
+    return causal | (block_ids.unsqueeze(-1) == block_ids.unsqueeze(-2))
+
+
+def off_block_attention_penalty(pattern: Tensor, block_ids: Tensor) -> Tensor:
+    """Σ_h mean_i ‖A_h[X_i, ¬X_i]‖_F, averaged over the batch (the `attention` penalty form).
+
+    ``pattern`` is ``[batch, head, query, key]``. Zero exactly when every query block attends only
+    inside itself; the square root is taken only where the group is non-zero, so the gradient at a
+    block-diagonal pattern is finite.
+    """
+    batch, heads, n, _ = pattern.shape
+    off = ~(block_ids.unsqueeze(-1) == block_ids.unsqueeze(-2))           # (B, T, T)
+    sq = (pattern.float().pow(2) * off.unsqueeze(1)).sum(-1)               # (B, H, T)
+    n_blocks = int(block_ids.max().item()) + 1
+    idx = block_ids.unsqueeze(1).expand(batch, heads, n)
+    group = sq.new_zeros(batch, heads, n_blocks).scatter_add_(-1, idx, sq)  # (B, H, nb)
+    norms = torch.where(group > 0, group.clamp_min(1e-30).sqrt(), torch.zeros_like(group))
+    present = torch.zeros(batch, n_blocks, device=pattern.device).scatter_(-1, block_ids, 1.0)
+    per_head = (norms * present.unsqueeze(1)).sum(-1) / present.sum(-1, keepdim=True)  # (B, H)
+    return per_head.sum(-1).mean()
+
+
+class LocalityAttention(nn.Module):
+    """Multi-head causal attention with within-block and cross-block query/key channels."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.d_model
+        # One fused, bias-free projection: [q_in | k_in | q_x | k_x | v], each d wide.
+        self.qkv = nn.Linear(d, 5 * d, bias=False)
+        self.out = nn.Linear(d, d)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.hook_q_in, self.hook_k_in = HookPoint(), HookPoint()
+        self.hook_q_x, self.hook_k_x, self.hook_v = HookPoint(), HookPoint(), HookPoint()
+        self.hook_attn_scores, self.hook_pattern, self.hook_z = HookPoint(), HookPoint(), HookPoint()
+        self.equalize_channels()
+
+    @torch.no_grad()
+    def equalize_channels(self) -> None:
+        """Copy the within-block channel into the cross-block one: a fresh model is plain attention."""
+        d = self.cfg.d_model
+        self.qkv.weight[2 * d:4 * d].copy_(self.qkv.weight[0:2 * d])
+
+    def channel_weights(self) -> dict[str, Tensor]:
+        """The four query/key matrices and W_V, each ``[d_model(out), d_model(in)]``."""
+        w = self.qkv.weight
+        d = self.cfg.d_model
+        names = ("W_Q_in", "W_K_in", "W_Q_x", "W_K_x", "W_V")
+        return {n: w[i * d:(i + 1) * d] for i, n in enumerate(names)}
+
+    def forward(self, x: Tensor, block_ids: Tensor, dial: Dial,
+                anchors: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Return the attention output ``[B, T, d]`` and the pattern ``[B, H, T, T]``."""
+        cfg = self.cfg
+        batch, n, d = x.shape
+        heads, dh = cfg.n_heads, cfg.d_head
+        qkv = self.qkv(x).view(batch, n, 5, heads, dh).permute(2, 0, 3, 1, 4)  # (5, B, H, T, dh)
+        q_in, k_in = self.hook_q_in(qkv[0]), self.hook_k_in(qkv[1])
+        q_x, k_x, v = self.hook_q_x(qkv[2]), self.hook_k_x(qkv[3]), self.hook_v(qkv[4])
+        # Both channels' scores in one batched matmul: (B, 2H, T, T).
+        q = torch.cat([q_in, q_x], dim=1)
+        k = torch.cat([k_in, k_x], dim=1)
+        s = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(dh))
+        s_in, s_x = s[:, :heads], s[:, heads:]
+        sb = (block_ids.unsqueeze(-1) == block_ids.unsqueeze(-2)).unsqueeze(1)  # (B, 1, T, T)
+        if dial.locality >= 1.0:
+            # Exact block-local attention: cross-block keys are masked, never 0·∞.
+            scores = s_in.masked_fill(~sb, float("-inf"))
+        else:
+            barrier = cross_block_barrier(dial.locality, cfg.barrier_sharpness)
+            scores = torch.where(sb, s_in, s_x + barrier if barrier != 0.0 else s_x)
+        if dial.rule_strength != 0.0 and anchors is not None:
+            scores = scores + dial.rule_strength * anchors.unsqueeze(1).to(scores.dtype)
+        visible = visible_keys(block_ids, cfg.noncausal_diagnostic).unsqueeze(1)
+        scores = self.hook_attn_scores(scores.masked_fill(~visible, float("-inf")))
+        logits = scores if dial.attn_temperature == 1.0 else scores / dial.attn_temperature
+        pattern = self.hook_pattern(torch.softmax(logits.float(), dim=-1))
+        z = self.dropout(pattern).to(v.dtype) @ v                                 # (B, H, T, dh)
+        z = self.hook_z(z.transpose(1, 2).reshape(batch, n, d))
+        return self.out(z), pattern
+
+
+def clamp_warning(notices: list[str]) -> None:
+    """Emit each dial notice as a DialNotice warning (library callers see them too)."""
+    for note in notices:
+        warnings.warn(note, DialNotice, stacklevel=3)

@@ -1,0 +1,224 @@
+"""Frozen configuration dataclasses and the named presets (DESIGN §2, "Configurations").
+
+Every config validates itself in ``__post_init__`` so that a bad value fails where it is made,
+with a message that names the field, not deep inside a forward pass.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+PARTITIONS = ("fixed", "punctuation", "recruited")
+PENALTY_FORMS = ("none", "weights", "attention")
+PROTOCOLS = ("penalty", "dial")
+
+TEMPERATURE_RANGE = (0.05, 10.0)  # DESIGN §2: clamp τ to [0.05, 10] with a notice
+RULE_STRENGTH_RANGE = (0.0, 20.0)
+
+
+class ConfigError(ValueError):
+    """A configuration value is out of range, of the wrong type, or unknown."""
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Shape and attention settings of a localist decoder; stored beside every checkpoint."""
+
+    vocab_size: int
+    d_model: int = 256
+    n_layers: int = 2
+    n_heads: int = 4
+    d_ff: int = 1024
+    n_ctx: int = 128
+    dropout: float = 0.1
+    block_size: int = 5
+    partition: str = "fixed"
+    anchors_per_block: int = 3
+    # β in b(λ_f) = β·log(1-λ_f): how sharply the dial pushes cross-block scores down.
+    barrier_sharpness: float = 4.0
+    # Adaptive softmax cluster boundaries (Grave et al. 2017); ids are sorted by frequency.
+    cutoffs: tuple[int, ...] = (2000, 10000)
+    div_value: float = 4.0
+    # The leak the papers' figures need: attention to later tokens of the same block. Never default.
+    noncausal_diagnostic: bool = False
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.vocab_size, int) and self.vocab_size >= 4,
+               f"vocab_size must be an integer ≥ 4, got {self.vocab_size!r}")
+        for name in ("d_model", "n_layers", "n_heads", "d_ff", "n_ctx", "block_size"):
+            v = getattr(self, name)
+            _check(isinstance(v, int) and v >= 1, f"{name} must be a positive integer, got {v!r}")
+        _check(self.d_model % self.n_heads == 0,
+               f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
+        _check(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout!r}")
+        _check(self.partition in PARTITIONS,
+               f"partition must be one of {PARTITIONS}, got {self.partition!r}")
+        _check(1 <= self.anchors_per_block <= 5,
+               f"anchors_per_block must be in 1..5, got {self.anchors_per_block!r}")
+        _check(math.isfinite(self.barrier_sharpness) and self.barrier_sharpness > 0,
+               f"barrier_sharpness (β) must be > 0, got {self.barrier_sharpness!r}")
+        cut = tuple(int(c) for c in self.cutoffs)
+        object.__setattr__(self, "cutoffs", cut)
+        _check(all(0 < a < b for a, b in zip(cut, cut[1:])) and (not cut or cut[0] > 0),
+               f"cutoffs must be increasing and positive, got {cut}")
+        _check(not cut or cut[-1] < self.vocab_size - 1,
+               f"last cutoff {cut[-1] if cut else None} must be < vocab_size - 1 ({self.vocab_size - 1})")
+        _check(self.div_value >= 1.0, f"div_value must be ≥ 1, got {self.div_value!r}")
+
+    @property
+    def d_head(self) -> int:
+        return self.d_model // self.n_heads
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How one model is trained: protocol, penalty form and optimisation budget."""
+
+    protocol: str = "penalty"        # "penalty": λ as a training penalty; "dial": λ_f drawn per batch
+    penalty_form: str = "attention"  # "weights" (papers' text), "attention" (ours) or "none"
+    locality: float = 0.0            # λ of the penalty protocol
+    penalty_scale: float = 0.1       # c in λ·c·Σ ‖·‖_F
+    value_l2: float = 1e-4           # μ in μ‖W_V‖²
+    batch_size: int = 32
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 100
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    max_steps: int = 100_000
+    time_budget_s: float = 720.0     # DESIGN §8: one cpu-ref run ≤ 12 minutes of training
+    # Let the cosine schedule follow the time budget when it runs out before max_steps (real runs
+    # on a shared CPU); off by default, so step-bounded runs are exactly reproducible.
+    lr_by_time: bool = False
+    eval_interval: int = 500
+    ckpt_interval: int = 200
+    seed: int = 1234
+    bf16: bool = True                # CPU autocast; the adaptive head stays in fp32
+    threads: int = 2
+
+    def __post_init__(self) -> None:
+        _check(self.protocol in PROTOCOLS, f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
+        _check(self.penalty_form in PENALTY_FORMS,
+               f"penalty_form must be one of {PENALTY_FORMS}, got {self.penalty_form!r}")
+        _check(0.0 <= self.locality <= 1.0, f"locality (λ) must be in [0, 1], got {self.locality!r}")
+        for name in ("penalty_scale", "value_l2", "weight_decay", "grad_clip"):
+            v = getattr(self, name)
+            _check(math.isfinite(v) and v >= 0, f"{name} must be a finite number ≥ 0, got {v!r}")
+        _check(math.isfinite(self.lr) and self.lr > 0, f"lr must be > 0, got {self.lr!r}")
+        _check(0.0 <= self.min_lr_ratio <= 1.0, f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        for name in ("batch_size", "max_steps", "eval_interval", "ckpt_interval", "threads"):
+            v = getattr(self, name)
+            _check(isinstance(v, int) and v >= 1, f"{name} must be a positive integer, got {v!r}")
+        _check(isinstance(self.warmup_steps, int) and self.warmup_steps >= 0,
+               f"warmup_steps must be an integer ≥ 0, got {self.warmup_steps!r}")
+        _check(self.time_budget_s > 0, f"time_budget_s must be > 0, got {self.time_budget_s!r}")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named pair of configs; ``vocab_size=None`` means "take it from the corpus"."""
+
+    model: dict = field(default_factory=dict)
+    train: dict = field(default_factory=dict)
+
+
+PRESETS: dict[str, Preset] = {
+    # Tests: seconds on a CPU.
+    "tiny": Preset(
+        model=dict(d_model=32, n_layers=2, n_heads=2, d_ff=64, n_ctx=32, dropout=0.0,
+                   cutoffs=(20, 60)),
+        train=dict(batch_size=8, max_steps=30, warmup_steps=5, eval_interval=10, ckpt_interval=10,
+                   time_budget_s=120.0, bf16=False, lr=3e-3),
+    ),
+    # Shipped checkpoints and sweeps: ≤ 12 minutes of training on the 2-core CPU.
+    "cpu-ref": Preset(
+        model=dict(d_model=256, n_layers=2, n_heads=4, d_ff=1024, n_ctx=128, dropout=0.1,
+                   cutoffs=(2000, 10000)),
+        train=dict(batch_size=32, time_budget_s=720.0, max_steps=2000, lr_by_time=True),
+    ),
+    # The papers' size (≈23M parameters): a GPU or a patient CPU; not in CI.
+    "paper": Preset(
+        model=dict(d_model=512, n_layers=2, n_heads=8, d_ff=2048, n_ctx=256, dropout=0.1,
+                   cutoffs=(2000, 10000)),
+        train=dict(batch_size=32, time_budget_s=6 * 3600.0),
+    ),
+}
+
+
+def preset(name: str) -> Preset:
+    """Return the named preset, or raise ConfigError listing the known names."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown config {name!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[name]
+
+
+def _coerce(cls: type, key: str, raw: str):
+    """Parse a ``key=value`` override string into the type of ``cls.key``."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    if key not in fields:
+        raise ConfigError(f"unknown key {key!r} for {cls.__name__}; known keys: {sorted(fields)}")
+    default = fields[key].default
+    kind = type(default) if default is not dataclasses.MISSING else int
+    try:
+        if kind is bool:
+            low = raw.strip().lower()
+            if low not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(raw)
+            return low in ("true", "1", "yes")
+        if kind is tuple:
+            return tuple(int(x) for x in raw.replace("(", "").replace(")", "").split(",") if x.strip())
+        if kind is float:
+            v = float(raw)
+            if not math.isfinite(v):
+                raise ValueError(raw)
+            return v
+        return kind(raw)
+    except ValueError:
+        raise ConfigError(f"bad value for {cls.__name__}.{key}: {raw!r} is not a valid "
+                          f"{kind.__name__}") from None
+
+
+def apply_overrides(model_kw: dict, train_kw: dict, overrides: list[str]) -> tuple[dict, dict]:
+    """Apply ``key=value`` strings to the model or train keyword dicts, checking every key."""
+    model_kw, train_kw = dict(model_kw), dict(train_kw)
+    model_keys = {f.name for f in dataclasses.fields(ModelConfig)}
+    train_keys = {f.name for f in dataclasses.fields(TrainConfig)}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if key in model_keys:
+            model_kw[key] = _coerce(ModelConfig, key, raw)
+        elif key in train_keys:
+            train_kw[key] = _coerce(TrainConfig, key, raw)
+        else:
+            raise ConfigError(f"unknown key {key!r}; model keys: {sorted(model_keys)}; "
+                              f"train keys: {sorted(train_keys)}")
+    return model_kw, train_kw
+
+
+def config_to_dict(cfg) -> dict:
+    """A JSON-ready dict of a config dataclass (tuples become lists)."""
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(cfg).items()}
+
+
+def config_from_dict(cls: type, data: dict):
+    """Rebuild a config, refusing missing or unknown keys with a message that names them."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    required = {f.name for f in dataclasses.fields(cls)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+    extra = sorted(set(data) - names)
+    missing = sorted(required - set(data))
+    if extra:
+        raise ConfigError(f"{cls.__name__}: unknown keys {extra}")
+    if missing:
+        raise ConfigError(f"{cls.__name__}: missing keys {missing}")
+    kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items()}
+    return cls(**kw)

@@ -1,0 +1,238 @@
+"""The localist decoder (DESIGN §2): word embeddings + learned positions, pre-LN blocks with
+locality-dial attention and a GELU MLP, and an adaptive-softmax output over the full vocabulary.
+
+``run_with_cache`` follows TransformerLens: it returns ``(log_probs, cache)`` and the cache is keyed
+by hook name, e.g. ``blocks.0.attn.hook_pattern`` of shape ``[batch, head, query_pos, key_pos]``.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .attention import (Dial, HookPoint, LocalityAttention, clamp_warning,
+                        off_block_attention_penalty, resolve_dial)
+from .blocks import anchor_mask, block_anchors, make_partition
+from .config import ModelConfig
+
+
+class ActivationCache(dict):
+    """Hook name → tensor, plus ``notices``: what was clamped or truncated on the way."""
+
+    def __init__(self, *args, notices: list[str] | None = None, **kw):
+        super().__init__(*args, **kw)
+        self.notices = list(notices or [])
+
+
+@dataclass
+class ForwardOutput:
+    hidden: Tensor                  # (B, T, d) after the final LayerNorm
+    patterns: list[Tensor]          # per layer, (B, H, T, T)
+    block_ids: Tensor               # (B, T)
+    attention_penalty: Tensor       # Σ_l Σ_h mean_i ‖A[X_i, ¬X_i]‖_F (0 unless asked for)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.fc = nn.Linear(cfg.d_model, cfg.d_ff)
+        self.proj = nn.Linear(cfg.d_ff, cfg.d_model)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.dropout(self.proj(F.gelu(self.fc(x))))
+
+
+class TransformerBlock(nn.Module):
+    """Pre-LN: x + attn(ln1(x)), then x + mlp(ln2(x))."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(cfg.d_model)
+        self.attn = LocalityAttention(cfg)
+        self.ln2 = nn.LayerNorm(cfg.d_model)
+        self.mlp = MLP(cfg)
+        self.hook_resid_pre, self.hook_attn_out = HookPoint(), HookPoint()
+        self.hook_resid_mid, self.hook_mlp_out = HookPoint(), HookPoint()
+        self.hook_resid_post = HookPoint()
+
+    def forward(self, x, block_ids, dial, anchors):
+        x = self.hook_resid_pre(x)
+        a, pattern = self.attn(self.ln1(x), block_ids, dial, anchors)
+        x = self.hook_resid_mid(x + self.hook_attn_out(a))
+        x = self.hook_resid_post(x + self.hook_mlp_out(self.mlp(self.ln2(x))))
+        return x, pattern
+
+
+class LocalistLM(nn.Module):
+    """Causal decoder-only localist language model."""
+
+    def __init__(self, cfg: ModelConfig, local_entropy: Tensor | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.partition = make_partition(cfg.partition, cfg.block_size)
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.pos_emb = nn.Embedding(cfg.n_ctx, cfg.d_model)
+        self.hook_embed, self.hook_pos_embed = HookPoint(), HookPoint()
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.n_layers))
+        self.ln_final = nn.LayerNorm(cfg.d_model)
+        self.head = nn.AdaptiveLogSoftmaxWithLoss(cfg.d_model, cfg.vocab_size, list(cfg.cutoffs),
+                                                  div_value=cfg.div_value)
+        # The anchor table: H(next | w) in bits per vocabulary item, set by the warm-up pass.
+        if local_entropy is None:
+            local_entropy = torch.zeros(cfg.vocab_size)
+        self.register_buffer("local_entropy", local_entropy.float().clone(), persistent=True)
+        self.apply(self._init_weights)
+        for blk in self.blocks:
+            blk.attn.equalize_channels()
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, std=0.02)
+
+    # -- forward -----------------------------------------------------------------------------
+
+    def check_tokens(self, tokens) -> Tensor:
+        """Accept a list, 1-D or 2-D tensor of ids; return ``[batch, pos]`` long, or raise clearly."""
+        t = torch.as_tensor(tokens, dtype=torch.long, device=self.tok_emb.weight.device)
+        if t.dim() == 1:
+            t = t.unsqueeze(0)
+        if t.dim() != 2 or t.shape[1] == 0:
+            raise ValueError(f"tokens must be a non-empty [batch, pos] array, got shape {tuple(t.shape)}")
+        if t.shape[1] > self.cfg.n_ctx:
+            raise ValueError(f"{t.shape[1]} tokens exceed the model's context of {self.cfg.n_ctx}")
+        if int(t.min()) < 0 or int(t.max()) >= self.cfg.vocab_size:
+            raise ValueError(f"token ids must lie in [0, {self.cfg.vocab_size}), "
+                             f"got [{int(t.min())}, {int(t.max())}]")
+        return t
+
+    def anchors_for(self, tokens: Tensor, block_ids: Tensor) -> Tensor:
+        """``[batch, query, key]`` anchor mask of each query's block (causal unless diagnostic)."""
+        return anchor_mask(block_ids, self.local_entropy[tokens], self.cfg.anchors_per_block,
+                           causal=not self.cfg.noncausal_diagnostic)
+
+    def forward(self, tokens: Tensor, dial: Dial = Dial(),
+                attention_penalty: bool = False) -> ForwardOutput:
+        """Run the decoder. ``dial`` must already be resolved (see ``resolve_dial``)."""
+        batch, n = tokens.shape
+        block_ids = self.partition.block_ids(tokens)
+        anchors = self.anchors_for(tokens, block_ids) if dial.rule_strength != 0.0 else None
+        pos = torch.arange(n, device=tokens.device)
+        x = self.hook_embed(self.tok_emb(tokens)) + self.hook_pos_embed(self.pos_emb(pos))
+        x = self.drop(x)
+        patterns, penalty = [], x.new_zeros((), dtype=torch.float32)
+        for blk in self.blocks:
+            x, pattern = blk(x, block_ids, dial, anchors)
+            patterns.append(pattern)
+            if attention_penalty:
+                penalty = penalty + off_block_attention_penalty(pattern, block_ids)
+        return ForwardOutput(self.ln_final(x), patterns, block_ids, penalty)
+
+    def _head_ctx(self):
+        # DESIGN §2: under CPU bf16 autocast the adaptive head must run in fp32.
+        return torch.autocast("cpu", enabled=False)
+
+    def token_nll(self, hidden: Tensor, targets: Tensor) -> Tensor:
+        """Per-token negative log-likelihood (nats), shaped like ``targets``."""
+        with self._head_ctx():
+            out = self.head(hidden.float().reshape(-1, hidden.shape[-1]), targets.reshape(-1))
+        return (-out.output).view_as(targets)
+
+    def log_probs(self, hidden: Tensor) -> Tensor:
+        """Exact, normalised log-probabilities over the whole vocabulary, ``[B, T, V]``."""
+        with self._head_ctx():
+            lp = self.head.log_prob(hidden.float().reshape(-1, hidden.shape[-1]))
+        return lp.view(*hidden.shape[:-1], -1)
+
+    def predict(self, hidden: Tensor) -> Tensor:
+        """Most likely next token ``[B, T]``, without building the full distribution."""
+        with self._head_ctx():
+            pred = self.head.predict(hidden.float().reshape(-1, hidden.shape[-1]))
+        return pred.view(hidden.shape[:-1])
+
+    # -- penalties ---------------------------------------------------------------------------
+
+    def cross_channel_group_norm(self) -> Tensor:
+        """Σ_{l,h} (‖W_Q^x[h]‖_F + ‖W_K^x[h]‖_F): the papers' `weights` group lasso (before λ·c)."""
+        total = self.tok_emb.weight.new_zeros(())
+        heads, dh = self.cfg.n_heads, self.cfg.d_head
+        for blk in self.blocks:
+            w = blk.attn.channel_weights()
+            for name in ("W_Q_x", "W_K_x"):
+                total = total + w[name].reshape(heads, dh, -1).pow(2).sum((1, 2)).clamp_min(1e-30).sqrt().sum()
+        return total
+
+    def value_sq_norm(self) -> Tensor:
+        """Σ_l ‖W_V‖²_F (the L2 penalty on the value weights)."""
+        return sum(blk.attn.channel_weights()["W_V"].pow(2).sum() for blk in self.blocks)
+
+    # -- public analysis API -----------------------------------------------------------------
+
+    @torch.no_grad()
+    def run_with_cache(self, tokens, locality: float = 0.0, attn_temperature: float = 1.0,
+                       rule_strength: float = 0.0, names_filter=None
+                       ) -> tuple[Tensor, ActivationCache]:
+        """Run in eval mode and return ``(log_probs [B, T, V], cache)``.
+
+        The cache holds every hook point's output by name, plus ``block_ids`` ``[B, T]``,
+        ``anchor_mask`` ``[B, query, key]`` (the anchors of each query's block it can see) and
+        ``block_anchors`` ``[B, T]`` (each whole block's anchors, for display). Out-of-range dial
+        values are clamped; ``cache.notices`` says so.
+        """
+        dial, notices = resolve_dial(locality, attn_temperature, rule_strength)
+        clamp_warning(notices)
+        tokens = self.check_tokens(tokens)
+        if names_filter is None:
+            keep = lambda name: True  # noqa: E731
+        elif callable(names_filter):
+            keep = names_filter
+        else:
+            wanted = {names_filter} if isinstance(names_filter, str) else set(names_filter)
+            keep = wanted.__contains__
+        cache = ActivationCache(notices=notices)
+        handles = []
+        for name, mod in self.named_modules():
+            if isinstance(mod, HookPoint) and keep(name):
+                handles.append(mod.register_forward_hook(
+                    lambda _m, _i, out, name=name: cache.__setitem__(name, out.detach())))
+        was_training = self.training
+        self.eval()
+        try:
+            out = self.forward(tokens, dial)
+            log_probs = self.log_probs(out.hidden)
+        finally:
+            for h in handles:
+                h.remove()
+            self.train(was_training)
+        ent = self.local_entropy[tokens]
+        cache["block_ids"] = out.block_ids
+        cache["anchor_mask"] = anchor_mask(out.block_ids, ent, self.cfg.anchors_per_block,
+                                           causal=not self.cfg.noncausal_diagnostic)
+        cache["block_anchors"] = block_anchors(out.block_ids, ent, self.cfg.anchors_per_block)
+        return log_probs, cache
+
+    def hook_names(self) -> list[str]:
+        """Every hook point's name, in module order."""
+        return [n for n, m in self.named_modules() if isinstance(m, HookPoint)]
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+@contextlib.contextmanager
+def autocast_ctx(bf16: bool):
+    """bf16 CPU autocast when asked for, a no-op otherwise."""
+    if bf16:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            yield
+    else:
+        yield

@@ -1,0 +1,119 @@
+"""Properties of the locality-dial attention (DESIGN §2)."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from localist_core.attention import (Dial, cross_block_barrier, off_block_attention_penalty,
+                                     resolve_dial)
+from localist_core.blocks import FixedPartition, same_block
+
+GRID = [(lam, tau) for lam in (0.0, 0.3, 0.7, 0.999, 1.0) for tau in (0.05, 0.3, 1.0, 3.0, 10.0)]
+
+
+def _qkv(model, cache, layer=0):
+    attn = model.blocks[layer].attn
+    x = model.blocks[layer].ln1(cache[f"blocks.{layer}.hook_resid_pre"])
+    b, n, _ = x.shape
+    return attn.qkv(x).view(b, n, 5, model.cfg.n_heads, model.cfg.d_head).permute(2, 0, 3, 1, 4)
+
+
+def test_plain_setting_equals_sdpa(tiny_model, tokens):
+    """λ_f=0, τ=1, γ=0 and equal channels: exactly plain causal scaled dot-product attention."""
+    _, cache = tiny_model.run_with_cache(tokens)
+    for layer in range(tiny_model.cfg.n_layers):
+        q, k, _, _, v = _qkv(tiny_model, cache, layer)
+        ref = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        ours = cache[f"blocks.{layer}.attn.hook_pattern"] @ v
+        assert torch.allclose(ours, ref, atol=1e-5), (ours - ref).abs().max()
+        # The explicit reference pattern too.
+        n = q.shape[-2]
+        s = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+        s = s.masked_fill(~torch.ones(n, n, dtype=torch.bool).tril(), float("-inf"))
+        assert torch.allclose(cache[f"blocks.{layer}.attn.hook_pattern"], s.softmax(-1), atol=1e-5)
+
+
+def test_trained_channels_differ_so_equivalence_is_not_vacuous(trained_tiny):
+    w = trained_tiny.blocks[0].attn.channel_weights()
+    assert (w["W_Q_in"] - w["W_Q_x"]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("lam,tau", GRID)
+def test_rows_sum_to_one_and_no_future_weight(trained_tiny, tokens, lam, tau):
+    _, cache = trained_tiny.run_with_cache(tokens, locality=lam, attn_temperature=tau,
+                                           rule_strength=1.5)
+    n = tokens.shape[1]
+    future = ~torch.ones(n, n, dtype=torch.bool).tril()
+    for layer in range(trained_tiny.cfg.n_layers):
+        p = cache[f"blocks.{layer}.attn.hook_pattern"]
+        assert torch.isfinite(p).all()
+        assert torch.allclose(p.sum(-1), torch.ones(p.shape[:-1]), atol=1e-5)
+        assert (p[..., future] == 0).all()
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.2, 0.6, 0.95])
+def test_zeroed_cross_channel_scores_equal_barrier(tiny_model, tokens, lam):
+    with torch.no_grad():
+        for blk in tiny_model.blocks:
+            d = tiny_model.cfg.d_model
+            blk.attn.qkv.weight[2 * d:4 * d].zero_()
+    _, cache = tiny_model.run_with_cache(tokens, locality=lam)
+    ids = cache["block_ids"]
+    n = tokens.shape[1]
+    cross_visible = (~same_block(ids) & torch.ones(n, n, dtype=torch.bool).tril()).unsqueeze(1)
+    b = cross_block_barrier(lam, tiny_model.cfg.barrier_sharpness)
+    for layer in range(tiny_model.cfg.n_layers):
+        s = cache[f"blocks.{layer}.attn.hook_attn_scores"]
+        vals = s.expand(-1, -1, n, n)[cross_visible.expand_as(s)]
+        assert vals.numel() > 0
+        assert (vals == torch.tensor(b, dtype=s.dtype)).all()
+
+
+def test_exact_block_local_at_full_locality(trained_tiny, tokens):
+    _, cache = trained_tiny.run_with_cache(tokens, locality=1.0, attn_temperature=0.05)
+    cross = ~same_block(cache["block_ids"]).unsqueeze(1)
+    for layer in range(trained_tiny.cfg.n_layers):
+        p = cache[f"blocks.{layer}.attn.hook_pattern"]
+        assert (p.masked_select(cross) == 0).all()
+        assert torch.isfinite(cache[f"blocks.{layer}.attn.hook_attn_scores"].masked_select(~cross)).any()
+
+
+def test_attention_penalty_zero_iff_block_diagonal():
+    ids = FixedPartition(4).block_ids(torch.zeros(2, 12, dtype=torch.long))
+    sb = same_block(ids).float().tril()
+    diag = (sb / sb.sum(-1, keepdim=True)).unsqueeze(1).expand(2, 3, 12, 12)
+    assert off_block_attention_penalty(diag, ids) == 0
+    full = torch.ones(12, 12).tril()
+    full = (full / full.sum(-1, keepdim=True)).expand(2, 3, 12, 12)
+    assert off_block_attention_penalty(full, ids) > 0
+    # Gradient at the block-diagonal pattern is finite (no sqrt(0) blow-up).
+    p = diag.clone().requires_grad_(True)
+    off_block_attention_penalty(p, ids).backward()
+    assert torch.isfinite(p.grad).all()
+
+
+def test_barrier_is_monotone_and_zero_at_zero():
+    vals = [cross_block_barrier(lam, 3.0) for lam in (0.0, 0.1, 0.5, 0.9, 0.999, 1.0)]
+    assert vals[0] == 0.0 and vals[-1] == -math.inf
+    assert all(a > b for a, b in zip(vals, vals[1:]))
+
+
+def test_resolve_dial_clamps_with_notice_and_refuses_nan():
+    dial, notes = resolve_dial(1.5, 0.0, -1.0)
+    assert dial == Dial(locality=1.0, attn_temperature=0.05, rule_strength=0.0)
+    assert len(notes) == 3 and all("outside" in n for n in notes)
+    dial, notes = resolve_dial(0.5, float("inf"))
+    assert dial.attn_temperature == 10.0 and notes
+    assert resolve_dial(0.3, 2.0, 1.0) == (Dial(0.3, 2.0, 1.0), [])
+    with pytest.raises(ValueError, match="NaN"):
+        resolve_dial(float("nan"))
+    with pytest.raises(ValueError, match="number"):
+        resolve_dial("abc")
+
+
+def test_tau_clamp_is_reported_through_the_cache(tiny_model, tokens):
+    with pytest.warns(UserWarning, match="τ"):
+        _, cache = tiny_model.run_with_cache(tokens, attn_temperature=0.0)
+    assert any("τ" in n for n in cache.notices)
+    assert all(torch.isfinite(cache[f"blocks.{i}.attn.hook_pattern"]).all() for i in range(2))

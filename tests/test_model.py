@@ -1,0 +1,74 @@
+"""The decoder: hook names, the leak test, exact log-probabilities and input checks."""
+import dataclasses
+
+import pytest
+import torch
+
+from localist_core.evaluate import leak_test
+from localist_core.model import LocalistLM
+
+SETTINGS = [dict(locality=lam, attn_temperature=tau, rule_strength=gam)
+            for lam in (0.0, 0.4, 0.9, 1.0) for tau in (0.05, 1.0, 10.0) for gam in (0.0, 3.0)]
+
+
+def test_every_hook_name_literally(tiny_model):
+    per_layer = ["hook_resid_pre", "attn.hook_q_in", "attn.hook_k_in", "attn.hook_q_x",
+                 "attn.hook_k_x", "attn.hook_v", "attn.hook_attn_scores", "attn.hook_pattern",
+                 "attn.hook_z", "hook_attn_out", "hook_resid_mid", "hook_mlp_out", "hook_resid_post"]
+    expected = ["hook_embed", "hook_pos_embed"] + [f"blocks.{layer}.{h}" for layer in range(2)
+                                                   for h in per_layer]
+    assert sorted(tiny_model.hook_names()) == sorted(expected)
+
+
+def test_cache_shapes(tiny_model, tokens):
+    lp, cache = tiny_model.run_with_cache(tokens)
+    b, n = tokens.shape
+    h = tiny_model.cfg.n_heads
+    assert lp.shape == (b, n, tiny_model.cfg.vocab_size)
+    assert cache["blocks.1.attn.hook_pattern"].shape == (b, h, n, n)
+    assert cache["blocks.0.attn.hook_attn_scores"].shape == (b, h, n, n)
+    assert cache["block_ids"].shape == (b, n)
+    assert cache["anchor_mask"].shape == (b, n, n) and cache["block_anchors"].shape == (b, n)
+
+
+def test_leak_test_passes_for_causal_model_at_every_dial(trained_tiny, tokens):
+    res = leak_test(trained_tiny, tokens, SETTINGS)
+    assert res["passed"], res
+    assert res["checked"] >= len(SETTINGS)
+
+
+def test_leak_test_fails_for_noncausal_diagnostic(trained_tiny, tokens):
+    """The diagnostic mode sees later tokens of its block, so the same test must catch it."""
+    cfg = dataclasses.replace(trained_tiny.cfg, noncausal_diagnostic=True)
+    leaky = LocalistLM(cfg, trained_tiny.local_entropy)
+    leaky.load_state_dict(trained_tiny.state_dict())
+    res = leak_test(leaky.eval(), tokens, SETTINGS[:4])
+    assert not res["passed"]
+    assert res["max_abs_diff"] > 1e-3
+
+
+def test_log_probs_normalised_over_whole_vocabulary(trained_tiny, tokens):
+    lp, _ = trained_tiny.run_with_cache(tokens)
+    total = lp.double().exp().sum(-1)
+    assert torch.allclose(total, torch.ones_like(total), atol=1e-5)
+    # The adaptive head's per-target log-probs agree with the full distribution.
+    out = trained_tiny(tokens)
+    nll = trained_tiny.token_nll(out.hidden, tokens)
+    assert torch.allclose(-nll, lp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1), atol=1e-4)
+    assert torch.equal(trained_tiny.predict(out.hidden), lp.argmax(-1))
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.5, 1.0])
+@pytest.mark.parametrize("tau", [0.05, 0.5, 1.0, 10.0])
+def test_log_probs_finite_on_grid(trained_tiny, tokens, lam, tau):
+    lp, _ = trained_tiny.run_with_cache(tokens, locality=lam, attn_temperature=tau, rule_strength=5.0)
+    assert torch.isfinite(lp).all()
+
+
+def test_bad_tokens_give_clear_errors(tiny_model):
+    with pytest.raises(ValueError, match="non-empty"):
+        tiny_model.run_with_cache([])
+    with pytest.raises(ValueError, match="exceed"):
+        tiny_model.run_with_cache(list(range(tiny_model.cfg.n_ctx + 1)))
+    with pytest.raises(ValueError, match="token ids"):
+        tiny_model.run_with_cache([0, tiny_model.cfg.vocab_size])
