@@ -1,0 +1,129 @@
+"""Checkpoints round-trip bit-exact; pickle, truncated, foreign and inconsistent files are refused."""
+import json
+import pickle
+import shutil
+
+import pytest
+import torch
+
+from localist_core import load_model, save_checkpoint
+from localist_core.checkpoint import CONFIG, VOCAB, WEIGHTS, CheckpointError
+
+
+class _Payload:
+    """Unpickling this would create the marker file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.fixture()
+def saved(tmp_path, trained_tiny, tiny_corpus):
+    return save_checkpoint(tmp_path / "ckpt", trained_tiny, tiny_corpus.tokenizer,
+                           meta={"note": "test"})
+
+
+def test_round_trip_is_bit_exact(saved, trained_tiny, tiny_corpus, tokens):
+    model, tok = load_model(saved)
+    assert model.cfg == trained_tiny.cfg and tok.words == tiny_corpus.tokenizer.words
+    a, b = trained_tiny.state_dict(), model.state_dict()
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert torch.equal(model.run_with_cache(tokens, locality=0.5)[0],
+                       trained_tiny.run_with_cache(tokens, locality=0.5)[0])
+    assert model.meta["note"] == "test" and not model.training
+
+
+@pytest.mark.parametrize("name", [WEIGHTS, "model.pt", "weights.bin"])
+def test_pickle_is_refused_unread(tmp_path, saved, name):
+    marker = tmp_path / "PWNED"
+    target = saved / WEIGHTS
+    payload = pickle.dumps(_Payload(marker))
+    if name == WEIGHTS:
+        target.write_bytes(payload)
+        path = saved
+    else:
+        path = saved / name
+        path.write_bytes(payload)
+    with pytest.raises(CheckpointError, match="pickle"):
+        load_model(path)
+    assert not marker.exists()
+    # The payload is real: unpickling it would have created the marker.
+    pickle.loads(payload)
+    assert marker.exists()
+
+
+def test_truncated_weights_are_reported(saved):
+    data = (saved / WEIGHTS).read_bytes()
+    (saved / WEIGHTS).write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=r"model\.safetensors.*truncated"):
+        load_model(saved)
+
+
+def test_foreign_file_is_reported(saved):
+    (saved / WEIGHTS).write_bytes(b"GIF89a" + bytes(200))
+    with pytest.raises(CheckpointError, match="not a safetensors file"):
+        load_model(saved)
+
+
+@pytest.mark.parametrize("change,match", [
+    (lambda c: c["model"].pop("d_model"), None),
+    (lambda c: c["model"].update(surprise=1), "unknown keys"),
+    (lambda c: c.update(format_version=99), "format_version"),
+    (lambda c: c["model"].update(vocab_size=7), "vocab_size"),
+])
+def test_bad_config_is_refused_with_file_name(saved, change, match):
+    cfg = json.loads((saved / CONFIG).read_text())
+    change(cfg)
+    (saved / CONFIG).write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match=match or "config"):
+        load_model(saved)
+
+
+def test_missing_required_key_is_named(saved):
+    cfg = json.loads((saved / CONFIG).read_text())
+    cfg["model"].pop("vocab_size")
+    (saved / CONFIG).write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="missing keys.*vocab_size"):
+        load_model(saved)
+
+
+def test_vocabulary_that_does_not_match_weights(saved, tmp_path):
+    words = json.loads((saved / VOCAB).read_text())["words"]
+    (saved / VOCAB).write_text(json.dumps({"words": words + ["extra"]}))
+    with pytest.raises(CheckpointError, match="vocab.json"):
+        load_model(saved)
+
+
+def test_weights_of_another_shape_are_refused(saved, tmp_path, tiny_model):
+    other = tmp_path / "other"
+    shutil.copytree(saved, other)
+    cfg = json.loads((other / CONFIG).read_text())
+    cfg["model"]["d_ff"] = 48
+    (other / CONFIG).write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="does not match"):
+        load_model(other)
+
+
+def test_missing_folder_and_files(tmp_path, saved):
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        load_model(tmp_path / "nowhere")
+    (saved / VOCAB).unlink()
+    with pytest.raises(CheckpointError, match="vocab.json: missing"):
+        load_model(saved)
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_compressed_copies_load_close_to_full_precision(tmp_path, trained_tiny, tiny_corpus,
+                                                        tokens, precision):
+    path = save_checkpoint(tmp_path / precision, trained_tiny, tiny_corpus.tokenizer,
+                           precision=precision)
+    model, _ = load_model(path)
+    assert model.precision == precision
+    a = trained_tiny.run_with_cache(tokens)[0].exp()
+    b = model.run_with_cache(tokens)[0].exp()
+    assert (a - b).abs().max() < 0.05
+    assert torch.equal(model.local_entropy, trained_tiny.local_entropy)
