@@ -1,0 +1,164 @@
+"""Attention and language-model metrics (DESIGN §3).
+
+Attention metrics take per-head patterns ``[batch, head, query, key]`` and return per-query values
+``[batch, head, query]``; the caller reduces. Masked (future) keys carry weight exactly 0.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .blocks import FixedPartition, same_block
+
+LN2 = math.log(2.0)
+
+
+# -- attention ------------------------------------------------------------------------------
+
+def attention_entropy(pattern: Tensor) -> Tensor:
+    """H = −Σ_j α log₂ α in bits, ``[B, H, Q]``; ``xlogy`` makes 0·log 0 = 0."""
+    return -torch.special.xlogy(pattern, pattern).sum(-1) / LN2
+
+
+def visible_count(pattern: Tensor) -> Tensor:
+    """Number of keys each causal query can see, ``[Q]`` (1, 2, …, T)."""
+    return torch.arange(1, pattern.shape[-2] + 1, device=pattern.device, dtype=pattern.dtype)
+
+
+def normalised_entropy(pattern: Tensor, n_visible: Tensor | None = None) -> Tensor:
+    """H / log₂(#visible keys), in [0, 1]; a query that sees a single key scores 0."""
+    n = visible_count(pattern) if n_visible is None else n_visible.to(pattern.dtype)
+    denom = torch.log2(n)
+    h = attention_entropy(pattern)
+    return torch.where(denom > 0, h / denom.clamp_min(1e-12), torch.zeros_like(h))
+
+
+def causal_entropy_ceiling(n_ctx: int) -> float:
+    """mean_t log₂ t over t = 1..n_ctx: the most entropy causal attention can have, in bits."""
+    return float(np.mean(np.log2(np.arange(1, n_ctx + 1))))
+
+
+def mass_on(pattern: Tensor, keys: Tensor) -> Tensor:
+    """Attention mass on a key mask (``[B, Q, K]`` or ``[Q, K]`` bool), ``[B, H, Q]``."""
+    if keys.dim() == 3:
+        keys = keys.unsqueeze(1)
+    return (pattern * keys.to(pattern.dtype)).sum(-1)
+
+
+def in_block_mass(pattern: Tensor, block_ids: Tensor) -> Tensor:
+    """Share of each query's attention inside its own block, ``[B, H, Q]``."""
+    return mass_on(pattern, same_block(block_ids))
+
+
+def recent_mass(pattern: Tensor, window: int) -> Tensor:
+    """Mass on the last ``window`` positions t−window+1 … t (a sliding-window control)."""
+    n = pattern.shape[-1]
+    pos = torch.arange(n, device=pattern.device)
+    diff = pos.unsqueeze(-1) - pos.unsqueeze(0)           # t − j
+    return mass_on(pattern, (diff >= 0) & (diff < window))
+
+
+def shifted_block_ids(block_ids: Tensor, block_size: int) -> Tensor:
+    """Fixed blocks shifted by ⌊b/2⌋: the shifted-block control for in-block mass."""
+    tokens = torch.zeros_like(block_ids)
+    return FixedPartition(block_size, offset=block_size // 2).block_ids(tokens)
+
+
+def uniform_pattern(block_ids: Tensor, heads: int = 1) -> Tensor:
+    """Uniform causal attention ``[B, heads, T, T]``: the baseline every mass metric is read against."""
+    batch, n = block_ids.shape
+    p = torch.ones(n, n).tril()
+    p = p / p.sum(-1, keepdim=True)
+    return p.expand(batch, heads, n, n)
+
+
+def pointer_fidelity_mass(pattern: Tensor, anchors: Tensor) -> Tensor:
+    """Mass on the (visible) anchors of the query's block, ``[B, H, Q]``."""
+    return mass_on(pattern, anchors)
+
+
+def pointer_argmax_hit(pattern: Tensor, anchors: Tensor) -> Tensor:
+    """1.0 where the query's most-attended key is one of its block's anchors, else 0.0."""
+    top = pattern.argmax(-1, keepdim=True)                               # (B, H, Q, 1)
+    a = anchors.unsqueeze(1).expand(pattern.shape[0], pattern.shape[1], *anchors.shape[-2:])
+    return a.gather(-1, top).squeeze(-1).to(pattern.dtype)
+
+
+def mean_attention_distance(pattern: Tensor) -> Tensor:
+    """Σ_j α(t,j)·|t−j| in positions (as in ConViT), ``[B, H, Q]``."""
+    n = pattern.shape[-1]
+    pos = torch.arange(n, device=pattern.device, dtype=pattern.dtype)
+    dist = (pos.unsqueeze(-1) - pos.unsqueeze(0)).abs()
+    return (pattern * dist).sum(-1)
+
+
+def attention_metrics(pattern: Tensor, block_ids: Tensor, anchors: Tensor,
+                      block_size: int) -> dict[str, Tensor]:
+    """Every attention metric of §3 for one layer, each ``[B, H, Q]``, controls included."""
+    uni = uniform_pattern(block_ids)
+    return {
+        "entropy_bits": attention_entropy(pattern),
+        "normalised_entropy": normalised_entropy(pattern),
+        "in_block_mass": in_block_mass(pattern, block_ids),
+        "recent_b_mass": recent_mass(pattern, block_size),
+        "shifted_block_mass": in_block_mass(pattern, shifted_block_ids(block_ids, block_size)),
+        "uniform_in_block_mass": in_block_mass(uni, block_ids).expand(pattern.shape[:-1]),
+        "pointer_fidelity_mass": pointer_fidelity_mass(pattern, anchors),
+        "pointer_argmax_hit": pointer_argmax_hit(pattern, anchors),
+        "mean_attention_distance": mean_attention_distance(pattern),
+    }
+
+
+# -- language model -------------------------------------------------------------------------
+
+def perplexity(mean_nll: float) -> float:
+    """exp(mean NLL per token), NLL in nats."""
+    return float(math.exp(mean_nll))
+
+
+def accuracy(log_probs: Tensor, targets: Tensor) -> Tensor:
+    """Top-1 next-token accuracy, per position (1.0 or 0.0)."""
+    return (log_probs.argmax(-1) == targets).float()
+
+
+def unigram_perplexity(train: np.ndarray | Tensor, evaluate: np.ndarray | Tensor, vocab_size: int,
+                       add_k: float = 1.0) -> float:
+    """Perplexity of an add-k unigram model fitted on ``train``."""
+    train, evaluate = np.asarray(train), np.asarray(evaluate)
+    counts = np.bincount(train, minlength=vocab_size) + add_k
+    logp = np.log(counts / counts.sum())
+    return float(np.exp(-logp[evaluate].mean()))
+
+
+def bigram_perplexity(train: np.ndarray | Tensor, evaluate: np.ndarray | Tensor, vocab_size: int,
+                      discount: float = 0.75) -> float:
+    """Perplexity of an interpolated Kneser-Ney bigram model fitted on ``train``.
+
+    P(w|v) = max(c(v,w) − D, 0)/c(v) + D·N₁₊(v·)/c(v) · P_cont(w), where P_cont(w) ∝ N₁₊(·w)
+    (add-one over the vocabulary so an unseen continuation keeps some mass); unseen v uses P_cont.
+    The first token of ``evaluate`` is scored by P_cont (no history).
+    """
+    train, ev = np.asarray(train, dtype=np.int64), np.asarray(evaluate, dtype=np.int64)
+    v = int(vocab_size)
+    uniq, cnt = np.unique(train[:-1] * v + train[1:], return_counts=True)
+    prev, nxt = uniq // v, uniq % v
+    c_v = np.bincount(prev, weights=cnt, minlength=v)
+    n1_v = np.bincount(prev, minlength=v).astype(np.float64)
+    cont = np.bincount(nxt, minlength=v).astype(np.float64) + 1.0
+    p_cont = cont / cont.sum()
+    q_prev, q_next = ev[:-1], ev[1:]
+    codes = q_prev * v + q_next
+    pos = np.searchsorted(uniq, codes)
+    pos_c = np.minimum(pos, len(uniq) - 1)
+    c_vw = np.where(uniq[pos_c] == codes, cnt[pos_c], 0).astype(np.float64)
+    cv = c_v[q_prev]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p = np.where(cv > 0,
+                     np.maximum(c_vw - discount, 0) / np.maximum(cv, 1)
+                     + discount * n1_v[q_prev] / np.maximum(cv, 1) * p_cont[q_next],
+                     p_cont[q_next])
+    logp = np.concatenate([[np.log(p_cont[ev[0]])], np.log(p)])
+    return float(np.exp(-logp.mean()))
