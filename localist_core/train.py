@@ -1,0 +1,219 @@
+"""Training (DESIGN §2 protocols): the *penalty* protocol (one model per λ, λ_f = 0 in training)
+and the *dial* protocol (λ_f drawn per batch, one model for the whole dial).
+
+Every step draws its batch, its dial value and its dropout from generators seeded by
+(seed, step), and the trainer state (weights, AdamW moments, step, wall time) is saved as
+safetensors + JSON. So a run that is interrupted and resumed ends with the same weights as a run
+that never stopped.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from .attention import Dial
+from .blocks import local_entropy_table
+from .checkpoint import _atomic_write, load_model, save_checkpoint
+from .config import ModelConfig, TrainConfig
+from .data import Corpus, random_windows
+from .evaluate import evaluate_stream
+from .model import LocalistLM, autocast_ctx
+
+LAST = "last"            # sub-folder holding the resumable trainer state
+TRAINER_STATE = "trainer.safetensors"
+TRAINER_META = "trainer.json"
+DIAL_EXACT_P = 0.15      # dial protocol: P(λ_f = 0) = P(λ_f = 1) = 0.15, else λ_f ~ U(0, 1)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or a gradient became NaN or inf."""
+
+
+@dataclass
+class TrainResult:
+    model: LocalistLM
+    steps: int
+    tokens: int
+    train_seconds: float
+    history: list[dict] = field(default_factory=list)
+    stopped: str = "max_steps"
+
+
+def make_model(model_cfg: ModelConfig, corpus: Corpus, seed: int = 1234) -> LocalistLM:
+    """A fresh model with its anchor table computed from the training split (the warm-up pass)."""
+    torch.manual_seed(seed)
+    table = local_entropy_table(corpus.train.numpy(), model_cfg.vocab_size)
+    return LocalistLM(model_cfg, table)
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + step)
+
+
+def sample_dial_locality(gen: torch.Generator) -> float:
+    u = float(torch.rand((), generator=gen))
+    if u < DIAL_EXACT_P:
+        return 0.0
+    if u < 2 * DIAL_EXACT_P:
+        return 1.0
+    return float(torch.rand((), generator=gen))
+
+
+def lr_at(cfg: TrainConfig, progress: float, step: int) -> float:
+    """Linear warm-up, then cosine decay to ``min_lr_ratio·lr`` as progress goes 0 → 1."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    cos = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cos)
+
+
+def make_optimizer(model: LocalistLM, cfg: TrainConfig) -> torch.optim.AdamW:
+    decay = [p for n, p in model.named_parameters() if p.dim() == 2 and "emb" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.dim() == 2 and "emb" not in n)]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}],
+                             lr=cfg.lr, betas=(0.9, 0.98), eps=1e-8)
+
+
+def training_loss(model: LocalistLM, cfg: TrainConfig, x, y, dial: Dial) -> tuple[torch.Tensor, dict]:
+    """Mean NLL plus the configured penalty terms; returns the loss and its parts."""
+    attn_pen = cfg.protocol == "penalty" and cfg.penalty_form == "attention" and cfg.locality > 0
+    with autocast_ctx(cfg.bf16):
+        out = model(x, dial, attention_penalty=attn_pen)
+    nll = model.token_nll(out.hidden, y).mean()
+    loss, parts = nll, {"nll": nll.item()}
+    if cfg.protocol == "penalty" and cfg.locality > 0:
+        if cfg.penalty_form == "attention":
+            pen = out.attention_penalty
+        elif cfg.penalty_form == "weights":
+            pen = model.cross_channel_group_norm()
+        else:
+            pen = None
+        if pen is not None:
+            loss = loss + cfg.locality * cfg.penalty_scale * pen
+            parts["penalty"] = pen.item()
+    if cfg.value_l2 > 0:
+        loss = loss + cfg.value_l2 * model.value_sq_norm()
+    return loss, parts
+
+
+def _save_trainer(folder: Path, model, tok, cfg, opt, step, train_s, history, meta) -> None:
+    save_checkpoint(folder, model, tok, cfg, meta={**meta, "step": step})
+    tensors, scalars = {}, {}
+    names = {id(p): n for n, p in model.named_parameters()}
+    for group in opt.param_groups:
+        for p in group["params"]:
+            st = opt.state.get(p)
+            if not st:
+                continue
+            n = names[id(p)]
+            tensors[f"{n}::exp_avg"] = st["exp_avg"].contiguous()
+            tensors[f"{n}::exp_avg_sq"] = st["exp_avg_sq"].contiguous()
+            scalars[n] = float(st["step"])
+    _atomic_write(folder / TRAINER_STATE, lambda p: save_file(tensors, p))
+    state = {"step": step, "train_seconds": train_s, "history": history, "adam_steps": scalars}
+    _atomic_write(folder / TRAINER_META, lambda p: Path(p).write_text(json.dumps(state)))
+
+
+def _load_trainer(folder: Path, model, opt) -> tuple[int, float, list]:
+    state = json.loads((folder / TRAINER_META).read_text())
+    loaded, _ = load_model(folder)
+    model.load_state_dict(loaded.state_dict())
+    tensors = load_file(str(folder / TRAINER_STATE))
+    params = dict(model.named_parameters())
+    for n, s in state["adam_steps"].items():
+        p = params[n]
+        opt.state[p] = {"step": torch.tensor(s), "exp_avg": tensors[f"{n}::exp_avg"].clone(),
+                        "exp_avg_sq": tensors[f"{n}::exp_avg_sq"].clone()}
+    return state["step"], state["train_seconds"], state["history"]
+
+
+def train(model_cfg: ModelConfig, train_cfg: TrainConfig, corpus: Corpus,
+          out_dir: str | Path | None = None, resume: bool = True, progress: bool = True,
+          stop_after: int | None = None, eval_tokens: int = 32_768, meta: dict | None = None
+          ) -> TrainResult:
+    """Train one model. With ``out_dir`` it checkpoints every ``ckpt_interval`` steps into
+    ``out_dir/last`` and resumes from there; the final model is written to ``out_dir``.
+
+    ``stop_after`` ends the run after that many steps *without* finishing it (used to test
+    resumption).
+    """
+    cfg = train_cfg
+    torch.set_num_threads(cfg.threads)
+    model = make_model(model_cfg, corpus, cfg.seed)
+    opt = make_optimizer(model, cfg)
+    step, train_s, history = 0, 0.0, []
+    last = Path(out_dir) / LAST if out_dir is not None else None
+    meta = {"protocol": cfg.protocol, "penalty_form": cfg.penalty_form, "locality": cfg.locality,
+            **(meta or {})}
+    if last is not None and resume and (last / TRAINER_META).is_file():
+        step, train_s, history = _load_trainer(last, model, opt)
+    n_tokens_step = cfg.batch_size * model_cfg.n_ctx
+    stopped = "max_steps"
+    bar = tqdm(total=cfg.max_steps, initial=step, disable=not progress, unit="step",
+               dynamic_ncols=True, desc=f"train {cfg.protocol}/{cfg.penalty_form} λ={cfg.locality}")
+    model.train()
+    try:
+        while step < cfg.max_steps:
+            if train_s >= cfg.time_budget_s:
+                stopped = "time_budget"
+                break
+            if stop_after is not None and step >= stop_after:
+                stopped = "interrupted"
+                break
+            t0 = time.perf_counter()
+            gen = step_generator(cfg.seed, step)
+            x, y = random_windows(corpus.train, cfg.batch_size, model_cfg.n_ctx, gen)
+            lam = sample_dial_locality(gen) if cfg.protocol == "dial" else 0.0
+            torch.manual_seed(cfg.seed + 7919 * step)  # dropout
+            frac = step / cfg.max_steps
+            if cfg.lr_by_time:
+                frac = max(frac, train_s / cfg.time_budget_s)
+            lr = lr_at(cfg, frac, step)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            loss, parts = training_loss(model, cfg, x, y, Dial(locality=lam))
+            if not math.isfinite(loss.item()):
+                raise TrainingDiverged(
+                    f"loss became {loss.item()} at step {step} (lr {lr:.2e}); nothing was saved "
+                    f"past the last checkpoint. Lower lr or grad_clip, or turn bf16 off.")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            if not math.isfinite(float(gnorm)):
+                raise TrainingDiverged(f"gradient norm became {float(gnorm)} at step {step}; "
+                                       f"lower lr or turn bf16 off.")
+            opt.step()
+            step += 1
+            dt = time.perf_counter() - t0
+            train_s += dt
+            bar.update(1)
+            bar.set_postfix(loss=f"{parts['nll']:.3f}", tok_s=f"{n_tokens_step / dt:,.0f}")
+            if step % cfg.eval_interval == 0 or step == cfg.max_steps:
+                ev = evaluate_stream(model, corpus.valid, max_tokens=eval_tokens,
+                                     with_attention=False)
+                model.train()
+                history.append({"step": step, "train_seconds": round(train_s, 2),
+                                "train_nll": parts["nll"], "valid_ppl": ev["perplexity"],
+                                "lr": lr, **({"penalty": parts["penalty"]} if "penalty" in parts else {})})
+                bar.write(f"step {step}: train nll {parts['nll']:.3f}  valid ppl "
+                          f"{ev['perplexity']:.1f}  ({train_s:.0f}s)")
+            if last is not None and step % cfg.ckpt_interval == 0:
+                _save_trainer(last, model, corpus.tokenizer, cfg, opt, step, train_s, history, meta)
+    finally:
+        bar.close()
+    model.eval()
+    if last is not None:
+        _save_trainer(last, model, corpus.tokenizer, cfg, opt, step, train_s, history, meta)
+        if stopped != "interrupted":
+            save_checkpoint(out_dir, model, corpus.tokenizer, cfg,
+                            meta={**meta, "step": step, "train_seconds": round(train_s, 2),
+                                  "tokens": step * n_tokens_step, "stopped": stopped})
+    return TrainResult(model, step, step * n_tokens_step, train_s, history, stopped)

@@ -1,0 +1,55 @@
+"""Training: resume equivalence, the divergence guard and both protocols on a tiny model."""
+import dataclasses
+
+import pytest
+import torch
+
+from localist_core import load_model
+from localist_core.config import TrainConfig, preset
+from localist_core.train import LAST, TrainingDiverged, train
+
+
+def _cfg(**kw):
+    return TrainConfig(**{**preset("tiny").train, "max_steps": 12, "ckpt_interval": 4,
+                          "eval_interval": 6, **kw})
+
+
+@pytest.mark.parametrize("protocol,form,lam", [("penalty", "attention", 0.6),
+                                               ("penalty", "weights", 1.0),
+                                               ("dial", "none", 0.0)])
+def test_resume_gives_the_same_weights(tmp_path, tiny_model_cfg, tiny_corpus, protocol, form, lam):
+    mcfg = dataclasses.replace(tiny_model_cfg, dropout=0.1)
+    cfg = _cfg(protocol=protocol, penalty_form=form, locality=lam)
+    straight = train(mcfg, cfg, tiny_corpus, tmp_path / "a", progress=False)
+    part = train(mcfg, cfg, tiny_corpus, tmp_path / "b", progress=False, stop_after=5)
+    assert part.stopped == "interrupted" and part.steps == 5
+    assert not (tmp_path / "b" / "model.safetensors").exists()  # only the resumable state
+    resumed = train(mcfg, cfg, tiny_corpus, tmp_path / "b", progress=False)
+    assert resumed.steps == straight.steps == 12
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    strip = lambda hist: [{k: v for k, v in h.items() if k != "train_seconds"} for h in hist]  # noqa: E731
+    assert strip(resumed.history) == strip(straight.history)
+    loaded, _ = load_model(tmp_path / "b")
+    assert all(torch.equal(loaded.state_dict()[k], b[k]) for k in b)
+    assert (tmp_path / "b" / LAST / "trainer.safetensors").is_file()
+
+
+def test_training_lowers_the_loss(tiny_model_cfg, tiny_corpus):
+    res = train(tiny_model_cfg, _cfg(max_steps=30, eval_interval=10), tiny_corpus, progress=False)
+    ppl = [h["valid_ppl"] for h in res.history]
+    assert ppl[-1] < ppl[0] < len(tiny_corpus.tokenizer) * 1.5
+
+
+def test_weights_penalty_shrinks_the_cross_channel(tiny_model_cfg, tiny_corpus):
+    def cross_norm(lam):
+        cfg = _cfg(penalty_form="weights", locality=lam, penalty_scale=1.0, max_steps=30)
+        model = train(tiny_model_cfg, cfg, tiny_corpus, progress=False).model
+        return model.cross_channel_group_norm().item()
+    assert cross_norm(1.0) < 0.8 * cross_norm(0.0)
+
+
+def test_divergence_stops_with_a_clear_message(tiny_model_cfg, tiny_corpus):
+    with pytest.raises(TrainingDiverged, match="(?i)lower lr"):
+        train(tiny_model_cfg, _cfg(lr=1e30, grad_clip=1e30, warmup_steps=0), tiny_corpus,
+              progress=False)
