@@ -13,7 +13,6 @@ import warnings
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import RULE_STRENGTH_RANGE, TEMPERATURE_RANGE, ModelConfig
@@ -144,12 +143,13 @@ class LocalityAttention(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
         self.hook_q_in, self.hook_k_in = HookPoint(), HookPoint()
         self.hook_q_x, self.hook_k_x, self.hook_v = HookPoint(), HookPoint(), HookPoint()
-        self.hook_attn_scores, self.hook_pattern, self.hook_z = HookPoint(), HookPoint(), HookPoint()
+        self.hook_attn_scores, self.hook_pattern = HookPoint(), HookPoint()
+        self.hook_z = HookPoint()
         self.equalize_channels()
 
     @torch.no_grad()
     def equalize_channels(self) -> None:
-        """Copy the within-block channel into the cross-block one: a fresh model is plain attention."""
+        """Copy the within-block channel into the cross one: a fresh model is plain attention."""
         d = self.cfg.d_model
         self.qkv.weight[2 * d:4 * d].copy_(self.qkv.weight[0:2 * d])
 

@@ -24,7 +24,7 @@ class Partition(Protocol):
 
 
 class FixedPartition:
-    """Fixed windows of ``block_size`` positions; ``offset`` shifts them (the shifted-block control).
+    """Fixed windows of ``block_size`` positions; ``offset`` shifts them (the shifted control).
 
     >>> FixedPartition(3).block_ids(torch.zeros(1, 7, dtype=torch.long)).tolist()
     [[0, 0, 0, 1, 1, 1, 2]]
@@ -103,7 +103,7 @@ def _rank_in_block(block_ids: Tensor, token_entropy: Tensor) -> Tensor:
 
 
 def block_anchors(block_ids: Tensor, token_entropy: Tensor, k: int) -> Tensor:
-    """``[batch, pos]`` bool: the k lowest-local-entropy tokens of each whole block (for display)."""
+    """``[batch, pos]`` bool: the k lowest-local-entropy tokens of each whole block (display)."""
     return _rank_in_block(block_ids, token_entropy).sum(-2) < k
 
 

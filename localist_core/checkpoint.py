@@ -34,7 +34,7 @@ class CheckpointError(ValueError):
 
 
 def check_safetensors_file(path: Path) -> None:
-    """Raise CheckpointError unless ``path`` is a complete safetensors file. Reads only its header."""
+    """Raise CheckpointError unless ``path`` is a complete safetensors file (reads the header)."""
     if path.suffix.lower() in PICKLE_SUFFIXES:
         raise CheckpointError(f"{path}: {path.suffix} files are pickle-based and are refused "
                               f"unread; checkpoints are safetensors + JSON only")
@@ -43,14 +43,14 @@ def check_safetensors_file(path: Path) -> None:
         with open(path, "rb") as f:
             head = f.read(8)
             if head[:1] == b"\x80" or head[:2] == b"PK":
-                raise CheckpointError(f"{path}: this is a pickle / torch.save file, not safetensors; "
-                                      f"refused unread")
+                raise CheckpointError(f"{path}: this is a pickle / torch.save file, not "
+                                      f"safetensors; refused unread")
             if len(head) < 8:
                 raise CheckpointError(f"{path}: truncated ({size} bytes; no safetensors header)")
             n = int.from_bytes(head, "little")
             if n <= 1 or n > min(size - 8, 100 * 2**20):
-                raise CheckpointError(f"{path}: not a safetensors file, or truncated (header length "
-                                      f"{n} does not fit a {size}-byte file)")
+                raise CheckpointError(f"{path}: not a safetensors file, or truncated (header "
+                                      f"length {n} does not fit a {size}-byte file)")
             raw = f.read(n)
     except OSError as e:
         raise CheckpointError(f"{path}: cannot read ({e.strerror})") from None

@@ -68,7 +68,8 @@ class ModelConfig:
         _check(all(0 < a < b for a, b in zip(cut, cut[1:])) and (not cut or cut[0] > 0),
                f"cutoffs must be increasing and positive, got {cut}")
         _check(not cut or cut[-1] < self.vocab_size - 1,
-               f"last cutoff {cut[-1] if cut else None} must be < vocab_size - 1 ({self.vocab_size - 1})")
+               f"last cutoff {cut[-1] if cut else None} must be < vocab_size - 1 "
+               f"({self.vocab_size - 1})")
         _check(self.div_value >= 1.0, f"div_value must be ≥ 1, got {self.div_value!r}")
 
     @property
@@ -80,7 +81,7 @@ class ModelConfig:
 class TrainConfig:
     """How one model is trained: protocol, penalty form and optimisation budget."""
 
-    protocol: str = "penalty"        # "penalty": λ as a training penalty; "dial": λ_f drawn per batch
+    protocol: str = "penalty"        # "penalty": λ as a training penalty; "dial": λ_f per batch
     penalty_form: str = "attention"  # "weights" (papers' text), "attention" (ours) or "none"
     locality: float = 0.0            # λ of the penalty protocol
     penalty_scale: float = 0.1       # c in λ·c·Σ ‖·‖_F
@@ -103,15 +104,18 @@ class TrainConfig:
     threads: int = 2
 
     def __post_init__(self) -> None:
-        _check(self.protocol in PROTOCOLS, f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
+        _check(self.protocol in PROTOCOLS,
+               f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
         _check(self.penalty_form in PENALTY_FORMS,
                f"penalty_form must be one of {PENALTY_FORMS}, got {self.penalty_form!r}")
-        _check(0.0 <= self.locality <= 1.0, f"locality (λ) must be in [0, 1], got {self.locality!r}")
+        _check(0.0 <= self.locality <= 1.0,
+               f"locality (λ) must be in [0, 1], got {self.locality!r}")
         for name in ("penalty_scale", "value_l2", "weight_decay", "grad_clip"):
             v = getattr(self, name)
             _check(math.isfinite(v) and v >= 0, f"{name} must be a finite number ≥ 0, got {v!r}")
         _check(math.isfinite(self.lr) and self.lr > 0, f"lr must be > 0, got {self.lr!r}")
-        _check(0.0 <= self.min_lr_ratio <= 1.0, f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        _check(0.0 <= self.min_lr_ratio <= 1.0,
+               f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         for name in ("batch_size", "max_steps", "eval_interval", "ckpt_interval", "threads"):
             v = getattr(self, name)
             _check(isinstance(v, int) and v >= 1, f"{name} must be a positive integer, got {v!r}")
@@ -172,7 +176,8 @@ def _coerce(cls: type, key: str, raw: str):
                 raise ValueError(raw)
             return low in ("true", "1", "yes")
         if kind is tuple:
-            return tuple(int(x) for x in raw.replace("(", "").replace(")", "").split(",") if x.strip())
+            parts = raw.replace("(", "").replace(")", "").split(",")
+            return tuple(int(x) for x in parts if x.strip())
         if kind is float:
             v = float(raw)
             if not math.isfinite(v):

@@ -145,4 +145,5 @@ def eval_windows(stream: Tensor, n_ctx: int, batch_size: int = 64):
     rest = len(stream) - 1 - n_full * n_ctx
     if rest > 0:
         start = n_full * n_ctx
-        yield stream[start:start + rest].unsqueeze(0), stream[start + 1:start + rest + 1].unsqueeze(0)
+        yield (stream[start:start + rest].unsqueeze(0),
+               stream[start + 1:start + rest + 1].unsqueeze(0))

@@ -43,7 +43,8 @@ def attention_summary(model, tokens: Tensor, patterns: list[Tensor], block_ids: 
                       ) -> list[dict[str, Tensor]]:
     """Per-layer metric dicts for one batch (anchors computed from the model's table)."""
     anchors = model.anchors_for(tokens, block_ids)
-    return [attention_metrics(p.float(), block_ids, anchors, model.cfg.block_size) for p in patterns]
+    return [attention_metrics(p.float(), block_ids, anchors, model.cfg.block_size)
+            for p in patterns]
 
 
 @torch.no_grad()
@@ -141,8 +142,9 @@ def leak_test(model, tokens: Tensor, settings: list[dict] | None = None,
         changed[:, t + 1:] = torch.randint(0, model.cfg.vocab_size, changed[:, t + 1:].shape,
                                            generator=gen)
         for s in settings:
-            lp_a, ca = model.run_with_cache(tokens, names_filter=lambda name: name.endswith("hook_pattern"), **s)
-            lp_b, cb = model.run_with_cache(changed, names_filter=lambda name: name.endswith("hook_pattern"), **s)
+            only = lambda name: name.endswith("hook_pattern")
+            lp_a, ca = model.run_with_cache(tokens, names_filter=only, **s)
+            lp_b, cb = model.run_with_cache(changed, names_filter=only, **s)
             diffs = [(lp_a[:, : t + 1] - lp_b[:, : t + 1]).abs().max()]
             for name in ca:
                 if name.endswith("hook_pattern"):

@@ -68,7 +68,7 @@ def shifted_block_ids(block_ids: Tensor, block_size: int) -> Tensor:
 
 
 def uniform_pattern(block_ids: Tensor, heads: int = 1) -> Tensor:
-    """Uniform causal attention ``[B, heads, T, T]``: the baseline every mass metric is read against."""
+    """Uniform causal attention ``[B, heads, T, T]``: the baseline for every mass metric."""
     batch, n = block_ids.shape
     p = torch.ones(n, n).tril()
     p = p / p.sum(-1, keepdim=True)

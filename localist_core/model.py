@@ -102,12 +102,13 @@ class LocalistLM(nn.Module):
     # -- forward -----------------------------------------------------------------------------
 
     def check_tokens(self, tokens) -> Tensor:
-        """Accept a list, 1-D or 2-D tensor of ids; return ``[batch, pos]`` long, or raise clearly."""
+        """Accept a list, 1-D or 2-D tensor of ids; return ``[batch, pos]`` long or raise."""
         t = torch.as_tensor(tokens, dtype=torch.long, device=self.tok_emb.weight.device)
         if t.dim() == 1:
             t = t.unsqueeze(0)
         if t.dim() != 2 or t.shape[1] == 0:
-            raise ValueError(f"tokens must be a non-empty [batch, pos] array, got shape {tuple(t.shape)}")
+            raise ValueError(f"tokens must be a non-empty [batch, pos] array, got shape "
+                             f"{tuple(t.shape)}")
         if t.shape[1] > self.cfg.n_ctx:
             raise ValueError(f"{t.shape[1]} tokens exceed the model's context of {self.cfg.n_ctx}")
         if int(t.min()) < 0 or int(t.max()) >= self.cfg.vocab_size:
@@ -168,7 +169,8 @@ class LocalistLM(nn.Module):
         for blk in self.blocks:
             w = blk.attn.channel_weights()
             for name in ("W_Q_x", "W_K_x"):
-                total = total + w[name].reshape(heads, dh, -1).pow(2).sum((1, 2)).clamp_min(1e-30).sqrt().sum()
+                sq = w[name].reshape(heads, dh, -1).pow(2).sum((1, 2))   # (H,)
+                total = total + sq.clamp_min(1e-30).sqrt().sum()
         return total
 
     def value_sq_norm(self) -> Tensor:

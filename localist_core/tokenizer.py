@@ -97,7 +97,8 @@ class Tokenizer:
         return [self.words[int(i)] for i in ids]
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps({"words": self.words}, ensure_ascii=False), encoding="utf-8")
+        text = json.dumps({"words": self.words}, ensure_ascii=False)
+        Path(path).write_text(text, encoding="utf-8")
 
     @classmethod
     def load(cls, path: str | Path) -> "Tokenizer":

@@ -82,7 +82,8 @@ def make_optimizer(model: LocalistLM, cfg: TrainConfig) -> torch.optim.AdamW:
                              lr=cfg.lr, betas=(0.9, 0.98), eps=1e-8)
 
 
-def training_loss(model: LocalistLM, cfg: TrainConfig, x, y, dial: Dial) -> tuple[torch.Tensor, dict]:
+def training_loss(model: LocalistLM, cfg: TrainConfig, x, y, dial: Dial
+                  ) -> tuple[torch.Tensor, dict]:
     """Mean NLL plus the configured penalty terms; returns the loss and its parts."""
     attn_pen = cfg.protocol == "penalty" and cfg.penalty_form == "attention" and cfg.locality > 0
     with autocast_ctx(cfg.bf16):
@@ -202,7 +203,7 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, corpus: Corpus,
                 model.train()
                 history.append({"step": step, "train_seconds": round(train_s, 2),
                                 "train_nll": parts["nll"], "valid_ppl": ev["perplexity"],
-                                "lr": lr, **({"penalty": parts["penalty"]} if "penalty" in parts else {})})
+                                "lr": lr, **{k: v for k, v in parts.items() if k == "penalty"}})
                 bar.write(f"step {step}: train nll {parts['nll']:.3f}  valid ppl "
                           f"{ev['perplexity']:.1f}  ({train_s:.0f}s)")
             if last is not None and step % cfg.ckpt_interval == 0:

@@ -76,7 +76,8 @@ def test_exact_block_local_at_full_locality(trained_tiny, tokens):
     for layer in range(trained_tiny.cfg.n_layers):
         p = cache[f"blocks.{layer}.attn.hook_pattern"]
         assert (p.masked_select(cross) == 0).all()
-        assert torch.isfinite(cache[f"blocks.{layer}.attn.hook_attn_scores"].masked_select(~cross)).any()
+        scores = cache[f"blocks.{layer}.attn.hook_attn_scores"]
+        assert torch.isfinite(scores.masked_select(~cross)).any()
 
 
 def test_attention_penalty_zero_iff_block_diagonal():

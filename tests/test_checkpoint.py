@@ -1,4 +1,5 @@
-"""Checkpoints round-trip bit-exact; pickle, truncated, foreign and inconsistent files are refused."""
+"""Checkpoints round-trip bit-exact; pickle, truncated, foreign and inconsistent files are
+refused."""
 import json
 import pickle
 import shutil

@@ -14,7 +14,8 @@ SETTINGS = [dict(locality=lam, attn_temperature=tau, rule_strength=gam)
 def test_every_hook_name_literally(tiny_model):
     per_layer = ["hook_resid_pre", "attn.hook_q_in", "attn.hook_k_in", "attn.hook_q_x",
                  "attn.hook_k_x", "attn.hook_v", "attn.hook_attn_scores", "attn.hook_pattern",
-                 "attn.hook_z", "hook_attn_out", "hook_resid_mid", "hook_mlp_out", "hook_resid_post"]
+                 "attn.hook_z", "hook_attn_out", "hook_resid_mid", "hook_mlp_out",
+                 "hook_resid_post"]
     expected = ["hook_embed", "hook_pos_embed"] + [f"blocks.{layer}.{h}" for layer in range(2)
                                                    for h in per_layer]
     assert sorted(tiny_model.hook_names()) == sorted(expected)
@@ -61,7 +62,8 @@ def test_log_probs_normalised_over_whole_vocabulary(trained_tiny, tokens):
 @pytest.mark.parametrize("lam", [0.0, 0.5, 1.0])
 @pytest.mark.parametrize("tau", [0.05, 0.5, 1.0, 10.0])
 def test_log_probs_finite_on_grid(trained_tiny, tokens, lam, tau):
-    lp, _ = trained_tiny.run_with_cache(tokens, locality=lam, attn_temperature=tau, rule_strength=5.0)
+    lp, _ = trained_tiny.run_with_cache(tokens, locality=lam, attn_temperature=tau,
+                                        rule_strength=5.0)
     assert torch.isfinite(lp).all()
 
 
