@@ -20,8 +20,8 @@ from tqdm.auto import tqdm
 
 from .attention import Dial
 from .blocks import local_entropy_table
-from .checkpoint import _atomic_write, load_model, save_checkpoint
-from .config import ModelConfig, TrainConfig
+from .checkpoint import _atomic_write, load_model, read_config, save_checkpoint
+from .config import ModelConfig, TrainConfig, config_to_dict
 from .data import Corpus, random_windows
 from .evaluate import evaluate_stream
 from .model import LocalistLM, autocast_ctx
@@ -123,8 +123,12 @@ def _save_trainer(folder: Path, model, tok, cfg, opt, step, train_s, history, me
     _atomic_write(folder / TRAINER_META, lambda p: Path(p).write_text(json.dumps(state)))
 
 
-def _load_trainer(folder: Path, model, opt) -> tuple[int, float, list]:
+def _load_trainer(folder: Path, model, opt, cfg: TrainConfig) -> tuple[int, float, list]:
     state = json.loads((folder / TRAINER_META).read_text())
+    saved = read_config(folder)
+    if saved["model"] != config_to_dict(model.cfg) or saved["train"] != config_to_dict(cfg):
+        raise ValueError(f"{folder} holds a run with another config; resume with the same "
+                         f"config, or start again (--no-resume, or another --out)")
     loaded, _ = load_model(folder)
     model.load_state_dict(loaded.state_dict())
     tensors = load_file(str(folder / TRAINER_STATE))
@@ -155,7 +159,7 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, corpus: Corpus,
     meta = {"protocol": cfg.protocol, "penalty_form": cfg.penalty_form, "locality": cfg.locality,
             **(meta or {})}
     if last is not None and resume and (last / TRAINER_META).is_file():
-        step, train_s, history = _load_trainer(last, model, opt)
+        step, train_s, history = _load_trainer(last, model, opt, cfg)
     n_tokens_step = cfg.batch_size * model_cfg.n_ctx
     stopped = "max_steps"
     bar = tqdm(total=cfg.max_steps, initial=step, disable=not progress, unit="step",

@@ -53,3 +53,9 @@ def test_divergence_stops_with_a_clear_message(tiny_model_cfg, tiny_corpus):
     with pytest.raises(TrainingDiverged, match="(?i)lower lr"):
         train(tiny_model_cfg, _cfg(lr=1e30, grad_clip=1e30, warmup_steps=0), tiny_corpus,
               progress=False)
+
+
+def test_resume_with_another_config_is_refused(tmp_path, tiny_model_cfg, tiny_corpus):
+    train(tiny_model_cfg, _cfg(), tiny_corpus, tmp_path, progress=False, stop_after=4)
+    with pytest.raises(ValueError, match="another config"):
+        train(tiny_model_cfg, _cfg(lr=1e-3), tiny_corpus, tmp_path, progress=False)

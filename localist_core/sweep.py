@@ -1,0 +1,253 @@
+"""λ-sweeps with a resumable, atomic result cache (DESIGN §2 protocols, §9 reliability).
+
+Each run trains one model (or resumes it), evaluates it on a grid of dial settings and writes one
+JSON file into the cache, atomically, with a schema version. Running the same sweep again skips
+every finished run; a killed sweep, run again, loses no finished run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+from .checkpoint import _atomic_write, load_model
+from .config import ModelConfig, TrainConfig, config_to_dict
+from .data import Corpus
+from .evaluate import evaluate_stream, leak_test
+from .metrics import bigram_perplexity, unigram_perplexity
+from .train import train
+
+SCHEMA_VERSION = 1
+DEFAULT_LAMBDAS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+DEFAULT_TAUS = (0.25, 0.5, 1.0, 2.0)
+PROTOCOL_NAMES = {"attention": ("penalty", "attention"), "weights": ("penalty", "weights"),
+                  "dial": ("dial", "none")}
+PROGRESS_FILE = "progress.json"
+BASELINES_FILE = "baselines.json"
+REPO = Path(__file__).resolve().parents[1]
+
+
+class SweepCacheError(ValueError):
+    """A sweep-cache file is corrupt, missing or from another schema version."""
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One model of a sweep and the dial settings it is evaluated at."""
+
+    run_id: str
+    protocol_name: str
+    model: ModelConfig
+    train: TrainConfig
+    settings: tuple[tuple[float, float], ...]   # (λ_f, τ) pairs
+
+
+def run_id_for(protocol_name: str, locality: float, overrides: list[str]) -> str:
+    """A readable id: protocol, λ and any model-shape overrides (block_size=3 → block_size3).
+
+    Training-procedure overrides (max_steps, lr, …) do not rename a run; its stored config
+    tells them apart, and a changed config is trained again.
+    """
+    base = "dial" if protocol_name == "dial" else f"{protocol_name}-l{locality:.1f}"
+    model_keys = {f.name for f in dataclasses.fields(ModelConfig)}
+    tags = sorted(o.replace("=", "") for o in overrides if o.split("=", 1)[0] in model_keys)
+    if tags:
+        base += "-" + "".join(c if c.isalnum() or c in "-_." else "_" for c in "-".join(tags))
+    return base
+
+
+def run_dir_for(spec: "RunSpec") -> str:
+    """The checkpoint folder name: the run id plus a hash of its whole config, so two configs
+    never resume from each other's checkpoints."""
+    blob = json.dumps({"model": config_to_dict(spec.model), "train": config_to_dict(spec.train)},
+                      sort_keys=True)
+    return f"{spec.run_id}-{hashlib.sha1(blob.encode()).hexdigest()[:8]}"
+
+
+def plan_runs(model_cfg: ModelConfig, train_cfg: TrainConfig, protocols: list[str],
+              lambdas: list[float], taus: list[float], overrides: list[str] | None = None
+              ) -> list[RunSpec]:
+    """The runs of a sweep: one per (penalty protocol, λ), one for the dial protocol.
+
+    A penalty run is evaluated at λ_f ∈ {0, λ} × τ (dialling a penalty-trained model answers
+    the "no retraining" question); the dial run at every λ of the grid × τ.
+    """
+    runs = []
+    for name in protocols:
+        if name not in PROTOCOL_NAMES:
+            raise ValueError(f"unknown protocol {name!r}; choose from {sorted(PROTOCOL_NAMES)}")
+        protocol, form = PROTOCOL_NAMES[name]
+        grid = [0.0] if name == "dial" else list(lambdas)
+        for lam in grid:
+            tcfg = dataclasses.replace(train_cfg, protocol=protocol, penalty_form=form,
+                                       locality=0.0 if name == "dial" else lam)
+            dial_values = sorted(set(lambdas)) if name == "dial" else sorted({0.0, lam})
+            settings = tuple((lf, tau) for lf in dial_values for tau in taus)
+            runs.append(RunSpec(run_id_for(name, lam, overrides or []), name, model_cfg, tcfg,
+                                settings))
+    return runs
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(path, lambda p: Path(p).write_text(json.dumps(data, indent=1, allow_nan=False)))
+
+
+def read_result(path: Path) -> dict:
+    """One cached run, checked; raises SweepCacheError naming the file and the problem."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SweepCacheError(f"{path}: missing") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise SweepCacheError(f"{path}: corrupt JSON ({e})") from None
+    if not isinstance(data, dict) or "schema_version" not in data:
+        raise SweepCacheError(f"{path}: not a sweep result (no schema_version)")
+    if data["schema_version"] != SCHEMA_VERSION:
+        raise SweepCacheError(f"{path}: schema_version {data['schema_version']!r} is not "
+                              f"supported (this code reads {SCHEMA_VERSION})")
+    for key in ("run_id", "config", "metrics"):
+        if key not in data:
+            raise SweepCacheError(f"{path}: missing key {key!r}")
+    return data
+
+
+def load_cache(cache_dir: str | Path) -> tuple[list[dict], list[str]]:
+    """Every readable run in a cache folder, and a message for every file that was refused."""
+    folder = Path(cache_dir)
+    if not folder.is_dir():
+        return [], [f"{folder}: no sweep cache folder"]
+    runs, problems = [], []
+    for path in sorted(folder.glob("*.json")):
+        if path.name in (PROGRESS_FILE, BASELINES_FILE):
+            continue
+        try:
+            runs.append(read_result(path))
+        except SweepCacheError as e:
+            problems.append(str(e))
+    return runs, problems
+
+
+def _finished(cache_dir: Path, spec: RunSpec) -> bool:
+    path = cache_dir / f"{spec.run_id}.json"
+    if not path.is_file():
+        return False
+    try:
+        data = read_result(path)
+    except SweepCacheError:
+        return False
+    return data["config"] == {"model": config_to_dict(spec.model),
+                              "train": config_to_dict(spec.train)}
+
+
+@torch.no_grad()
+def attention_maps(model, tokenizer, prompts: list[dict], settings) -> dict[str, torch.Tensor]:
+    """fp16 patterns ``[layer, head, T, T]`` of each sample prompt at each dial setting."""
+    maps = {}
+    for p in prompts:
+        ids = tokenizer.encode(p["text"])[: model.cfg.n_ctx]
+        for lam, tau in settings:
+            _, cache = model.run_with_cache(ids, locality=lam, attn_temperature=tau,
+                                            names_filter=lambda n: n.endswith("hook_pattern"))
+            pats = torch.stack([cache[f"blocks.{i}.attn.hook_pattern"][0]
+                                for i in range(model.cfg.n_layers)])
+            maps[f"{p['name']}|{lam:g}|{tau:g}"] = pats.half().contiguous()
+    return maps
+
+
+def baselines(corpus: Corpus) -> dict:
+    v = len(corpus.tokenizer)
+    return {split: {"unigram_perplexity": unigram_perplexity(corpus.train, corpus.split(split), v),
+                    "bigram_kn_perplexity": bigram_perplexity(corpus.train, corpus.split(split), v)}
+            for split in ("valid", "test")}
+
+
+def _progress(cache_dir: Path, **state) -> None:
+    write_json_atomic(cache_dir / PROGRESS_FILE, {"pid": os.getpid(), "updated": time.time(),
+                                                  **state})
+
+
+def run_sweep(runs: list[RunSpec], corpus: Corpus, cache_dir: str | Path, runs_dir: str | Path,
+              prompts: list[dict] | None = None, eval_tokens: int | None = None,
+              progress: bool = True, test_eval: bool = True) -> list[dict]:
+    """Train and evaluate every unfinished run; return every run's result."""
+    cache_dir, runs_dir = Path(cache_dir), Path(runs_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    for stale in cache_dir.glob(".*.tmp"):  # temp files of a killed writer; never a result
+        stale.unlink(missing_ok=True)
+    if not (cache_dir / BASELINES_FILE).is_file():
+        write_json_atomic(cache_dir / BASELINES_FILE, {"schema_version": SCHEMA_VERSION,
+                                                       **baselines(corpus)})
+    results = []
+    todo = [r for r in runs if not _finished(cache_dir, r)]
+    done = len(runs) - len(todo)
+    for spec in runs:
+        path = cache_dir / f"{spec.run_id}.json"
+        if spec not in todo:
+            results.append(read_result(path))
+            continue
+        _progress(cache_dir, runs_total=len(runs), runs_done=done, current=spec.run_id,
+                  phase="train")
+        t0 = time.time()
+        out = runs_dir / run_dir_for(spec)
+        res = train(spec.model, spec.train, corpus, out, progress=progress,
+                    meta={"run_id": spec.run_id})
+        model, tok = load_model(out)
+        t1 = time.time()
+        _progress(cache_dir, runs_total=len(runs), runs_done=done, current=spec.run_id,
+                  phase="evaluate")
+        valid = []
+        bar = tqdm(spec.settings, disable=not progress, desc=f"eval {spec.run_id}")
+        for lam, tau in bar:
+            valid.append(evaluate_stream(model, corpus.valid, lam, tau, max_tokens=eval_tokens))
+        metrics = {"valid": valid}
+        if test_eval:
+            metrics["test"] = [evaluate_stream(model, corpus.test, lam, 1.0, max_tokens=eval_tokens,
+                                               with_attention=False, by_position_in_block=True)
+                               for lam in sorted({s[0] for s in spec.settings})]
+        probe = corpus.valid[: 2 * model.cfg.n_ctx].view(2, -1)
+        leak = leak_test(model, probe)
+        if prompts:
+            save_maps = cache_dir / f"{spec.run_id}.maps.safetensors"
+            maps = attention_maps(model, tok, prompts, spec.settings)
+            _atomic_write(save_maps, lambda p, m=maps: save_file(m, p))
+        data = {
+            "schema_version": SCHEMA_VERSION,
+            "run_id": spec.run_id,
+            "protocol": spec.protocol_name,
+            "penalty_form": spec.train.penalty_form,
+            "locality": spec.train.locality,
+            "config": {"model": config_to_dict(spec.model), "train": config_to_dict(spec.train)},
+            "training": {"steps": res.steps, "tokens": res.tokens, "stopped": res.stopped,
+                         "history": res.history},
+            "metrics": metrics,
+            "leak_test": leak,
+            "wall_time_s": {"train": round(res.train_seconds, 1),
+                            "eval": round(time.time() - t1, 1),
+                            "total": round(time.time() - t0, 1)},
+            "git_commit": git_commit(),
+            "checkpoint": str(out),
+        }
+        write_json_atomic(path, data)
+        results.append(read_result(path))  # the on-disk form, the same for skipped runs
+        done += 1
+    _progress(cache_dir, runs_total=len(runs), runs_done=done, current=None, phase="done")
+    return results

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Every cpu-ref run of the reproduction (issue 3), in priority order: shipped models first.
+# Safe to re-run: finished runs are skipped and an interrupted run resumes from its checkpoint.
+#   nohup bash scripts/reproduce.sh > logs/reproduce.log 2>&1 &
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python}
+export HF_DATASETS_OFFLINE=1
+GRID=0,0.2,0.4,0.6,0.8,1.0
+sweep() { $PY -m localist_core sweep --config cpu-ref --cache assets/sweep --runs-dir runs "$@"; }
+
+sweep --protocols attention --lambdas 0,1.0        # shipped: penalty λ=0 and λ=1
+sweep --protocols dial --lambdas $GRID             # shipped: the dial model
+sweep --protocols attention --lambdas $GRID        # the rest of the attention-form sweep
+sweep --protocols weights --lambdas 0.6,1.0        # the papers' literal penalty
+sweep --protocols attention --lambdas 0.6 noncausal_diagnostic=true   # the leak, flagged
+sweep --protocols attention --lambdas 0.6 block_size=3
+sweep --protocols attention --lambdas 0.6 block_size=10

@@ -1,0 +1,47 @@
+"""The CLI: train → checkpoint → eval end to end on `tiny`, and clear usage errors (exit 2)."""
+import json
+
+import pytest
+
+from localist_core.cli import main
+
+
+def test_train_then_eval_end_to_end(tmp_path, tiny_data_dir, capsys):
+    out = tmp_path / "ckpt"
+    assert main(["train", "--config", "tiny", "--out", str(out), "--data-dir", str(tiny_data_dir),
+                 "max_steps=12", "eval_interval=6", "locality=0.6", "penalty_form=attention"]) == 0
+    assert (out / "model.safetensors").is_file() and (out / "config.json").is_file()
+    report = tmp_path / "report.json"
+    assert main(["eval", str(out), "--data-dir", str(tiny_data_dir), "--json", str(report),
+                 "--locality", "0.5"]) == 0
+    text = capsys.readouterr().out
+    assert "perplexity" in text and "in_block_mass" in text and "leak test: PASS" in text
+    data = json.loads(report.read_text())
+    assert set(data["splits"]) == {"valid", "test"}
+    assert data["splits"]["valid"]["dial"]["locality"] == 0.5
+    assert data["leak_test"]["passed"]
+    assert data["baselines"]["valid"]["bigram_kn_perplexity"] > 1
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["train", "--config", "tiny", "--out", "x", "nonsense_key=3"], "unknown key 'nonsense_key'"),
+    (["train", "--config", "tiny", "--out", "x", "lr=fast"], "bad value for TrainConfig.lr"),
+    (["train", "--config", "tiny", "--out", "x", "locality=1.5"], "locality"),
+    (["train", "--config", "tiny", "--out", "x", "d_model=30", "n_heads=4"], "divisible"),
+    (["train", "--config", "huge", "--out", "x"], "unknown config 'huge'"),
+    (["train", "--config", "tiny", "--out", "x", "max_steps"], "key=value"),
+    (["sweep", "--config", "tiny", "--protocols", "magic"], "unknown protocol"),
+    (["eval", "/nonexistent/ckpt"], "no such checkpoint"),
+])
+def test_bad_input_exits_2_with_a_message(tmp_path, tiny_data_dir, capsys, argv, message):
+    argv = argv + (["--data-dir", str(tiny_data_dir)] if argv[0] != "eval" else [])
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err
+
+
+def test_argparse_errors_also_exit_2(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["sweep", "--lambdas", "a,b"])
+    assert exc.value.code == 2
+    assert "comma-separated numbers" in capsys.readouterr().err

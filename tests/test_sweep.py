@@ -1,0 +1,117 @@
+"""Sweeps: finished runs are skipped, a killed sweep resumes losing nothing, writes are atomic."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from localist_core.checkpoint import _atomic_write
+from localist_core.config import TrainConfig, preset
+from localist_core.sweep import (SCHEMA_VERSION, SweepCacheError, load_cache, plan_runs,
+                                 read_result, run_sweep)
+
+ROOT = Path(__file__).resolve().parents[1]
+VOLATILE = ("wall_time_s", "git_commit", "checkpoint")
+
+
+def stable(result: dict) -> dict:
+    """A run's result without what legitimately differs between two runs (times, paths)."""
+    out = {k: v for k, v in result.items() if k not in VOLATILE}
+    out["training"] = dict(out["training"], history=[
+        {k: v for k, v in h.items() if k != "train_seconds"} for h in out["training"]["history"]])
+    return out
+
+
+def _runs(tiny_model_cfg, lambdas=(0.0, 1.0), protocols=("attention", "dial")):
+    tcfg = TrainConfig(**{**preset("tiny").train, "max_steps": 10, "eval_interval": 5,
+                          "ckpt_interval": 5})
+    return plan_runs(tiny_model_cfg, tcfg, list(protocols), list(lambdas), [0.5, 1.0])
+
+
+def test_plan_has_one_run_per_penalty_lambda_and_one_dial(tiny_model_cfg):
+    runs = _runs(tiny_model_cfg, lambdas=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0))
+    ids = [r.run_id for r in runs]
+    assert ids == [f"attention-l{x:.1f}" for x in (0, .2, .4, .6, .8, 1)] + ["dial"]
+    assert runs[3].settings == ((0.0, 0.5), (0.0, 1.0), (0.6, 0.5), (0.6, 1.0))
+    assert len(runs[-1].settings) == 12
+
+
+def test_sweep_writes_results_and_skips_finished_runs(tmp_path, tiny_model_cfg, tiny_corpus):
+    runs = _runs(tiny_model_cfg)
+    prompts = [{"name": "p", "text": "the cat sees the bridge ."}]
+    first = run_sweep(runs, tiny_corpus, tmp_path / "cache", tmp_path / "runs", prompts=prompts,
+                      progress=False)
+    assert [r["run_id"] for r in first] == ["attention-l0.0", "attention-l1.0", "dial"]
+    for r in first:
+        assert r["schema_version"] == SCHEMA_VERSION and r["leak_test"]["passed"]
+        assert r["metrics"]["valid"][0]["attention"]["in_block_mass"]["per_head"]
+        assert (tmp_path / "cache" / f"{r['run_id']}.maps.safetensors").is_file()
+    stamp = {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").glob("*.json")}
+    again = run_sweep(runs, tiny_corpus, tmp_path / "cache", tmp_path / "runs", progress=False)
+    assert [stable(r) for r in again] == [stable(r) for r in first]
+    assert all(p.stat().st_mtime_ns == t for p, t in stamp.items() if p.name != "progress.json")
+    loaded, problems = load_cache(tmp_path / "cache")
+    assert len(loaded) == 3 and not problems
+
+
+def test_atomic_write_never_leaves_a_partial_file(tmp_path):
+    target = tmp_path / "r.json"
+    target.write_text('{"old": true}')
+
+    def failing(path):
+        Path(path).write_text('{"half": ')
+        raise RuntimeError("killed mid-write")
+
+    with pytest.raises(RuntimeError):
+        _atomic_write(target, failing)
+    assert json.loads(target.read_text()) == {"old": True}
+    assert list(tmp_path.iterdir()) == [target]
+
+
+def test_bad_cache_files_are_reported_by_name(tmp_path):
+    (tmp_path / "corrupt.json").write_text("{not json")
+    (tmp_path / "future.json").write_text(json.dumps({"schema_version": 99, "run_id": "x",
+                                                      "config": {}, "metrics": {}}))
+    runs, problems = load_cache(tmp_path)
+    assert runs == [] and len(problems) == 2
+    assert any("corrupt.json: corrupt JSON" in p for p in problems)
+    assert any("future.json: schema_version 99" in p for p in problems)
+    with pytest.raises(SweepCacheError, match="missing"):
+        read_result(tmp_path / "absent.json")
+    assert load_cache(tmp_path / "nowhere")[1]
+
+
+def _sweep_cmd(data_dir, cache, runs):
+    return [sys.executable, "-m", "localist_core", "sweep", "--config", "tiny",
+            "--data-dir", str(data_dir), "--protocols", "attention", "--lambdas", "0,0.5,1",
+            "--taus", "1", "--cache", str(cache), "--runs-dir", str(runs), "--prompts", "",
+            "max_steps=40", "ckpt_interval=5", "eval_interval=20"]
+
+
+def test_killed_sweep_resumes_with_nothing_lost(tmp_path, tiny_data_dir):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_DATASETS_OFFLINE": "1"}
+    ref = subprocess.run(_sweep_cmd(tiny_data_dir, tmp_path / "ref", tmp_path / "ref-runs"),
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    cache = tmp_path / "cache"
+    proc = subprocess.Popen(_sweep_cmd(tiny_data_dir, cache, tmp_path / "runs"), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (cache / "attention-l0.0.json").exists():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    survived = read_result(cache / "attention-l0.0.json")
+    assert not (cache / "attention-l1.0.json").exists(), "killed too late to test anything"
+    again = subprocess.run(_sweep_cmd(tiny_data_dir, cache, tmp_path / "runs"), env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert read_result(cache / "attention-l0.0.json") == survived   # not redone
+    for run in ("attention-l0.0", "attention-l0.5", "attention-l1.0"):
+        assert stable(read_result(cache / f"{run}.json")) == stable(
+            read_result(tmp_path / "ref" / f"{run}.json"))
+    assert not list(cache.glob(".*.tmp"))
