@@ -74,3 +74,19 @@ def test_bad_tokens_give_clear_errors(tiny_model):
         tiny_model.run_with_cache(list(range(tiny_model.cfg.n_ctx + 1)))
     with pytest.raises(ValueError, match="token ids"):
         tiny_model.run_with_cache([0, tiny_model.cfg.vocab_size])
+
+
+def test_predict_is_the_exact_argmax_even_when_clusters_win(trained_tiny):
+    """Hidden states pointed at the head's cluster rows make tail words win; predict must
+    still agree with the argmax of the full distribution."""
+    g = torch.Generator().manual_seed(1)
+    head = trained_tiny.head
+    rows = head.head.weight[head.shortlist_size:].detach()              # (clusters, d)
+    pick = torch.randint(0, len(rows), (150,), generator=g)
+    scale = torch.rand(150, 1, generator=g) * 30
+    hidden = (scale * rows[pick] / rows[pick].norm(dim=-1, keepdim=True)
+              + torch.randn(150, rows.shape[1], generator=g)).view(3, 50, -1)
+    full = trained_tiny.log_probs(hidden).argmax(-1)
+    assert (full >= trained_tiny.cfg.cutoffs[0]).float().mean() > 0.2
+    assert (full < trained_tiny.cfg.cutoffs[0]).float().mean() > 0.05
+    assert torch.equal(trained_tiny.predict(hidden, chunk=17), full)
