@@ -39,12 +39,13 @@ class _Accumulator:
         return out
 
 
-def attention_summary(model, tokens: Tensor, patterns: list[Tensor], block_ids: Tensor
-                      ) -> list[dict[str, Tensor]]:
-    """Per-layer metric dicts for one batch (anchors computed from the model's table)."""
+def attention_summary(model, tokens: Tensor, patterns: list[Tensor], block_ids: Tensor,
+                      block_size: int | None = None) -> list[dict[str, Tensor]]:
+    """Per-layer metric dicts for one batch (anchors computed from the model's table).
+    ``block_size`` sets the width of the recent-b and shifted-block controls."""
     anchors = model.anchors_for(tokens, block_ids)
-    return [attention_metrics(p.float(), block_ids, anchors, model.cfg.block_size)
-            for p in patterns]
+    b = block_size or model.cfg.block_size
+    return [attention_metrics(p.float(), block_ids, anchors, b) for p in patterns]
 
 
 @torch.no_grad()

@@ -7,6 +7,7 @@ by hook name, e.g. ``blocks.0.attn.hook_pattern`` of shape ``[batch, head, query
 from __future__ import annotations
 
 import contextlib
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -86,6 +87,9 @@ class LocalistLM(nn.Module):
         if local_entropy is None:
             local_entropy = torch.zeros(cfg.vocab_size)
         self.register_buffer("local_entropy", local_entropy.float().clone(), persistent=True)
+        # run_with_cache attaches hooks to shared modules: one caller at a time, so that
+        # sessions sharing one cached model never see each other's activations.
+        self._run_lock = threading.RLock()
         self.apply(self._init_weights)
         for blk in self.blocks:
             blk.attn.equalize_channels()
@@ -121,11 +125,12 @@ class LocalistLM(nn.Module):
         return anchor_mask(block_ids, self.local_entropy[tokens], self.cfg.anchors_per_block,
                            causal=not self.cfg.noncausal_diagnostic)
 
-    def forward(self, tokens: Tensor, dial: Dial = Dial(),
-                attention_penalty: bool = False) -> ForwardOutput:
-        """Run the decoder. ``dial`` must already be resolved (see ``resolve_dial``)."""
+    def forward(self, tokens: Tensor, dial: Dial = Dial(), attention_penalty: bool = False,
+                partition=None) -> ForwardOutput:
+        """Run the decoder. ``dial`` must already be resolved (see ``resolve_dial``);
+        ``partition`` overrides the trained one (an inference-time experiment)."""
         batch, n = tokens.shape
-        block_ids = self.partition.block_ids(tokens)
+        block_ids = (partition or self.partition).block_ids(tokens)
         anchors = self.anchors_for(tokens, block_ids) if dial.rule_strength != 0.0 else None
         pos = torch.arange(n, device=tokens.device)
         x = self.hook_embed(self.tok_emb(tokens)) + self.hook_pos_embed(self.pos_emb(pos))
@@ -205,7 +210,7 @@ class LocalistLM(nn.Module):
 
     @torch.no_grad()
     def run_with_cache(self, tokens, locality: float = 0.0, attn_temperature: float = 1.0,
-                       rule_strength: float = 0.0, names_filter=None
+                       rule_strength: float = 0.0, names_filter=None, partition=None
                        ) -> tuple[Tensor, ActivationCache]:
         """Run in eval mode and return ``(log_probs [B, T, V], cache)``.
 
@@ -226,19 +231,20 @@ class LocalistLM(nn.Module):
             keep = wanted.__contains__
         cache = ActivationCache(notices=notices)
         handles = []
-        for name, mod in self.named_modules():
-            if isinstance(mod, HookPoint) and keep(name):
-                handles.append(mod.register_forward_hook(
-                    lambda _m, _i, out, name=name: cache.__setitem__(name, out.detach())))
-        was_training = self.training
-        self.eval()
-        try:
-            out = self.forward(tokens, dial)
-            log_probs = self.log_probs(out.hidden)
-        finally:
-            for h in handles:
-                h.remove()
-            self.train(was_training)
+        with self._run_lock:
+            was_training = self.training
+            self.eval()
+            try:
+                for name, mod in self.named_modules():
+                    if isinstance(mod, HookPoint) and keep(name):
+                        handles.append(mod.register_forward_hook(
+                            lambda _m, _i, out, name=name: cache.__setitem__(name, out.detach())))
+                out = self.forward(tokens, dial, partition=partition)
+                log_probs = self.log_probs(out.hidden)
+            finally:
+                for h in handles:
+                    h.remove()
+                self.train(was_training)
         ent = self.local_entropy[tokens]
         cache["block_ids"] = out.block_ids
         cache["anchor_mask"] = anchor_mask(out.block_ids, ent, self.cfg.anchors_per_block,

@@ -1,0 +1,205 @@
+"""What the dashboard shows for one text at one dial setting, computed in one place.
+
+Pages never do tensor maths: they call ``analyze`` (through a cache) and render the plain numpy
+arrays and numbers of the returned ``Analysis``. ``list_checkpoints`` finds the checkpoints the
+app can offer, and reports the broken ones instead of failing on them.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .attention import resolve_dial
+from .blocks import FixedPartition
+from .checkpoint import CheckpointError, read_config
+from .evaluate import attention_summary
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+CHECKPOINT_DIR = ASSETS / "checkpoints"
+MAX_TEXT_CHARS = 20_000   # longer text is cut before tokenising (a notice says so)
+TOP_K = 5
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    key: str            # folder name, used in deep links
+    path: str
+    label: str          # what the sidebar shows
+    protocol: str       # "dial", "penalty" or "unknown"
+    locality: float | None
+    problem: str | None = None  # set when the checkpoint cannot be offered
+
+
+def describe_checkpoint(path: Path) -> CheckpointInfo:
+    """Label a checkpoint from its config.json without loading its weights."""
+    key = path.name
+    try:
+        cfg = read_config(path)
+    except CheckpointError as e:
+        return CheckpointInfo(key, str(path), f"{key} (unreadable)", "unknown", None, str(e))
+    train = cfg.get("train") or {}
+    protocol = train.get("protocol", "unknown")
+    lam = train.get("locality")
+    model = cfg.get("model") or {}
+    if protocol == "dial":
+        label = f"{key}: dial model (one checkpoint for every λ)"
+    elif protocol == "penalty":
+        label = f"{key}: trained at λ={lam:g} ({train.get('penalty_form')} penalty)"
+    else:
+        label = key
+    if model.get("noncausal_diagnostic"):
+        label += " — NON-CAUSAL DIAGNOSTIC (leaks the future)"
+    return CheckpointInfo(key, str(path), label, protocol, lam)
+
+
+def list_checkpoints(extra_dirs: str | None = None) -> list[CheckpointInfo]:
+    """Shipped checkpoints in ``assets/checkpoints`` plus any under ``$LOCALIST_CHECKPOINT_DIRS``
+    (``os.pathsep``-separated folders that hold checkpoint folders). The dial model comes first."""
+    roots = [CHECKPOINT_DIR]
+    extra = extra_dirs if extra_dirs is not None else os.environ.get("LOCALIST_CHECKPOINT_DIRS", "")
+    roots += [Path(p) for p in extra.split(os.pathsep) if p]
+    found: dict[str, CheckpointInfo] = {}
+    for root in roots:
+        if not root.is_dir():
+            continue
+        for sub in sorted(root.iterdir()):
+            if sub.is_dir() and (sub / "config.json").exists() and sub.name not in found:
+                found[sub.name] = describe_checkpoint(sub)
+    order = {"dial": 0, "penalty": 1}
+    return sorted(found.values(), key=lambda c: (c.problem is not None,
+                                                 order.get(c.protocol, 2), c.locality or 0, c.key))
+
+
+@dataclass
+class Analysis:
+    """Everything a page renders for one (checkpoint, text, λ, τ, γ); numpy arrays only."""
+
+    labels: list[str]                 # one per token, <unk> visible
+    token_ids: list[int]
+    patterns: np.ndarray              # [layer, head, query, key]; future keys are 0
+    block_ids: np.ndarray             # [T]
+    block_anchors: np.ndarray         # [T] bool: each whole block's anchors (markers)
+    anchor_mask: np.ndarray           # [query, key] bool: anchors each query can see
+    entropy: np.ndarray               # [layer, head, query] bits
+    metrics: dict[str, dict]          # name → {"mean", "per_layer", "per_head"}
+    perplexity: float | None          # of the text (None with fewer than 2 tokens)
+    token_nll: np.ndarray             # [T-1] nats, target t+1 given ≤ t
+    top_words: list[list[str]]        # [T][k] next-token candidates after position t
+    top_probs: np.ndarray             # [T, k]
+    dial: dict
+    notices: list[str] = field(default_factory=list)
+
+
+def prepare_text(tokenizer, text: str, n_ctx: int) -> tuple[list[int], list[str]]:
+    """Token ids of ``text`` for the live view, with notices for what was cut or is missing."""
+    notices = []
+    if text is None or not str(text).strip():
+        return [], ["The text is empty: type or pick a text to see its attention."]
+    text = str(text)
+    if len(text) > MAX_TEXT_CHARS:
+        notices.append(f"The text has {len(text):,} characters; only the first "
+                       f"{MAX_TEXT_CHARS:,} were read.")
+        text = text[:MAX_TEXT_CHARS]
+    ids = tokenizer.encode(text)
+    if not ids:
+        return [], notices + ["The text has no words after cleaning (only control or "
+                              "invisible characters?)."]
+    if len(ids) > n_ctx:
+        notices.append(f"The text has {len(ids):,} tokens; the model reads {n_ctx} at a time, "
+                       f"so only the first {n_ctx} are shown.")
+        ids = ids[:n_ctx]
+    unk = sum(1 for i in ids if i == tokenizer.unk_id)
+    if unk:
+        notices.append(f"{unk} word(s) are outside the vocabulary and show as <unk>.")
+    return ids, notices
+
+
+@torch.no_grad()
+def analyze(model, tokenizer, text: str, locality: float = 0.0, attn_temperature: float = 1.0,
+            rule_strength: float = 0.0, block_size: int | None = None) -> Analysis:
+    """Run the model on ``text`` at one dial setting. Bad text or out-of-range dial values give
+    notices (and, for no text, an empty Analysis), never an exception. ``block_size`` re-blocks
+    the text at inference (fixed windows); None keeps the trained partition."""
+    ids, notices = prepare_text(tokenizer, text, model.cfg.n_ctx)
+    dial, dial_notes = resolve_dial(locality, attn_temperature, rule_strength)
+    notices += dial_notes
+    if not ids:
+        return Analysis([], [], np.zeros((0, 0, 0, 0)), np.zeros(0, int), np.zeros(0, bool),
+                        np.zeros((0, 0), bool), np.zeros((0, 0, 0)), {}, None, np.zeros(0), [],
+                        np.zeros((0, TOP_K)), dial.__dict__, notices)
+    partition = None
+    if block_size is not None and block_size != model.cfg.block_size:
+        partition = FixedPartition(int(block_size))
+    tokens = torch.tensor([ids])
+    log_probs, cache = model.run_with_cache(
+        tokens, dial.locality, dial.attn_temperature, dial.rule_strength,
+        names_filter=lambda n: n.endswith("hook_pattern"), partition=partition)
+    pats = [cache[f"blocks.{i}.attn.hook_pattern"] for i in range(model.cfg.n_layers)]
+    per_layer = attention_summary(model, tokens, pats, cache["block_ids"],
+                                  block_size or model.cfg.block_size)
+    metrics = {}
+    for name in per_layer[0]:
+        per_head = torch.stack([m[name][0].mean(-1) for m in per_layer])   # (L, H)
+        metrics[name] = {"mean": float(per_head.mean()), "per_layer": per_head.mean(1).tolist(),
+                         "per_head": per_head.tolist()}
+    lp = log_probs[0]                                                      # (T, V)
+    nll = -lp[:-1].gather(-1, tokens[0, 1:].unsqueeze(-1)).squeeze(-1)
+    top = lp.exp().topk(TOP_K, dim=-1)
+    return Analysis(
+        labels=tokenizer.labels(ids), token_ids=ids,
+        patterns=torch.stack([p[0] for p in pats]).numpy(),
+        block_ids=cache["block_ids"][0].numpy(),
+        block_anchors=cache["block_anchors"][0].numpy(),
+        anchor_mask=cache["anchor_mask"][0].numpy(),
+        entropy=torch.stack([m["entropy_bits"][0] for m in per_layer]).numpy(),
+        metrics=metrics,
+        perplexity=float(nll.mean().exp()) if len(ids) > 1 else None,
+        token_nll=nll.numpy(),
+        top_words=[tokenizer.labels(row) for row in top.indices.tolist()],
+        top_probs=top.values.numpy(),
+        dial=dict(dial.__dict__), notices=notices)
+
+
+def pattern_view(a: Analysis, layer: int | None, head: int | None) -> np.ndarray:
+    """The ``[query, key]`` matrix to draw: one head, a layer's head mean, or the overall mean."""
+    p = a.patterns
+    if layer is None:
+        p = p.mean(0)
+    else:
+        p = p[layer]
+    return p.mean(0) if head is None else p[head]
+
+
+def entropy_view(a: Analysis, layer: int | None, head: int | None) -> np.ndarray:
+    """Per-query entropy (bits) of one head, a layer's head mean, or the overall mean."""
+    e = a.entropy if layer is None else a.entropy[layer:layer + 1]
+    return e.mean((0, 1)) if head is None else e[:, head].mean(0)
+
+
+def attention_table(a: Analysis) -> list[dict]:
+    """Long-format rows (layer, head, query, key, words, weight) for CSV export; masked (future)
+    keys are left out rather than written as −inf or 0."""
+    rows = []
+    n_layers, n_heads, n, _ = a.patterns.shape
+    for layer in range(n_layers):
+        for head in range(n_heads):
+            for q in range(n):
+                for k in range(n):
+                    if k > q and a.patterns[layer, head, q, k] == 0:
+                        continue  # a masked future key (the diagnostic mode can see some)
+                    rows.append({"layer": layer, "head": head, "query_pos": q,
+                                 "query_word": a.labels[q], "key_pos": k,
+                                 "key_word": a.labels[k],
+                                 "weight": float(a.patterns[layer, head, q, k])})
+    return rows
+
+
+def metrics_json(a: Analysis, checkpoint: str) -> dict:
+    """The live metrics as a JSON-ready dict (finite numbers only)."""
+    return {"checkpoint": checkpoint, "dial": a.dial, "tokens": a.labels,
+            "perplexity": a.perplexity, "metrics": a.metrics,
+            "entropy_per_query_bits": a.entropy.tolist(), "notices": a.notices}

@@ -1,0 +1,134 @@
+"""Plotly figure builders for the dashboard (no streamlit here; pages only display them).
+
+Heatmaps put tokens on integer positions (so repeated words stay distinct), fix the colour scale
+to [0, 1] (or a log scale), grey the masked future, draw block boundaries and mark anchors.
+"""
+from __future__ import annotations
+
+import numpy as np
+import plotly.graph_objects as go
+
+FUTURE_GREY = "#d9d9d9"
+LOG_FLOOR = 1e-4
+
+
+def inert(text: str) -> str:
+    """Escape the characters plotly would read as its HTML subset (<b>, <a href>, …), so that
+    user text is shown, never interpreted. ``<unk>`` still reads as ``<unk>``."""
+    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _tick_labels(labels: list[str], anchors: np.ndarray | None) -> list[str]:
+    star = anchors if anchors is not None else np.zeros(len(labels), bool)
+    return [f"{i}·{inert(w)}{' ★' if star[i] else ''}" for i, w in enumerate(labels)]
+
+
+def _boundaries(block_ids: np.ndarray) -> list[float]:
+    """Positions (between tokens) where a new block starts."""
+    return [i - 0.5 for i in range(1, len(block_ids)) if block_ids[i] != block_ids[i - 1]]
+
+
+def attention_heatmap(pattern: np.ndarray, labels: list[str], block_ids: np.ndarray,
+                      anchor_mask: np.ndarray | None = None,
+                      block_anchors: np.ndarray | None = None, log_scale: bool = False,
+                      title: str = "", diverging: bool = False) -> go.Figure:
+    """Heatmap of a ``[query, key]`` pattern; masked (future) cells are grey, not zero."""
+    n = len(labels)
+    z = np.array(pattern, dtype=float)
+    future = np.triu(np.ones((n, n), bool), k=1) & (z == 0)
+    z[future] = np.nan                                  # drawn as the grey background
+    exact = z.copy()
+    if diverging:
+        zmin, zmax, colorscale = -1.0, 1.0, "RdBu_r"
+        colorbar = dict(title="Δ weight")
+    elif log_scale:
+        z = np.log10(np.clip(z, LOG_FLOOR, 1.0))
+        zmin, zmax, colorscale = np.log10(LOG_FLOOR), 0.0, "Viridis"
+        ticks = list(range(int(np.log10(LOG_FLOOR)), 1))
+        colorbar = dict(title="weight", tickvals=ticks, ticktext=[f"1e{t}" for t in ticks])
+    else:
+        zmin, zmax, colorscale = 0.0, 1.0, "Viridis"
+        colorbar = dict(title="weight")
+    ticks = _tick_labels(labels, block_anchors)
+    words = np.array([inert(w) for w in labels], dtype=object)
+    weight_text = np.where(np.isnan(exact), "masked (future)",
+                           np.char.mod("%.5f", np.nan_to_num(exact)))
+    custom = np.stack([*np.broadcast_arrays(words[:, None], words[None, :]),
+                       weight_text.astype(object)], axis=-1)       # (query, key, 3)
+    fig = go.Figure(go.Heatmap(
+        z=z, x=list(range(n)), y=list(range(n)), zmin=zmin, zmax=zmax, colorscale=colorscale,
+        colorbar=colorbar, customdata=custom, hoverongaps=True,
+        hovertemplate="query %{y} · %{customdata[0]}<br>key %{x} · %{customdata[1]}"
+                      "<br>weight %{customdata[2]}<extra></extra>"))
+    for b in _boundaries(block_ids):
+        fig.add_shape(type="line", x0=b, x1=b, y0=-0.5, y1=n - 0.5,
+                      line=dict(color="white", width=1.5))
+        fig.add_shape(type="line", x0=-0.5, x1=n - 0.5, y0=b, y1=b,
+                      line=dict(color="white", width=1.5))
+    if anchor_mask is not None and anchor_mask.any():
+        q_idx, k_idx = np.nonzero(anchor_mask)
+        fig.add_trace(go.Scatter(x=k_idx, y=q_idx, mode="markers", name="anchor of the block",
+                                 marker=dict(symbol="circle-open", size=7, color="#ff7f0e",
+                                             line=dict(width=1.5)),
+                                 hoverinfo="skip", showlegend=True))
+    fig.update_layout(
+        title=title, plot_bgcolor=FUTURE_GREY, height=max(420, 16 * n + 160),
+        margin=dict(l=10, r=10, t=60 if title else 30, b=10),
+        legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0),
+        xaxis=dict(title="key", tickvals=list(range(n)), ticktext=ticks, tickangle=-60,
+                   side="bottom", showgrid=False, constrain="domain"),
+        yaxis=dict(title="query", tickvals=list(range(n)), ticktext=ticks, autorange="reversed",
+                   showgrid=False, scaleanchor="x"))
+    return fig
+
+
+def entropy_strip(entropy: np.ndarray, labels: list[str], ceiling: np.ndarray | None = None
+                  ) -> go.Figure:
+    """Per-query entropy (bits) as bars, with the causal ceiling log₂(t+1) as a line."""
+    n = len(labels)
+    x = list(range(n))
+    safe = [inert(w) for w in labels]
+    fig = go.Figure(go.Bar(x=x, y=entropy, name="entropy",
+                           customdata=safe, hovertemplate="%{x} · %{customdata}: %{y:.3f} bits"
+                                                            "<extra></extra>"))
+    ceil = np.log2(np.arange(1, n + 1)) if ceiling is None else ceiling
+    fig.add_trace(go.Scatter(x=x, y=ceil, mode="lines", name="ceiling log₂(#visible)",
+                             line=dict(dash="dot", color="grey")))
+    fig.update_layout(height=230, margin=dict(l=10, r=10, t=30, b=10), yaxis_title="bits",
+                      xaxis=dict(tickvals=x, ticktext=[f"{i}·{w}" for i, w in enumerate(safe)],
+                                 tickangle=-60),
+                      legend=dict(orientation="h", y=1.15))
+    return fig
+
+
+def top_tokens_bar(words: list[str], probs: np.ndarray, title: str = "") -> go.Figure:
+    fig = go.Figure(go.Bar(x=list(probs)[::-1], y=[inert(w) for w in words][::-1],
+                           orientation="h",
+                           hovertemplate="%{y}: %{x:.4f}<extra></extra>"))
+    fig.update_layout(height=220, margin=dict(l=10, r=10, t=30, b=10), title=title,
+                      xaxis=dict(range=[0, 1], title="probability"))
+    return fig
+
+
+def tradeoff_figure(points: list[dict], paper_points: list[dict] | None = None,
+                    x: str = "perplexity", y: str = "entropy_bits",
+                    x_title: str = "valid perplexity", y_title: str = "attention entropy (bits)",
+                    log_x: bool = True) -> go.Figure:
+    """One labelled marker per point, one line per series; the papers' reports drawn apart.
+
+    ``points``: dicts with ``series``, ``label``, and the ``x``/``y`` keys.
+    """
+    fig = go.Figure()
+    for series in dict.fromkeys(p["series"] for p in points):
+        pts = [p for p in points if p["series"] == series]
+        fig.add_trace(go.Scatter(x=[p[x] for p in pts], y=[p[y] for p in pts],
+                                 mode="lines+markers+text", name=series,
+                                 text=[p["label"] for p in pts], textposition="top center"))
+    for p in paper_points or []:
+        fig.add_trace(go.Scatter(x=[p[x]], y=[p[y]], mode="markers+text", name=p["series"],
+                                 text=[p["label"]], textposition="bottom center",
+                                 marker=dict(symbol="x", size=12, color="crimson")))
+    fig.update_layout(height=440, margin=dict(l=10, r=10, t=30, b=10),
+                      xaxis=dict(title=x_title, type="log" if log_x else "linear"),
+                      yaxis=dict(title=y_title), legend=dict(orientation="h", y=-0.2))
+    return fig

@@ -1,0 +1,4 @@
+"""about (placeholder until written)."""
+import ui
+
+s = ui.page_setup("About")

@@ -1,0 +1,4 @@
+"""compare (placeholder until written)."""
+import ui
+
+s = ui.page_setup("Compare")

@@ -1,0 +1,81 @@
+"""Explorer: attention heatmaps per layer and head, entropy per query, live metrics, top-5."""
+import json
+
+import pandas as pd
+import streamlit as st
+
+import ui
+from localist_core.live import attention_table, entropy_view, metrics_json, pattern_view
+from localist_core.viz import attention_heatmap, entropy_strip, top_tokens_bar
+
+s = ui.page_setup("Explorer")
+if s.checkpoint_path is None:
+    st.stop()
+a = ui.get_analysis(s)
+if a is None:
+    st.stop()
+ui.show_notices(a.notices)
+if not a.labels:
+    st.stop()
+
+n_layers, n_heads = a.patterns.shape[:2]
+m = a.metrics
+base = ui.get_analysis(s, lam=0.0)
+delta = (lambda k: m[k]["mean"] - base.metrics[k]["mean"]) if base and base.metrics else None
+cols = st.columns(5)
+cols[0].metric("Entropy (bits)", f"{m['entropy_bits']['mean']:.2f}",
+               delta=f"{delta('entropy_bits'):+.2f} vs λ=0" if delta else None,
+               delta_color="inverse", help="Mean over queries, heads and layers.")
+cols[1].metric("In-block mass", f"{m['in_block_mass']['mean']:.3f}",
+               delta=f"{delta('in_block_mass'):+.3f} vs λ=0" if delta else None,
+               help=f"Controls — recent-b: {m['recent_b_mass']['mean']:.3f}, shifted blocks: "
+                    f"{m['shifted_block_mass']['mean']:.3f}, uniform: "
+                    f"{m['uniform_in_block_mass']['mean']:.3f}")
+cols[2].metric("Pointer fidelity", f"{m['pointer_fidelity_mass']['mean']:.3f}",
+               help=f"Mass on the block's anchors. Argmax hits an anchor "
+                    f"{m['pointer_argmax_hit']['mean']:.0%} of the time.")
+cols[3].metric("Perplexity of the text", f"{a.perplexity:.1f}" if a.perplexity else "—")
+cols[4].metric("Tokens", len(a.labels))
+st.caption(f"Controls for in-block mass — recent-b {m['recent_b_mass']['mean']:.3f} · "
+           f"shifted blocks {m['shifted_block_mass']['mean']:.3f} · uniform "
+           f"{m['uniform_in_block_mass']['mean']:.3f}. Localist structure is what exceeds them.")
+
+c1, c2, c3 = st.columns([1, 1, 1])
+layer_opts = ["mean"] + list(range(n_layers))
+head_opts = ["mean"] + list(range(n_heads))
+for key, opts in (("layer", layer_opts), ("head", head_opts)):
+    if st.session_state.get(ui.PERSIST + key) not in opts:
+        st.session_state[ui.PERSIST + key] = "mean"
+layer = c1.selectbox("Layer", layer_opts, **ui.keep("layer", "mean"))
+head = c2.selectbox("Head", head_opts, format_func=lambda h: "mean of heads"
+                    if h == "mean" else f"head {h}", **ui.keep("head", "mean"))
+log_scale = c3.toggle("Log colour scale", **ui.keep("log_scale", False))
+ui.write_deep_link(s, layer, head)
+
+view = pattern_view(a, None if layer == "mean" else layer, None if head == "mean" else head)
+title = (f"layer {layer}" if layer != "mean" else "all layers") + " · " + (
+    f"head {head}" if head != "mean" else "mean of heads")
+fig = attention_heatmap(view, a.labels, a.block_ids, a.anchor_mask, a.block_anchors,
+                        log_scale=log_scale, title=f"{title} · λ={s.locality:g} τ="
+                        f"{s.attn_temperature:g} γ={s.rule_strength:g}")
+st.plotly_chart(fig, key="heatmap", config={"toImageButtonOptions": {"format": "svg"}})
+st.caption("Rows are queries, columns keys. White lines: block boundaries. ★ and orange "
+           "circles: anchors of each query's block. Grey: the masked future. Use the camera "
+           "button for a PNG/SVG.")
+
+ent = entropy_view(a, None if layer == "mean" else layer, None if head == "mean" else head)
+st.subheader("Entropy per query")
+st.plotly_chart(entropy_strip(ent, a.labels), key="entropy")
+
+st.subheader("Next-token predictions")
+pos = st.select_slider("After position", options=list(range(len(a.labels))),
+                       value=len(a.labels) - 1,
+                       format_func=lambda i: f"{i} · {a.labels[i]}")
+st.plotly_chart(top_tokens_bar(a.top_words[pos], a.top_probs[pos],
+                               title=f"top-5 after “{a.labels[pos]}”"), key="topk")
+
+d1, d2 = st.columns(2)
+d1.download_button("Attention (CSV)", pd.DataFrame(attention_table(a)).to_csv(index=False),
+                   file_name="attention.csv", mime="text/csv")
+d2.download_button("Metrics (JSON)", json.dumps(metrics_json(a, s.checkpoint_key), indent=1),
+                   file_name="metrics.json", mime="application/json")

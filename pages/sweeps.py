@@ -1,0 +1,4 @@
+"""sweeps (placeholder until written)."""
+import ui
+
+s = ui.page_setup("Sweeps")

@@ -1,0 +1,4 @@
+"""theory (placeholder until written)."""
+import ui
+
+s = ui.page_setup("Theory")

@@ -1,0 +1,4 @@
+"""tradeoff (placeholder until written)."""
+import ui
+
+s = ui.page_setup("Tradeoff")

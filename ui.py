@@ -1,0 +1,263 @@
+"""The dashboard's one helper module: cached loaders, the shared sidebar and deep links.
+
+Pages call ``settings()`` (built once per rerun by app.py) and the cached loaders here; they hold
+no tensor maths. Every value that arrives by deep link is validated; a bad one falls back to
+its default with a visible notice.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import streamlit as st
+
+from localist_core import CheckpointError, load_model
+from localist_core.config import RULE_STRENGTH_RANGE, TEMPERATURE_RANGE
+from localist_core.live import ASSETS, MAX_TEXT_CHARS, analyze, list_checkpoints
+
+PROMPTS_FILE = ASSETS / "prompts.json"
+SWEEP_CACHE = ASSETS / "sweep"
+DEFAULTS = {"lam": 0.0, "tau": 1.0, "gamma": 0.0, "layer": "mean", "head": "mean"}
+# Deep-link parameter → (session key, parser). Parsers raise ValueError on bad input.
+LINK_KEYS = ("ckpt", "lam", "tau", "gamma", "block", "layer", "head", "prompt", "text")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the shared sidebar chose, as plain values."""
+
+    checkpoint_key: str | None
+    checkpoint_path: str | None
+    checkpoint_label: str
+    protocol: str
+    trained_locality: float | None
+    locality: float
+    attn_temperature: float
+    rule_strength: float
+    block_size: int | None
+    text: str
+    text_source: str
+    problems: list[str] = field(default_factory=list)
+
+
+# -- cached loaders (each reads only its own arguments) --------------------------------------
+
+@st.cache_resource(show_spinner="Loading the model…", max_entries=6)
+def load_checkpoint(path: str):
+    """(model, tokenizer); one copy shared by every session, safe to share (run lock)."""
+    return load_model(path)
+
+
+@st.cache_data(show_spinner=False, max_entries=512)
+def cached_analysis(path: str, text: str, lam: float, tau: float, gamma: float,
+                    block_size: int | None):
+    model, tok = load_checkpoint(path)
+    return analyze(model, tok, text, lam, tau, gamma, block_size)
+
+
+@st.cache_data(show_spinner=False)
+def sample_prompts(path: str) -> dict[str, str]:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        return {p["name"]: p["text"] for p in data["prompts"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {"castle": "The old castle stood on a hill above the river ."}
+
+
+@st.cache_data(show_spinner=False, ttl=30)
+def checkpoints():
+    return list_checkpoints()
+
+
+# -- deep links ------------------------------------------------------------------------------
+
+def _number(raw: str, lo: float, hi: float, name: str) -> float:
+    v = float(raw)
+    if not math.isfinite(v):
+        raise ValueError(f"{name}={raw!r} is not a finite number")
+    if not lo <= v <= hi:
+        raise ValueError(f"{name}={raw!r} is outside [{lo:g}, {hi:g}]")
+    return v
+
+
+def _index(raw: str, n: int, name: str) -> int | str:
+    if raw == "mean":
+        return "mean"
+    v = int(raw)
+    if not 0 <= v < n:
+        raise ValueError(f"{name}={raw!r} is not in 0..{n - 1}")
+    return v
+
+
+def read_deep_link(ckpt_keys: list[str], prompts: dict[str, str], n_layers: int = 64,
+                   n_heads: int = 64) -> tuple[dict, list[str]]:
+    """Parse ``st.query_params`` into session values; bad ones are skipped with a notice."""
+    qp = st.query_params
+    values, notices = {}, []
+    parsers = {
+        "ckpt": lambda r: r if r in ckpt_keys else (_ for _ in ()).throw(
+            ValueError(f"ckpt={r!r} is not a shipped checkpoint")),
+        "lam": lambda r: _number(r, 0.0, 1.0, "lam"),
+        "tau": lambda r: _number(r, *TEMPERATURE_RANGE, "tau"),
+        "gamma": lambda r: _number(r, *RULE_STRENGTH_RANGE, "gamma"),
+        "block": lambda r: int(_number(r, 1, 64, "block")),
+        "layer": lambda r: _index(r, n_layers, "layer"),
+        "head": lambda r: _index(r, n_heads, "head"),
+        "prompt": lambda r: r if r in prompts else (_ for _ in ()).throw(
+            ValueError(f"prompt={r!r} is not a sample prompt")),
+        "text": lambda r: r[:MAX_TEXT_CHARS],
+    }
+    for key in LINK_KEYS:
+        if key not in qp:
+            continue
+        raw = qp[key]
+        try:
+            values[key] = parsers[key](raw)
+        except (ValueError, TypeError):
+            shown = raw if len(raw) < 40 else raw[:40] + "…"
+            notices.append(f"Link parameter {key}={shown!r} is not valid; using the default.")
+    return values, notices
+
+
+def write_deep_link(s: Settings, layer, head) -> None:
+    """Mirror the current settings into the URL (only what differs, to avoid extra reruns)."""
+    want = {"ckpt": s.checkpoint_key or "", "lam": f"{s.locality:g}",
+            "tau": f"{s.attn_temperature:g}", "gamma": f"{s.rule_strength:g}",
+            "layer": str(layer), "head": str(head)}
+    if s.block_size is not None:
+        want["block"] = str(s.block_size)
+    if s.text_source.startswith("prompt:"):
+        want["prompt"] = s.text_source.split(":", 1)[1]
+    else:
+        want["text"] = s.text[:2000]
+    current = st.query_params.to_dict()
+    for k in ("prompt", "text", "block"):
+        if k in current and k not in want:
+            del st.query_params[k]
+    for k, v in want.items():
+        if current.get(k) != v:
+            st.query_params[k] = v
+
+
+# -- the shared sidebar ----------------------------------------------------------------------
+# Every page calls ``page_setup()``, which draws the same sidebar. A widget's state is tied to
+# the page that drew it, so each value is also kept under "_p_<key>" and re-seeded on every
+# page: moving λ on Explorer keeps λ on Compare.
+
+PERSIST = "_p_"
+
+
+def _save(key: str) -> None:
+    st.session_state[PERSIST + key] = st.session_state[key]
+
+
+def keep(key: str, default):
+    """Seed widget ``key`` from its persisted value; returns the widget's keyword arguments."""
+    st.session_state[key] = st.session_state.get(PERSIST + key, default)
+    return {"key": key, "on_change": _save, "args": (key,)}
+
+
+def _apply_deep_link(usable_keys: list[str], prompts: dict[str, str]) -> None:
+    ss = st.session_state
+    values, notices = read_deep_link(usable_keys, prompts)
+    ss["_link_notices"] = notices
+    for key in ("ckpt", "lam", "tau", "gamma", "layer", "head", "block"):
+        if key in values:
+            ss[PERSIST + key] = values[key]
+    if "prompt" in values:
+        ss[PERSIST + "text_mode"], ss[PERSIST + "prompt"] = "Sample text", values["prompt"]
+    elif "text" in values:
+        ss[PERSIST + "text_mode"], ss[PERSIST + "free_text"] = "Your own text", values["text"]
+
+
+def sidebar() -> Settings:
+    """Render the shared controls and return the settings."""
+    ss = st.session_state
+    infos = checkpoints()
+    usable = [c for c in infos if c.problem is None]
+    prompts = sample_prompts(str(PROMPTS_FILE))
+    if "_link_read" not in ss:
+        ss["_link_read"] = True
+        _apply_deep_link([c.key for c in usable], prompts)
+    problems = [f"{c.key}: {c.problem}" for c in infos if c.problem]
+    sb = st.sidebar
+    if not usable:
+        sb.error("No usable checkpoint in assets/checkpoints.")
+        return Settings(None, None, "none", "none", None, 0.0, 1.0, 0.0, None, "", "none",
+                        problems)
+    keys = [c.key for c in usable]
+    if ss.get(PERSIST + "ckpt") not in keys:
+        ss[PERSIST + "ckpt"] = keys[0]
+    labels = {c.key: c.label for c in usable}
+    key = sb.selectbox("Checkpoint", keys, format_func=labels.get, **keep("ckpt", keys[0]),
+                       help="The dial model was trained with λ drawn per batch, so one "
+                            "checkpoint serves every λ. A penalty model was trained at one λ.")
+    info = next(c for c in usable if c.key == key)
+    lam = sb.slider("λ — locality", 0.0, 1.0, step=0.05, **keep("lam", DEFAULTS["lam"]),
+                    help="0: ordinary (distributed) attention. 1: attention only inside the "
+                         "query's block. In between, cross-block weights are scaled by "
+                         "(1−λ)^(β/τ).")
+    tau = sb.slider("τ — temperature", TEMPERATURE_RANGE[0], TEMPERATURE_RANGE[1], step=0.05,
+                    **keep("tau", DEFAULTS["tau"]),
+                    help="Lower τ sharpens attention; τ=1 is how the model was trained.")
+    gamma = sb.slider("γ — rule strength toward anchors", RULE_STRENGTH_RANGE[0], 5.0,
+                      step=0.25, **keep("gamma", min(DEFAULTS["gamma"], 5.0)),
+                      help="Adds γ to the score of each block's anchor tokens.")
+    block = sb.number_input("Block size (fixed windows)", 1, 64, **keep("block", 5),
+                            help="The trained models use 5. Other sizes re-block the text at "
+                                 "inference only.")
+    mode = sb.radio("Text", ["Sample text", "Your own text"], horizontal=True,
+                    **keep("text_mode", "Sample text"))
+    if mode == "Sample text":
+        names = list(prompts)
+        if ss.get(PERSIST + "prompt") not in names:
+            ss[PERSIST + "prompt"] = names[0]
+        name = sb.selectbox("Sample", names, **keep("prompt", names[0]))
+        text, source = prompts[name], f"prompt:{name}"
+    else:
+        text = sb.text_area("Your text", max_chars=MAX_TEXT_CHARS, height=120,
+                            **keep("free_text", next(iter(prompts.values()))))
+        source = "free"
+    return Settings(key, info.path, info.label, info.protocol, info.locality, float(lam),
+                    float(tau), float(gamma), int(block), text, source, problems)
+
+
+def page_setup(title: str) -> Settings:
+    """The top of every page: shared sidebar, link notices, header; returns the settings."""
+    s = sidebar()
+    show_notices(st.session_state.get("_link_notices", []))
+    st.header(title)
+    for p in s.problems:
+        st.caption(f"Not offered: {plain(p)}")
+    write_deep_link(s, st.session_state.get(PERSIST + "layer", "mean"),
+                    st.session_state.get(PERSIST + "head", "mean"))
+    return s
+
+
+_MD_SPECIAL = str.maketrans({c: "\\" + c for c in "\\`*_{}[]()#+-.!|<>~$:"})
+
+
+def plain(text: str) -> str:
+    """Escape Markdown so user-supplied text renders literally (HTML is never enabled)."""
+    return str(text).translate(_MD_SPECIAL)
+
+
+def show_notices(notices: list[str]) -> None:
+    """Notices as warnings, rendered as plain text (never as Markdown or HTML)."""
+    for note in notices:
+        st.warning(plain(note), icon="⚠️")
+
+
+def get_analysis(s: Settings, lam: float | None = None, tau: float | None = None,
+                 gamma: float | None = None, path: str | None = None):
+    """The cached analysis for the sidebar settings, or for overrides (Compare page)."""
+    try:
+        return cached_analysis(path or s.checkpoint_path, s.text,
+                               s.locality if lam is None else lam,
+                               s.attn_temperature if tau is None else tau,
+                               s.rule_strength if gamma is None else gamma, s.block_size)
+    except CheckpointError as e:
+        st.error(f"This checkpoint cannot be used: {e}")
+        return None
