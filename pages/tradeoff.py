@@ -1,4 +1,134 @@
-"""tradeoff (placeholder until written)."""
+"""Tradeoff: entropy vs perplexity, fidelity vs λ, the τ family and dial vs penalty protocols, from
+the cached sweeps, with the papers' reported figures beside ours (never in place of them)."""
+import os
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
 import ui
+from localist_core import launch
+from localist_core import tradeoff as tr
+from localist_core.sweep import load_cache
 
 s = ui.page_setup("Tradeoff")
+
+
+@st.cache_data(show_spinner="Reading the sweep cache…", max_entries=16)
+def sweep_results(folder: str, stamp: tuple) -> tuple[list[dict], list[str], dict | None]:
+    """Runs, refused files and baselines of a cache folder; ``stamp`` changes with its files."""
+    runs, problems = load_cache(folder)
+    return runs, problems, tr.read_baselines(folder)
+
+
+shipped = os.environ.get("LOCALIST_SWEEP_CACHE") or str(ui.SWEEP_CACHE)
+user = os.environ.get("LOCALIST_APP_SWEEPS") or str(launch.APP_SWEEPS / "cache")
+folders = {f"Shipped sweeps ({shipped})": shipped}
+if Path(user).is_dir() and user != shipped:
+    folders[f"Your sweeps ({user})"] = user
+folder = folders[st.radio("Sweep cache", list(folders), horizontal=True, key="tradeoff_cache")
+                 if len(folders) > 1 else next(iter(folders))]
+
+if not Path(folder).is_dir():
+    st.info(f"There is no sweep cache at {ui.plain(folder)} yet. Run `python -m localist_core "
+            "sweep` or start one on the Sweeps page; its runs appear here.")
+    st.stop()
+runs, problems, baselines = sweep_results(folder, tr.cache_stamp(folder))
+ui.show_notices([f"Refused cache file: {p}" for p in problems])
+if not runs:
+    st.info(f"The sweep cache {ui.plain(folder)} holds no finished runs yet. Each finished run "
+            "adds one JSON file; the Sweeps page shows the progress of a running sweep.")
+    st.stop()
+status = launch.sweep_status(folder)
+if status and status["state"] in ("running", "starting"):
+    st.caption(f"A sweep is still writing into this cache: {ui.plain(status['text'])}")
+
+curves, leaks, papers = tr.curve_points(runs), tr.leak_points(runs), tr.paper_points()
+ent_refs = tr.entropy_references(curves + leaks)
+norm_refs = [{"value": 1.0, "label": "causal ceiling (normalised = 1)", "kind": "ceiling"}]
+lam_axis = "λ (trained penalty λ, or dial λ_f)"
+chart = {"config": {"toImageButtonOptions": {"format": "svg"}}}
+st.caption("Lines: our causal runs at τ = 1, one labelled point per λ. Red triangles: runs that "
+           "leak the future (shown apart, never part of a curve). Crimson crosses and dashed "
+           "lines: the papers' reported figures, not ours. Dotted black: the causal ceiling.")
+
+st.subheader("Entropy vs perplexity")
+entropy_panels = [{"y": "entropy_bits", "title": "attention entropy (bits)", "hlines": ent_refs},
+                  {"y": "normalised_entropy", "title": "normalised entropy H / log₂(#visible)",
+                   "hlines": norm_refs}]
+st.plotly_chart(tr.panel_figure(curves + leaks, "perplexity", "valid perplexity (log)",
+                                entropy_panels, vlines=tr.perplexity_references(baselines),
+                                log_x=True), key="tradeoff_ent_ppl", **chart)
+ceil = ", ".join(f"{r['value']:.2f}" for r in ent_refs if r["kind"] == "ceiling")
+st.caption(f"Causal attention cannot exceed mean log₂ t bits ({ceil} here), so raw entropy is "
+           "always shown beside the normalised figure. The papers' 7.18 bits at λ = 0 lies above "
+           "the causal ceiling of their context length (6.58 bits at n_ctx 256). The papers' "
+           "test perplexity is drawn as a line: it comes with no entropy.")
+
+st.subheader("Entropy vs λ")
+st.plotly_chart(tr.panel_figure(curves + leaks, "locality", lam_axis, entropy_panels,
+                                papers=papers), key="tradeoff_ent_lam", **chart)
+
+st.subheader("Pointer fidelity vs λ")
+st.plotly_chart(tr.panel_figure(curves + leaks, "locality", lam_axis, [
+    {"y": "pointer_fidelity_mass", "title": "attention mass on the block's anchors"},
+    {"y": "pointer_argmax_hit", "title": "argmax key is an anchor (rate)"}]),
+    key="tradeoff_fid", **chart)
+
+st.subheader("In-block mass vs λ, with its controls")
+st.plotly_chart(tr.points_figure(curves, "locality", "in_block_mass", lam_axis, "attention mass",
+                                 controls=True, height=480),
+                key="tradeoff_inblock", **chart)
+st.caption("Causal attention is naturally recent, so in-block mass alone proves nothing: "
+           "localist structure is what exceeds the recent-b (sliding window), shifted-block and "
+           "uniform-attention controls.")
+
+st.subheader("Dial protocol vs penalty protocol")
+metric = st.selectbox("Metric", ["perplexity", "accuracy", "entropy_bits", "in_block_mass",
+                                 "pointer_fidelity_mass", "mean_attention_distance"],
+                      format_func=lambda k: k.replace("_", " "), key="tradeoff_metric")
+panels = entropy_panels if metric == "entropy_bits" else [
+    {"y": metric, "title": f"valid {metric.replace('_', ' ')}", "log_y": metric == "perplexity"}]
+st.plotly_chart(tr.panel_figure(curves, "locality", lam_axis, panels,
+                                controls=metric == "in_block_mass"),
+                key="tradeoff_protocols", **chart)
+st.caption("Penalty protocol: one model per λ, trained with the penalty (λ_f = 0), and the same "
+           "model dialled to λ_f = λ at inference (the \"no retraining\" question). Dial "
+           "protocol: one model trained with λ_f drawn per batch, evaluated at each λ_f.")
+
+st.subheader("Test perplexity and accuracy: ours, the papers' report, and the leak")
+st.plotly_chart(tr.panel_figure(curves + leaks, "locality", lam_axis, [
+    {"y": "test_perplexity", "title": "test perplexity (log)", "log_y": True},
+    {"y": "test_accuracy", "title": "test accuracy"}], papers=papers),
+    key="tradeoff_test", **chart)
+for run in (r for r in runs if tr.leak_flag(r)):
+    with st.expander(f"⚠️ {ui.plain(run.get('run_id'))}: {tr.leak_flag(run)}", expanded=False):
+        st.write("Attention that sees later tokens of its block sees its targets: positions "
+                 "before a block's last token are predicted almost perfectly. Per position in "
+                 "block (test):")
+        st.dataframe(pd.DataFrame(tr.position_rows(run)), hide_index=True)
+if not leaks:
+    st.caption("No non-causal diagnostic run in this cache. DESIGN §4 explains how figures like "
+               "the papers' arise from attention that sees the target.")
+
+st.subheader("τ family")
+ids = [str(r.get("run_id")) for r in runs]
+default = next((i for i, r in enumerate(runs) if tr.protocol_of(r) == "dial"), 0)
+run_id = st.selectbox("Run", ids, index=default, key="tau_run")
+fam = tr.tau_family(runs, run_id)
+if not fam:
+    st.info("This run has no usable evaluations.")
+else:
+    st.plotly_chart(tr.panel_figure(fam, "attn_temperature", "τ (log)", [
+        {"y": "entropy_bits", "title": "entropy (bits)",
+         "hlines": [r for r in tr.entropy_references(fam) if r["kind"] == "ceiling"]},
+        {"y": "normalised_entropy", "title": "normalised entropy"},
+        {"y": "perplexity", "title": "valid perplexity (log)", "log_y": True}], log_x=True),
+        key="tradeoff_tau", **chart)
+    st.caption("Lower τ sharpens attention (lower entropy); τ = 1 is how the model was trained.")
+
+st.subheader("Every point")
+table = pd.DataFrame(curves + leaks + fam)
+st.dataframe(table, hide_index=True)
+st.download_button("Points (CSV)", table.to_csv(index=False), file_name="tradeoff_points.csv",
+                   mime="text/csv")

@@ -1,0 +1,376 @@
+"""Sweep-cache results as plotting points, tables and figures for the Tradeoff and Sweeps pages.
+No streamlit here; starting sweeps lives in localist_core.launch.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import plotly.graph_objects as go
+
+from .metrics import causal_entropy_ceiling
+from .report import PAPER
+from .sweep import BASELINES_FILE, PROTOCOL_NAMES
+from .viz import inert
+
+ATTENTION_METRICS = ("entropy_bits", "normalised_entropy", "in_block_mass", "recent_b_mass",
+                     "shifted_block_mass", "uniform_in_block_mass", "pointer_fidelity_mass",
+                     "pointer_argmax_hit", "mean_attention_distance")
+PAPERS = "papers' report"
+LEAK = "LEAK"
+
+
+def _num(v) -> float | None:
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    return float(v) if ok else None
+
+
+def _cfg(run: dict, part: str) -> dict:
+    cfg = run.get("config")
+    sub = cfg.get(part) if isinstance(cfg, dict) else None
+    return sub if isinstance(sub, dict) else {}
+
+
+def protocol_of(run: dict) -> str:
+    """"attention", "weights" or "dial" (from the run, else from its training config)."""
+    if run.get("protocol") in PROTOCOL_NAMES:
+        return run["protocol"]
+    train = _cfg(run, "train")
+    return "dial" if train.get("protocol") == "dial" else str(train.get("penalty_form", "?"))
+
+
+def trained_locality(run: dict) -> float:
+    """λ of the penalty a run was trained with (0 for the dial protocol)."""
+    return _num(run.get("locality")) or _num(_cfg(run, "train").get("locality")) or 0.0
+
+
+def variant(run: dict) -> str:
+    """The model-shape tag of a run id (``attention-l0.4-block_size3`` → ``block_size3``)."""
+    proto, rid = protocol_of(run), str(run.get("run_id", ""))
+    base = "dial" if proto == "dial" else f"{proto}-l{trained_locality(run):.1f}"
+    return rid[len(base) + 1:] if rid.startswith(base + "-") else ""
+
+
+def leak_flag(run: dict) -> str | None:
+    """Why a run is not a causal result, or None. Leaky runs stay out of the causal curves."""
+    if _cfg(run, "model").get("noncausal_diagnostic"):
+        return "non-causal diagnostic: attention sees later tokens of its block (a leak)"
+    lt = run.get("leak_test")
+    if isinstance(lt, dict) and lt.get("passed") is False:
+        return "failed the leak test"
+    return None
+
+
+def find_eval(run: dict, locality: float, tau: float = 1.0, split: str = "valid") -> dict | None:
+    """The eval of a run at (λ_f, τ), or None when it is missing or malformed."""
+    metrics = run.get("metrics")
+    evals = metrics.get(split) if isinstance(metrics, dict) else None
+    for ev in evals if isinstance(evals, list) else []:
+        try:
+            lf, t = float(ev["dial"]["locality"]), float(ev["dial"]["attn_temperature"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        if abs(lf - locality) < 1e-9 and abs(t - tau) < 1e-9 and _num(ev.get("perplexity")):
+            return ev
+    return None
+
+
+def dial_settings(run: dict, split: str = "valid") -> list[tuple[float, float]]:
+    """The sorted (λ_f, τ) pairs a run holds usable evals for."""
+    out = set()
+    for ev in (run.get("metrics") or {}).get(split) or []:
+        try:
+            out.add((float(ev["dial"]["locality"]), float(ev["dial"]["attn_temperature"])))
+        except (KeyError, TypeError, ValueError):
+            continue
+    return sorted(out)
+
+
+def make_point(run: dict, lam: float, dial_locality: float, tau: float = 1.0,
+               series: str = "", label: str | None = None) -> dict | None:
+    """One flat point of a run's eval at (λ_f, τ), with its test figures at τ = 1; None if the
+    eval is missing. ``lam`` is where the point sits on a λ axis."""
+    ev = find_eval(run, dial_locality, tau)
+    if ev is None:
+        return None
+    test = find_eval(run, dial_locality, tau, "test") or {}
+    att = ev.get("attention") if isinstance(ev.get("attention"), dict) else {}
+    n_ctx = _cfg(run, "model").get("n_ctx")
+    ceiling = _num(ev.get("entropy_ceiling_bits"))
+    if ceiling is None and isinstance(n_ctx, int) and n_ctx > 0:
+        ceiling = causal_entropy_ceiling(n_ctx)
+    p = {"series": series, "label": label or f"λ={lam:g}", "run_id": str(run.get("run_id")),
+         "protocol": protocol_of(run), "variant": variant(run),
+         "trained_locality": trained_locality(run), "locality": lam,
+         "dial_locality": dial_locality, "attn_temperature": tau,
+         "perplexity": _num(ev.get("perplexity")), "accuracy": _num(ev.get("accuracy")),
+         "test_perplexity": _num(test.get("perplexity")),
+         "test_accuracy": _num(test.get("accuracy")), "entropy_ceiling_bits": ceiling,
+         "leak": leak_flag(run)}
+    for k in ATTENTION_METRICS:
+        p[k] = _num(att[k].get("mean")) if isinstance(att.get(k), dict) else None
+    return p
+
+
+def _series(run: dict, kind: str) -> str:
+    if leak_flag(run):
+        return f"{LEAK} · {run.get('run_id')}"
+    tag = f" · {variant(run)}" if variant(run) else ""
+    if protocol_of(run) == "dial":
+        return f"dial protocol{tag}"
+    how = "as trained" if kind == "trained" else "dialled to λ_f=λ"
+    return f"{protocol_of(run)} penalty · {how}{tag}"
+
+
+def _collect(runs: list[dict], want_leak: bool, kinds: tuple[str, ...]) -> list[dict]:
+    pts = []
+    for run in runs:
+        if bool(leak_flag(run)) != want_leak:
+            continue
+        if protocol_of(run) == "dial":
+            if "dial" in kinds:
+                lams = sorted({lf for lf, t in dial_settings(run) if t == 1.0})
+                pts += [make_point(run, lf, lf, series=_series(run, "dial")) for lf in lams]
+            continue
+        lam = trained_locality(run)
+        if "trained" in kinds:
+            pts.append(make_point(run, lam, 0.0, series=_series(run, "trained")))
+        if "dialled" in kinds and not want_leak and lam > 0:   # at λ=0 it is the trained point
+            pts.append(make_point(run, lam, lam, series=_series(run, "dialled")))
+    return sorted((p for p in pts if p), key=lambda p: (p["series"], p["locality"]))
+
+
+def penalty_curve(runs: list[dict]) -> list[dict]:
+    """One point per causal penalty run as trained (λ_f = 0, τ = 1); a series per form."""
+    return _collect(runs, False, ("trained",))
+
+
+def dialled_penalty_curve(runs: list[dict]) -> list[dict]:
+    """Causal penalty models dialled at inference to λ_f = λ (τ = 1): "no retraining"."""
+    return _collect(runs, False, ("dialled",))
+
+
+def dial_curve(runs: list[dict]) -> list[dict]:
+    """The dial-protocol model at each λ_f it was evaluated at (τ = 1)."""
+    return _collect(runs, False, ("dial",))
+
+
+def curve_points(runs: list[dict]) -> list[dict]:
+    """Every causal curve: penalty as trained, penalty dialled, dial protocol."""
+    return _collect(runs, False, ("trained", "dialled", "dial"))
+
+
+def leak_points(runs: list[dict]) -> list[dict]:
+    """Runs that leak (non-causal diagnostic or a failed leak test), flagged, apart."""
+    return _collect(runs, True, ("trained", "dial"))
+
+
+def tau_family(runs: list[dict], run_id: str) -> list[dict]:
+    """A run at every τ it was evaluated at, one series per λ_f; x is ``attn_temperature``."""
+    pts = []
+    for run in runs:
+        if run.get("run_id") != run_id:
+            continue
+        for lf, tau in dial_settings(run):
+            pts.append(make_point(run, lf, lf, tau, series=f"λ_f={lf:g}", label=f"τ={tau:g}"))
+    return sorted((p for p in pts if p), key=lambda p: (p["dial_locality"], p["attn_temperature"]))
+
+
+def paper_points() -> list[dict]:
+    """The papers' reported figures (DESIGN §1), each labelled as the papers' report."""
+    tag = {"series": PAPERS, "source": PAPERS}
+    ppl, acc = PAPER["test_perplexity_l06"], PAPER["test_accuracy_l06"]
+    return [{**tag, "locality": lam, "entropy_bits": PAPER[key],
+             "label": f"{PAPERS}: {PAPER[key]} bits at λ={lam:.1f}"}
+            for lam, key in ((1.0, "entropy_bits_l1"), (0.0, "entropy_bits_l0"))] + [
+        {**tag, "locality": 0.6, "test_perplexity": ppl, "test_accuracy": acc,
+         "label": f"{PAPERS}: test ppl {ppl}, acc {acc:.1%} at λ=0.6"}]
+
+
+def entropy_references(points: list[dict]) -> list[dict]:
+    """Horizontal lines for an entropy axis: each causal ceiling and the papers' entropies."""
+    ceilings = {round(p["entropy_ceiling_bits"], 6): p["entropy_ceiling_bits"] for p in points
+                if _num(p.get("entropy_ceiling_bits"))}
+    refs = [{"value": c, "label": f"causal ceiling {c:.2f} bits (mean log₂ t)", "kind": "ceiling"}
+            for c in sorted(ceilings.values())]
+    return refs + [{"value": p["entropy_bits"], "label": p["label"], "kind": "paper"}
+                   for p in paper_points() if "entropy_bits" in p]
+
+
+def perplexity_references(baselines: dict | None, split: str = "valid") -> list[dict]:
+    """Vertical lines for a perplexity axis: the baselines and the papers' test perplexity."""
+    b = (baselines or {}).get(split) or {}
+    refs = [{"value": v, "label": f"{name} baseline ({split}) {v:.0f}", "kind": "baseline"}
+            for name, v in (("unigram", _num(b.get("unigram_perplexity"))),
+                            ("Kneser-Ney bigram", _num(b.get("bigram_kn_perplexity")))) if v]
+    return refs + [{"value": PAPER["test_perplexity_l06"], "kind": "paper",
+                    "label": f"{PAPERS}: test ppl {PAPER['test_perplexity_l06']} at λ=0.6"}]
+
+
+def read_baselines(folder: str | Path) -> dict | None:
+    try:
+        data = json.loads((Path(folder) / BASELINES_FILE).read_text(encoding="utf-8"))
+        return data if isinstance(data, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def cache_stamp(folder: str | Path) -> tuple:
+    """Names, sizes and times of a cache's JSON files: a cache key that changes with them."""
+    try:
+        return tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size)
+                     for p in sorted(Path(folder).glob("*.json")))
+    except OSError:
+        return ()
+
+
+def runs_table(runs: list[dict]) -> list[dict]:
+    """One row per run for browsing: headline figures at λ_f = 0, τ = 1, with the controls."""
+    rows = []
+    for run in runs:
+        p = make_point(run, trained_locality(run), 0.0) or {}
+        lt = run.get("leak_test") if isinstance(run.get("leak_test"), dict) else {}
+        wall = run.get("wall_time_s") if isinstance(run.get("wall_time_s"), dict) else {}
+        train = run.get("training") if isinstance(run.get("training"), dict) else {}
+        rows.append({
+            "run": str(run.get("run_id")), "protocol": protocol_of(run),
+            "λ (trained)": trained_locality(run), "variant": variant(run),
+            "flag": leak_flag(run) or "", "valid ppl": p.get("perplexity"),
+            "valid acc": p.get("accuracy"), "test ppl": p.get("test_perplexity"),
+            "entropy (bits)": p.get("entropy_bits"), "H/H_max": p.get("normalised_entropy"),
+            "causal ceiling": p.get("entropy_ceiling_bits"),
+            "in-block": p.get("in_block_mass"), "recent-b": p.get("recent_b_mass"),
+            "shifted": p.get("shifted_block_mass"), "uniform": p.get("uniform_in_block_mass"),
+            "fidelity": p.get("pointer_fidelity_mass"),
+            "leak test": {True: "pass", False: "FAIL"}.get(lt.get("passed"), "—"),
+            "evals": len(dial_settings(run)), "steps": train.get("steps"),
+            "stopped": train.get("stopped"), "train s": _num(wall.get("train")),
+            "total s": _num(wall.get("total")),
+            "git commit": str(run.get("git_commit") or "")[:10]})
+    return rows
+
+
+def position_rows(run: dict) -> list[dict]:
+    """Test perplexity and accuracy per position in block (where a leak shows)."""
+    for ev in (run.get("metrics") or {}).get("test") or []:
+        pos = ev.get("by_position_in_block") if isinstance(ev, dict) else None
+        if isinstance(pos, dict):
+            return [{"position in block": k, "tokens": r.get("tokens"),
+                     "test ppl": _num(r.get("perplexity")), "test acc": _num(r.get("accuracy"))}
+                    for k, r in pos.items() if isinstance(r, dict)]
+    return []
+
+
+# -- figures -------------------------------------------------------------------------------------
+
+_PALETTE = ("#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2",
+            "#bcbd22", "#7f7f7f", "#393b79")
+_REF_STYLE = {"ceiling": ("black", "dot"), "paper": ("crimson", "dash"),
+              "baseline": ("grey", "dashdot")}
+_CONTROLS = (("recent_b_mass", "recent-b control", "dot"),
+             ("shifted_block_mass", "shifted-block control", "dash"))
+
+
+def _add_series(fig, pts: list[dict], x: str, y: str, color: str, legend: bool, controls: bool,
+                **rc) -> None:
+    series = pts[0]["series"]
+    leak = series.startswith(LEAK)
+    color = "#d62728" if leak else color
+    fig.add_trace(go.Scatter(
+        x=[p[x] for p in pts], y=[p[y] for p in pts], mode="lines+markers+text",
+        name=inert(series), legendgroup=series, showlegend=legend,
+        text=[inert(p["label"]) for p in pts], textposition="top center",
+        textfont=dict(size=10, color=color), customdata=[inert(p["run_id"]) for p in pts],
+        marker=dict(symbol="triangle-up" if leak else "circle", size=11 if leak else 7,
+                    color=color), line=dict(dash="dot" if leak else "solid", color=color),
+        hovertemplate="%{customdata} · %{text}<br>%{x:.4g}, %{y:.4g}<extra></extra>"), **rc)
+    for key, name, dash in _CONTROLS if controls else ():
+        cp = [p for p in pts if _num(p.get(key)) is not None]
+        fig.add_trace(go.Scatter(x=[p[x] for p in cp], y=[p[key] for p in cp], mode="lines",
+                                 name=inert(f"{series}: {name}"), legendgroup=series,
+                                 showlegend=legend, line=dict(dash=dash, width=1, color=color)),
+                      **rc)
+
+
+def _add_line(fig, ref: dict, vertical: bool, lo: float, hi: float, legend: bool, **rc) -> None:
+    color, dash = _REF_STYLE.get(ref.get("kind"), ("grey", "dot"))
+    v = ref["value"]
+    xs, ys = ([v, v], [lo, hi]) if vertical else ([lo, hi], [v, v])
+    fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name=inert(ref["label"]),
+                             legendgroup=ref["label"], showlegend=legend, hoverinfo="name",
+                             line=dict(color=color, dash=dash, width=1.5)), **rc)
+
+
+def _padded(values: list[float], log: bool, pad: float = 0.08) -> list[float] | None:
+    """An axis range with room for the point labels (log axes take log10 bounds)."""
+    vals = [math.log10(v) for v in values if v > 0] if log else list(values)
+    if not vals:
+        return None
+    lo, hi = min(vals), max(vals)
+    margin = pad * ((hi - lo) or (1.0 if not log else 0.5))
+    return [lo - margin, hi + margin]
+
+
+def panel_figure(points: list[dict], x: str, x_title: str, panels: list[dict], *,
+                 papers: list[dict] | None = None, vlines: list[dict] | None = None,
+                 log_x: bool = False, controls: bool = False, height: int = 460) -> go.Figure:
+    """Side-by-side panels sharing x and one legend: one labelled marker per point and a line per
+    series, leaks as red triangles, the papers' reports as crimson crosses, reference lines
+    (ceilings, baselines, the papers' figures) named in the legend.
+
+    ``panels``: dicts with ``y``, ``title`` and optional ``hlines`` and ``log_y``.
+    """
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=len(panels), horizontal_spacing=0.08)
+    colors = {s: _PALETTE[i % len(_PALETTE)]
+              for i, s in enumerate(dict.fromkeys(p["series"] for p in points))}
+    shown: set[str] = set()
+    for col, panel in enumerate(panels, start=1):
+        y, rc, xs_extra = panel["y"], {"row": 1, "col": col}, []
+        pts = [p for p in points if _num(p.get(x)) is not None and _num(p.get(y)) is not None]
+        for series in dict.fromkeys(p["series"] for p in pts):
+            _add_series(fig, [p for p in pts if p["series"] == series], x, y, colors[series],
+                        series not in shown, controls, **rc)
+            shown.add(series)
+        if controls:
+            up = [p for p in pts if _num(p.get("uniform_in_block_mass")) is not None]
+            if up:
+                fig.add_trace(go.Scatter(
+                    x=[p[x] for p in up], y=[p["uniform_in_block_mass"] for p in up],
+                    mode="markers", name="uniform-attention control", showlegend=col == 1,
+                    marker=dict(symbol="line-ew-open", size=14, color="grey")), **rc)
+        for p in papers or []:
+            if _num(p.get(x)) is not None and _num(p.get(y)) is not None:
+                fig.add_trace(go.Scatter(
+                    x=[p[x]], y=[p[y]], mode="markers+text", name=inert(p["label"]),
+                    legendgroup=p["label"], showlegend=p["label"] not in shown, text=[PAPERS],
+                    textposition="bottom center", textfont=dict(color="crimson"),
+                    marker=dict(symbol="x", size=13, color="crimson")), **rc)
+                shown.add(p["label"])
+                xs_extra.append(p[x])
+        hl, vl = panel.get("hlines") or [], vlines or []
+        xs = [p[x] for p in pts] + [r["value"] for r in vl] + xs_extra
+        ys = [p[y] for p in pts] + [r["value"] for r in hl]
+        for refs, vertical, span in ((hl, False, xs), (vl, True, ys)):
+            for r in refs if span else ():
+                _add_line(fig, r, vertical, min(span), max(span), r["label"] not in shown, **rc)
+                shown.add(r["label"])
+        fig.update_xaxes(title_text=x_title, type="log" if log_x else "linear",
+                         range=_padded(xs, log_x), **rc)
+        fig.update_yaxes(title_text=panel["title"], type="log" if panel.get("log_y") else
+                         "linear", **rc)
+    fig.update_layout(height=height, margin=dict(l=10, r=10, t=30, b=10),
+                      legend=dict(font=dict(size=11), tracegroupgap=2))
+    return fig
+
+
+def points_figure(points: list[dict], x: str, y: str, x_title: str, y_title: str, *,
+                  papers: list[dict] | None = None, hlines: list[dict] | None = None,
+                  vlines: list[dict] | None = None, log_x: bool = False, log_y: bool = False,
+                  controls: bool = False, height: int = 440) -> go.Figure:
+    """A single-panel ``panel_figure``."""
+    return panel_figure(points, x, x_title, [{"y": y, "title": y_title, "hlines": hlines,
+                                              "log_y": log_y}], papers=papers, vlines=vlines,
+                        log_x=log_x, controls=controls, height=height)

@@ -1,0 +1,277 @@
+"""Tradeoff points from synthetic sweep results (one point per λ, the papers' points labelled, leaks
+kept apart, missing evals skipped) and the helpers that start and watch a background sweep."""
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from localist_core import launch
+from localist_core import tradeoff as tr
+from localist_core.report import PAPER
+from localist_core.sweep import SCHEMA_VERSION, load_cache
+
+SLEEPER = [sys.executable, "-c", "import time; time.sleep(120)", "localist_core"]
+
+
+def spawn(argv: list[str]) -> subprocess.Popen:
+    """Start a process and wait until it has exec'd (until then /proc shows the parent)."""
+    proc = subprocess.Popen(argv)
+    for _ in range(200):
+        try:
+            if b"sleep" in open(f"/proc/{proc.pid}/cmdline", "rb").read():
+                break
+        except OSError:
+            pass
+        time.sleep(0.01)
+    return proc
+
+
+def make_eval(lf: float, tau: float, lam: float = 0.0, attention: bool = True,
+              positions: bool = False) -> dict:
+    ent = 3.0 - 2.0 * lf - 0.5 * lam + (tau - 1.0)
+    ev = {"dial": {"locality": lf, "attn_temperature": tau, "rule_strength": 0.0},
+          "perplexity": 100.0 + 50.0 * lf + 20.0 * lam + abs(tau - 1.0), "accuracy": 0.2,
+          "tokens": 1000, "nll": 4.6, "notices": [], "entropy_ceiling_bits": 4.0}
+    if attention:
+        vals = {"entropy_bits": ent, "normalised_entropy": ent / 4.0, "in_block_mass": 0.5 + lf / 2,
+                "recent_b_mass": 0.6, "shifted_block_mass": 0.45, "uniform_in_block_mass": 0.11,
+                "pointer_fidelity_mass": 0.4 + lf / 4, "pointer_argmax_hit": 0.4,
+                "mean_attention_distance": 6.0 - 4 * lf}
+        ev["attention"] = {k: {"mean": v, "per_layer": [v], "per_head": [[v]]}
+                           for k, v in vals.items()}
+    if positions:
+        ev["by_position_in_block"] = {str(p): {"tokens": 10, "perplexity": 2.0, "accuracy": 0.9}
+                                      for p in range(5)}
+    return ev
+
+
+def make_run(protocol: str, lam: float = 0.0, lambdas=(0.0, 0.5, 1.0), taus=(0.5, 1.0),
+             noncausal: bool = False, leak_passed: bool = True, run_id: str | None = None) -> dict:
+    """A sweep result shaped like run_sweep's output (schema 1)."""
+    dial_values = sorted(set(lambdas)) if protocol == "dial" else sorted({0.0, lam})
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "run_id": run_id or ("dial" if protocol == "dial" else f"{protocol}-l{lam:.1f}"),
+        "protocol": protocol, "penalty_form": "none" if protocol == "dial" else protocol,
+        "locality": 0.0 if protocol == "dial" else lam,
+        "config": {"model": {"n_ctx": 16, "block_size": 5, "noncausal_diagnostic": noncausal},
+                   "train": {"protocol": "dial" if protocol == "dial" else "penalty",
+                             "penalty_form": "none" if protocol == "dial" else protocol,
+                             "locality": 0.0 if protocol == "dial" else lam}},
+        "training": {"steps": 5, "tokens": 640, "stopped": "max_steps", "history": []},
+        "metrics": {"valid": [make_eval(lf, t, lam) for lf in dial_values for t in taus],
+                    "test": [make_eval(lf, 1.0, lam, attention=False, positions=True)
+                             for lf in dial_values]},
+        "leak_test": {"passed": leak_passed, "max_abs_diff": 0.0 if leak_passed else 0.3,
+                      "checked": 4},
+        "wall_time_s": {"train": 1.0, "eval": 1.0, "total": 2.0},
+        "git_commit": "0123456789abcdef", "checkpoint": "runs/x"}
+
+
+def synthetic_runs() -> list[dict]:
+    return ([make_run("attention", lam) for lam in (0.0, 0.5, 1.0)]
+            + [make_run("weights", lam) for lam in (0.0, 1.0)] + [make_run("dial")]
+            + [make_run("attention", 0.6, noncausal=True,
+                        run_id="attention-l0.6-noncausal_diagnostictrue")])
+
+
+def test_penalty_curve_has_one_point_per_lambda_per_form_as_trained():
+    pts = tr.penalty_curve(synthetic_runs())
+    by_series = {}
+    for p in pts:
+        by_series.setdefault(p["series"], []).append(p)
+        assert p["dial_locality"] == 0.0 and p["attn_temperature"] == 1.0
+    assert len(by_series) == 2 and all("penalty" in s for s in by_series)
+    att = next(v for s, v in by_series.items() if s.startswith("attention"))
+    assert [p["locality"] for p in att] == [0.0, 0.5, 1.0]
+    assert [p["label"] for p in att] == ["λ=0", "λ=0.5", "λ=1"]
+    assert att[0]["entropy_bits"] > att[-1]["entropy_bits"]
+
+
+def test_dial_curve_and_dialled_penalties():
+    runs = synthetic_runs()
+    dial = tr.dial_curve(runs)
+    assert [p["locality"] for p in dial] == [0.0, 0.5, 1.0]          # τ = 0.5 evals not repeated
+    assert all(p["dial_locality"] == p["locality"] and p["attn_temperature"] == 1.0 for p in dial)
+    dialled = tr.dialled_penalty_curve(runs)
+    assert {(p["run_id"], p["dial_locality"]) for p in dialled} == {
+        ("attention-l0.5", 0.5), ("attention-l1.0", 1.0), ("weights-l1.0", 1.0)}
+    pairs = [(p["series"], p["locality"]) for p in tr.curve_points(runs)]
+    assert len(pairs) == len(set(pairs))                              # one point per (series, λ)
+
+
+def test_papers_points_are_labelled_and_never_ours():
+    papers = tr.paper_points()
+    assert all(p["series"] == tr.PAPERS and p["label"].startswith("papers' report")
+               for p in papers)
+    ent = {p["locality"]: p["entropy_bits"] for p in papers if "entropy_bits" in p}
+    assert ent == {1.0: 5.36, 0.0: 7.18}
+    (ppl,) = [p for p in papers if "test_perplexity" in p]
+    assert (ppl["locality"], ppl["test_perplexity"], ppl["test_accuracy"]) == (0.6, 4.65, 0.847)
+    assert PAPER["test_perplexity_l06"] == 4.65
+    assert not any(p["series"] == tr.PAPERS for p in tr.curve_points(synthetic_runs()))
+    refs = tr.entropy_references(tr.curve_points(synthetic_runs()))
+    assert [r["kind"] for r in refs] == ["ceiling", "paper", "paper"] and refs[0]["value"] == 4.0
+
+
+def test_leaky_runs_are_flagged_and_kept_out_of_causal_curves():
+    runs = synthetic_runs() + [make_run("weights", 0.5, leak_passed=False)]
+    causal = {p["run_id"] for p in tr.curve_points(runs)}
+    assert "attention-l0.6-noncausal_diagnostictrue" not in causal and "weights-l0.5" not in causal
+    leaks = tr.leak_points(runs)
+    assert {p["run_id"] for p in leaks} == {"attention-l0.6-noncausal_diagnostictrue",
+                                            "weights-l0.5"}
+    assert all(p["series"].startswith(tr.LEAK) and p["leak"] for p in leaks)
+    assert "non-causal" in tr.leak_flag(runs[-2]) and "leak test" in tr.leak_flag(runs[-1])
+    rows = {r["run"]: r for r in tr.runs_table(runs)}
+    assert rows["weights-l0.5"]["leak test"] == "FAIL" and rows["dial"]["leak test"] == "pass"
+    assert rows["attention-l0.6-noncausal_diagnostictrue"]["variant"] == "noncausal_diagnostictrue"
+    assert len(tr.position_rows(runs[-2])) == 5
+
+
+def test_missing_and_malformed_evals_are_skipped():
+    no_tau1 = make_run("attention", 0.2, taus=(0.5,))
+    broken = make_run("attention", 0.4)
+    broken["metrics"]["valid"] = [{"perplexity": 3.0}, "junk", {"dial": None},
+                                  make_eval(0.0, 1.0, 0.4, attention=False)]
+    broken["metrics"].pop("test")
+    empty = {"schema_version": 1, "run_id": "odd", "config": {}, "metrics": {}}
+    nan = make_run("attention", 0.8)
+    for ev in nan["metrics"]["valid"]:
+        ev["perplexity"] = float("nan")
+    pts = tr.curve_points([no_tau1, broken, empty, nan])
+    assert [(p["run_id"], p["dial_locality"]) for p in pts] == [("attention-l0.4", 0.0)]
+    assert pts[0]["entropy_bits"] is None and pts[0]["test_perplexity"] is None
+    assert len(tr.runs_table([no_tau1, broken, empty, nan])) == 4
+    assert tr.tau_family([empty], "odd") == [] and tr.position_rows(empty) == []
+    fig = tr.points_figure(pts, "perplexity", "entropy_bits", "x", "y")   # None y: no marker
+    assert all(len(t.x) == 0 for t in fig.data) or not fig.data
+
+
+def test_tau_family_has_one_series_per_dial_value():
+    fam = tr.tau_family(synthetic_runs(), "dial")
+    assert {p["series"] for p in fam} == {"λ_f=0", "λ_f=0.5", "λ_f=1"}
+    assert [p["attn_temperature"] for p in fam if p["series"] == "λ_f=0"] == [0.5, 1.0]
+
+
+def test_figure_draws_papers_leaks_and_reference_lines():
+    runs = synthetic_runs()
+    pts = tr.curve_points(runs) + tr.leak_points(runs)
+    fig = tr.points_figure(pts, "locality", "entropy_bits", "λ", "bits", papers=tr.paper_points(),
+                           hlines=tr.entropy_references(pts), controls=True)
+    names = [t.name for t in fig.data]
+    assert sum(n.startswith(tr.PAPERS) for n in names) == 4            # 2 points, 2 lines
+    assert any(n.startswith("causal ceiling") for n in names)
+    leak = [t for t in fig.data if t.name.startswith(tr.LEAK)]
+    assert leak and leak[0].marker.symbol == "triangle-up"
+    assert any("recent-b control" in n for n in names) and "uniform-attention control" in names
+    fig = tr.points_figure([{**pts[0], "series": "<b>x</b>", "label": "<i>"}], "locality",
+                           "entropy_bits", "λ", "bits")
+    assert fig.data[0].name == "&lt;b&gt;x&lt;/b&gt;"                  # file text stays inert
+
+
+# -- launching ------------------------------------------------------------------------------------
+
+def _check(tmp_path, **kw):
+    args = dict(protocols=["attention", "dial"], lambdas="0, 0.5 1", taus="1", config="tiny",
+                cache_dir=str(tmp_path / "cache"), runs_dir=str(tmp_path / "runs"),
+                overrides="max_steps=5", eval_tokens=500, data_dir="",
+                protected=(str(tmp_path / "shipped"),))
+    return launch.check_request(**{**args, **kw})
+
+
+def test_check_request_accepts_a_good_sweep_and_builds_its_command(tmp_path):
+    req, errors = _check(tmp_path)
+    assert not errors and req.lambdas == (0.0, 0.5, 1.0) and req.n_runs == 4
+    cmd = launch.sweep_command(req, python="py")
+    assert cmd[:4] == ["py", "-m", "localist_core", "sweep"] and cmd[-1] == "max_steps=5"
+    assert cmd[cmd.index("--lambdas") + 1] == "0,0.5,1"
+    assert cmd[cmd.index("--cache") + 1] == str(tmp_path / "cache")
+    assert cmd[cmd.index("--eval-tokens") + 1] == "500"
+
+
+@pytest.mark.parametrize("kw,message", [
+    ({"protocols": []}, "Protocols"), ({"protocols": ["magic"]}, "magic"),
+    ({"lambdas": "0, 1.5"}, "outside [0, 1]"), ({"lambdas": "a"}, "not a number"),
+    ({"lambdas": ""}, "at least one"), ({"taus": "0"}, "τ values"),
+    ({"config": "huge"}, "Config"), ({"overrides": "nonsense=1"}, "unknown key"),
+    ({"overrides": "locality=0.3"}, "set protocol and λ with the form"),
+    ({"overrides": "lr=fast"}, "Overrides"), ({"eval_tokens": -1}, "whole number"),
+    ({"cache_dir": ""}, "give a folder"), ({"data_dir": "/nonexistent/x"}, "Data folder"),
+])
+def test_check_request_refuses_bad_input_with_a_message(tmp_path, kw, message):
+    req, errors = _check(tmp_path, **kw)
+    assert req is None and any(message in e for e in errors), errors
+
+
+def test_the_shipped_cache_is_never_a_sweep_target(tmp_path):
+    for target in ("shipped", "shipped/sub"):
+        req, errors = _check(tmp_path, cache_dir=str(tmp_path / target))
+        assert req is None and any("holds the shipped results" in e for e in errors)
+
+
+def test_pid_alive_skips_zombies_strangers_and_junk():
+    assert not any(launch.pid_alive(p) for p in (None, 0, -5, True, "12", 2**31 - 1))
+    proc = spawn(SLEEPER)
+    try:
+        assert launch.pid_alive(proc.pid)
+        proc.kill()
+        time.sleep(0.3)                       # killed, not yet waited for: a zombie
+        assert not launch.pid_alive(proc.pid)
+    finally:
+        proc.kill()
+        proc.wait()
+    stranger = spawn([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert not launch.pid_alive(stranger.pid)  # alive, but not a sweep (a reused pid)
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
+def _progress(folder, **state):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "progress.json").write_text(json.dumps({"updated": time.time(), **state}))
+
+
+def test_status_reads_progress_and_a_live_sweep_blocks_a_second(tmp_path):
+    folder = tmp_path / "cache"
+    assert launch.sweep_status(folder) is None and launch.running_pid(folder) is None
+    _progress(folder, pid=2**31 - 1, runs_total=4, runs_done=1, current="dial", phase="train")
+    st = launch.sweep_status(folder)
+    assert st["state"] == "stopped" and "resume" in st["text"] and st["fraction"] == 0.25
+    proc = spawn(SLEEPER)
+    try:
+        _progress(folder, pid=proc.pid, runs_total=4, runs_done=1, current="dial", phase="train")
+        st = launch.sweep_status(folder)
+        assert st["state"] == "running" and "Run 2 of 4: dial (train)" in st["text"]
+        req, _ = _check(tmp_path)
+        with pytest.raises(launch.SweepBusy, match=f"pid {proc.pid}"):
+            launch.start_sweep(req)
+    finally:
+        proc.kill()
+        proc.wait()
+    _progress(folder, pid=proc.pid, runs_total=4, runs_done=4, current=None, phase="done")
+    assert launch.sweep_status(folder)["state"] == "finished"
+    (folder / "progress.json").write_text("{not json")
+    assert launch.sweep_status(folder) is None
+    (folder / launch.LOG_FILE).write_text("start\ntrain  10%\r train 50%\r train 90%\nend\n")
+    assert launch.log_tail(folder) == "start\n train 90%\nend"
+
+
+def test_a_tiny_background_sweep_runs_to_the_end(tmp_path, tiny_data_dir):
+    req, errors = _check(tmp_path, protocols=["attention"], lambdas="0", taus="1",
+                         overrides="max_steps=4 eval_interval=2 ckpt_interval=2",
+                         data_dir=str(tiny_data_dir))
+    assert not errors
+    proc = launch.start_sweep(req)
+    try:
+        assert proc.wait(timeout=300) == 0, launch.log_tail(req.cache_dir, 40)
+    finally:
+        proc.kill()
+    assert launch.sweep_status(req.cache_dir)["state"] == "finished"
+    runs, problems = load_cache(req.cache_dir)
+    assert [r["run_id"] for r in runs] == ["attention-l0.0"] and not problems
+    assert [p["locality"] for p in tr.penalty_curve(runs)] == [0.0]
