@@ -1,0 +1,181 @@
+"""End-to-end: the dashboard in headless Chromium. Moving the λ slider redraws the attention
+heatmap and updates the deep link. Screenshots and the server log go to test-artifacts/."""
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+import torch
+
+from localist_core import save_checkpoint
+from localist_core.config import TrainConfig, preset
+from localist_core.live import list_checkpoints
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM = "/usr/bin/chromium"
+# Without the background-networking flags Chromium dials out, and the closed network refuses it.
+CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+SERVER_WAIT_S = 120      # the server answers in seconds; the model loads on the first page view
+HEATMAP_WAIT_MS = 120_000
+REDRAW_WAIT_MS = 60_000
+LAM_STEP, LAM_PRESSES = 0.05, 4
+
+try:
+    from playwright.sync_api import sync_playwright
+except ImportError:      # CI installs it from requirements.txt
+    sync_playwright = None
+
+pytestmark = [
+    pytest.mark.skipif(sync_playwright is None, reason="playwright is not importable "
+                       "(pip install -r requirements.txt)"),
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"no Debian chromium at {CHROMIUM} "
+                       "(apt-get install -y chromium)"),
+]
+
+# The heatmap's identity: its z values (plotly may ship them base64-encoded) and its title.
+HEATMAP_STATE = """() => {
+    const gd = document.querySelector('.st-key-heatmap:not([data-stale=true]) .js-plotly-plot');
+    if (!gd || !gd.data || !gd.data.length || gd.data[0].z === undefined) return null;
+    const t = gd.layout && gd.layout.title;
+    return {z: JSON.stringify(gd.data[0].z), title: String((t && t.text) || t || '')};
+}"""
+REDRAWN = """([z, lam]) => { const s = (%s)();
+    return s && s.z !== z && s.title.includes('λ=' + lam + ' '); }""" % HEATMAP_STATE
+LAM_IN_URL = "lam => new URLSearchParams(location.search).get('lam') === lam"
+# Settled: no script running, and no stale element left from the previous run (during a rerun
+# Streamlit shows the new heatmap beside the faded old one until the run ends).
+SETTLED = """() => !document.querySelector('[data-testid=stStatusWidget]')
+    && !document.querySelector('[data-stale=true]')
+    && document.querySelectorAll('.st-key-heatmap').length === 1"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _tiny_checkpoint_root(request, tmp_path: Path) -> Path:
+    """A folder holding one briefly trained tiny dial checkpoint (used when none is shipped)."""
+    corpus = request.getfixturevalue("tiny_corpus")
+    model_cfg = request.getfixturevalue("tiny_model_cfg")
+    from localist_core.train import train
+
+    cfg = TrainConfig(**{**preset("tiny").train, "protocol": "dial", "penalty_form": "none",
+                         "max_steps": 20, "threads": 1})
+    threads = torch.get_num_threads()
+    try:
+        model = train(model_cfg, cfg, corpus, progress=False, eval_tokens=2048).model.eval()
+    finally:
+        torch.set_num_threads(threads)
+    root = tmp_path / "checkpoints"
+    save_checkpoint(root / "tiny-dial", model, corpus.tokenizer, cfg)
+    return root
+
+
+@pytest.fixture()
+def server(request, tmp_path):
+    """A Streamlit server for app.py on a free port; yields its base URL and stops it after."""
+    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    # The checkpoints the app finds by default (assets/checkpoints, plus any folders already in
+    # $LOCALIST_CHECKPOINT_DIRS); only without a usable one, a tiny one trained here.
+    if not [c for c in list_checkpoints() if c.problem is None]:
+        env["LOCALIST_CHECKPOINT_DIRS"] = str(_tiny_checkpoint_root(request, tmp_path))
+    ARTIFACTS.mkdir(exist_ok=True)
+    port = _free_port()
+    log_path = ARTIFACTS / "e2e-streamlit.log"
+    cmd = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+           "--server.port", str(port), "--server.address", "127.0.0.1",
+           "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"]
+    with open(log_path, "w", encoding="utf-8") as log:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + SERVER_WAIT_S
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"streamlit exited with {proc.returncode}:\n{log_path.read_text()}")
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"no health answer within {SERVER_WAIT_S} s:\n{log_path.read_text()}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=15)
+
+
+def _lam_in_url(url: str) -> str | None:
+    return parse_qs(urlparse(url).query).get("lam", [None])[0]
+
+
+def test_lambda_slider_redraws_heatmap_and_deep_link(server):
+    messages: list[str] = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1400})
+            page.on("console", lambda m: messages.append(f"console.{m.type}: {m.text}"))
+            page.on("pageerror", lambda e: messages.append(f"pageerror: {e}"))
+            t0 = time.monotonic()
+            page.goto(server + "/", wait_until="domcontentloaded")
+            page.wait_for_function(HEATMAP_STATE, timeout=HEATMAP_WAIT_MS)
+            print(f"\nheatmap drawn {time.monotonic() - t0:.1f} s after opening the page")
+            page.wait_for_function(SETTLED, timeout=HEATMAP_WAIT_MS)
+            before = page.evaluate(HEATMAP_STATE)
+            heatmap = page.locator(".st-key-heatmap")
+            page.screenshot(path=ARTIFACTS / "e2e-before.png", full_page=True)
+            png_before = heatmap.screenshot(path=ARTIFACTS / "e2e-heatmap-before.png")
+
+            # Streamlit's slider is a visually hidden <input type=range> (role slider).
+            slider = page.locator("[data-testid=stSidebar]").get_by_role(
+                "slider", name="λ — locality")
+            start = float(slider.input_value())
+            slider.focus()
+            t1 = time.monotonic()
+            # One step at a time, each awaited: a key pressed while a rerun is under way can be
+            # lost (the rerun sends the slider its previous value back).
+            for i in range(1, LAM_PRESSES + 1):
+                want = f"{min(1.0, round(start + LAM_STEP * i, 2)):g}"
+                page.keyboard.press("ArrowRight")
+                page.wait_for_function(LAM_IN_URL, arg=want, timeout=REDRAW_WAIT_MS)
+                page.wait_for_function(SETTLED, timeout=REDRAW_WAIT_MS)
+            assert float(slider.input_value()) == pytest.approx(float(want))
+            page.wait_for_function(REDRAWN, arg=[before["z"], want], timeout=REDRAW_WAIT_MS)
+            print(f"heatmap redrawn at λ={want} {time.monotonic() - t1:.1f} s after the first key")
+            after, url = page.evaluate(HEATMAP_STATE), page.url
+            page.screenshot(path=ARTIFACTS / "e2e-after.png", full_page=True)
+            png_after = heatmap.screenshot(path=ARTIFACTS / "e2e-heatmap-after.png")
+        finally:
+            browser.close()
+            (ARTIFACTS / "e2e-browser-console.log").write_text("\n".join(messages) + "\n",
+                                                              encoding="utf-8")
+
+    assert after["z"] != before["z"]
+    assert f"λ={want} " in after["title"] and f"λ={want} " not in before["title"]
+    assert hashlib.sha256(png_after).digest() != hashlib.sha256(png_before).digest()
+    assert _lam_in_url(url) == want, url
+    errors = [m for m in messages if m.startswith("pageerror")]
+    assert not errors, errors
+    print(url)
+    print("artefacts:", ", ".join(sorted(p.name for p in ARTIFACTS.glob("e2e-*"))))
