@@ -2,13 +2,15 @@
 sidebar through ui.page_setup()."""
 import streamlit as st
 
-st.set_page_config(page_title="Localist LM Studio", page_icon="🔦", layout="wide")
+st.set_page_config(page_title="Localist LM Studio", page_icon=":material/tune:", layout="wide")
 
-st.navigation([
-    st.Page("pages/explorer.py", title="Explorer", icon="🔍", default=True),
-    st.Page("pages/tradeoff.py", title="Tradeoff", icon="📈"),
-    st.Page("pages/compare.py", title="Compare", icon="⚖️"),
-    st.Page("pages/theory.py", title="Theory", icon="🧮"),
-    st.Page("pages/sweeps.py", title="Sweeps", icon="🧪"),
-    st.Page("pages/about.py", title="About", icon="🎓"),
-]).run()
+page = st.navigation([
+    st.Page("pages/explorer.py", title="Explorer", icon=":material/grid_on:", default=True),
+    st.Page("pages/tradeoff.py", title="Tradeoff", icon=":material/show_chart:"),
+    st.Page("pages/compare.py", title="Compare", icon=":material/compare:"),
+    st.Page("pages/theory.py", title="Theory", icon=":material/functions:"),
+    st.Page("pages/sweeps.py", title="Sweeps", icon=":material/science:"),
+    st.Page("pages/about.py", title="About", icon=":material/school:"),
+])
+st.session_state["_page"] = page.url_path  # ui.keep re-seeds widgets once per page visit
+page.run()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,7 +16,8 @@ import streamlit as st
 
 from localist_core import CheckpointError, load_model
 from localist_core.config import RULE_STRENGTH_RANGE, TEMPERATURE_RANGE
-from localist_core.live import ASSETS, MAX_TEXT_CHARS, analyze, list_checkpoints
+from localist_core.live import (ASSETS, MAX_TEXT_CHARS, analyze, cached_run_pattern,
+                                list_checkpoints, theory_report)
 
 PROMPTS_FILE = ASSETS / "prompts.json"
 SWEEP_CACHE = ASSETS / "sweep"
@@ -57,6 +59,17 @@ def cached_analysis(path: str, text: str, lam: float, tau: float, gamma: float,
     return analyze(model, tok, text, lam, tau, gamma, block_size)
 
 
+@st.cache_data(show_spinner=False, max_entries=128)
+def cached_theory(path: str, text: str, lam: float, layer: int):
+    model, tok = load_checkpoint(path)
+    return theory_report(model, tok, text, lam, layer)
+
+
+@st.cache_data(show_spinner=False, max_entries=128)
+def cached_map(cache_dir: str, run_id: str, prompt: str, lam: float, tau: float):
+    return cached_run_pattern(cache_dir, run_id, prompt, lam, tau)
+
+
 @st.cache_data(show_spinner=False)
 def sample_prompts(path: str) -> dict[str, str]:
     try:
@@ -67,8 +80,13 @@ def sample_prompts(path: str) -> dict[str, str]:
 
 
 @st.cache_data(show_spinner=False, ttl=30)
+def _checkpoints(extra_dirs: str):
+    return list_checkpoints(extra_dirs)
+
+
 def checkpoints():
-    return list_checkpoints()
+    """Shipped checkpoints plus those under $LOCALIST_CHECKPOINT_DIRS (re-read every 30 s)."""
+    return _checkpoints(os.environ.get("LOCALIST_CHECKPOINT_DIRS", ""))
 
 
 # -- deep links ------------------------------------------------------------------------------
@@ -123,7 +141,9 @@ def read_deep_link(ckpt_keys: list[str], prompts: dict[str, str], n_layers: int 
 
 def write_deep_link(s: Settings, layer, head) -> None:
     """Mirror the current settings into the URL (only what differs, to avoid extra reruns)."""
-    want = {"ckpt": s.checkpoint_key or "", "lam": f"{s.locality:g}",
+    if not s.checkpoint_key:
+        return
+    want = {"ckpt": s.checkpoint_key, "lam": f"{s.locality:g}",
             "tau": f"{s.attn_temperature:g}", "gamma": f"{s.rule_strength:g}",
             "layer": str(layer), "head": str(head)}
     if s.block_size is not None:
@@ -153,9 +173,23 @@ def _save(key: str) -> None:
     st.session_state[PERSIST + key] = st.session_state[key]
 
 
-def keep(key: str, default):
-    """Seed widget ``key`` from its persisted value; returns the widget's keyword arguments."""
-    st.session_state[key] = st.session_state.get(PERSIST + key, default)
+def keep(key: str, default, options=None):
+    """Seed widget ``key`` from its persisted value (``default`` when absent or not among
+    ``options``) on the first run of each page visit; returns the widget's keyword arguments.
+
+    Seeding only when the page changes leaves the browser's value alone on ordinary reruns, so
+    quick slider moves are never overwritten by an older value.
+    """
+    ss = st.session_state
+    value = ss.get(PERSIST + key, default)
+    if options is not None and value not in options:
+        value = default
+    seeded = ss.setdefault("_seeded", {})
+    page = ss.get("_page")
+    if seeded.get(key) != page or key not in ss or (
+            options is not None and ss[key] not in options):
+        ss[key] = value
+        seeded[key] = page
     return {"key": key, "on_change": _save, "args": (key,)}
 
 

@@ -164,14 +164,21 @@ def analyze(model, tokenizer, text: str, locality: float = 0.0, attn_temperature
         dial=dict(dial.__dict__), notices=notices)
 
 
-def pattern_view(a: Analysis, layer: int | None, head: int | None) -> np.ndarray:
-    """The ``[query, key]`` matrix to draw: one head, a layer's head mean, or the overall mean."""
-    p = a.patterns
-    if layer is None:
-        p = p.mean(0)
-    else:
-        p = p[layer]
+def reduce_pattern(patterns: np.ndarray, layer: int | None, head: int | None) -> np.ndarray:
+    """``[layer, head, T, T]`` → the ``[query, key]`` matrix to draw: one head, a layer's head
+    mean, or the mean over layers (of one head index, or of all heads)."""
+    p = patterns.mean(0) if layer is None else patterns[layer]
     return p.mean(0) if head is None else p[head]
+
+
+def pattern_view(a: Analysis, layer: int | None, head: int | None) -> np.ndarray:
+    """The ``[query, key]`` matrix of an analysis to draw."""
+    return reduce_pattern(a.patterns, layer, head)
+
+
+def difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """b − a of two ``[query, key]`` views of the same text."""
+    return np.asarray(b, dtype=np.float32) - np.asarray(a, dtype=np.float32)
 
 
 def entropy_view(a: Analysis, layer: int | None, head: int | None) -> np.ndarray:
@@ -203,3 +210,38 @@ def metrics_json(a: Analysis, checkpoint: str) -> dict:
     return {"checkpoint": checkpoint, "dial": a.dial, "tokens": a.labels,
             "perplexity": a.perplexity, "metrics": a.metrics,
             "entropy_per_query_bits": a.entropy.tolist(), "notices": a.notices}
+
+
+def cached_run_pattern(cache_dir: str | Path, run_id: str, prompt: str, locality: float,
+                       attn_temperature: float) -> np.ndarray | None:
+    """A sweep run's stored ``[layer, head, T, T]`` pattern for a sample prompt at one
+    (λ_f, τ), or None if the cache does not hold it. Lets Compare show runs whose checkpoints
+    are not shipped."""
+    from safetensors.numpy import load_file
+
+    path = Path(cache_dir) / f"{run_id}.maps.safetensors"
+    if not path.is_file():
+        return None
+    try:
+        maps = load_file(str(path))
+    except Exception:  # a corrupt maps file is treated as absent
+        return None
+    arr = maps.get(f"{prompt}|{locality:g}|{attn_temperature:g}")
+    return None if arr is None else arr.astype(np.float32)
+
+
+def theory_report(model, tokenizer, text: str, locality: float, layer: int,
+                  temperatures: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 10.0)
+                  ) -> dict | None:
+    """Estimated threshold-formula inputs and the τ sweep of measured vs bounded cross-block
+    mass, as plain numbers; None when the text is too short to have two blocks."""
+    from .theory import estimate_threshold_inputs, predicted_vs_measured
+
+    ids, _ = prepare_text(tokenizer, text, model.cfg.n_ctx)
+    if len(ids) <= model.cfg.block_size:
+        return None
+    tokens = torch.tensor([ids])
+    inputs = estimate_threshold_inputs(model, tokens, layer=layer, locality=locality)
+    rows = predicted_vs_measured(model, tokens, list(temperatures), layer=layer,
+                                 locality=locality)
+    return {"inputs": inputs.as_dict(), "rows": rows}

@@ -76,9 +76,9 @@ def attention_heatmap(pattern: np.ndarray, labels: list[str], block_ids: np.ndar
         margin=dict(l=10, r=10, t=60 if title else 30, b=10),
         legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0),
         xaxis=dict(title="key", tickvals=list(range(n)), ticktext=ticks, tickangle=-60,
-                   side="bottom", showgrid=False, constrain="domain"),
+                   side="bottom", showgrid=False, zeroline=False, constrain="domain"),
         yaxis=dict(title="query", tickvals=list(range(n)), ticktext=ticks, autorange="reversed",
-                   showgrid=False, scaleanchor="x"))
+                   showgrid=False, zeroline=False, scaleanchor="x"))
     return fig
 
 

@@ -20,7 +20,7 @@ if not a.labels:
 
 n_layers, n_heads = a.patterns.shape[:2]
 m = a.metrics
-base = ui.get_analysis(s, lam=0.0)
+base = ui.get_analysis(s, lam=0.0) if s.locality > 0 else None
 delta = (lambda k: m[k]["mean"] - base.metrics[k]["mean"]) if base and base.metrics else None
 cols = st.columns(5)
 cols[0].metric("Entropy (bits)", f"{m['entropy_bits']['mean']:.2f}",

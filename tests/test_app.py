@@ -1,0 +1,110 @@
+"""AppTest: every page renders, the λ slider moves the in-block-mass tile, deep links
+round-trip, and bad text or bad link parameters give notices, not exceptions."""
+import os
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from localist_core import save_checkpoint
+from localist_core.config import TrainConfig
+
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
+PAGES = ["pages/explorer.py", "pages/tradeoff.py", "pages/compare.py", "pages/theory.py",
+         "pages/sweeps.py", "pages/about.py"]
+
+
+@pytest.fixture(scope="module")
+def app_env(tmp_path_factory, trained_tiny, tiny_corpus):
+    """Tiny checkpoints beside the shipped ones: a dial model and a penalty model."""
+    root = tmp_path_factory.mktemp("ckpts")
+    save_checkpoint(root / "tiny-dial", trained_tiny, tiny_corpus.tokenizer,
+                    TrainConfig(protocol="dial", penalty_form="none"))
+    save_checkpoint(root / "tiny-penalty", trained_tiny, tiny_corpus.tokenizer,
+                    TrainConfig(protocol="penalty", penalty_form="attention", locality=0.6))
+    old = os.environ.get("LOCALIST_CHECKPOINT_DIRS")
+    os.environ["LOCALIST_CHECKPOINT_DIRS"] = str(root)
+    yield root
+    if old is None:
+        os.environ.pop("LOCALIST_CHECKPOINT_DIRS")
+    else:
+        os.environ["LOCALIST_CHECKPOINT_DIRS"] = old
+
+
+def _app(params: dict | None = None) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=180)
+    for k, v in (params or {}).items():
+        at.query_params[k] = v
+    return at.run()
+
+
+def _metric(at, label):
+    return next(float(m.value) for m in at.metric if m.label == label)
+
+
+def _ok(at):
+    assert not at.exception, [e.value for e in at.exception]
+
+
+def test_every_page_renders_without_exception(app_env):
+    at = _app({"ckpt": "tiny-dial"})
+    _ok(at)
+    for page in PAGES:
+        at.switch_page(page).run()
+        _ok(at)
+        assert at.header, page
+
+
+def test_moving_lambda_on_the_dial_model_raises_in_block_mass(app_env):
+    at = _app({"ckpt": "tiny-dial"})
+    _ok(at)
+    before = _metric(at, "In-block mass")
+    at.sidebar.slider(key="lam").set_value(0.9).run()
+    _ok(at)
+    after = _metric(at, "In-block mass")
+    assert after > before + 0.05
+    at.sidebar.slider(key="lam").set_value(1.0).run()
+    assert _metric(at, "In-block mass") == pytest.approx(1.0, abs=1e-3)
+
+
+def test_deep_link_round_trips(app_env):
+    link = {"ckpt": "tiny-penalty", "lam": "0.35", "tau": "0.5", "gamma": "1.5",
+            "layer": "1", "head": "0", "prompt": "storm"}
+    at = _app(link)
+    _ok(at)
+    assert at.sidebar.selectbox(key="ckpt").value == "tiny-penalty"
+    assert at.sidebar.slider(key="lam").value == pytest.approx(0.35)
+    assert at.selectbox(key="layer").value == 1 and at.selectbox(key="head").value == 0
+    assert {k: at.query_params[k] for k in link} == link
+    assert not any("not valid" in w.value for w in at.warning)
+    free = _app({"ckpt": "tiny-dial", "text": "the cat sees the bridge ."})
+    assert free.query_params["text"] == "the cat sees the bridge ."
+    assert free.sidebar.text_area(key="free_text").value == "the cat sees the bridge ."
+
+
+@pytest.mark.parametrize("params", [
+    {"lam": "7"}, {"lam": "nan"}, {"tau": "inf"}, {"tau": "0"}, {"gamma": "-1"},
+    {"layer": "99"}, {"head": "x"}, {"ckpt": "../../etc/passwd"}, {"prompt": "nope"},
+    {"block": "0"},
+])
+def test_bad_link_parameters_fall_back_with_a_notice(app_env, params):
+    at = _app({"ckpt": "tiny-dial", **params})
+    _ok(at)
+    key = next(iter(params))
+    assert any(f"{key}=" in w.value and "not valid" in w.value for w in at.warning)
+    assert _metric(at, "In-block mass") >= 0
+
+
+@pytest.mark.parametrize("text,notice", [
+    ("", "empty"), ("   \n\t ", "empty"), ("\u200b\u200b\x07", "no words"),
+    ("word " * 400, "only the first"), ("go " * 30_000, "only the first"),
+    ("<script>alert(1)</script> <b>bold</b> **md** [a](javascript:alert(1))", "outside the"),
+    ("مرحبا بالعالم 😀 שלום", "outside the"),
+])
+def test_hostile_text_gives_a_notice_not_an_exception(app_env, text, notice):
+    at = _app({"ckpt": "tiny-dial"})
+    at.sidebar.radio(key="text_mode").set_value("Your own text").run()
+    at.sidebar.text_area(key="free_text").set_value(text).run()
+    _ok(at)
+    assert any(notice in w.value for w in at.warning), [w.value for w in at.warning]
+    assert not any("<script>" in m.value for m in at.markdown)
