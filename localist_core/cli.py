@@ -115,6 +115,50 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    """Write a compressed copy of a checkpoint, keeping it only if valid perplexity stays within
+    ``--tolerance`` of the full-precision model (DESIGN §2 shipping rule)."""
+    import shutil
+
+    from .checkpoint import load_model, save_checkpoint
+    from .data import load_corpus
+    from .evaluate import evaluate_stream
+
+    model, tok = load_model(args.source)
+    corpus = load_corpus(args.data_dir, tokenizer=tok)
+    full = evaluate_stream(model, corpus.valid, with_attention=False)["perplexity"]
+    tmp = Path(str(args.dest) + ".tmp")
+    meta = dict(model.meta)
+    save_checkpoint(tmp, model, tok, _train_cfg(model), meta=meta, precision=args.precision)
+    small, _ = load_model(tmp)
+    comp = evaluate_stream(small, corpus.valid, with_attention=False)["perplexity"]
+    rel = comp / full - 1.0
+    print(f"valid perplexity: {args.precision} {comp:.3f} vs fp32 {full:.3f} "
+          f"({100 * rel:+.3f}%, tolerance ±{100 * args.tolerance:.2f}%)")
+    if abs(rel) > args.tolerance:
+        shutil.rmtree(tmp)
+        print(f"error: {args.precision} changes valid perplexity by {100 * rel:+.3f}%; "
+              f"not written", file=sys.stderr)
+        return 1
+    meta["compression_check"] = {"precision": args.precision, "valid_ppl_fp32": full,
+                                 "valid_ppl_compressed": comp, "relative_change": rel,
+                                 "command": "python -m localist_core export "
+                                            f"{args.source} {args.dest} "
+                                            f"--precision {args.precision}"}
+    save_checkpoint(tmp, small, tok, _train_cfg(model), meta=meta, precision=args.precision)
+    if Path(args.dest).exists():
+        shutil.rmtree(args.dest)
+    tmp.rename(args.dest)
+    print(f"wrote {args.dest}")
+    return 0
+
+
+def _train_cfg(model):
+    from .config import config_from_dict
+    cfg = getattr(model, "train_config", None)
+    return config_from_dict(TrainConfig, cfg) if cfg else None
+
+
 def cmd_report(args) -> int:
     from .report import full_report
     print(full_report(args.cache))
@@ -164,6 +208,16 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", default=None, help="also write the report here")
     common(e)
     e.set_defaults(func=cmd_eval)
+    x = sub.add_parser("export", help="write a compressed copy of a checkpoint, checked on "
+                                      "valid perplexity")
+    x.add_argument("source")
+    x.add_argument("dest")
+    x.add_argument("--precision", default="int8", choices=["fp32", "fp16", "int8"])
+    x.add_argument("--tolerance", type=float, default=0.005,
+                   help="largest allowed relative change of valid perplexity (default 0.5%%)")
+    common(x)
+    x.set_defaults(func=cmd_export)
+
     r = sub.add_parser("report", help="print the reproduction tables from a sweep cache")
     r.add_argument("--cache", default="assets/sweep")
     r.set_defaults(func=cmd_report)

@@ -45,3 +45,18 @@ def test_argparse_errors_also_exit_2(capsys):
         main(["sweep", "--lambdas", "a,b"])
     assert exc.value.code == 2
     assert "comma-separated numbers" in capsys.readouterr().err
+
+
+def test_export_keeps_a_compressed_copy_only_within_tolerance(tmp_path, tiny_data_dir, capsys):
+    out = tmp_path / "ckpt"
+    assert main(["train", "--config", "tiny", "--out", str(out), "--data-dir", str(tiny_data_dir),
+                 "max_steps=10", "eval_interval=10"]) == 0
+    dest = tmp_path / "small"
+    assert main(["export", str(out), str(dest), "--precision", "fp16",
+                 "--data-dir", str(tiny_data_dir)]) == 0
+    check = json.loads((dest / "config.json").read_text())["meta"]["compression_check"]
+    assert abs(check["relative_change"]) <= 0.005 and check["precision"] == "fp16"
+    assert main(["export", str(out), str(tmp_path / "never"), "--precision", "int8",
+                 "--tolerance", "0", "--data-dir", str(tiny_data_dir)]) == 1
+    assert not (tmp_path / "never").exists() and not (tmp_path / "never.tmp").exists()
+    assert "not written" in capsys.readouterr().err
