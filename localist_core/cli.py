@@ -58,7 +58,7 @@ def cmd_sweep(args) -> int:
     corpus = _corpus(args)
     mcfg, tcfg = _configs(args.config, args.overrides, len(corpus.tokenizer))
     runs = plan_runs(mcfg, tcfg, args.protocols.split(","), args.lambdas, args.taus,
-                     args.overrides)
+                     args.overrides, eval_barrier_sharpness=args.eval_beta)
     prompts = json.loads(Path(args.prompts).read_text())["prompts"] if args.prompts else None
     results = run_sweep(runs, corpus, args.cache, args.runs_dir, prompts=prompts,
                         eval_tokens=args.eval_tokens)
@@ -125,6 +125,9 @@ def cmd_export(args) -> int:
     from .evaluate import evaluate_stream
 
     model, tok = load_model(args.source)
+    if args.barrier_sharpness is not None:
+        from .sweep import with_barrier_sharpness
+        model = with_barrier_sharpness(model, args.barrier_sharpness)
     corpus = load_corpus(args.data_dir, tokenizer=tok)
     full = evaluate_stream(model, corpus.valid, with_attention=False)["perplexity"]
     tmp = Path(str(args.dest) + ".tmp")
@@ -144,7 +147,9 @@ def cmd_export(args) -> int:
                                  "valid_ppl_compressed": comp, "relative_change": rel,
                                  "command": "python -m localist_core export "
                                             f"{args.source} {args.dest} "
-                                            f"--precision {args.precision}"}
+                                            f"--precision {args.precision}"
+                                            + (f" --barrier-sharpness {args.barrier_sharpness:g}"
+                                               if args.barrier_sharpness is not None else "")}
     save_checkpoint(tmp, small, tok, _train_cfg(model), meta=meta, precision=args.precision)
     if Path(args.dest).exists():
         shutil.rmtree(args.dest)
@@ -194,6 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--prompts", default="assets/prompts.json",
                    help="sample prompts whose attention maps are cached ('' for none)")
     s.add_argument("--eval-tokens", type=int, default=None, help="evaluate a prefix only")
+    s.add_argument("--eval-beta", type=float, default=None,
+                   help="evaluate with this dial sharpness β instead of the trained one "
+                        "(stored as a separate run, <id>-beta<β>)")
     s.add_argument("overrides", nargs="*", metavar="key=value")
     common(s)
     s.set_defaults(func=cmd_sweep)
@@ -213,6 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("source")
     x.add_argument("dest")
     x.add_argument("--precision", default="int8", choices=["fp32", "fp16", "int8"])
+    x.add_argument("--barrier-sharpness", type=float, default=None,
+                   help="ship with this dial sharpness β (an inference-time choice)")
     x.add_argument("--tolerance", type=float, default=0.005,
                    help="largest allowed relative change of valid perplexity (default 0.5%%)")
     common(x)

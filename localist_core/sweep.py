@@ -49,6 +49,15 @@ class RunSpec:
     model: ModelConfig
     train: TrainConfig
     settings: tuple[tuple[float, float], ...]   # (λ_f, τ) pairs
+    # β used at evaluation when it differs from training (the dial's sharpness is an
+    # inference-time choice, DESIGN §2); None evaluates with the trained β.
+    eval_barrier_sharpness: float | None = None
+
+    def stored_config(self) -> dict:
+        cfg = {"model": config_to_dict(self.model), "train": config_to_dict(self.train)}
+        if self.eval_barrier_sharpness is not None:
+            cfg["eval"] = {"barrier_sharpness": self.eval_barrier_sharpness}
+        return cfg
 
 
 def run_id_for(protocol_name: str, locality: float, overrides: list[str]) -> str:
@@ -74,8 +83,8 @@ def run_dir_for(spec: "RunSpec") -> str:
 
 
 def plan_runs(model_cfg: ModelConfig, train_cfg: TrainConfig, protocols: list[str],
-              lambdas: list[float], taus: list[float], overrides: list[str] | None = None
-              ) -> list[RunSpec]:
+              lambdas: list[float], taus: list[float], overrides: list[str] | None = None,
+              eval_barrier_sharpness: float | None = None) -> list[RunSpec]:
     """The runs of a sweep: one per (penalty protocol, λ), one for the dial protocol.
 
     A penalty run is evaluated at λ_f ∈ {0, λ} × τ (dialling a penalty-trained model answers
@@ -92,9 +101,21 @@ def plan_runs(model_cfg: ModelConfig, train_cfg: TrainConfig, protocols: list[st
                                        locality=0.0 if name == "dial" else lam)
             dial_values = sorted(set(lambdas)) if name == "dial" else sorted({0.0, lam})
             settings = tuple((lf, tau) for lf in dial_values for tau in taus)
-            runs.append(RunSpec(run_id_for(name, lam, overrides or []), name, model_cfg, tcfg,
-                                settings))
+            run_id = run_id_for(name, lam, overrides or [])
+            if eval_barrier_sharpness is not None:
+                run_id += f"-beta{eval_barrier_sharpness:g}"
+            runs.append(RunSpec(run_id, name, model_cfg, tcfg, settings, eval_barrier_sharpness))
     return runs
+
+
+def with_barrier_sharpness(model, sharpness: float):
+    """The same weights with another β in b(λ_f) = β·log(1−λ_f), in eval mode."""
+    from .model import LocalistLM
+    new = LocalistLM(dataclasses.replace(model.cfg, barrier_sharpness=float(sharpness)),
+                     model.local_entropy)
+    new.load_state_dict(model.state_dict())
+    new.meta, new.train_config = getattr(model, "meta", {}), getattr(model, "train_config", None)
+    return new.eval()
 
 
 def git_commit() -> str | None:
@@ -154,8 +175,7 @@ def _finished(cache_dir: Path, spec: RunSpec) -> bool:
         data = read_result(path)
     except SweepCacheError:
         return False
-    return data["config"] == {"model": config_to_dict(spec.model),
-                              "train": config_to_dict(spec.train)}
+    return data["config"] == spec.stored_config()
 
 
 @torch.no_grad()
@@ -211,6 +231,8 @@ def run_sweep(runs: list[RunSpec], corpus: Corpus, cache_dir: str | Path, runs_d
         res = train(spec.model, spec.train, corpus, out, progress=progress,
                     meta={"run_id": spec.run_id})
         model, tok = load_model(out)
+        if spec.eval_barrier_sharpness is not None:
+            model = with_barrier_sharpness(model, spec.eval_barrier_sharpness)
         t1 = time.time()
         _progress(cache_dir, runs_total=len(runs), runs_done=done, current=spec.run_id,
                   phase="evaluate")
@@ -235,7 +257,7 @@ def run_sweep(runs: list[RunSpec], corpus: Corpus, cache_dir: str | Path, runs_d
             "protocol": spec.protocol_name,
             "penalty_form": spec.train.penalty_form,
             "locality": spec.train.locality,
-            "config": {"model": config_to_dict(spec.model), "train": config_to_dict(spec.train)},
+            "config": spec.stored_config(),
             "training": {"steps": res.steps, "tokens": res.tokens, "stopped": res.stopped,
                          "history": res.history},
             "metrics": metrics,
