@@ -108,3 +108,17 @@ def test_hostile_text_gives_a_notice_not_an_exception(app_env, text, notice):
     _ok(at)
     assert any(notice in w.value for w in at.warning), [w.value for w in at.warning]
     assert not any("<script>" in m.value for m in at.markdown)
+
+
+SHIPPED_DIAL = Path(APP).parent / "assets" / "checkpoints" / "dial"
+
+
+@pytest.mark.skipif(not (SHIPPED_DIAL / "config.json").is_file(), reason="no shipped dial model")
+def test_shipped_dial_model_opens_by_default_and_its_slider_localises():
+    at = _app()
+    _ok(at)
+    assert at.sidebar.selectbox(key="ckpt").value == "dial"
+    before = _metric(at, "In-block mass")
+    at.sidebar.slider(key="lam").set_value(0.75).run()
+    _ok(at)
+    assert _metric(at, "In-block mass") > before + 0.1
