@@ -52,6 +52,7 @@ class RunSpec:
     # β used at evaluation when it differs from training (the dial's sharpness is an
     # inference-time choice, DESIGN §2); None evaluates with the trained β.
     eval_barrier_sharpness: float | None = None
+    train_id: str = ""   # the run whose trained model this evaluates ("" = run_id)
 
     def stored_config(self) -> dict:
         cfg = {"model": config_to_dict(self.model), "train": config_to_dict(self.train)}
@@ -79,7 +80,7 @@ def run_dir_for(spec: "RunSpec") -> str:
     never resume from each other's checkpoints."""
     blob = json.dumps({"model": config_to_dict(spec.model), "train": config_to_dict(spec.train)},
                       sort_keys=True)
-    return f"{spec.run_id}-{hashlib.sha1(blob.encode()).hexdigest()[:8]}"
+    return f"{spec.train_id or spec.run_id}-{hashlib.sha1(blob.encode()).hexdigest()[:8]}"
 
 
 def plan_runs(model_cfg: ModelConfig, train_cfg: TrainConfig, protocols: list[str],
@@ -104,7 +105,8 @@ def plan_runs(model_cfg: ModelConfig, train_cfg: TrainConfig, protocols: list[st
             run_id = run_id_for(name, lam, overrides or [])
             if eval_barrier_sharpness is not None:
                 run_id += f"-beta{eval_barrier_sharpness:g}"
-            runs.append(RunSpec(run_id, name, model_cfg, tcfg, settings, eval_barrier_sharpness))
+            runs.append(RunSpec(run_id, name, model_cfg, tcfg, settings, eval_barrier_sharpness,
+                                train_id=run_id_for(name, lam, overrides or [])))
     return runs
 
 

@@ -40,6 +40,17 @@ def test_plan_has_one_run_per_penalty_lambda_and_one_dial(tiny_model_cfg):
     assert len(runs[-1].settings) == 12
 
 
+def test_an_eval_beta_run_reuses_the_trained_model_folder(tiny_model_cfg):
+    from localist_core.sweep import run_dir_for
+    tcfg = TrainConfig(**preset("tiny").train)
+    base = plan_runs(tiny_model_cfg, tcfg, ["dial"], [0.0, 1.0], [1.0])[0]
+    beta = plan_runs(tiny_model_cfg, tcfg, ["dial"], [0.0, 1.0], [1.0],
+                     eval_barrier_sharpness=64)[0]
+    assert beta.run_id == "dial-beta64" and base.run_id == "dial"
+    assert run_dir_for(beta) == run_dir_for(base)
+    assert beta.stored_config()["eval"] == {"barrier_sharpness": 64}
+
+
 def test_sweep_writes_results_and_skips_finished_runs(tmp_path, tiny_model_cfg, tiny_corpus):
     runs = _runs(tiny_model_cfg)
     prompts = [{"name": "p", "text": "the cat sees the bridge ."}]
