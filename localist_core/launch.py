@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .config import TEMPERATURE_RANGE, ModelConfig, TrainConfig, apply_overrides, preset
 from .sweep import PROGRESS_FILE, PROTOCOL_NAMES, REPO, write_json_atomic
-from .tradeoff import _num
+from .tradeoff import finite
 
 APP_SWEEPS = REPO / "runs" / "app-sweeps"     # the user's sweeps; never the shipped assets/sweep
 LAUNCH_FILE = "app-launch.info"               # JSON, but not *.json: load_cache would refuse it
@@ -233,7 +233,7 @@ def sweep_status(folder: str | Path, now: float | None = None) -> dict | None:
     total = prog.get("runs_total") if isinstance(prog.get("runs_total"), int) else 0
     done = prog.get("runs_done") if isinstance(prog.get("runs_done"), int) else 0
     frac = min(max(done / total, 0.0), 1.0) if total > 0 else 0.0
-    age = max(0.0, (now or time.time()) - (_num(prog.get("updated")) or 0.0))
+    age = max(0.0, (now or time.time()) - (finite(prog.get("updated")) or 0.0))
     if prog.get("phase") == "done":
         return {"state": "finished", "fraction": 1.0, "pid": None,
                 "text": f"Finished: {done} of {total} runs in the cache."}

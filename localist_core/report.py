@@ -7,25 +7,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .sweep import BASELINES_FILE, load_cache, read_result
-
-# The papers' reported figures (DESIGN §1), shown beside ours, never in place of ours.
-PAPER = {"entropy_bits_l1": 5.36, "entropy_bits_l0": 7.18, "test_perplexity_l06": 4.65,
-         "test_accuracy_l06": 0.847}
+from .sweep import load_cache
+from .tradeoff import PAPER, find_eval, read_baselines  # noqa: F401 (PAPER re-exported)
 
 ATT_COLUMNS = [("entropy_bits", "H (bits)"), ("normalised_entropy", "H/H_max"),
                ("in_block_mass", "in-block"), ("recent_b_mass", "recent-b"),
                ("shifted_block_mass", "shifted"), ("uniform_in_block_mass", "uniform"),
                ("pointer_fidelity_mass", "fidelity"), ("pointer_argmax_hit", "argmax hit"),
                ("mean_attention_distance", "distance")]
-
-
-def find_eval(run: dict, locality: float, tau: float = 1.0, split: str = "valid") -> dict | None:
-    for ev in run["metrics"].get(split, []):
-        d = ev["dial"]
-        if abs(d["locality"] - locality) < 1e-9 and abs(d["attn_temperature"] - tau) < 1e-9:
-            return ev
-    return None
 
 
 def _row(cells) -> str:
@@ -104,18 +93,15 @@ def position_table(run: dict, locality: float = 0.0) -> str:
 
 
 def baselines_table(cache_dir: str | Path) -> str:
-    data = read_result_baselines(Path(cache_dir) / BASELINES_FILE)
+    data = read_baselines(cache_dir)
+    if not data:
+        return "(no baselines.json in this cache)"
     lines = [_row(["split", "unigram ppl", "Kneser-Ney bigram ppl"]), _row(["---"] * 3)]
     for split in ("valid", "test"):
         b = data[split]
         lines.append(_row([split, _fmt(b["unigram_perplexity"], 1),
                            _fmt(b["bigram_kn_perplexity"], 1)]))
     return "\n".join(lines)
-
-
-def read_result_baselines(path: Path) -> dict:
-    import json
-    return json.loads(Path(path).read_text())
 
 
 def full_report(cache_dir: str | Path) -> str:
@@ -125,7 +111,8 @@ def full_report(cache_dir: str | Path) -> str:
     for run in runs:
         if run["protocol"] == "dial":
             parts += ["## τ family of the dial model", tau_table(run), ""]
-        if run["config"]["model"].get("noncausal_diagnostic"):
+        causal_l0 = run["protocol"] == "attention" and run["locality"] == 0
+        if run["config"]["model"].get("noncausal_diagnostic") or causal_l0:
             parts += [f"## {run['run_id']}: by position in block (test)", position_table(run), ""]
     leak = [_row(["run", "leak test", "max abs diff"]), _row(["---"] * 3)]
     for run in runs:
@@ -137,5 +124,3 @@ def full_report(cache_dir: str | Path) -> str:
         parts += ["", "Refused cache files:"] + [f"- {p}" for p in problems]
     return "\n".join(parts)
 
-
-__all__ = ["PAPER", "full_report", "read_result", "run_table"]

@@ -10,7 +10,6 @@ from pathlib import Path
 import plotly.graph_objects as go
 
 from .metrics import causal_entropy_ceiling
-from .report import PAPER
 from .sweep import BASELINES_FILE, PROTOCOL_NAMES
 from .viz import inert
 
@@ -18,10 +17,14 @@ ATTENTION_METRICS = ("entropy_bits", "normalised_entropy", "in_block_mass", "rec
                      "shifted_block_mass", "uniform_in_block_mass", "pointer_fidelity_mass",
                      "pointer_argmax_hit", "mean_attention_distance")
 PAPERS = "papers' report"
+# The papers' reported figures (DESIGN §1), shown beside ours, never in place of ours.
+PAPER = {"entropy_bits_l1": 5.36, "entropy_bits_l0": 7.18, "test_perplexity_l06": 4.65,
+         "test_accuracy_l06": 0.847}
 LEAK = "LEAK"
 
 
-def _num(v) -> float | None:
+def finite(v) -> float | None:
+    """``v`` as a float when it is a finite real number (not a bool), else None."""
     ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
     return float(v) if ok else None
 
@@ -42,7 +45,7 @@ def protocol_of(run: dict) -> str:
 
 def trained_locality(run: dict) -> float:
     """λ of the penalty a run was trained with (0 for the dial protocol)."""
-    return _num(run.get("locality")) or _num(_cfg(run, "train").get("locality")) or 0.0
+    return finite(run.get("locality")) or finite(_cfg(run, "train").get("locality")) or 0.0
 
 
 def variant(run: dict) -> str:
@@ -71,7 +74,7 @@ def find_eval(run: dict, locality: float, tau: float = 1.0, split: str = "valid"
             lf, t = float(ev["dial"]["locality"]), float(ev["dial"]["attn_temperature"])
         except (KeyError, TypeError, ValueError):
             continue
-        if abs(lf - locality) < 1e-9 and abs(t - tau) < 1e-9 and _num(ev.get("perplexity")):
+        if abs(lf - locality) < 1e-9 and abs(t - tau) < 1e-9 and finite(ev.get("perplexity")):
             return ev
     return None
 
@@ -97,19 +100,19 @@ def make_point(run: dict, lam: float, dial_locality: float, tau: float = 1.0,
     test = find_eval(run, dial_locality, tau, "test") or {}
     att = ev.get("attention") if isinstance(ev.get("attention"), dict) else {}
     n_ctx = _cfg(run, "model").get("n_ctx")
-    ceiling = _num(ev.get("entropy_ceiling_bits"))
+    ceiling = finite(ev.get("entropy_ceiling_bits"))
     if ceiling is None and isinstance(n_ctx, int) and n_ctx > 0:
         ceiling = causal_entropy_ceiling(n_ctx)
     p = {"series": series, "label": label or f"λ={lam:g}", "run_id": str(run.get("run_id")),
          "protocol": protocol_of(run), "variant": variant(run),
          "trained_locality": trained_locality(run), "locality": lam,
          "dial_locality": dial_locality, "attn_temperature": tau,
-         "perplexity": _num(ev.get("perplexity")), "accuracy": _num(ev.get("accuracy")),
-         "test_perplexity": _num(test.get("perplexity")),
-         "test_accuracy": _num(test.get("accuracy")), "entropy_ceiling_bits": ceiling,
+         "perplexity": finite(ev.get("perplexity")), "accuracy": finite(ev.get("accuracy")),
+         "test_perplexity": finite(test.get("perplexity")),
+         "test_accuracy": finite(test.get("accuracy")), "entropy_ceiling_bits": ceiling,
          "leak": leak_flag(run)}
     for k in ATTENTION_METRICS:
-        p[k] = _num(att[k].get("mean")) if isinstance(att.get(k), dict) else None
+        p[k] = finite(att[k].get("mean")) if isinstance(att.get(k), dict) else None
     return p
 
 
@@ -191,7 +194,7 @@ def paper_points() -> list[dict]:
 def entropy_references(points: list[dict]) -> list[dict]:
     """Horizontal lines for an entropy axis: each causal ceiling and the papers' entropies."""
     ceilings = {round(p["entropy_ceiling_bits"], 6): p["entropy_ceiling_bits"] for p in points
-                if _num(p.get("entropy_ceiling_bits"))}
+                if finite(p.get("entropy_ceiling_bits"))}
     refs = [{"value": c, "label": f"causal ceiling {c:.2f} bits (mean log₂ t)", "kind": "ceiling"}
             for c in sorted(ceilings.values())]
     return refs + [{"value": p["entropy_bits"], "label": p["label"], "kind": "paper"}
@@ -202,8 +205,8 @@ def perplexity_references(baselines: dict | None, split: str = "valid") -> list[
     """Vertical lines for a perplexity axis: the baselines and the papers' test perplexity."""
     b = (baselines or {}).get(split) or {}
     refs = [{"value": v, "label": f"{name} baseline ({split}) {v:.0f}", "kind": "baseline"}
-            for name, v in (("unigram", _num(b.get("unigram_perplexity"))),
-                            ("Kneser-Ney bigram", _num(b.get("bigram_kn_perplexity")))) if v]
+            for name, v in (("unigram", finite(b.get("unigram_perplexity"))),
+                            ("Kneser-Ney bigram", finite(b.get("bigram_kn_perplexity")))) if v]
     return refs + [{"value": PAPER["test_perplexity_l06"], "kind": "paper",
                     "label": f"{PAPERS}: test ppl {PAPER['test_perplexity_l06']} at λ=0.6"}]
 
@@ -245,8 +248,8 @@ def runs_table(runs: list[dict]) -> list[dict]:
             "fidelity": p.get("pointer_fidelity_mass"),
             "leak test": {True: "pass", False: "FAIL"}.get(lt.get("passed"), "—"),
             "evals": len(dial_settings(run)), "steps": train.get("steps"),
-            "stopped": train.get("stopped"), "train s": _num(wall.get("train")),
-            "total s": _num(wall.get("total")),
+            "stopped": train.get("stopped"), "train s": finite(wall.get("train")),
+            "total s": finite(wall.get("total")),
             "git commit": str(run.get("git_commit") or "")[:10]})
     return rows
 
@@ -257,7 +260,7 @@ def position_rows(run: dict) -> list[dict]:
         pos = ev.get("by_position_in_block") if isinstance(ev, dict) else None
         if isinstance(pos, dict):
             return [{"position in block": k, "tokens": r.get("tokens"),
-                     "test ppl": _num(r.get("perplexity")), "test acc": _num(r.get("accuracy"))}
+                     "test ppl": finite(r.get("perplexity")), "test acc": finite(r.get("accuracy"))}
                     for k, r in pos.items() if isinstance(r, dict)]
     return []
 
@@ -286,7 +289,7 @@ def _add_series(fig, pts: list[dict], x: str, y: str, color: str, legend: bool, 
                     color=color), line=dict(dash="dot" if leak else "solid", color=color),
         hovertemplate="%{customdata} · %{text}<br>%{x:.4g}, %{y:.4g}<extra></extra>"), **rc)
     for key, name, dash in _CONTROLS if controls else ():
-        cp = [p for p in pts if _num(p.get(key)) is not None]
+        cp = [p for p in pts if finite(p.get(key)) is not None]
         fig.add_trace(go.Scatter(x=[p[x] for p in cp], y=[p[key] for p in cp], mode="lines",
                                  name=inert(f"{series}: {name}"), legendgroup=series,
                                  showlegend=legend, line=dict(dash=dash, width=1, color=color)),
@@ -329,20 +332,20 @@ def panel_figure(points: list[dict], x: str, x_title: str, panels: list[dict], *
     shown: set[str] = set()
     for col, panel in enumerate(panels, start=1):
         y, rc, xs_extra = panel["y"], {"row": 1, "col": col}, []
-        pts = [p for p in points if _num(p.get(x)) is not None and _num(p.get(y)) is not None]
+        pts = [p for p in points if finite(p.get(x)) is not None and finite(p.get(y)) is not None]
         for series in dict.fromkeys(p["series"] for p in pts):
             _add_series(fig, [p for p in pts if p["series"] == series], x, y, colors[series],
                         series not in shown, controls, **rc)
             shown.add(series)
         if controls:
-            up = [p for p in pts if _num(p.get("uniform_in_block_mass")) is not None]
+            up = [p for p in pts if finite(p.get("uniform_in_block_mass")) is not None]
             if up:
                 fig.add_trace(go.Scatter(
                     x=[p[x] for p in up], y=[p["uniform_in_block_mass"] for p in up],
                     mode="markers", name="uniform-attention control", showlegend=col == 1,
                     marker=dict(symbol="line-ew-open", size=14, color="grey")), **rc)
         for p in papers or []:
-            if _num(p.get(x)) is not None and _num(p.get(y)) is not None:
+            if finite(p.get(x)) is not None and finite(p.get(y)) is not None:
                 fig.add_trace(go.Scatter(
                     x=[p[x]], y=[p[y]], mode="markers+text", name=inert(p["label"]),
                     legendgroup=p["label"], showlegend=p["label"] not in shown, text=[PAPERS],
