@@ -18,6 +18,7 @@ from localist_core import CheckpointError, load_model
 from localist_core.config import RULE_STRENGTH_RANGE, TEMPERATURE_RANGE
 from localist_core.live import (ASSETS, MAX_TEXT_CHARS, analyze, cached_run_pattern,
                                 list_checkpoints, theory_report)
+from localist_core.live import next_words as next_words_after
 
 PROMPTS_FILE = ASSETS / "prompts.json"
 SWEEP_CACHE = ASSETS / "sweep"
@@ -282,6 +283,12 @@ def show_notices(notices: list[str]) -> None:
     """Notices as warnings, rendered as plain text (never as Markdown or HTML)."""
     for note in notices:
         st.warning(plain(note), icon="⚠️")
+
+
+def next_words(s: Settings, a, pos: int):
+    """(words, probabilities) of the top-5 next words after ``pos`` of an analysis."""
+    model, tok = load_checkpoint(s.checkpoint_path)
+    return next_words_after(model, tok, a, pos)
 
 
 def get_analysis(s: Settings, lam: float | None = None, tau: float | None = None,

@@ -88,8 +88,7 @@ class Analysis:
     metrics: dict[str, dict]          # name → {"mean", "per_layer", "per_head"}
     perplexity: float | None          # of the text (None with fewer than 2 tokens)
     token_nll: np.ndarray             # [T-1] nats, target t+1 given ≤ t
-    top_words: list[list[str]]        # [T][k] next-token candidates after position t
-    top_probs: np.ndarray             # [T, k]
+    hidden: np.ndarray                # [T, d_model] final hidden states: ``next_words`` reads them
     dial: dict
     notices: list[str] = field(default_factory=list)
 
@@ -129,15 +128,16 @@ def analyze(model, tokenizer, text: str, locality: float = 0.0, attn_temperature
     notices += dial_notes
     if not ids:
         return Analysis([], [], np.zeros((0, 0, 0, 0)), np.zeros(0, int), np.zeros(0, bool),
-                        np.zeros((0, 0), bool), np.zeros((0, 0, 0)), {}, None, np.zeros(0), [],
-                        np.zeros((0, TOP_K)), dial.__dict__, notices)
+                        np.zeros((0, 0), bool), np.zeros((0, 0, 0)), {}, None, np.zeros(0),
+                        np.zeros((0, model.cfg.d_model), np.float32), dial.__dict__, notices)
     partition = None
     if block_size is not None and block_size != model.cfg.block_size:
         partition = FixedPartition(int(block_size))
     tokens = torch.tensor([ids])
-    log_probs, cache = model.run_with_cache(
+    hidden, cache = model.run_with_cache(
         tokens, dial.locality, dial.attn_temperature, dial.rule_strength,
-        names_filter=lambda n: n.endswith("hook_pattern"), partition=partition)
+        names_filter=lambda n: n.endswith("hook_pattern"), partition=partition,
+        return_type="hidden")
     pats = [cache[f"blocks.{i}.attn.hook_pattern"] for i in range(model.cfg.n_layers)]
     per_layer = attention_summary(model, tokens, pats, cache["block_ids"],
                                   block_size or model.cfg.block_size)
@@ -146,9 +146,8 @@ def analyze(model, tokenizer, text: str, locality: float = 0.0, attn_temperature
         per_head = torch.stack([m[name][0].mean(-1) for m in per_layer])   # (L, H)
         metrics[name] = {"mean": float(per_head.mean()), "per_layer": per_head.mean(1).tolist(),
                          "per_head": per_head.tolist()}
-    lp = log_probs[0]                                                      # (T, V)
-    nll = -lp[:-1].gather(-1, tokens[0, 1:].unsqueeze(-1)).squeeze(-1)
-    top = lp.exp().topk(TOP_K, dim=-1)
+    nll = (model.token_nll(hidden[:, :-1], tokens[:, 1:])[0] if len(ids) > 1
+           else torch.zeros(0))                                            # (T-1,)
     return Analysis(
         labels=tokenizer.labels(ids), token_ids=ids,
         patterns=torch.stack([p[0] for p in pats]).numpy(),
@@ -159,9 +158,22 @@ def analyze(model, tokenizer, text: str, locality: float = 0.0, attn_temperature
         metrics=metrics,
         perplexity=float(nll.mean().exp()) if len(ids) > 1 else None,
         token_nll=nll.numpy(),
-        top_words=[tokenizer.labels(row) for row in top.indices.tolist()],
-        top_probs=top.values.numpy(),
+        hidden=hidden[0].numpy(),
         dial=dict(dial.__dict__), notices=notices)
+
+
+@torch.no_grad()
+def next_words(model, tokenizer, a: Analysis, pos: int, k: int = TOP_K
+               ) -> tuple[list[str], np.ndarray]:
+    """The ``k`` most likely words after position ``pos`` of an analysis, with probabilities.
+
+    Only the chosen position is scored (the exact top-k of the adaptive softmax), so the live
+    path never builds the full ``[T, V]`` distribution.
+    """
+    if not 0 <= pos < len(a.labels):
+        raise ValueError(f"position {pos} is outside the text (0..{len(a.labels) - 1})")
+    lp, ids = model.top_k(torch.from_numpy(a.hidden[pos:pos + 1]), k)
+    return tokenizer.labels(ids[0].tolist()), lp[0].exp().numpy()
 
 
 def reduce_pattern(patterns: np.ndarray, layer: int | None, head: int | None) -> np.ndarray:

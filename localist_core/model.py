@@ -189,6 +189,40 @@ class LocalistLM(nn.Module):
                 out.append(best_id)
         return torch.cat(out).view(hidden.shape[:-1])
 
+    def top_k(self, hidden: Tensor, k: int = 5, chunk: int = 2048) -> tuple[Tensor, Tensor]:
+        """The exact ``k`` most likely next tokens: ``(log_probs, ids)``, each ``[..., k]``,
+        best first, without building the full ``[N, V]`` log-probs.
+
+        As in ``predict``, a cluster is scored only for rows where its head log-prob beats the
+        current k-th best word (no word of a cluster can exceed its cluster's log-prob).
+        """
+        head = self.head
+        short = head.shortlist_size
+        if not 1 <= k <= short:
+            raise ValueError(f"k must be in [1, {short}], got {k}")
+        flat = hidden.float().reshape(-1, hidden.shape[-1])
+        vals, ids = [], []
+        with self._head_ctx():
+            for h in flat.split(chunk):
+                head_lp = torch.log_softmax(head.head(h), dim=-1)      # (n, shortlist + clusters)
+                best_lp, best_id = head_lp[:, :short].topk(k, dim=-1)   # (n, k)
+                for i, tail in enumerate(head.tail):
+                    rows = (head_lp[:, short + i] > best_lp[:, -1]).nonzero().squeeze(-1)
+                    if rows.numel() == 0:
+                        continue
+                    logits = tail(h[rows])                               # (rows, cluster size)
+                    top, arg = logits.topk(min(k, logits.shape[-1]), dim=-1)
+                    lp = (head_lp[rows, short + i].unsqueeze(-1) + top
+                          - torch.logsumexp(logits, dim=-1, keepdim=True))
+                    cand_lp = torch.cat([best_lp[rows], lp], -1)
+                    cand_id = torch.cat([best_id[rows], head.cutoffs[i] + arg], -1)
+                    v, j = cand_lp.topk(k, dim=-1)
+                    best_lp[rows], best_id[rows] = v, cand_id.gather(-1, j)
+                vals.append(best_lp)
+                ids.append(best_id)
+        shape = (*hidden.shape[:-1], k)
+        return torch.cat(vals).view(shape), torch.cat(ids).view(shape)
+
     # -- penalties ---------------------------------------------------------------------------
 
     def cross_channel_group_norm(self) -> Tensor:
@@ -210,15 +244,23 @@ class LocalistLM(nn.Module):
 
     @torch.no_grad()
     def run_with_cache(self, tokens, locality: float = 0.0, attn_temperature: float = 1.0,
-                       rule_strength: float = 0.0, names_filter=None, partition=None
-                       ) -> tuple[Tensor, ActivationCache]:
+                       rule_strength: float = 0.0, names_filter=None, partition=None,
+                       return_type: str | None = "log_probs"
+                       ) -> tuple[Tensor | None, ActivationCache]:
         """Run in eval mode and return ``(log_probs [B, T, V], cache)``.
+
+        ``return_type="hidden"`` returns the final hidden states ``[B, T, d_model]`` instead
+        (feed them to ``token_nll``, ``top_k`` or ``predict``: much cheaper than the full
+        ``[B, T, V]`` log-probs) and ``None`` returns nothing but the cache.
 
         The cache holds every hook point's output by name, plus ``block_ids`` ``[B, T]``,
         ``anchor_mask`` ``[B, query, key]`` (the anchors of each query's block it can see) and
         ``block_anchors`` ``[B, T]`` (each whole block's anchors, for display). Out-of-range dial
         values are clamped; ``cache.notices`` says so.
         """
+        if return_type not in ("log_probs", "hidden", None):
+            raise ValueError(f"return_type must be 'log_probs', 'hidden' or None, got "
+                             f"{return_type!r}")
         dial, notices = resolve_dial(locality, attn_temperature, rule_strength)
         clamp_warning(notices)
         tokens = self.check_tokens(tokens)
@@ -233,24 +275,29 @@ class LocalistLM(nn.Module):
         handles = []
         with self._run_lock:
             was_training = self.training
-            self.eval()
+            if was_training:      # train()/eval() walk every module: only when needed
+                self.eval()
             try:
                 for name, mod in self.named_modules():
                     if isinstance(mod, HookPoint) and keep(name):
                         handles.append(mod.register_forward_hook(
                             lambda _m, _i, out, name=name: cache.__setitem__(name, out.detach())))
                 out = self.forward(tokens, dial, partition=partition)
-                log_probs = self.log_probs(out.hidden)
+                if return_type == "log_probs":
+                    result = self.log_probs(out.hidden)
+                else:
+                    result = out.hidden if return_type == "hidden" else None
             finally:
                 for h in handles:
                     h.remove()
-                self.train(was_training)
+                if was_training:
+                    self.train()
         ent = self.local_entropy[tokens]
         cache["block_ids"] = out.block_ids
         cache["anchor_mask"] = anchor_mask(out.block_ids, ent, self.cfg.anchors_per_block,
                                            causal=not self.cfg.noncausal_diagnostic)
         cache["block_anchors"] = block_anchors(out.block_ids, ent, self.cfg.anchors_per_block)
-        return log_probs, cache
+        return result, cache
 
     def hook_names(self) -> list[str]:
         """Every hook point's name, in module order."""

@@ -71,11 +71,16 @@ st.subheader("Next-token predictions")
 pos = st.select_slider("After position", options=list(range(len(a.labels))),
                        value=len(a.labels) - 1,
                        format_func=lambda i: f"{i} · {a.labels[i]}")
-st.plotly_chart(top_tokens_bar(a.top_words[pos], a.top_probs[pos],
-                               title=f"top-5 after “{a.labels[pos]}”"), key="topk")
+words, probs = ui.next_words(s, a, pos)
+st.plotly_chart(top_tokens_bar(words, probs, title=f"top-5 after “{a.labels[pos]}”"),
+                key="topk")
 
 d1, d2 = st.columns(2)
-d1.download_button("Attention (CSV)", pd.DataFrame(attention_table(a)).to_csv(index=False),
-                   file_name="attention.csv", mime="text/csv")
-d2.download_button("Metrics (JSON)", json.dumps(metrics_json(a, s.checkpoint_key), indent=1),
-                   file_name="metrics.json", mime="application/json")
+# Callables: the files are built only when a button is clicked, not on every rerun (the CSV
+# has one row per visible weight, ~66k at T = 128).
+d1.download_button("Attention (CSV)",
+                   lambda: pd.DataFrame(attention_table(a)).to_csv(index=False),
+                   file_name="attention.csv", mime="text/csv", on_click="ignore")
+d2.download_button("Metrics (JSON)",
+                   lambda: json.dumps(metrics_json(a, s.checkpoint_key), indent=1),
+                   file_name="metrics.json", mime="application/json", on_click="ignore")

@@ -90,3 +90,33 @@ def test_predict_is_the_exact_argmax_even_when_clusters_win(trained_tiny):
     assert (full >= trained_tiny.cfg.cutoffs[0]).float().mean() > 0.2
     assert (full < trained_tiny.cfg.cutoffs[0]).float().mean() > 0.05
     assert torch.equal(trained_tiny.predict(hidden, chunk=17), full)
+
+
+@pytest.mark.parametrize("k", [1, 5, 20])
+def test_top_k_is_the_exact_top_k_even_when_clusters_win(trained_tiny, k):
+    """The hidden states of the predict test (pointed at the cluster rows) make tail words
+    win; top_k must still equal the top-k of the full distribution."""
+    g = torch.Generator().manual_seed(1)
+    head = trained_tiny.head
+    rows = head.head.weight[head.shortlist_size:].detach()              # (clusters, d)
+    pick = torch.randint(0, len(rows), (150,), generator=g)
+    scale = torch.rand(150, 1, generator=g) * 30
+    hidden = (scale * rows[pick] / rows[pick].norm(dim=-1, keepdim=True)
+              + torch.randn(150, rows.shape[1], generator=g)).view(3, 50, -1)
+    with torch.no_grad():
+        full = trained_tiny.log_probs(hidden).topk(k, dim=-1)
+        lp, ids = trained_tiny.top_k(hidden, k, chunk=13)
+    assert (ids[..., 0] >= head.shortlist_size).float().mean() > 0.2   # tail words do win
+    assert torch.equal(ids, full.indices)
+    torch.testing.assert_close(lp, full.values, atol=1e-5, rtol=1e-5)
+
+
+def test_run_with_cache_return_types(trained_tiny, tokens):
+    lp, cache = trained_tiny.run_with_cache(tokens, locality=0.5)
+    hidden, cache_h = trained_tiny.run_with_cache(tokens, locality=0.5, return_type="hidden")
+    none, _ = trained_tiny.run_with_cache(tokens, locality=0.5, return_type=None)
+    assert none is None and hidden.shape == (*tokens.shape, trained_tiny.cfg.d_model)
+    torch.testing.assert_close(trained_tiny.log_probs(hidden), lp)
+    assert torch.equal(cache["blocks.1.attn.hook_pattern"], cache_h["blocks.1.attn.hook_pattern"])
+    with pytest.raises(ValueError, match="return_type"):
+        trained_tiny.run_with_cache(tokens, return_type="logits")

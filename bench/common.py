@@ -1,0 +1,82 @@
+"""Shared pieces of the benchmarks: timing with percentiles, the machine line, table printing."""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--quick", action="store_true",
+                   help="a few iterations on small inputs: checks the benchmark runs, "
+                        "its numbers mean nothing")
+    p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    return p
+
+
+def machine() -> str:
+    """One line naming the machine a table was measured on."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        kb = int(next(x for x in open("/proc/meminfo") if x.startswith("MemTotal")).split()[1])
+        mem = f", {kb / 2**20:.0f} GB"
+    except (OSError, StopIteration):
+        pass
+    return (f"{cpu}, {os.cpu_count()} cores{mem}; torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads")
+
+
+def percentile(xs: list[float], q: float) -> float:
+    """The q-th percentile (0–100) by linear interpolation."""
+    s = sorted(xs)
+    if len(s) == 1:
+        return s[0]
+    k = (len(s) - 1) * q / 100
+    lo, hi = int(k), min(int(k) + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+def time_calls(fn: Callable[[], object], repeat: int, warmup: int = 2) -> list[float]:
+    """Wall times (ms) of ``repeat`` calls after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - t0) * 1e3)
+    return out
+
+
+def summary(ms: list[float]) -> dict[str, float]:
+    return {"n": len(ms), "p50": percentile(ms, 50), "p95": percentile(ms, 95),
+            "mean": statistics.fmean(ms)}
+
+
+def print_table(title: str, header: list[str], rows: list[list]) -> None:
+    """A Markdown table, so the output can be pasted into BENCHMARKS.md as is."""
+    print(f"\n### {title}\n")
+    print("| " + " | ".join(header) + " |")
+    print("|" + "|".join("---" for _ in header) + "|")
+    for r in rows:
+        print("| " + " | ".join(_fmt(x) for x in r) + " |")
+
+
+def _fmt(x) -> str:
+    if isinstance(x, float):
+        return f"{x:,.1f}" if abs(x) >= 10 else f"{x:.2f}"
+    return str(x)

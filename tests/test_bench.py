@@ -1,0 +1,27 @@
+"""Every benchmark runs in its --quick mode and prints its tables. No timing is asserted: speed
+bars are checked by the benchmarks themselves and recorded in BENCHMARKS.md (DESIGN §8)."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = {
+    "bench.live": ["Live core", "Figure build", "App rerun"],
+    "bench.train": ["Training throughput", "ours ÷ (a)", "matmul peak"],
+    "bench.evaluate": ["One full-valid evaluation", "Sweep wall time"],
+}
+
+
+@pytest.mark.parametrize("module", sorted(BENCHMARKS))
+def test_benchmark_runs_in_quick_mode_and_prints_its_tables(module):
+    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-m", module, "--quick"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for title in BENCHMARKS[module]:
+        assert title in proc.stdout, (title, proc.stdout[-2000:])
+    assert "| --- |" not in proc.stdout and "|---|" in proc.stdout     # Markdown tables
+    assert "nan" not in proc.stdout.lower().replace("nanogpt", "")

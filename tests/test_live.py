@@ -1,0 +1,38 @@
+"""The live path: ``analyze`` and ``next_words`` agree with the full distribution."""
+import numpy as np
+import pytest
+import torch
+
+from localist_core.live import analyze, next_words
+
+TEXT = "the cat sees the bridge . the dog walks over the old river and the town"
+
+
+def test_analysis_perplexity_and_next_words_match_the_full_distribution(trained_tiny,
+                                                                          tiny_corpus):
+    tok = tiny_corpus.tokenizer
+    a = analyze(trained_tiny, tok, TEXT, locality=0.4, attn_temperature=0.7)
+    ids = torch.tensor([a.token_ids])
+    lp, _ = trained_tiny.run_with_cache(ids, locality=0.4, attn_temperature=0.7)
+    nll = -lp[0, :-1].gather(-1, ids[0, 1:, None]).squeeze(-1)
+    np.testing.assert_allclose(a.token_nll, nll.numpy(), rtol=1e-5, atol=1e-5)
+    assert a.perplexity == pytest.approx(float(nll.mean().exp()), rel=1e-5)
+    for pos in (0, len(a.labels) // 2, len(a.labels) - 1):
+        words, probs = next_words(trained_tiny, tok, a, pos)
+        top = lp[0, pos].exp().topk(len(words))
+        assert words == tok.labels(top.indices.tolist())
+        np.testing.assert_allclose(probs, top.values.numpy(), rtol=1e-5)
+        assert (np.diff(probs) <= 0).all()
+
+
+def test_next_words_refuses_a_position_outside_the_text(trained_tiny, tiny_corpus):
+    a = analyze(trained_tiny, tiny_corpus.tokenizer, TEXT)
+    with pytest.raises(ValueError, match="outside the text"):
+        next_words(trained_tiny, tiny_corpus.tokenizer, a, len(a.labels))
+
+
+def test_a_one_word_text_has_no_perplexity_but_next_words(trained_tiny, tiny_corpus):
+    a = analyze(trained_tiny, tiny_corpus.tokenizer, "the")
+    assert a.perplexity is None and a.token_nll.shape == (0,)
+    words, probs = next_words(trained_tiny, tiny_corpus.tokenizer, a, 0)
+    assert len(words) == 5 and 0 < probs.sum() <= 1 + 1e-6
