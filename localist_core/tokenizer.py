@@ -27,8 +27,13 @@ _PUNCT = re.compile(r"([.,;:!?()\[\]{}\"“”‘’«»—–…/*=+<>|\\])")
 _MARKER = re.compile(r"@ ([-.,]) @")
 
 
+_ASCII_CONTROLS = {c: None for c in (*range(32), 127) if chr(c) not in "\n\t"}
+
+
 def normalize_text(text: str) -> str:
     """NFC-normalise, drop control and zero-width (format) characters; keep newlines and tabs."""
+    if text.isascii():   # the common case, done in C: ASCII has no format characters
+        return text.translate(_ASCII_CONTROLS)
     text = unicodedata.normalize("NFC", text)
     return "".join(ch for ch in text
                    if ch in "\n\t" or unicodedata.category(ch) not in ("Cc", "Cf", "Cs", "Co"))

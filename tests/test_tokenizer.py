@@ -53,3 +53,17 @@ def test_vocabulary_must_hold_specials_and_no_duplicates():
         Tokenizer(["a", "a", EOS, UNK])
     with pytest.raises(ValueError, match="lacks"):
         Tokenizer(["a", EOS])
+
+
+def test_the_ascii_fast_path_equals_the_unicode_path():
+    import random
+    import unicodedata
+
+    from localist_core.tokenizer import normalize_text
+
+    rng = random.Random(0)
+    for _ in range(200):
+        text = "".join(chr(rng.randrange(0, 128)) for _ in range(rng.randrange(0, 40)))
+        slow = "".join(ch for ch in unicodedata.normalize("NFC", text) if ch in "\n\t"
+                       or unicodedata.category(ch) not in ("Cc", "Cf", "Cs", "Co"))
+        assert normalize_text(text) == slow
