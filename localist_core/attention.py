@@ -167,29 +167,45 @@ class LocalityAttention(nn.Module):
         batch, n, d = x.shape
         heads, dh = cfg.n_heads, cfg.d_head
         qkv = self.qkv(x).view(batch, n, 5, heads, dh).permute(2, 0, 3, 1, 4)  # (5, B, H, T, dh)
-        q_in, k_in = self.hook_q_in(qkv[0]), self.hook_k_in(qkv[1])
-        q_x, k_x, v = self.hook_q_x(qkv[2]), self.hook_k_x(qkv[3]), self.hook_v(qkv[4])
-        # Both channels' scores in one batched matmul: (B, 2H, T, T).
-        q = torch.cat([q_in, q_x], dim=1)
-        k = torch.cat([k_in, k_x], dim=1)
-        s = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(dh))
-        s_in, s_x = s[:, :heads], s[:, heads:]
-        sb = (block_ids.unsqueeze(-1) == block_ids.unsqueeze(-2)).unsqueeze(1)  # (B, 1, T, T)
+        # Hook points observe each channel; the scores below read strided views of the one
+        # projection, so no channel is copied: [q_in, q_x] = qkv[0:4:2], [k_in, k_x] = qkv[1:4:2].
+        self.hook_q_in(qkv[0]), self.hook_k_in(qkv[1])
+        self.hook_q_x(qkv[2]), self.hook_k_x(qkv[3])
+        v = self.hook_v(qkv[4])
+        q2 = qkv[0:4:2] * (1.0 / math.sqrt(dh))                # (2, B, H, T, dh), scale on q
+        s = q2 @ qkv[1:4:2].transpose(-1, -2)                   # (2, B, H, T, T): both channels
+        sb, bias = self._score_masks(block_ids, dial, anchors, s.dtype)
         if dial.locality >= 1.0:
-            # Exact block-local attention: cross-block keys are masked, never 0·∞.
-            scores = s_in.masked_fill(~sb, float("-inf"))
+            scores = s[0] + bias        # cross-block keys are −inf in the bias: exact, never 0·∞
         else:
-            barrier = cross_block_barrier(dial.locality, cfg.barrier_sharpness)
-            scores = torch.where(sb, s_in, s_x + barrier if barrier != 0.0 else s_x)
-        if dial.rule_strength != 0.0 and anchors is not None:
-            scores = scores + dial.rule_strength * anchors.unsqueeze(1).to(scores.dtype)
-        visible = visible_keys(block_ids, cfg.noncausal_diagnostic).unsqueeze(1)
-        scores = self.hook_attn_scores(scores.masked_fill(~visible, float("-inf")))
+            scores = torch.where(sb, s[0], s[1]) + bias
+        scores = self.hook_attn_scores(scores)
         logits = scores if dial.attn_temperature == 1.0 else scores / dial.attn_temperature
-        pattern = self.hook_pattern(torch.softmax(logits.float(), dim=-1))
+        pattern = self.hook_pattern(torch.softmax(logits, dim=-1, dtype=torch.float32))
         z = self.dropout(pattern).to(v.dtype) @ v                                 # (B, H, T, dh)
         z = self.hook_z(z.transpose(1, 2).reshape(batch, n, d))
         return self.out(z), pattern
+
+    def _score_masks(self, block_ids: Tensor, dial: Dial, anchors: Tensor | None,
+                     dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """The same-block selector ``[b, 1, T, T]`` and one additive bias holding the barrier,
+        the γ anchor bias and −inf on keys a query cannot see (b = 1 when every row of the
+        batch has the same blocks, as fixed windows do: the masks are then built once)."""
+        if block_ids.shape[0] > 1 and block_ids.stride(0) == 0:
+            block_ids = block_ids[:1]                           # an expanded row: one copy
+        sb = (block_ids.unsqueeze(-1) == block_ids.unsqueeze(-2)).unsqueeze(1)  # (b, 1, T, T)
+        visible = visible_keys(block_ids, self.cfg.noncausal_diagnostic).unsqueeze(1)
+        if dial.locality >= 1.0:
+            keep = visible & sb
+        else:
+            keep = visible
+        bias = torch.zeros(keep.shape, dtype=torch.float32, device=keep.device)
+        barrier = cross_block_barrier(dial.locality, self.cfg.barrier_sharpness)
+        if 0.0 < dial.locality < 1.0:
+            bias = bias.masked_fill(~sb, barrier)
+        if dial.rule_strength != 0.0 and anchors is not None:
+            bias = bias + dial.rule_strength * anchors.unsqueeze(1).float()
+        return sb, bias.masked_fill(~keep, float("-inf")).to(dtype)
 
 
 def clamp_warning(notices: list[str]) -> None:

@@ -12,6 +12,7 @@ from torch import Tensor
 from .attention import resolve_dial
 from .data import eval_windows
 from .metrics import attention_metrics, causal_entropy_ceiling
+from .model import autocast_ctx
 
 POSITION_KEYS = ("nll", "correct")
 
@@ -52,11 +53,14 @@ def attention_summary(model, tokens: Tensor, patterns: list[Tensor], block_ids: 
 def evaluate_stream(model, stream: Tensor, locality: float = 0.0, attn_temperature: float = 1.0,
                     rule_strength: float = 0.0, max_tokens: int | None = None,
                     batch_size: int = 64, with_attention: bool = True,
-                    by_position_in_block: bool = False, progress=None) -> dict:
+                    by_position_in_block: bool = False, progress=None, bf16: bool = False
+                    ) -> dict:
     """Perplexity, accuracy and attention metrics of ``model`` on a token stream.
 
     ``max_tokens`` evaluates a prefix (for quick looks); ``progress`` is an optional callable
-    taking the number of targets just scored (e.g. a tqdm ``update``).
+    taking the number of targets just scored (e.g. a tqdm ``update``). ``bf16`` runs the
+    decoder under bf16 autocast (the adaptive head stays fp32); the default is exact fp32, and
+    ``bench.evaluate`` measures what bf16 costs in perplexity.
     """
     dial, notices = resolve_dial(locality, attn_temperature, rule_strength)
     if max_tokens is not None:
@@ -69,7 +73,8 @@ def evaluate_stream(model, stream: Tensor, locality: float = 0.0, attn_temperatu
     n_ctx = model.cfg.n_ctx
     try:
         for x, y in eval_windows(stream, n_ctx, batch_size):
-            out = model(x, dial)
+            with autocast_ctx(bf16):
+                out = model(x, dial)
             nll = model.token_nll(out.hidden, y)
             pred = model.predict(out.hidden)  # exact argmax; tails only where needed
             hit = pred == y

@@ -188,7 +188,8 @@ def attention_maps(model, tokenizer, prompts: list[dict], settings) -> dict[str,
         ids = tokenizer.encode(p["text"])[: model.cfg.n_ctx]
         for lam, tau in settings:
             _, cache = model.run_with_cache(ids, locality=lam, attn_temperature=tau,
-                                            names_filter=lambda n: n.endswith("hook_pattern"))
+                                            names_filter=lambda n: n.endswith("hook_pattern"),
+                                            return_type=None)
             pats = torch.stack([cache[f"blocks.{i}.attn.hook_pattern"][0]
                                 for i in range(model.cfg.n_layers)])
             maps[f"{p['name']}|{lam:g}|{tau:g}"] = pats.half().contiguous()

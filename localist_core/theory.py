@@ -80,7 +80,8 @@ def estimate_threshold_inputs(model, tokens: Tensor, layer: int = 0,
     """Estimate L, R_x, σ_X, |X|, ρ_max and δ for ``layer`` from a model and a token batch."""
     tokens = model.check_tokens(tokens)
     names = [f"blocks.{layer}.hook_resid_pre", f"blocks.{layer}.attn.hook_attn_scores"]
-    _, cache = model.run_with_cache(tokens, locality=locality, names_filter=names)
+    _, cache = model.run_with_cache(tokens, locality=locality, names_filter=names,
+                                    return_type=None)
     attn = model.blocks[layer].attn
     x = model.blocks[layer].ln1(cache[names[0]])                               # (B, T, d)
     ids = cache["block_ids"]
@@ -121,7 +122,7 @@ def predicted_vs_measured(model, tokens: Tensor, temperatures: list[float], laye
     for tau in temperatures:
         dial, _ = resolve_dial(locality, tau)
         names = [f"blocks.{layer}.attn.hook_attn_scores", f"blocks.{layer}.attn.hook_pattern"]
-        _, cache = model.run_with_cache(tokens, locality=dial.locality,
+        _, cache = model.run_with_cache(tokens, return_type=None, locality=dial.locality,
                                         attn_temperature=dial.attn_temperature, names_filter=names)
         ids = cache["block_ids"]
         pattern = cache[names[1]]
