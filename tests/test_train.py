@@ -69,7 +69,7 @@ def test_a_kill_while_checkpointing_still_resumes_exactly(tmp_path, tiny_model_c
                                                           monkeypatch):
     import localist_core.train as trainer
     mcfg = dataclasses.replace(tiny_model_cfg, dropout=0.1)
-    cfg = _cfg(protocol="dial", penalty_form="none")
+    cfg = _cfg(protocol="dial", penalty_form="none", threads=1)  # 1 thread: no OpenMP spinning
     straight = train(mcfg, cfg, tiny_corpus, tmp_path / "a", progress=False, eval_tokens=2048)
     real, writes = trainer._atomic_write, []
 
