@@ -84,6 +84,11 @@ def _checkpoints(extra_dirs: str):
     return list_checkpoints(extra_dirs)
 
 
+def sweep_cache() -> str:
+    """The sweep cache the pages read: $LOCALIST_SWEEP_CACHE, else the shipped one."""
+    return os.environ.get("LOCALIST_SWEEP_CACHE") or str(SWEEP_CACHE)
+
+
 def checkpoints():
     """Shipped checkpoints plus those under $LOCALIST_CHECKPOINT_DIRS (re-read every 30 s)."""
     return _checkpoints(os.environ.get("LOCALIST_CHECKPOINT_DIRS", ""))

@@ -230,6 +230,9 @@ def load_model(path: str | os.PathLike, device: str = "cpu") -> tuple[LocalistLM
         state = _dequantize(load_file(str(weights)))
     except Exception as e:  # safetensors raises its own error types
         raise CheckpointError(f"{weights}: cannot be read as safetensors ({e})") from None
+    for name, t in state.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise CheckpointError(f"{weights}: tensor {name} holds NaN or inf values")
     model = LocalistLM(model_cfg)
     try:
         model.load_state_dict(state, strict=True)

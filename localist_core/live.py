@@ -15,7 +15,7 @@ import torch
 
 from .attention import resolve_dial
 from .blocks import FixedPartition
-from .checkpoint import CheckpointError, read_config
+from .checkpoint import CheckpointError, check_checkpoint, check_safetensors_file
 from .evaluate import attention_summary
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
@@ -35,10 +35,12 @@ class CheckpointInfo:
 
 
 def describe_checkpoint(path: Path) -> CheckpointInfo:
-    """Label a checkpoint from its config.json without loading its weights."""
+    """Label a checkpoint from its config.json, after checking its vocabulary and the header of
+    its weights against the config (``check_checkpoint``; the weights themselves are not read).
+    A broken checkpoint gets ``problem`` set, naming the file and what is wrong."""
     key = path.name
     try:
-        cfg = read_config(path)
+        cfg = check_checkpoint(path)
     except CheckpointError as e:
         return CheckpointInfo(key, str(path), f"{key} (unreadable)", "unknown", None, str(e))
     train = cfg.get("train") or {}
@@ -216,16 +218,22 @@ def cached_run_pattern(cache_dir: str | Path, run_id: str, prompt: str, locality
                        attn_temperature: float) -> np.ndarray | None:
     """A sweep run's stored ``[layer, head, T, T]`` pattern for a sample prompt at one
     (λ_f, τ), or None if the cache does not hold it. Lets Compare show runs whose checkpoints
-    are not shipped."""
+    are not shipped. A maps file that is not safetensors (a pickle, a truncated file) raises
+    SweepCacheError naming it; it is never unpickled."""
     from safetensors.numpy import load_file
+
+    from .sweep import SweepCacheError
 
     path = Path(cache_dir) / f"{run_id}.maps.safetensors"
     if not path.is_file():
         return None
     try:
+        check_safetensors_file(path)
         maps = load_file(str(path))
-    except Exception:  # a corrupt maps file is treated as absent
-        return None
+    except CheckpointError as e:
+        raise SweepCacheError(str(e)) from None
+    except Exception as e:  # safetensors raises its own error types
+        raise SweepCacheError(f"{path}: cannot be read as safetensors ({e})") from None
     arr = maps.get(f"{prompt}|{locality:g}|{attn_temperature:g}")
     return None if arr is None else arr.astype(np.float32)
 

@@ -13,7 +13,7 @@ from localist_core import tradeoff as tr
 from localist_core.sweep import load_cache
 
 s = ui.page_setup("Sweeps")
-shipped = os.environ.get("LOCALIST_SWEEP_CACHE") or str(ui.SWEEP_CACHE)
+shipped = ui.sweep_cache()
 user = os.environ.get("LOCALIST_APP_SWEEPS") or str(launch.APP_SWEEPS / "cache")
 ss = st.session_state
 
