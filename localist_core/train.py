@@ -175,6 +175,9 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, corpus: Corpus,
     last = Path(out_dir) / LAST if out_dir is not None else None
     meta = {"protocol": cfg.protocol, "penalty_form": cfg.penalty_form, "locality": cfg.locality,
             **(meta or {})}
+    for folder in ([Path(out_dir), last] if last is not None else []):
+        for stale in folder.glob(".*.tmp"):  # temp files of a killed writer; never a checkpoint
+            stale.unlink(missing_ok=True)
     if last is not None and resume and (last / TRAINER_STATE).is_file():
         step, train_s, history = _load_trainer(last, model, opt, cfg)
     n_tokens_step = cfg.batch_size * model_cfg.n_ctx

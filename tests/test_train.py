@@ -84,6 +84,9 @@ def test_a_kill_while_checkpointing_still_resumes_exactly(tmp_path, tiny_model_c
     with pytest.raises(_Killed):
         train(mcfg, cfg, tiny_corpus, tmp_path / "b", progress=False, eval_tokens=2048)
     monkeypatch.setattr(trainer, "_atomic_write", real)
+    stale = tmp_path / "b" / LAST / ".trainer.safetensors.x1y2.tmp"   # a killed writer's temp file
+    stale.write_bytes(b"half a file")
     resumed = train(mcfg, cfg, tiny_corpus, tmp_path / "b", progress=False, eval_tokens=2048)
     a, b = straight.model.state_dict(), resumed.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not stale.exists()
