@@ -24,7 +24,7 @@ def sweep_results(folder: str, stamp: tuple) -> tuple[list[dict], list[str]]:
     return load_cache(folder)
 
 
-@st.cache_resource
+@st.cache_resource(max_entries=1)
 def launched() -> dict:
     """Sweep processes this server started (cache folder → Popen), so finished ones are reaped."""
     return {}
