@@ -2,7 +2,7 @@
 sidebar through ui.page_setup()."""
 import streamlit as st
 
-st.set_page_config(page_title="Localist LM Studio", page_icon=":material/tune:", layout="wide")
+st.set_page_config(page_title="Localist LM Studio", page_icon="🎛️", layout="wide")
 
 page = st.navigation([
     st.Page("pages/explorer.py", title="Explorer", icon=":material/grid_on:", default=True),

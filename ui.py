@@ -23,6 +23,10 @@ from localist_core.live import next_words as next_words_after
 PROMPTS_FILE = ASSETS / "prompts.json"
 SWEEP_CACHE = ASSETS / "sweep"
 DEFAULTS = {"lam": 0.0, "tau": 1.0, "gamma": 0.0, "layer": "mean", "head": "mean"}
+# Limits (README "Limits"): every cache is bounded. One analysis holds at most
+# live.analysis_bytes_bound() bytes (≈0.45 MB for the shipped models), so ≈85 MB in all.
+ANALYSES_KEPT = 192
+GAMMA_MAX = 5.0   # the γ slider's top; a link may not ask for more than the slider can show
 # Deep-link parameter → (session key, parser). Parsers raise ValueError on bad input.
 LINK_KEYS = ("ckpt", "lam", "tau", "gamma", "block", "layer", "head", "prompt", "text")
 
@@ -43,6 +47,7 @@ class Settings:
     text: str
     text_source: str
     problems: list[str] = field(default_factory=list)
+    notices: list[str] = field(default_factory=list)   # what was cut or changed, for the user
 
 
 # -- cached loaders (each reads only its own arguments) --------------------------------------
@@ -53,7 +58,7 @@ def load_checkpoint(path: str):
     return load_model(path)
 
 
-@st.cache_data(show_spinner=False, max_entries=512)
+@st.cache_data(show_spinner=False, max_entries=ANALYSES_KEPT)
 def cached_analysis(path: str, text: str, lam: float, tau: float, gamma: float,
                     block_size: int | None):
     model, tok = load_checkpoint(path)
@@ -71,7 +76,7 @@ def cached_map(cache_dir: str, run_id: str, prompt: str, lam: float, tau: float)
     return cached_run_pattern(cache_dir, run_id, prompt, lam, tau)
 
 
-@st.cache_data(show_spinner=False)
+@st.cache_data(show_spinner=False, max_entries=4)
 def sample_prompts(path: str) -> dict[str, str]:
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
@@ -80,9 +85,14 @@ def sample_prompts(path: str) -> dict[str, str]:
         return {"castle": "The old castle stood on a hill above the river ."}
 
 
-@st.cache_data(show_spinner=False, ttl=30)
+@st.cache_data(show_spinner=False, ttl=30, max_entries=8)
 def _checkpoints(extra_dirs: str):
     return list_checkpoints(extra_dirs)
+
+
+def sweep_cache() -> str:
+    """The sweep cache the pages read: $LOCALIST_SWEEP_CACHE, else the shipped one."""
+    return os.environ.get("LOCALIST_SWEEP_CACHE") or str(SWEEP_CACHE)
 
 
 def checkpoints():
@@ -120,13 +130,13 @@ def read_deep_link(ckpt_keys: list[str], prompts: dict[str, str], n_layers: int 
             ValueError(f"ckpt={r!r} is not a shipped checkpoint")),
         "lam": lambda r: _number(r, 0.0, 1.0, "lam"),
         "tau": lambda r: _number(r, *TEMPERATURE_RANGE, "tau"),
-        "gamma": lambda r: _number(r, *RULE_STRENGTH_RANGE, "gamma"),
+        "gamma": lambda r: _number(r, RULE_STRENGTH_RANGE[0], GAMMA_MAX, "gamma"),
         "block": lambda r: int(_number(r, 1, 64, "block")),
         "layer": lambda r: _index(r, n_layers, "layer"),
         "head": lambda r: _index(r, n_heads, "head"),
         "prompt": lambda r: r if r in prompts else (_ for _ in ()).throw(
             ValueError(f"prompt={r!r} is not a sample prompt")),
-        "text": lambda r: r[:MAX_TEXT_CHARS],
+        "text": str,   # cut to MAX_TEXT_CHARS, with a notice, by _apply_deep_link
     }
     for key in LINK_KEYS:
         if key not in qp:
@@ -204,7 +214,12 @@ def _apply_deep_link(usable_keys: list[str], prompts: dict[str, str]) -> None:
     if "prompt" in values:
         ss[PERSIST + "text_mode"], ss[PERSIST + "prompt"] = "Sample text", values["prompt"]
     elif "text" in values:
-        ss[PERSIST + "text_mode"], ss[PERSIST + "free_text"] = "Your own text", values["text"]
+        text = values["text"]
+        if len(text) > MAX_TEXT_CHARS:
+            notices.append(f"The linked text has {len(text):,} characters; only the first "
+                           f"{MAX_TEXT_CHARS:,} were read.")
+        ss[PERSIST + "text_mode"] = "Your own text"
+        ss[PERSIST + "free_text"] = text[:MAX_TEXT_CHARS]
 
 
 def sidebar() -> Settings:
@@ -237,8 +252,8 @@ def sidebar() -> Settings:
     tau = sb.slider("τ — temperature", TEMPERATURE_RANGE[0], TEMPERATURE_RANGE[1], step=0.05,
                     **keep("tau", DEFAULTS["tau"]),
                     help="Lower τ sharpens attention; τ=1 is how the model was trained.")
-    gamma = sb.slider("γ — rule strength toward anchors", RULE_STRENGTH_RANGE[0], 5.0,
-                      step=0.25, **keep("gamma", min(DEFAULTS["gamma"], 5.0)),
+    gamma = sb.slider("γ — rule strength toward anchors", RULE_STRENGTH_RANGE[0], GAMMA_MAX,
+                      step=0.25, **keep("gamma", DEFAULTS["gamma"]),
                       help="Adds γ to the score of each block's anchor tokens.")
     block = sb.number_input("Block size (fixed windows)", 1, 64, **keep("block", 5),
                             help="The trained models use 5. Other sizes re-block the text at "
@@ -252,17 +267,25 @@ def sidebar() -> Settings:
         name = sb.selectbox("Sample", names, **keep("prompt", names[0]))
         text, source = prompts[name], f"prompt:{name}"
     else:
-        text = sb.text_area("Your text", max_chars=MAX_TEXT_CHARS, height=120,
+        # No max_chars: the browser would cut a paste silently. The cut happens here, with a
+        # notice, before the text reaches any cache (README "Limits").
+        text = sb.text_area("Your text", height=120, help=f"At most {MAX_TEXT_CHARS:,} "
+                            "characters are read.",
                             **keep("free_text", next(iter(prompts.values()))))
         source = "free"
+    notices = []
+    if len(text) > MAX_TEXT_CHARS:
+        notices.append(f"The text has {len(text):,} characters; only the first "
+                       f"{MAX_TEXT_CHARS:,} were read.")
+        text = text[:MAX_TEXT_CHARS]
     return Settings(key, info.path, info.label, info.protocol, info.locality, float(lam),
-                    float(tau), float(gamma), int(block), text, source, problems)
+                    float(tau), float(gamma), int(block), text, source, problems, notices)
 
 
 def page_setup(title: str) -> Settings:
     """The top of every page: shared sidebar, link notices, header; returns the settings."""
     s = sidebar()
-    show_notices(st.session_state.get("_link_notices", []))
+    show_notices(st.session_state.get("_link_notices", []) + s.notices)
     st.header(title)
     for p in s.problems:
         st.caption(f"Not offered: {plain(p)}")

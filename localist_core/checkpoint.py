@@ -33,8 +33,9 @@ class CheckpointError(ValueError):
     """A checkpoint file is unsafe, truncated, foreign or inconsistent."""
 
 
-def check_safetensors_file(path: Path) -> None:
-    """Raise CheckpointError unless ``path`` is a complete safetensors file (reads the header)."""
+def check_safetensors_file(path: Path) -> dict:
+    """Raise CheckpointError unless ``path`` is a complete safetensors file; return its header
+    (tensor name → dtype, shape, offsets). Only the header is read."""
     if path.suffix.lower() in PICKLE_SUFFIXES:
         raise CheckpointError(f"{path}: {path.suffix} files are pickle-based and are refused "
                               f"unread; checkpoints are safetensors + JSON only")
@@ -66,6 +67,7 @@ def check_safetensors_file(path: Path) -> None:
     if 8 + n + max(ends, default=0) != size:
         raise CheckpointError(f"{path}: truncated or padded: the header describes "
                               f"{8 + n + max(ends, default=0)} bytes, the file has {size}")
+    return header
 
 
 def _read_json(path: Path) -> dict:
@@ -165,20 +167,58 @@ def _folder(path: str | os.PathLike) -> Path:
     return p
 
 
-def load_model(path: str | os.PathLike, device: str = "cpu") -> tuple[LocalistLM, Tokenizer]:
-    """Load ``(model, tokenizer)`` from a checkpoint folder, in eval mode. Never unpickles."""
-    folder = _folder(path)
-    cfg = read_config(folder)
+def _model_config(folder: Path, cfg: dict) -> ModelConfig:
     try:
-        model_cfg = config_from_dict(ModelConfig, cfg.get("model") or {})
+        return config_from_dict(ModelConfig, cfg.get("model") or {})
     except (ConfigError, TypeError) as e:
         raise CheckpointError(f"{folder / CONFIG}: bad model config: {e}") from None
+
+
+def _tokenizer(folder: Path) -> Tokenizer:
     try:
-        tok = Tokenizer.load(folder / VOCAB)
+        return Tokenizer.load(folder / VOCAB)
     except FileNotFoundError:
         raise CheckpointError(f"{folder / VOCAB}: missing") from None
     except (ValueError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{folder / VOCAB}: {e}") from None
+
+
+def check_checkpoint(path: str | os.PathLike) -> dict:
+    """Check a checkpoint folder without reading its weights: config, vocabulary and the
+    safetensors header against the shapes the config implies. Returns the config; raises
+    CheckpointError naming the file and the problem. Cheap enough to run on every listing."""
+    folder = _folder(path)
+    cfg = read_config(folder)
+    model_cfg = _model_config(folder, cfg)
+    tok = _tokenizer(folder)
+    if len(tok) != model_cfg.vocab_size:
+        raise CheckpointError(f"{folder / VOCAB}: {len(tok)} words, but the config says "
+                              f"vocab_size={model_cfg.vocab_size}")
+    weights = folder / WEIGHTS
+    if not weights.is_file():
+        raise CheckpointError(f"{weights}: missing")
+    header = check_safetensors_file(weights)
+    with torch.device("meta"):   # shapes only: nothing is allocated or initialised
+        want = {k: tuple(v.shape) for k, v in LocalistLM(model_cfg).state_dict().items()}
+    have = {k: tuple(v.get("shape", ())) for k, v in header.items()
+            if k != "__metadata__" and isinstance(v, dict) and not k.endswith(SCALE_SUFFIX)}
+    if have.keys() != want.keys():
+        gone, extra = sorted(want.keys() - have.keys()), sorted(have.keys() - want.keys())
+        raise CheckpointError(f"{weights}: does not match {folder / CONFIG}: missing tensors "
+                              f"{gone[:3]}, unexpected tensors {extra[:3]}")
+    for name, shape in want.items():
+        if have[name] != shape:
+            raise CheckpointError(f"{weights}: does not match {folder / CONFIG}: {name} has "
+                                  f"shape {list(have[name])}, the config implies {list(shape)}")
+    return cfg
+
+
+def load_model(path: str | os.PathLike, device: str = "cpu") -> tuple[LocalistLM, Tokenizer]:
+    """Load ``(model, tokenizer)`` from a checkpoint folder, in eval mode. Never unpickles."""
+    folder = _folder(path)
+    cfg = read_config(folder)
+    model_cfg = _model_config(folder, cfg)
+    tok = _tokenizer(folder)
     if len(tok) != model_cfg.vocab_size:
         raise CheckpointError(f"{folder / VOCAB}: {len(tok)} words, but the config says "
                               f"vocab_size={model_cfg.vocab_size}")
@@ -190,6 +230,9 @@ def load_model(path: str | os.PathLike, device: str = "cpu") -> tuple[LocalistLM
         state = _dequantize(load_file(str(weights)))
     except Exception as e:  # safetensors raises its own error types
         raise CheckpointError(f"{weights}: cannot be read as safetensors ({e})") from None
+    for name, t in state.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise CheckpointError(f"{weights}: tensor {name} holds NaN or inf values")
     model = LocalistLM(model_cfg)
     try:
         model.load_state_dict(state, strict=True)

@@ -6,6 +6,7 @@ app can offer, and reports the broken ones instead of failing on them.
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,13 +16,18 @@ import torch
 
 from .attention import resolve_dial
 from .blocks import FixedPartition
-from .checkpoint import CheckpointError, read_config
+from .checkpoint import CheckpointError, check_checkpoint, check_safetensors_file
 from .evaluate import attention_summary
+from .tokenizer import dropped_characters
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 CHECKPOINT_DIR = ASSETS / "checkpoints"
+# Limits (README "Limits"): what one request may cost the server.
 MAX_TEXT_CHARS = 20_000   # longer text is cut before tokenising (a notice says so)
+MAX_TOKENS = 256          # tokens per live request, whatever the model's n_ctx (a notice says so)
 TOP_K = 5
+DIAL_DEFAULTS = {"locality": ("λ", 0.0), "attn_temperature": ("τ", 1.0),
+                 "rule_strength": ("γ", 0.0)}
 
 
 @dataclass(frozen=True)
@@ -35,10 +41,12 @@ class CheckpointInfo:
 
 
 def describe_checkpoint(path: Path) -> CheckpointInfo:
-    """Label a checkpoint from its config.json without loading its weights."""
+    """Label a checkpoint from its config.json, after checking its vocabulary and the header of
+    its weights against the config (``check_checkpoint``; the weights themselves are not read).
+    A broken checkpoint gets ``problem`` set, naming the file and what is wrong."""
     key = path.name
     try:
-        cfg = read_config(path)
+        cfg = check_checkpoint(path)
     except CheckpointError as e:
         return CheckpointInfo(key, str(path), f"{key} (unreadable)", "unknown", None, str(e))
     train = cfg.get("train") or {}
@@ -80,7 +88,7 @@ class Analysis:
 
     labels: list[str]                 # one per token, <unk> visible
     token_ids: list[int]
-    patterns: np.ndarray              # [layer, head, query, key]; future keys are 0
+    patterns: np.ndarray              # [layer, head, query, key] float16; future keys are 0
     block_ids: np.ndarray             # [T]
     block_anchors: np.ndarray         # [T] bool: each whole block's anchors (markers)
     anchor_mask: np.ndarray           # [query, key] bool: anchors each query can see
@@ -92,10 +100,25 @@ class Analysis:
     dial: dict
     notices: list[str] = field(default_factory=list)
 
+    def nbytes(self) -> int:
+        """Bytes held by the arrays (what a cached entry costs, give or take the labels)."""
+        return sum(v.nbytes for v in vars(self).values() if isinstance(v, np.ndarray))
+
+
+def analysis_bytes_bound(n_layers: int, n_heads: int, n_ctx: int, d_model: int) -> int:
+    """An upper bound on ``Analysis.nbytes()`` for a model of this shape: the fp16 patterns
+    (L·H·T²·2 bytes) and the fp32 final hidden states (T·d·4, read by ``next_words``)
+    dominate; T is at most min(n_ctx, MAX_TOKENS)."""
+    t = min(n_ctx, MAX_TOKENS)
+    return (n_layers * n_heads * t * t * 2 + 2 * t * t + n_layers * n_heads * t * 4 + 64 * t
+            + 4 * t * d_model)
+
 
 def prepare_text(tokenizer, text: str, n_ctx: int) -> tuple[list[int], list[str]]:
-    """Token ids of ``text`` for the live view, with notices for what was cut or is missing."""
+    """Token ids of ``text`` for the live view, with notices for what was cut or is missing:
+    at most MAX_TEXT_CHARS characters are read and min(n_ctx, MAX_TOKENS) tokens kept."""
     notices = []
+    n_ctx = min(n_ctx, MAX_TOKENS)
     if text is None or not str(text).strip():
         return [], ["The text is empty: type or pick a text to see its attention."]
     text = str(text)
@@ -103,6 +126,10 @@ def prepare_text(tokenizer, text: str, n_ctx: int) -> tuple[list[int], list[str]
         notices.append(f"The text has {len(text):,} characters; only the first "
                        f"{MAX_TEXT_CHARS:,} were read.")
         text = text[:MAX_TEXT_CHARS]
+    dropped = dropped_characters(text)
+    if dropped:
+        notices.append(f"{dropped} control or invisible character(s) (zero-width, direction "
+                       f"marks, …) were removed.")
     ids = tokenizer.encode(text)
     if not ids:
         return [], notices + ["The text has no words after cleaning (only control or "
@@ -117,6 +144,25 @@ def prepare_text(tokenizer, text: str, n_ctx: int) -> tuple[list[int], list[str]
     return ids, notices
 
 
+def safe_dial(locality, attn_temperature, rule_strength):
+    """``resolve_dial`` for user input: NaN or a non-number becomes the default with a notice
+    (resolve_dial refuses them), out-of-range values are clamped with a notice."""
+    values, notices = {}, []
+    for key, raw in (("locality", locality), ("attn_temperature", attn_temperature),
+                     ("rule_strength", rule_strength)):
+        sym, default = DIAL_DEFAULTS[key]
+        try:
+            v = float(raw)
+        except (TypeError, ValueError):
+            v = math.nan
+        if math.isnan(v):
+            notices.append(f"{sym}={raw!r} is not a number; using {sym}={default:g}.")
+            v = default
+        values[key] = v
+    dial, clamped = resolve_dial(**values)
+    return dial, notices + clamped
+
+
 @torch.no_grad()
 def analyze(model, tokenizer, text: str, locality: float = 0.0, attn_temperature: float = 1.0,
             rule_strength: float = 0.0, block_size: int | None = None) -> Analysis:
@@ -124,7 +170,7 @@ def analyze(model, tokenizer, text: str, locality: float = 0.0, attn_temperature
     notices (and, for no text, an empty Analysis), never an exception. ``block_size`` re-blocks
     the text at inference (fixed windows); None keeps the trained partition."""
     ids, notices = prepare_text(tokenizer, text, model.cfg.n_ctx)
-    dial, dial_notes = resolve_dial(locality, attn_temperature, rule_strength)
+    dial, dial_notes = safe_dial(locality, attn_temperature, rule_strength)
     notices += dial_notes
     if not ids:
         return Analysis([], [], np.zeros((0, 0, 0, 0)), np.zeros(0, int), np.zeros(0, bool),
@@ -150,7 +196,7 @@ def analyze(model, tokenizer, text: str, locality: float = 0.0, attn_temperature
            else torch.zeros(0))                                            # (T-1,)
     return Analysis(
         labels=tokenizer.labels(ids), token_ids=ids,
-        patterns=torch.stack([p[0] for p in pats]).numpy(),
+        patterns=torch.stack([p[0] for p in pats]).half().numpy(),   # half the cache memory
         block_ids=cache["block_ids"][0].numpy(),
         block_anchors=cache["block_anchors"][0].numpy(),
         anchor_mask=cache["anchor_mask"][0].numpy(),
@@ -179,8 +225,8 @@ def next_words(model, tokenizer, a: Analysis, pos: int, k: int = TOP_K
 def reduce_pattern(patterns: np.ndarray, layer: int | None, head: int | None) -> np.ndarray:
     """``[layer, head, T, T]`` → the ``[query, key]`` matrix to draw: one head, a layer's head
     mean, or the mean over layers (of one head index, or of all heads)."""
-    p = patterns.mean(0) if layer is None else patterns[layer]
-    return p.mean(0) if head is None else p[head]
+    p = patterns.mean(0, dtype=np.float32) if layer is None else patterns[layer]
+    return (p.mean(0, dtype=np.float32) if head is None else p[head]).astype(np.float32)
 
 
 def pattern_view(a: Analysis, layer: int | None, head: int | None) -> np.ndarray:
@@ -228,16 +274,22 @@ def cached_run_pattern(cache_dir: str | Path, run_id: str, prompt: str, locality
                        attn_temperature: float) -> np.ndarray | None:
     """A sweep run's stored ``[layer, head, T, T]`` pattern for a sample prompt at one
     (λ_f, τ), or None if the cache does not hold it. Lets Compare show runs whose checkpoints
-    are not shipped."""
+    are not shipped. A maps file that is not safetensors (a pickle, a truncated file) raises
+    SweepCacheError naming it; it is never unpickled."""
     from safetensors.numpy import load_file
+
+    from .sweep import SweepCacheError
 
     path = Path(cache_dir) / f"{run_id}.maps.safetensors"
     if not path.is_file():
         return None
     try:
+        check_safetensors_file(path)
         maps = load_file(str(path))
-    except Exception:  # a corrupt maps file is treated as absent
-        return None
+    except CheckpointError as e:
+        raise SweepCacheError(str(e)) from None
+    except Exception as e:  # safetensors raises its own error types
+        raise SweepCacheError(f"{path}: cannot be read as safetensors ({e})") from None
     arr = maps.get(f"{prompt}|{locality:g}|{attn_temperature:g}")
     return None if arr is None else arr.astype(np.float32)
 

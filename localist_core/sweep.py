@@ -153,6 +153,18 @@ def read_result(path: Path) -> dict:
     return data
 
 
+def _baselines_problem(path: Path) -> str | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        return f"{path}: corrupt JSON ({e}); the baselines are not drawn"
+    if not isinstance(data, dict) or data.get("schema_version") != SCHEMA_VERSION:
+        version = data.get("schema_version") if isinstance(data, dict) else None
+        return (f"{path}: schema_version {version!r} is not supported (this code reads "
+                f"{SCHEMA_VERSION}); the baselines are not drawn")
+    return None
+
+
 def load_cache(cache_dir: str | Path) -> tuple[list[dict], list[str]]:
     """Every readable run in a cache folder, and a message for every file that was refused."""
     folder = Path(cache_dir)
@@ -160,7 +172,12 @@ def load_cache(cache_dir: str | Path) -> tuple[list[dict], list[str]]:
         return [], [f"{folder}: no sweep cache folder"]
     runs, problems = [], []
     for path in sorted(folder.glob("*.json")):
-        if path.name in (PROGRESS_FILE, BASELINES_FILE):
+        if path.name == PROGRESS_FILE:
+            continue
+        if path.name == BASELINES_FILE:
+            problem = _baselines_problem(path)
+            if problem:
+                problems.append(problem)
             continue
         try:
             runs.append(read_result(path))

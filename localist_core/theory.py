@@ -22,13 +22,21 @@ def threshold_locality(lipschitz: float, r_x: float, sigma_x: float, block_len: 
 
     >>> round(threshold_locality(1.0, 1.0, 1.0, 4, 1.0, 0.5, 0.0), 6)
     8.0
+    >>> threshold_locality(1.0, 1.0, 1.0, 4, 0.05, 0.5, -1e6)   # overflows to +∞, not an error
+    inf
     """
     if attn_temperature <= 0:
         raise ValueError("τ must be > 0")
     if not rho_max < 1.0:
         raise ValueError("ρ_max must be < 1 (the formula divides by 1 − ρ_max)")
-    return (2.0 * lipschitz * r_x * sigma_x * math.sqrt(block_len)
-            / (attn_temperature * (1.0 - rho_max)) * math.exp(-margin / attn_temperature))
+    scale = (2.0 * lipschitz * r_x * sigma_x * math.sqrt(block_len)
+             / (attn_temperature * (1.0 - rho_max)))
+    exponent = -margin / attn_temperature
+    if scale == 0.0:
+        return 0.0
+    if exponent > 709.0 or math.isinf(scale):   # exp() would overflow: the threshold is +∞
+        return math.copysign(math.inf, scale)
+    return scale * math.exp(exponent)
 
 
 def cross_block_mass_bound(n_in: Tensor | float, n_x: Tensor | float, margin: Tensor | float,

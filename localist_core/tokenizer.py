@@ -28,6 +28,7 @@ _MARKER = re.compile(r"@ ([-.,]) @")
 
 
 _ASCII_CONTROLS = {c: None for c in (*range(32), 127) if chr(c) not in "\n\t"}
+_DROPPED = ("Cc", "Cf", "Cs", "Co")   # control, format (zero-width, bidi), surrogate, private
 
 
 def normalize_text(text: str) -> str:
@@ -36,7 +37,16 @@ def normalize_text(text: str) -> str:
         return text.translate(_ASCII_CONTROLS)
     text = unicodedata.normalize("NFC", text)
     return "".join(ch for ch in text
-                   if ch in "\n\t" or unicodedata.category(ch) not in ("Cc", "Cf", "Cs", "Co"))
+                   if ch in "\n\t" or unicodedata.category(ch) not in _DROPPED)
+
+
+def dropped_characters(text: str) -> int:
+    """How many characters ``normalize_text`` drops, not counting carriage returns (harmless).
+
+    >>> dropped_characters("a\u200bb\x07c\r\n")
+    2
+    """
+    return sum(1 for ch in text if ch not in "\n\t\r" and unicodedata.category(ch) in _DROPPED)
 
 
 def split_words(line: str) -> list[str]:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
@@ -28,7 +29,8 @@ from .model import LocalistLM, autocast_ctx
 
 LAST = "last"            # sub-folder holding the resumable trainer state
 TRAINER_STATE = "trainer.safetensors"
-TRAINER_META = "trainer.json"
+TRAINER_META = "trainer.json"     # a readable copy of the step, times and history
+MODEL_PREFIX = "model::"          # weights inside trainer.safetensors
 DIAL_EXACT_P = 0.15      # dial protocol: P(λ_f = 0) = P(λ_f = 1) = 0.15, else λ_f ~ U(0, 1)
 
 
@@ -108,8 +110,10 @@ def training_loss(model: LocalistLM, cfg: TrainConfig, x, y, dial: Dial
 
 
 def _save_trainer(folder: Path, model, tok, cfg, opt, step, train_s, history, meta) -> None:
+    # A loadable checkpoint of the current weights, for inspection (load_model(OUT/last)).
     save_checkpoint(folder, model, tok, cfg, meta={**meta, "step": step})
-    tensors, scalars = {}, {}
+    tensors = {f"{MODEL_PREFIX}{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
+    scalars = {}
     names = {id(p): n for n, p in model.named_parameters()}
     for group in opt.param_groups:
         for p in group["params"]:
@@ -120,20 +124,33 @@ def _save_trainer(folder: Path, model, tok, cfg, opt, step, train_s, history, me
             tensors[f"{n}::exp_avg"] = st["exp_avg"].contiguous()
             tensors[f"{n}::exp_avg_sq"] = st["exp_avg_sq"].contiguous()
             scalars[n] = float(st["step"])
-    _atomic_write(folder / TRAINER_STATE, lambda p: save_file(tensors, p))
     state = {"step": step, "train_seconds": train_s, "history": history, "adam_steps": scalars}
+    header = {"state": json.dumps(state), "model": json.dumps(config_to_dict(model.cfg)),
+              "train": json.dumps(config_to_dict(cfg))}
+    # Resuming reads this one file only, and it is replaced in one atomic step: a kill at any
+    # moment leaves the previous complete state or the new one, never the weights of one step
+    # with the optimiser moments or step count of another.
+    _atomic_write(folder / TRAINER_STATE, lambda p: save_file(tensors, p, metadata=header))
     _atomic_write(folder / TRAINER_META, lambda p: Path(p).write_text(json.dumps(state)))
 
 
 def _load_trainer(folder: Path, model, opt, cfg: TrainConfig) -> tuple[int, float, list]:
-    state = json.loads((folder / TRAINER_META).read_text())
-    saved = read_config(folder)
+    tensors = load_file(str(folder / TRAINER_STATE))
+    with safe_open(str(folder / TRAINER_STATE), "pt") as f:
+        header = f.metadata() or {}
+    if "state" in header:
+        state = json.loads(header["state"])
+        saved = {"model": json.loads(header["model"]), "train": json.loads(header["train"])}
+        weights = {k[len(MODEL_PREFIX):]: v for k, v in tensors.items()
+                   if k.startswith(MODEL_PREFIX)}
+    else:  # the older layout: weights in the checkpoint files beside the optimiser state
+        state = json.loads((folder / TRAINER_META).read_text())
+        saved = read_config(folder)
+        weights = load_model(folder)[0].state_dict()
     if saved["model"] != config_to_dict(model.cfg) or saved["train"] != config_to_dict(cfg):
         raise ValueError(f"{folder} holds a run with another config; resume with the same "
                          f"config, or start again (--no-resume, or another --out)")
-    loaded, _ = load_model(folder)
-    model.load_state_dict(loaded.state_dict())
-    tensors = load_file(str(folder / TRAINER_STATE))
+    model.load_state_dict(weights)
     params = dict(model.named_parameters())
     for n, s in state["adam_steps"].items():
         p = params[n]
@@ -160,7 +177,10 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, corpus: Corpus,
     last = Path(out_dir) / LAST if out_dir is not None else None
     meta = {"protocol": cfg.protocol, "penalty_form": cfg.penalty_form, "locality": cfg.locality,
             **(meta or {})}
-    if last is not None and resume and (last / TRAINER_META).is_file():
+    for folder in ([Path(out_dir), last] if last is not None else []):
+        for stale in folder.glob(".*.tmp"):  # temp files of a killed writer; never a checkpoint
+            stale.unlink(missing_ok=True)
+    if last is not None and resume and (last / TRAINER_STATE).is_file():
         step, train_s, history = _load_trainer(last, model, opt, cfg)
     n_tokens_step = cfg.batch_size * model_cfg.n_ctx
     stopped = "max_steps"

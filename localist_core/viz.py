@@ -73,7 +73,8 @@ def attention_heatmap(pattern: np.ndarray, labels: list[str], block_ids: np.ndar
                                              line=dict(width=1.5)),
                                  hoverinfo="skip", showlegend=True))
     fig.update_layout(
-        title=title, plot_bgcolor=FUTURE_GREY, height=max(420, 16 * n + 160), shapes=shapes,
+        title=inert(title), plot_bgcolor=FUTURE_GREY, height=max(420, 16 * n + 160),
+        shapes=shapes,
         margin=dict(l=10, r=10, t=60 if title else 30, b=10),
         legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0),
         xaxis=dict(title="key", type="category", tickangle=-60, side="bottom", showgrid=False,
@@ -106,7 +107,7 @@ def top_tokens_bar(words: list[str], probs: np.ndarray, title: str = "") -> go.F
     fig = go.Figure(go.Bar(x=list(probs)[::-1], y=[inert(w) for w in words][::-1],
                            orientation="h",
                            hovertemplate="%{y}: %{x:.4f}<extra></extra>"))
-    fig.update_layout(height=220, margin=dict(l=10, r=10, t=30, b=10), title=title,
+    fig.update_layout(height=220, margin=dict(l=10, r=10, t=30, b=10), title=inert(title),
                       xaxis=dict(range=[0, 1], title="probability"))
     return fig
 

@@ -4,7 +4,7 @@ import streamlit as st
 
 import ui
 from localist_core.live import difference, reduce_pattern
-from localist_core.sweep import load_cache
+from localist_core.sweep import SweepCacheError, load_cache
 from localist_core.viz import attention_heatmap
 
 s = ui.page_setup("Compare")
@@ -43,7 +43,7 @@ if source == "Another setting or checkpoint":
         b_view = reduce_pattern(b.patterns, L, H)
         b_title, b_metrics = f"B · {key_b} · λ={lam_b:g} τ={tau_b:g}", b.metrics
 else:
-    runs, problems = load_cache(ui.SWEEP_CACHE)
+    runs, problems = load_cache(ui.sweep_cache())
     for p in problems:
         st.caption(f"Not offered: {ui.plain(p)}")
     if not s.text_source.startswith("prompt:"):
@@ -61,7 +61,11 @@ else:
                     for ev in run["metrics"]["valid"]]
         lam_b, tau_b = d2.selectbox("Stored setting (λ_f, τ)", settings,
                                     format_func=lambda x: f"λ_f={x[0]:g}, τ={x[1]:g}")
-        stored = ui.cached_map(str(ui.SWEEP_CACHE), run_id, prompt, lam_b, tau_b)
+        try:
+            stored = ui.cached_map(ui.sweep_cache(), run_id, prompt, lam_b, tau_b)
+        except SweepCacheError as e:
+            stored = None
+            st.warning(f"Refused cache file: {ui.plain(e)}", icon="⚠️")
         if stored is None or stored.shape[-1] != len(a.labels):
             st.warning("This run has no stored attention for this text and setting.")
         else:

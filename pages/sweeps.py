@@ -13,7 +13,7 @@ from localist_core import tradeoff as tr
 from localist_core.sweep import load_cache
 
 s = ui.page_setup("Sweeps")
-shipped = os.environ.get("LOCALIST_SWEEP_CACHE") or str(ui.SWEEP_CACHE)
+shipped = ui.sweep_cache()
 user = os.environ.get("LOCALIST_APP_SWEEPS") or str(launch.APP_SWEEPS / "cache")
 ss = st.session_state
 
@@ -24,7 +24,7 @@ def sweep_results(folder: str, stamp: tuple) -> tuple[list[dict], list[str]]:
     return load_cache(folder)
 
 
-@st.cache_resource
+@st.cache_resource(max_entries=1)
 def launched() -> dict:
     """Sweep processes this server started (cache folder → Popen), so finished ones are reaped."""
     return {}

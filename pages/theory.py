@@ -1,5 +1,7 @@
 """Theory: the papers' threshold formula as a calculator, its inputs estimated from the selected
 model, and the cross-block-mass bound against the measured mass as τ varies."""
+import math
+
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
@@ -38,6 +40,9 @@ margin = est["margin"] if est["margin"] == est["margin"] and abs(est["margin"]) 
 delta = c[1].number_input("δ (margin)", value=round(margin, 4))
 tau = c[2].number_input("τ", min_value=0.05, max_value=10.0, value=s.attn_temperature)
 lam_star = threshold_locality(L, R, sig, size, tau, rho, delta)
+if not math.isfinite(lam_star):
+    st.warning("At these inputs the formula overflows (e^(−δ/τ) or the product exceeds the "
+               "largest float): the threshold is unbounded.", icon="⚠️")
 st.metric("Threshold λ from the formula", f"{lam_star:.4g}",
           help="Read against the λ scale the papers use; our dial λ ∈ [0, 1] is a different "
                "parametrisation (a barrier β·log(1−λ)), so compare trends, not values.")

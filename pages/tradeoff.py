@@ -21,7 +21,7 @@ def sweep_results(folder: str, stamp: tuple) -> tuple[list[dict], list[str], dic
     return runs, problems, tr.read_baselines(folder)
 
 
-shipped = os.environ.get("LOCALIST_SWEEP_CACHE") or str(ui.SWEEP_CACHE)
+shipped = ui.sweep_cache()
 user = os.environ.get("LOCALIST_APP_SWEEPS") or str(launch.APP_SWEEPS / "cache")
 folders = {f"Shipped sweeps ({shipped})": shipped}
 if Path(user).is_dir() and user != shipped:

@@ -1,6 +1,7 @@
 """Sweeps: finished runs are skipped, a killed sweep resumes losing nothing, writes are atomic."""
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -96,21 +97,55 @@ def test_bad_cache_files_are_reported_by_name(tmp_path):
     assert load_cache(tmp_path / "nowhere")[1]
 
 
-def _sweep_cmd(data_dir, cache, runs):
+PROMPTS = {"prompts": [{"name": "p", "text": "the cat sees the bridge ."}]}
+
+
+def _sweep_cmd(data_dir, cache, runs, prompts):
+    # One thread: two spinning OpenMP threads per process cost 4x the CPU on a busy machine.
     return [sys.executable, "-m", "localist_core", "sweep", "--config", "tiny",
             "--data-dir", str(data_dir), "--protocols", "attention", "--lambdas", "0,0.5,1",
-            "--taus", "1", "--cache", str(cache), "--runs-dir", str(runs), "--prompts", "",
-            "max_steps=40", "ckpt_interval=5", "eval_interval=20"]
+            "--taus", "1", "--cache", str(cache), "--runs-dir", str(runs), "--prompts",
+            str(prompts), "max_steps=40", "ckpt_interval=5", "eval_interval=20", "threads=1"]
 
 
-def test_killed_sweep_resumes_with_nothing_lost(tmp_path, tiny_data_dir):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_DATASETS_OFFLINE": "1"}
-    ref = subprocess.run(_sweep_cmd(tiny_data_dir, tmp_path / "ref", tmp_path / "ref-runs"),
-                         env=env, capture_output=True, text=True, timeout=300)
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "HF_DATASETS_OFFLINE": "1"}
+RUNS = ("attention-l0.0", "attention-l0.5", "attention-l1.0")
+N_KILLS = 4
+
+
+@pytest.fixture(scope="module")
+def sweep_args(tmp_path_factory, tiny_data_dir):
+    folder = tmp_path_factory.mktemp("sweep-args")
+    (folder / "prompts.json").write_text(json.dumps(PROMPTS))
+    return tiny_data_dir, folder / "prompts.json"
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, sweep_args):
+    """The cache of an uninterrupted run of the sweep command."""
+    data_dir, prompts = sweep_args
+    out = tmp_path_factory.mktemp("sweep-ref")
+    ref = subprocess.run(_sweep_cmd(data_dir, out / "cache", out / "runs", prompts), env=ENV,
+                         capture_output=True, text=True, timeout=300)
     assert ref.returncode == 0, ref.stderr[-2000:]
+    return out / "cache"
+
+
+def _assert_same_as_reference(cache: Path, ref: Path) -> None:
+    assert sorted(p.name for p in cache.iterdir() if p.name != "progress.json") == sorted(
+        p.name for p in ref.iterdir() if p.name != "progress.json")
+    for run in RUNS:
+        assert stable(read_result(cache / f"{run}.json")) == stable(
+            read_result(ref / f"{run}.json"))
+        maps = f"{run}.maps.safetensors"
+        assert (cache / maps).read_bytes() == (ref / maps).read_bytes()
+    assert (cache / "baselines.json").read_bytes() == (ref / "baselines.json").read_bytes()
+
+
+def test_killed_sweep_resumes_with_nothing_lost(tmp_path, sweep_args, reference):
+    cmd = _sweep_cmd(*sweep_args[:1], tmp_path / "cache", tmp_path / "runs", sweep_args[1])
     cache = tmp_path / "cache"
-    proc = subprocess.Popen(_sweep_cmd(tiny_data_dir, cache, tmp_path / "runs"), env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline and not (cache / "attention-l0.0.json").exists():
         time.sleep(0.05)
@@ -118,11 +153,59 @@ def test_killed_sweep_resumes_with_nothing_lost(tmp_path, tiny_data_dir):
     proc.wait()
     survived = read_result(cache / "attention-l0.0.json")
     assert not (cache / "attention-l1.0.json").exists(), "killed too late to test anything"
-    again = subprocess.run(_sweep_cmd(tiny_data_dir, cache, tmp_path / "runs"), env=env,
-                           capture_output=True, text=True, timeout=300)
+    again = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-2000:]
     assert read_result(cache / "attention-l0.0.json") == survived   # not redone
-    for run in ("attention-l0.0", "attention-l0.5", "attention-l1.0"):
-        assert stable(read_result(cache / f"{run}.json")) == stable(
-            read_result(tmp_path / "ref" / f"{run}.json"))
+    _assert_same_as_reference(cache, reference)
     assert not list(cache.glob(".*.tmp"))
+
+
+def _position(cache: Path, pid: int) -> int:
+    """Where process ``pid`` is in the sweep: 2·(run index) + (1 in evaluation), or -1."""
+    try:
+        p = json.loads((cache / "progress.json").read_text())
+        if p["pid"] != pid or p["current"] not in RUNS:
+            return -1
+        return 2 * RUNS.index(p["current"]) + (p["phase"] == "evaluate")
+    except (OSError, ValueError, KeyError):
+        return -1
+
+
+def test_sweep_killed_at_random_moments_ends_as_if_never_killed(tmp_path, sweep_args, reference):
+    """SIGKILL at seeded random moments (in training, evaluation or writing results, in several
+    runs), running the same command again after each kill."""
+    cmd = _sweep_cmd(sweep_args[0], tmp_path / "cache", tmp_path / "runs", sweep_args[1])
+    cache, rng = tmp_path / "cache", random.Random(9)
+    # Random phases of the sweep, in order (run 0 training, run 0 evaluation, run 1 training, …;
+    # not the very last one, which may end before the kill), and a random delay into each.
+    targets = sorted(rng.sample(range(2 * len(RUNS) - 1), N_KILLS))
+    seen: dict[str, bytes] = {}     # every finished file observed after a kill, as it was then
+    kills = []
+    for target in targets:
+        delay = rng.uniform(0.0, 0.4)
+        proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+        while proc.poll() is None and _position(cache, proc.pid) < target:
+            time.sleep(0.01)
+        try:
+            proc.wait(timeout=delay)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            kills.append(f"{RUNS[target // 2]} {('train', 'evaluate')[target % 2]} +{delay:.2f}s")
+        for path in sorted(cache.glob("*.json")) + sorted(cache.glob("*.maps.safetensors")):
+            if path.name == "progress.json":
+                continue
+            if path.suffix == ".json" and path.name != "baselines.json":
+                read_result(path)              # complete, never a partial write
+            data = path.read_bytes()
+            assert seen.setdefault(path.name, data) == data, f"{path.name} was rewritten"
+    print("killed at:", "; ".join(kills))
+    assert len(kills) == N_KILLS, f"the sweep finished before a kill (kills: {kills})"
+    final = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    assert final.returncode == 0, final.stderr[-2000:]
+    for name, data in seen.items():          # no finished run was lost or redone
+        assert (cache / name).read_bytes() == data, name
+    _assert_same_as_reference(cache, reference)
+    leftovers = [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
+    assert not leftovers, leftovers

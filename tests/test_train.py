@@ -59,3 +59,34 @@ def test_resume_with_another_config_is_refused(tmp_path, tiny_model_cfg, tiny_co
     train(tiny_model_cfg, _cfg(), tiny_corpus, tmp_path, progress=False, stop_after=4)
     with pytest.raises(ValueError, match="another config"):
         train(tiny_model_cfg, _cfg(lr=1e-3), tiny_corpus, tmp_path, progress=False)
+
+
+class _Killed(BaseException):
+    """Stands in for SIGKILL: nothing after it runs, no handler catches it."""
+
+
+def test_a_kill_while_checkpointing_still_resumes_exactly(tmp_path, tiny_model_cfg, tiny_corpus,
+                                                          monkeypatch):
+    import localist_core.train as trainer
+    mcfg = dataclasses.replace(tiny_model_cfg, dropout=0.1)
+    cfg = _cfg(protocol="dial", penalty_form="none", threads=1)  # 1 thread: no OpenMP spinning
+    straight = train(mcfg, cfg, tiny_corpus, tmp_path / "a", progress=False, eval_tokens=2048)
+    real, writes = trainer._atomic_write, []
+
+    def dying(path, write):
+        if path.name == trainer.TRAINER_STATE:
+            writes.append(path)
+            if len(writes) == 2:   # the step-8 checkpoint: its weights are already on disk
+                raise _Killed
+        real(path, write)
+
+    monkeypatch.setattr(trainer, "_atomic_write", dying)
+    with pytest.raises(_Killed):
+        train(mcfg, cfg, tiny_corpus, tmp_path / "b", progress=False, eval_tokens=2048)
+    monkeypatch.setattr(trainer, "_atomic_write", real)
+    stale = tmp_path / "b" / LAST / ".trainer.safetensors.x1y2.tmp"   # a killed writer's temp file
+    stale.write_bytes(b"half a file")
+    resumed = train(mcfg, cfg, tiny_corpus, tmp_path / "b", progress=False, eval_tokens=2048)
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not stale.exists()

@@ -1,0 +1,66 @@
+"""README "Limits": one request reads at most MAX_TEXT_CHARS characters and MAX_TOKENS tokens,
+a cached analysis has a bounded size, and every Streamlit cache has a bounded number of entries."""
+import ast
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import ui
+from localist_core.live import (MAX_TEXT_CHARS, MAX_TOKENS, analysis_bytes_bound, analyze,
+                                prepare_text)
+from localist_core.train import make_model
+
+ROOT = Path(__file__).resolve().parents[1]
+LONG = "the cat sees the bridge . " * 4000          # 104,000 characters, ~24,000 tokens
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model_cfg, tiny_corpus):
+    return make_model(tiny_model_cfg, tiny_corpus, seed=0).eval()
+
+
+@pytest.mark.parametrize("n_ctx", [32, 128, 10_000])
+def test_a_request_never_reads_more_than_the_caps(tiny_corpus, n_ctx):
+    ids, notices = prepare_text(tiny_corpus.tokenizer, LONG, n_ctx)
+    assert len(ids) == min(n_ctx, MAX_TOKENS)
+    assert any(f"only the first {MAX_TEXT_CHARS:,}" in n for n in notices)
+    assert any(f"only the first {len(ids)} are shown" in n for n in notices)
+
+
+def test_a_cached_analysis_stays_within_its_bound(model, tiny_corpus):
+    a = analyze(model, tiny_corpus.tokenizer, LONG, 0.5, 0.5, 1.0)
+    cfg = model.cfg
+    assert len(a.labels) == cfg.n_ctx and a.patterns.dtype == np.float16
+    assert a.nbytes() <= analysis_bytes_bound(cfg.n_layers, cfg.n_heads, cfg.n_ctx,
+                                              cfg.d_model)
+    # the shipped models (2 layers, 4 heads, 128 tokens, d 256): about 0.45 MB an entry
+    assert analysis_bytes_bound(2, 4, 128, 256) * ui.ANALYSES_KEPT < 100 * 2**20
+
+
+def _cache_decorators(path: Path):
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for d in node.decorator_list:
+                target = d.func if isinstance(d, ast.Call) else d
+                if isinstance(target, ast.Attribute) and target.attr in ("cache_data",
+                                                                         "cache_resource"):
+                    yield node.name, d
+
+
+def test_every_streamlit_cache_is_bounded():
+    found = 0
+    for path in [ROOT / "ui.py", ROOT / "app.py", *sorted((ROOT / "pages").glob("*.py"))]:
+        for name, deco in _cache_decorators(path):
+            found += 1
+            keywords = {k.arg for k in deco.keywords} if isinstance(deco, ast.Call) else set()
+            assert "max_entries" in keywords, f"{path.name}:{name} has no max_entries"
+    assert found >= 8
+
+
+def test_the_readme_states_the_limits():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    limits = re.search(r"^## Limits\n(.*?)(?=^## )", readme, flags=re.S | re.M).group(1)
+    for number in (f"{MAX_TEXT_CHARS:,}", str(MAX_TOKENS), str(ui.ANALYSES_KEPT)):
+        assert number in limits, number
