@@ -10,7 +10,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = {
     "bench.live": ["Live core", "Figure build", "App rerun"],
-    "bench.train": ["Training throughput", "ours ÷ (a)", "matmul peak"],
+    "bench.train": ["Training throughput", "ours ÷ (a)", "matmul peak", "bf16 autocast vs fp32"],
     "bench.evaluate": ["One full-valid evaluation", "Sweep wall time"],
 }
 
