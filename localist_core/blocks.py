@@ -51,11 +51,179 @@ class FixedPartition:
         return f"FixedPartition(block_size={self.block_size}, offset={self.offset})"
 
 
-def make_partition(kind: str, block_size: int) -> Partition:
-    """Build the partition named in a ModelConfig."""
+# Sentence and clause punctuation of WikiText; ``<eos>`` ends a line (a paragraph or a heading).
+BOUNDARY_WORDS = (".", ",", ";", ":", "!", "?", "–", "—", "<eos>")
+
+
+def _cumsum_with_reset(starts: Tensor, max_len: int) -> Tensor:
+    """Block ids from block-start flags ``[batch, pos]``, adding a start wherever a block would
+    grow past ``max_len``. Position 0 always starts a block. One pass over positions, vectorised
+    over the batch."""
+    batch, n = starts.shape
+    ids = torch.zeros(batch, n, dtype=torch.long, device=starts.device)
+    cur = torch.zeros(batch, dtype=torch.long, device=starts.device)
+    length = torch.ones(batch, dtype=torch.long, device=starts.device)
+    for t in range(1, n):
+        new = starts[:, t] | (length >= max_len)
+        cur = cur + new
+        length = torch.where(new, torch.ones_like(length), length + 1)
+        ids[:, t] = cur
+    return ids
+
+
+class PunctuationPartition:
+    """A block ends at sentence or clause punctuation (the punctuation token is the block's last),
+    or when it reaches ``max_block_size`` tokens.
+
+    Causal: the block of position t depends only on tokens ≤ t, so the leak test holds.
+    ``boundary`` is a ``[vocab]`` bool mask of the ids that end a block (see ``from_words``).
+
+    >>> words = ["the", ",", "cat", "."]
+    >>> p = PunctuationPartition.from_words(words, max_block_size=3)
+    >>> p.block_ids(torch.tensor([[0, 2, 1, 0, 2, 0, 0, 3, 2]])).tolist()
+    [[0, 0, 0, 1, 1, 1, 2, 2, 3]]
+    """
+
+    name = "punctuation"
+
+    def __init__(self, boundary: Tensor, max_block_size: int):
+        if max_block_size < 1:
+            raise ValueError(f"max_block_size must be ≥ 1, got {max_block_size}")
+        self.boundary = boundary
+        self.max_block_size = int(max_block_size)
+
+    @classmethod
+    def from_words(cls, words: list[str], max_block_size: int) -> "PunctuationPartition":
+        return cls(boundary_mask(words), max_block_size)
+
+    def block_ids(self, tokens: Tensor) -> Tensor:
+        ends = self.boundary.to(tokens.device)[tokens]
+        starts = torch.zeros_like(ends)
+        starts[:, 1:] = ends[:, :-1]          # a block starts after a boundary token
+        return _cumsum_with_reset(starts, self.max_block_size)
+
+    def __repr__(self) -> str:
+        return f"PunctuationPartition(max_block_size={self.max_block_size})"
+
+
+def boundary_mask(words: list[str]) -> Tensor:
+    """``[vocab]`` bool: the ids of ``BOUNDARY_WORDS`` in a vocabulary."""
+    mark = set(BOUNDARY_WORDS)
+    return torch.tensor([w in mark for w in words], dtype=torch.bool)
+
+
+def zipf_log2_prior(vocab_size: int) -> Tensor:
+    """log2 p(w) of a Zipf law over frequency-ranked ids: p(rank r) = 1 / ((r + 1)·H_V).
+
+    Our vocabularies are sorted by training frequency (most frequent first), and word
+    frequencies in WikiText follow Zipf's law closely, so the id alone gives a prior without
+    shipping counts inside every checkpoint.
+    """
+    ranks = torch.arange(1, vocab_size + 1, dtype=torch.float64)
+    h = (1.0 / ranks).sum()
+    return (-torch.log2(ranks) - torch.log2(h)).float()
+
+
+class RecruitedPartition:
+    """Blocks recruited left to right by a description-length test (DESIGN §6; the third paper).
+
+    Reading a sequence, the current block is "the one block" so far, from its start b to s − 1.
+    Token s either continues it or is split off to recruit a new block. The gain of the split, in
+    bits, is
+
+        gain(s) = L_continue(x_s) − L_new(x_s) − C
+
+    - **L_continue(x_s) = −log2[(c + α·p(x_s)) / (n + α)]**: the bits to code x_s inside the
+      current block with the block's own adaptive code, a Dirichlet–multinomial (Pólya urn) with
+      concentration α whose base measure is the prior p. n = s − b is the block's length so far
+      and c the number of times x_s already occurs in it. This is "the model" the split is
+      measured under: a block is cheap when its words repeat.
+    - **L_new(x_s) = −log2 p(x_s)**: the bits to code x_s as the first token of a fresh block,
+      where the urn is empty and codes with its base measure alone.
+    - **p(w)**: a Zipf prior over the frequency-ranked vocabulary (``zipf_log2_prior``).
+    - **C = log2((1 − q)/q)**, the cost of the new boundary: every position carries a flag
+      "a block starts here", coded with probability q; a split pays −log2 q for it where
+      continuing pays −log2(1 − q). ``boundary_bits`` sets C, so q = 1/(1 + 2^C).
+
+    A block starts at s exactly when gain(s) > 0; no boundary is ever added with a gain ≤ 0.
+    For a word new to the block, gain = log2((n + α)/α) − C: the block grows until it is about
+    α(2^C − 1) tokens long and then ends before the next new word; a repeated word is cheap to
+    continue (gain < 0 unless the word is very frequent), so repetition keeps a block together.
+
+    The test is causal: whether s starts a block depends on tokens b … s only, never on later
+    ones, so the partition cannot carry future tokens into attention (the leak test holds). A
+    top-down split of the whole window, which sees every token first, would leak.
+
+    >>> p = RecruitedPartition(zipf_log2_prior(10), alpha=1.0, boundary_bits=1.5)
+    >>> p.block_ids(torch.tensor([[5, 6, 7, 8, 8, 8, 9, 5, 6, 7]])).tolist()
+    [[0, 0, 1, 1, 1, 1, 2, 2, 3, 3]]
+    """
+
+    name = "recruited"
+
+    def __init__(self, log2_prior: Tensor, alpha: float, boundary_bits: float):
+        if not alpha > 0:
+            raise ValueError(f"recruit_alpha (α) must be > 0, got {alpha}")
+        if not boundary_bits >= 0:
+            raise ValueError(f"boundary_bits (C) must be ≥ 0, got {boundary_bits}")
+        self.log2_prior = log2_prior
+        self.alpha = float(alpha)
+        self.boundary_bits = float(boundary_bits)
+
+    def trace(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """``(block_ids [batch, pos], gain [batch, pos])``: each position's split gain in bits,
+        the test it was recruited by (0 at position 0, which always starts a block)."""
+        batch, n = tokens.shape
+        dev = tokens.device
+        logp = self.log2_prior.to(dev)[tokens].double()                 # log2 p(x_s)
+        p = logp.exp2()
+        eq = tokens.unsqueeze(-1) == tokens.unsqueeze(-2)               # [B, s, j]
+        pos = torch.arange(n, device=dev)
+        ids = torch.zeros(batch, n, dtype=torch.long, device=dev)
+        gain = torch.zeros(batch, n, dtype=torch.float64, device=dev)
+        start = torch.zeros(batch, dtype=torch.long, device=dev)
+        cur = torch.zeros(batch, dtype=torch.long, device=dev)
+        a = self.alpha
+        for s in range(1, n):
+            in_block = (pos[:s].unsqueeze(0) >= start.unsqueeze(1))      # [B, s]
+            c = (eq[:, s, :s] & in_block).sum(-1).double()
+            length = (s - start).double()
+            cont = -torch.log2((c + a * p[:, s]) / (length + a))
+            g = cont + logp[:, s] - self.boundary_bits
+            gain[:, s] = g
+            split = g > 0
+            cur = cur + split
+            start = torch.where(split, torch.full_like(start, s), start)
+            ids[:, s] = cur
+        return ids, gain.float()
+
+    def block_ids(self, tokens: Tensor) -> Tensor:
+        return self.trace(tokens)[0]
+
+    def __repr__(self) -> str:
+        return (f"RecruitedPartition(alpha={self.alpha}, boundary_bits={self.boundary_bits})")
+
+
+def make_partition(cfg, words: list[str] | None = None, boundary: Tensor | None = None):
+    """Build the partition a ModelConfig names (``cfg.partition``).
+
+    ``punctuation`` needs to know which ids are punctuation: pass the vocabulary's ``words``
+    or a ready ``boundary`` mask.
+    """
+    kind = cfg.partition
     if kind == "fixed":
-        return FixedPartition(block_size)
-    raise ValueError(f"partition {kind!r} is not available; choose 'fixed'")
+        return FixedPartition(cfg.block_size)
+    if kind == "punctuation":
+        if boundary is None:
+            if words is None:
+                raise ValueError("the punctuation partition needs the vocabulary's words")
+            boundary = boundary_mask(words)
+        return PunctuationPartition(boundary, cfg.max_block_size)
+    if kind == "recruited":
+        return RecruitedPartition(zipf_log2_prior(cfg.vocab_size), cfg.recruit_alpha,
+                                  cfg.boundary_bits)
+    raise ValueError(f"partition {kind!r} is not available; choose fixed, punctuation or "
+                     f"recruited")
 
 
 def same_block(block_ids: Tensor) -> Tensor:

@@ -42,13 +42,18 @@ def check_safetensors_file(path: Path) -> dict:
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
-            head = f.read(8)
-            if head[:1] == b"\x80" or head[:2] == b"PK":
+            head = f.read(9)
+            n = int.from_bytes(head[:8], "little")
+            plausible = len(head) == 9 and 1 < n <= min(size - 8, 100 * 2**20) \
+                and head[8:9] == b"{"
+            # A header length whose low byte is 0x80 looks like pickle's magic, so the magic
+            # only counts when the bytes are not a plausible safetensors header.
+            if not plausible and (head[:1] == b"\x80" or head[:2] == b"PK"):
                 raise CheckpointError(f"{path}: this is a pickle / torch.save file, not "
                                       f"safetensors; refused unread")
             if len(head) < 8:
                 raise CheckpointError(f"{path}: truncated ({size} bytes; no safetensors header)")
-            n = int.from_bytes(head, "little")
+            f.seek(8)
             if n <= 1 or n > min(size - 8, 100 * 2**20):
                 raise CheckpointError(f"{path}: not a safetensors file, or truncated (header "
                                       f"length {n} does not fit a {size}-byte file)")
@@ -105,7 +110,10 @@ def _dequantize(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if name.endswith(SCALE_SUFFIX):
             continue
         scale = tensors.get(name + SCALE_SUFFIX)
-        state[name] = t.float() * scale if scale is not None else t.float()
+        if scale is not None:
+            state[name] = t.float() * scale
+        else:   # a bool mask (the punctuation partition's boundary ids) stays as it is
+            state[name] = t.float() if t.is_floating_point() else t
     return state
 
 

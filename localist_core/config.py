@@ -39,6 +39,14 @@ class ModelConfig:
     dropout: float = 0.1
     block_size: int = 5
     partition: str = "fixed"
+    # punctuation: the longest block; a block that reaches it ends there.
+    # The defaults give both adaptive partitions a mean block length near the fixed default (5), so
+    # a sweep compares where blocks fall, not how long they are (REPRODUCTION.md).
+    max_block_size: int = 8
+    # recruited (DESIGN §6): α of the block code and C, the bits one new boundary costs. With α=1,
+    # C=2.5 a block of new words ends after 5 tokens; repeated words extend it.
+    recruit_alpha: float = 1.0
+    boundary_bits: float = 2.5
     anchors_per_block: int = 3
     # β in b(λ_f) = β·log(1-λ_f): how sharply the dial pushes cross-block scores down.
     barrier_sharpness: float = 4.0
@@ -51,7 +59,8 @@ class ModelConfig:
     def __post_init__(self) -> None:
         _check(isinstance(self.vocab_size, int) and self.vocab_size >= 4,
                f"vocab_size must be an integer ≥ 4, got {self.vocab_size!r}")
-        for name in ("d_model", "n_layers", "n_heads", "d_ff", "n_ctx", "block_size"):
+        for name in ("d_model", "n_layers", "n_heads", "d_ff", "n_ctx", "block_size",
+                     "max_block_size"):
             v = getattr(self, name)
             _check(isinstance(v, int) and v >= 1, f"{name} must be a positive integer, got {v!r}")
         _check(self.d_model % self.n_heads == 0,
@@ -59,6 +68,10 @@ class ModelConfig:
         _check(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout!r}")
         _check(self.partition in PARTITIONS,
                f"partition must be one of {PARTITIONS}, got {self.partition!r}")
+        _check(math.isfinite(self.recruit_alpha) and self.recruit_alpha > 0,
+               f"recruit_alpha (α) must be > 0, got {self.recruit_alpha!r}")
+        _check(math.isfinite(self.boundary_bits) and self.boundary_bits >= 0,
+               f"boundary_bits (C) must be ≥ 0, got {self.boundary_bits!r}")
         _check(1 <= self.anchors_per_block <= 5,
                f"anchors_per_block must be in 1..5, got {self.anchors_per_block!r}")
         _check(math.isfinite(self.barrier_sharpness) and self.barrier_sharpness > 0,

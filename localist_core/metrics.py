@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .blocks import FixedPartition, same_block
+from .blocks import same_block
 
 LN2 = math.log(2.0)
 
@@ -62,9 +62,20 @@ def recent_mass(pattern: Tensor, window: int) -> Tensor:
 
 
 def shifted_block_ids(block_ids: Tensor, block_size: int) -> Tensor:
-    """Fixed blocks shifted by ⌊b/2⌋: the shifted-block control for in-block mass."""
-    tokens = torch.zeros_like(block_ids)
-    return FixedPartition(block_size, offset=block_size // 2).block_ids(tokens)
+    """The shifted-block control for in-block mass: every block boundary moved ⌈b/2⌉ positions
+    later, so the blocks keep their lengths but stop matching the ones the model was trained on.
+    For fixed blocks of b this is the fixed partition offset by ⌊b/2⌋.
+
+    >>> ids = torch.tensor([[0, 0, 1, 1, 1, 2, 2, 2]])
+    >>> shifted_block_ids(ids, 2).tolist()
+    [[0, 1, 1, 2, 2, 2, 3, 3]]
+    """
+    k = block_size - block_size // 2
+    starts = torch.ones_like(block_ids, dtype=torch.bool)
+    starts[:, 1:] = block_ids[:, 1:] != block_ids[:, :-1]
+    moved = torch.zeros_like(starts)
+    moved[:, k:] = starts[:, :-k] if k < starts.shape[1] else moved[:, k:]
+    return moved.long().cumsum(-1)
 
 
 def uniform_pattern(block_ids: Tensor, heads: int = 1) -> Tensor:

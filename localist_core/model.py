@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from .attention import (Dial, HookPoint, LocalityAttention, clamp_warning,
                         off_block_attention_penalty, resolve_dial)
-from .blocks import anchor_mask, block_anchors, make_partition
+from .blocks import anchor_mask, block_anchors, boundary_mask, make_partition
 from .config import ModelConfig
 
 
@@ -71,10 +71,20 @@ class TransformerBlock(nn.Module):
 class LocalistLM(nn.Module):
     """Causal decoder-only localist language model."""
 
-    def __init__(self, cfg: ModelConfig, local_entropy: Tensor | None = None):
+    def __init__(self, cfg: ModelConfig, local_entropy: Tensor | None = None,
+                 words: list[str] | None = None):
         super().__init__()
         self.cfg = cfg
-        self.partition = make_partition(cfg.partition, cfg.block_size)
+        if cfg.partition == "punctuation":
+            # Which ids end a block travels with the weights, so a checkpoint needs nothing else.
+            mask = boundary_mask(words) if words is not None else torch.zeros(cfg.vocab_size,
+                                                                             dtype=torch.bool)
+            if mask.shape != (cfg.vocab_size,):
+                raise ValueError(f"{len(mask)} words for a vocabulary of {cfg.vocab_size}")
+            self.register_buffer("boundary_token", mask, persistent=True)
+            self.partition = make_partition(cfg, boundary=self.boundary_token)
+        else:
+            self.partition = make_partition(cfg)
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.pos_emb = nn.Embedding(cfg.n_ctx, cfg.d_model)
         self.hook_embed, self.hook_pos_embed = HookPoint(), HookPoint()
@@ -130,6 +140,8 @@ class LocalistLM(nn.Module):
         """Run the decoder. ``dial`` must already be resolved (see ``resolve_dial``);
         ``partition`` overrides the trained one (an inference-time experiment)."""
         batch, n = tokens.shape
+        if partition is None and self.cfg.partition == "punctuation":
+            self.partition.boundary = self.boundary_token   # follows .to() and load_state_dict
         block_ids = (partition or self.partition).block_ids(tokens)
         anchors = self.anchors_for(tokens, block_ids) if dial.rule_strength != 0.0 else None
         pos = torch.arange(n, device=tokens.device)

@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from .checkpoint import _atomic_write, load_model
-from .config import ModelConfig, TrainConfig, config_to_dict
+from .config import ConfigError, ModelConfig, TrainConfig, config_from_dict, config_to_dict
 from .data import Corpus
 from .evaluate import evaluate_stream, leak_test
 from .metrics import bigram_perplexity, unigram_perplexity
@@ -194,7 +194,19 @@ def _finished(cache_dir: Path, spec: RunSpec) -> bool:
         data = read_result(path)
     except SweepCacheError:
         return False
-    return data["config"] == spec.stored_config()
+    return _normalized(data["config"]) == _normalized(spec.stored_config())
+
+
+def _normalized(stored: dict) -> dict:
+    """A stored config with every default filled in, so a run cached before a config field was
+    added (with its default) still counts as finished."""
+    out = dict(stored)
+    try:
+        out["model"] = config_to_dict(config_from_dict(ModelConfig, stored.get("model") or {}))
+        out["train"] = config_to_dict(config_from_dict(TrainConfig, stored.get("train") or {}))
+    except (ConfigError, TypeError):
+        pass   # an unreadable config never matches a valid spec
+    return out
 
 
 @torch.no_grad()

@@ -52,7 +52,7 @@ def make_model(model_cfg: ModelConfig, corpus: Corpus, seed: int = 1234) -> Loca
     """A fresh model with its anchor table computed from the training split (the warm-up pass)."""
     torch.manual_seed(seed)
     table = local_entropy_table(corpus.train.numpy(), model_cfg.vocab_size)
-    return LocalistLM(model_cfg, table)
+    return LocalistLM(model_cfg, table, words=corpus.tokenizer.words)
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:

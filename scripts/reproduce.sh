@@ -16,3 +16,12 @@ sweep --protocols weights --lambdas 0.6,1.0        # the papers' literal penalty
 sweep --protocols attention --lambdas $GRID        # the rest of the attention-form sweep
 sweep --protocols attention --lambdas 0.6 block_size=3
 sweep --protocols attention --lambdas 0.6 block_size=10
+# Issue 7: where blocks fall. Step-bounded (1,500 steps, about the fixed runs' count) so a busy
+# CPU changes the wall time but not the result.
+STEPS="max_steps=1500 time_budget_s=3600 lr_by_time=false"
+for part in punctuation recruited; do
+  sweep --protocols attention --lambdas 0.6 partition=$part $STEPS
+done
+for part in punctuation recruited; do
+  sweep --protocols attention --lambdas 0.2,1.0 partition=$part $STEPS
+done

@@ -120,3 +120,35 @@ def test_run_with_cache_return_types(trained_tiny, tokens):
     assert torch.equal(cache["blocks.1.attn.hook_pattern"], cache_h["blocks.1.attn.hook_pattern"])
     with pytest.raises(ValueError, match="return_type"):
         trained_tiny.run_with_cache(tokens, return_type="logits")
+
+
+@pytest.fixture(scope="module", params=["punctuation", "recruited"])
+def adaptive_tiny(request, tiny_model_cfg, tiny_corpus):
+    """A tiny model trained a few steps with an adaptive partition and the attention penalty."""
+    from localist_core.config import TrainConfig, preset
+    from localist_core.train import train
+    mcfg = dataclasses.replace(tiny_model_cfg, partition=request.param, boundary_bits=1.5)
+    tcfg = TrainConfig(**{**preset("tiny").train, "locality": 0.6, "max_steps": 8})
+    res = train(mcfg, tcfg, tiny_corpus, progress=False)
+    assert all(torch.isfinite(torch.tensor(h["train_loss"])) for h in res.history
+               if "train_loss" in h)
+    return res.model.eval()
+
+
+def test_adaptive_partitions_train_and_pass_the_leak_test(adaptive_tiny, tokens):
+    res = leak_test(adaptive_tiny, tokens, SETTINGS[::5])
+    assert res["passed"], res
+    ids = adaptive_tiny.run_with_cache(tokens, return_type=None)[1]["block_ids"]
+    # Adaptive blocks differ from one sequence to the next and are not fixed windows.
+    assert not torch.equal(ids[0], ids[1])
+
+
+def test_punctuation_model_ends_blocks_at_full_stops(adaptive_tiny, tokens, tiny_corpus):
+    if adaptive_tiny.cfg.partition != "punctuation":
+        pytest.skip("punctuation only")
+    ids = adaptive_tiny.run_with_cache(tokens, return_type=None)[1]["block_ids"]
+    stop = tiny_corpus.tokenizer.index["."]
+    where = torch.nonzero(tokens[:, :-1] == stop)
+    assert len(where) > 0
+    for b, t in where.tolist():
+        assert ids[b, t + 1] == ids[b, t] + 1
