@@ -38,7 +38,7 @@ def normalize_text(text: str) -> str:
 
 
 def dropped_characters(text: str) -> int:
-    """How many characters ``normalize_text`` drops, not counting carriage returns (harmless).
+    r"""How many characters ``normalize_text`` drops, not counting carriage returns (harmless).
 
     >>> dropped_characters("a\u200bb\x07c\r\n")
     2
