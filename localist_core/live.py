@@ -105,13 +105,12 @@ class Analysis:
         return sum(v.nbytes for v in vars(self).values() if isinstance(v, np.ndarray))
 
 
-def analysis_bytes_bound(n_layers: int, n_heads: int, n_ctx: int, d_model: int) -> int:
-    """An upper bound on ``Analysis.nbytes()`` for a model of this shape: the fp16 patterns
-    (L·H·T²·2 bytes) and the fp32 final hidden states (T·d·4, read by ``next_words``)
-    dominate; T is at most min(n_ctx, MAX_TOKENS)."""
-    t = min(n_ctx, MAX_TOKENS)
-    return (n_layers * n_heads * t * t * 2 + 2 * t * t + n_layers * n_heads * t * 4 + 64 * t
-            + 4 * t * d_model)
+def analysis_bytes_bound(cfg) -> int:
+    """An upper bound on ``Analysis.nbytes()`` for a model config: the fp16 patterns
+    (L·H·T²·2 bytes) dominate, then the [query, key] anchor mask, per-head entropies and
+    per-token arrays (up to d_model floats a token); T is at most min(n_ctx, MAX_TOKENS)."""
+    t, lh = min(cfg.n_ctx, MAX_TOKENS), cfg.n_layers * cfg.n_heads
+    return lh * t * t * 2 + t * t + lh * t * 4 + t * (4 * cfg.d_model + 64)
 
 
 def prepare_text(tokenizer, text: str, n_ctx: int) -> tuple[list[int], list[str]]:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import ui
+from localist_core.config import ModelConfig, preset
 from localist_core.live import (MAX_TEXT_CHARS, MAX_TOKENS, analysis_bytes_bound, analyze,
                                 prepare_text)
 from localist_core.train import make_model
@@ -33,10 +34,10 @@ def test_a_cached_analysis_stays_within_its_bound(model, tiny_corpus):
     a = analyze(model, tiny_corpus.tokenizer, LONG, 0.5, 0.5, 1.0)
     cfg = model.cfg
     assert len(a.labels) == cfg.n_ctx and a.patterns.dtype == np.float16
-    assert a.nbytes() <= analysis_bytes_bound(cfg.n_layers, cfg.n_heads, cfg.n_ctx,
-                                              cfg.d_model)
-    # the shipped models (2 layers, 4 heads, 128 tokens, d 256): about 0.45 MB an entry
-    assert analysis_bytes_bound(2, 4, 128, 256) * ui.ANALYSES_KEPT < 100 * 2**20
+    assert a.nbytes() <= analysis_bytes_bound(cfg)
+    # the shipped models (cpu-ref: 2 layers, 4 heads, 128 tokens): about 0.42 MB an entry
+    shipped = ModelConfig(vocab_size=33_278, **preset("cpu-ref").model)
+    assert analysis_bytes_bound(shipped) * ui.ANALYSES_KEPT < 100 * 2**20
 
 
 def _cache_decorators(path: Path):

@@ -1,0 +1,62 @@
+"""Concurrent users (DESIGN §9): threads sharing one model each get their own activations, and 20
+browser sessions moving sliders on the running app for 60 s meet no error (bench/load_test.py;
+BENCHMARKS.md records its latencies and memory)."""
+import importlib.util
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from localist_core.train import make_model
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("load_test", ROOT / "bench" / "load_test.py")
+load_test = importlib.util.module_from_spec(_spec)
+sys.modules["load_test"] = load_test     # its dataclasses look their module up
+_spec.loader.exec_module(load_test)
+
+
+def test_threads_sharing_one_model_never_see_each_others_activations(tiny_model_cfg,
+                                                                     tiny_corpus, tokens):
+    model = make_model(tiny_model_cfg, tiny_corpus, seed=0).eval()
+    settings = [(lam, tau, gamma) for lam in (0.0, 0.5, 1.0) for tau in (0.5, 2.0)
+                for gamma in (0.0, 3.0)]
+    names = [f"blocks.{i}.attn.hook_pattern" for i in range(tiny_model_cfg.n_layers)]
+
+    def run(s):
+        lp, cache = model.run_with_cache(tokens, *s, names_filter=names)
+        return lp, [cache[n] for n in names]
+
+    expected = {s: run(s) for s in settings}
+    mismatches, errors = [], []
+
+    def worker(s):
+        try:
+            for _ in range(4):
+                lp, pats = run(s)
+                if not (torch.equal(lp, expected[s][0])
+                        and all(torch.equal(a, b) for a, b in zip(pats, expected[s][1]))):
+                    mismatches.append(s)
+        except Exception as e:  # noqa: BLE001
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=worker, args=(s,)) for s in settings]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not errors and not mismatches, (errors, mismatches)
+
+
+@pytest.mark.skipif(not Path(load_test.CHROMIUM).exists(),
+                    reason=f"no Debian chromium at {load_test.CHROMIUM} (apt-get install -y "
+                           "chromium)")
+def test_twenty_sessions_moving_sliders_for_a_minute_meet_no_error():
+    pytest.importorskip("playwright.async_api", reason="playwright is not importable")
+    result = load_test.run(sessions=20, seconds=60)
+    print("\n" + load_test.table(result))
+    assert result["sessions_loaded"] == 20
+    assert result["reruns"] >= 20
+    assert result["errors"] == 0, result["error_messages"]
