@@ -1,21 +1,31 @@
-"""Concurrent users: N headless-Chromium sessions move the λ and τ sliders of a running app for
-S seconds. Prints errors, rerun latency (p50/p95) and the server's peak memory as a table.
+"""Concurrent users: N sessions move the λ and τ sliders of a running app for S seconds. Prints
+errors, rerun latency (p50/p95), the server's peak memory and CPU as a table.
 
-    python bench/load_test.py --sessions 20 --seconds 60
+    python bench/load_test.py --sessions 20 --seconds 60                    # websocket clients
+    python bench/load_test.py --sessions 20 --seconds 60 --client browser   # headless Chromium
 
-A rerun's latency runs from the key press on a slider to the end of the script run it causes
-(the new value in the URL, no "running" indicator, no stale element). Errors: Streamlit exception
-boxes, uncaught page errors, console errors, moves that never settle, a session that never
-loads, tracebacks in the server log, and two sessions shown different numbers for the same
-setting (the shared cached model must not mix sessions up).
+``--client ws`` (the default, and the test suite's) speaks Streamlit's own protocol over
+``/_stcore/stream``: BackMsg ``rerun_script`` requests out, ForwardMsgs back, as the frontend does,
+so twenty sessions cost the client almost nothing and the latency is the server's: from sending
+the rerun to its ``script_finished``. ``--client browser`` drives one headless Chromium with a
+context per session; there a latency runs from the key press to the settled page.
+
+Errors: exception elements (boxes), error alerts, scripts that finish with an error, moves that
+never finish, disconnects, a session that never loads, tracebacks in the server log, a session
+shown another setting than it asked for, and two sessions shown different metric tiles for the
+same setting (the shared cached model must not mix sessions up). The browser client also counts
+page errors, console errors and failed requests.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import functools
 import json
 import os
 import random
+import re
 import socket
 import statistics
 import subprocess
@@ -33,8 +43,13 @@ CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-q
                  "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
 SLIDERS = {"lam": ("λ — locality", 0.0, 1.0), "tau": ("τ — temperature", 0.05, 10.0)}
 STEP = 0.05
-LOAD_TIMEOUT_MS = 600_000     # the first view loads the model while the others wait
-MOVE_TIMEOUT_MS = 600_000     # a move that has not settled by then counts as an error
+START_QUERY = "ckpt=dial"     # the Explorer (the default page) on the shipped dial model
+WS_LOAD_TIMEOUT_S = 180       # the first run loads the model while the others wait
+WS_MOVE_TIMEOUT_S = 60        # a move whose script has not finished by then is an error
+LOAD_TIMEOUT_MS = 600_000     # the browser client's: twenty renderers make everything slower
+MOVE_TIMEOUT_MS = 600_000
+# The Explorer heatmap's title ends with the setting it shows.
+SETTING = re.compile(r"λ=(\S+) τ=(\S+) γ=(\S+)")
 
 # Settled: no script running, no stale element left from the previous run, one heatmap drawn.
 SETTLED = """() => !document.querySelector('[data-testid=stStatusWidget]')
@@ -59,6 +74,7 @@ class Stats:
     shown: dict[str, str] = field(default_factory=dict)   # heatmap title → metric tiles
     sessions_loaded: int = 0
     sessions_failed: int = 0
+    moves: dict[int, int] = field(default_factory=dict)   # session → slider moves finished
 
     def see(self, session: int, title: str, tiles: str) -> None:
         if not title:
@@ -101,7 +117,7 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float = 120) -> No
 
 class Sampler(threading.Thread):
     """Peak resident memory of the server's process tree, and CPU seconds used by the server and
-    by the browsers (this process's other descendants), from /proc: no psutil needed."""
+    by this process's other descendants (the browsers, if any), from /proc: no psutil needed."""
 
     def __init__(self, server_pid: int, every_s: float = 0.5):
         super().__init__(daemon=True)
@@ -159,11 +175,177 @@ class Sampler(threading.Thread):
         hz = os.sysconf("SC_CLK_TCK")
         return {"peak_kb": max(self.peak_kb, self._status(self.server_pid, "VmHWM")),
                 "server_cpu_s": sum(t for srv, t in self.ticks.values() if srv) / hz,
-                "browser_cpu_s": sum(t for srv, t in self.ticks.values() if not srv) / hz}
+                "others_cpu_s": sum(t for srv, t in self.ticks.values() if not srv) / hz}
 
 
-async def session(i: int, browser, url: str, start: asyncio.Event, stop_at: list[float],
-                  stats: Stats, rng: random.Random) -> None:
+# -- websocket clients: Streamlit's own protocol ---------------------------------------------
+
+@dataclass
+class Run:
+    """What one script run sent a session: the heatmap title, the metric tiles, what went wrong
+    and how the run finished (a ForwardMsg.ScriptFinishedStatus; -1 before it has)."""
+
+    title: str = ""
+    tiles: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    status: int = -1
+
+
+class WsUser:
+    """One session held as Streamlit's frontend holds it: the query string and page it is on, the
+    value of each slider, and the large messages it has cached. Every rerun request carries all
+    of them, so the server replies to a cached message with a reference, as it does to a browser.
+    """
+
+    def __init__(self, ws, query_string: str):
+        self.ws, self.query_string, self.page_script_hash = ws, query_string, ""
+        self.sliders: dict[str, tuple[str, float]] = {}    # label → (widget id, value)
+        self.cache: dict[str, list] = {}                   # hash → [ForwardMsg, run last used]
+        self.runs, self.max_age = 0, 2                     # the frontend's default age
+
+    async def rerun(self, timeout_s: float, moved: dict[str, float] | None = None) -> Run:
+        """Ask for a script run with the sliders at their values (``moved``: label → new
+        value) and read ForwardMsgs until it finishes; TimeoutError after ``timeout_s``."""
+        from streamlit.proto.BackMsg_pb2 import BackMsg
+        from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
+
+        for label, value in (moved or {}).items():
+            self.sliders[label] = (self.sliders[label][0], value)
+        back = BackMsg()
+        state = back.rerun_script
+        state.query_string, state.page_script_hash = self.query_string, self.page_script_hash
+        state.cached_message_hashes.extend(self.cache)
+        for widget_id, value in self.sliders.values():
+            widget = state.widget_states.widgets.add()
+            widget.id = widget_id
+            widget.double_array_value.data.append(value)    # a slider's value is an array
+        await self.ws.send(back.SerializeToString())
+        run, deadline = Run(), time.monotonic() + timeout_s
+        while run.status < 0:
+            msg = ForwardMsg()
+            msg.ParseFromString(await asyncio.wait_for(self.ws.recv(),
+                                                       deadline - time.monotonic()))
+            self._read(msg, run)
+        return run
+
+    def _read(self, msg, run: Run) -> None:
+        kind = msg.WhichOneof("type")
+        if kind == "ref_hash":                      # "you have this one": a cached message
+            if msg.ref_hash not in self.cache:
+                run.problems.append(f"reference to a message never sent: {msg.ref_hash}")
+                return
+            self.cache[msg.ref_hash][1] = self.runs
+            msg, kind = self.cache[msg.ref_hash][0], "delta"
+        elif msg.metadata.cacheable:
+            self.cache[msg.hash] = [msg, self.runs]
+        if kind == "new_session":
+            self.page_script_hash = msg.new_session.page_script_hash
+            self.max_age = msg.new_session.config.max_cached_message_age or self.max_age
+        elif kind == "page_info_changed":          # st.query_params wrote the URL
+            self.query_string = msg.page_info_changed.query_string
+        elif kind == "page_not_found":
+            run.problems.append(f"page not found: {msg.page_not_found.page_name!r}")
+        elif kind == "delta" and msg.delta.WhichOneof("type") == "new_element":
+            self._element(msg.delta.new_element, run)
+        elif kind == "script_finished":
+            run.status, self.runs = msg.script_finished, self.runs + 1
+            for h in [h for h, (_, used) in self.cache.items() if self.runs - used > self.max_age]:
+                del self.cache[h]
+
+    def _element(self, el, run: Run) -> None:
+        from streamlit.proto.Alert_pb2 import Alert
+        from streamlit.proto.Slider_pb2 import Slider
+
+        kind = el.WhichOneof("type")
+        if kind == "exception":
+            run.problems.append(f"exception: {el.exception.type}: {el.exception.message[:150]}")
+        elif kind == "alert" and el.alert.format == Alert.ERROR:
+            run.problems.append(f"error box: {el.alert.body[:150]}")
+        elif kind == "metric":
+            run.tiles.append(f"{el.metric.label}={el.metric.body}")
+        elif kind == "plotly_chart":
+            title = json.loads(el.plotly_chart.spec).get("layout", {}).get("title", "")
+            title = title.get("text", "") if isinstance(title, dict) else str(title)
+            if SETTING.search(title):
+                run.title = title
+        elif kind == "slider" and el.slider.type == Slider.SLIDER and (
+                el.slider.data_type == Slider.FLOAT):
+            # The frontend keeps its own value unless the server sets one (session state).
+            sl, known = el.slider, self.sliders.get(el.slider.label)
+            value = sl.value[0] if sl.set_value else known[1] if known else sl.default[0]
+            self.sliders[sl.label] = (sl.id, value)
+
+
+def _check(stats: Stats, i: int, user: WsUser, run: Run, what: str) -> None:
+    """Errors of one finished run: problems, a bad status, another setting than was asked for,
+    tiles that differ from another session's for the same setting."""
+    from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
+
+    stats.errors += [f"session {i}, {what}: {p}" for p in run.problems]
+    if run.status != ForwardMsg.FINISHED_SUCCESSFULLY:
+        stats.errors.append(f"session {i}, {what}: script finished with status "
+                            f"{ForwardMsg.ScriptFinishedStatus.Name(run.status)}")
+    shown = SETTING.search(run.title)
+    asked = tuple(f"{user.sliders[SLIDERS[k][0]][1]:g}" for k in ("lam", "tau"))
+    if not shown or shown.groups()[:2] != asked:
+        stats.errors.append(f"session {i}, {what}: asked for λ={asked[0]} τ={asked[1]}, "
+                            f"shown {run.title!r}")
+    stats.see(i, run.title, " | ".join(run.tiles))
+
+
+async def ws_session(i: int, url: str, start: asyncio.Event, stop_at: list[float],
+                     stats: Stats, rng: random.Random) -> None:
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import WebSocketException
+
+    what = "first run"
+    await asyncio.sleep(0.2 * i)                     # arrivals spread over a few seconds
+    try:
+        async with connect(url.replace("http", "ws", 1) + "/_stcore/stream",
+                           subprotocols=["streamlit"], max_size=None, open_timeout=60,
+                           ping_interval=20, ping_timeout=60) as ws:
+            user = WsUser(ws, START_QUERY)
+            run = await user.rerun(WS_LOAD_TIMEOUT_S)
+            if not run.title or any(SLIDERS[k][0] not in user.sliders for k in SLIDERS):
+                raise RuntimeError(f"no Explorer heatmap or sliders; {run.problems[:2]}")
+            stats.sessions_loaded += 1
+            _check(stats, i, user, run, what)
+            await start.wait()
+            while time.monotonic() < stop_at[0]:
+                key = rng.choice(list(SLIDERS))
+                label, lo, hi = SLIDERS[key]
+                value = user.sliders[label][1]
+                up = value + STEP <= hi + 1e-9 and (value - STEP < lo - 1e-9 or rng.random() < 0.5)
+                new = round(value + (STEP if up else -STEP), 2)
+                what = f"move {key} {value:g}→{new:g}"
+                t0 = time.perf_counter()
+                run = await user.rerun(WS_MOVE_TIMEOUT_S, {label: new})
+                stats.latencies.append(time.perf_counter() - t0)
+                stats.moves[i] = stats.moves.get(i, 0) + 1
+                _check(stats, i, user, run, what)
+    except (OSError, TimeoutError, WebSocketException, RuntimeError) as e:
+        kind = "timed out" if isinstance(e, TimeoutError) else f"{type(e).__name__}: {e}"
+        stats.errors.append(f"session {i}, {what}: {kind}"[:300])
+        if what == "first run":
+            stats.sessions_failed += 1
+
+
+# -- browser clients: one headless Chromium, a context per session ----------------------------
+
+@contextlib.asynccontextmanager
+async def chromium():
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            await browser.close()
+
+
+async def browser_session(i: int, url: str, start: asyncio.Event, stop_at: list[float],
+                          stats: Stats, rng: random.Random, browser=None) -> None:
     context = await browser.new_context(viewport={"width": 1200, "height": 900},
                                         reduced_motion="reduce")
     page = await context.new_page()
@@ -174,7 +356,7 @@ async def session(i: int, browser, url: str, start: asyncio.Event, stop_at: list
         f"session {i}: request failed: {r.url[:120]} ({r.failure})"))
     try:
         await asyncio.sleep(0.2 * i)                 # arrivals spread over a few seconds
-        await page.goto(url + "/?ckpt=dial", wait_until="domcontentloaded",
+        await page.goto(f"{url}/?{START_QUERY}", wait_until="domcontentloaded",
                         timeout=LOAD_TIMEOUT_MS)
         await page.wait_for_function(SETTLED, timeout=LOAD_TIMEOUT_MS)
         stats.sessions_loaded += 1
@@ -200,6 +382,7 @@ async def session(i: int, browser, url: str, start: asyncio.Event, stop_at: list
             await page.wait_for_function(IN_URL, arg=[key, want], timeout=MOVE_TIMEOUT_MS)
             await page.wait_for_function(SETTLED, timeout=MOVE_TIMEOUT_MS)
             stats.latencies.append(time.perf_counter() - t0)
+            stats.moves[i] = stats.moves.get(i, 0) + 1
             shown = await page.evaluate(SHOWN)
         except Exception as e:  # noqa: BLE001
             stats.errors.append(f"session {i}: move of {key} failed: {type(e).__name__}: "
@@ -211,34 +394,38 @@ async def session(i: int, browser, url: str, start: asyncio.Event, stop_at: list
     await context.close()
 
 
-async def drive(url: str, sessions: int, seconds: float, seed: int = 0) -> Stats:
-    from playwright.async_api import async_playwright
-
+async def drive(url: str, sessions: int, seconds: float, client: str = "ws",
+                seed: int = 0) -> Stats:
+    """Open the sessions, wait until each has loaded or failed, then let them move sliders for
+    ``seconds``."""
     stats, start = Stats(), asyncio.Event()
     stop_at = [float("inf")]
-    async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            tasks = [asyncio.create_task(session(i, browser, url, start, stop_at, stats,
-                                                 random.Random(seed * 1000 + i)))
-                     for i in range(sessions)]
-            while stats.sessions_loaded + stats.sessions_failed < sessions and not all(
-                    t.done() for t in tasks):
-                await asyncio.sleep(0.2)
-            print(f"{stats.sessions_loaded} sessions loaded; moving sliders for {seconds:g} s",
-                  file=sys.stderr, flush=True)
-            stop_at[0] = time.monotonic() + seconds
-            start.set()
-            for result in await asyncio.gather(*tasks, return_exceptions=True):
-                if isinstance(result, BaseException):
-                    stats.errors.append(f"a session crashed: {result!r}"[:300])
-        finally:
-            await browser.close()
+    async with contextlib.AsyncExitStack() as stack:
+        if client == "browser":
+            one = functools.partial(browser_session,
+                                    browser=await stack.enter_async_context(chromium()))
+        else:
+            one = ws_session
+        tasks = [asyncio.create_task(one(i, url, start, stop_at, stats,
+                                         random.Random(seed * 1000 + i)))
+                 for i in range(sessions)]
+        while stats.sessions_loaded + stats.sessions_failed < sessions and not all(
+                t.done() for t in tasks):
+            await asyncio.sleep(0.2)
+        print(f"{stats.sessions_loaded} sessions loaded; moving sliders for {seconds:g} s",
+              file=sys.stderr, flush=True)
+        stop_at[0] = time.monotonic() + seconds
+        start.set()
+        for result in await asyncio.gather(*tasks, return_exceptions=True):
+            if isinstance(result, BaseException):
+                stats.errors.append(f"a session crashed: {result!r}"[:300])
     return stats
 
 
-def run(sessions: int = 20, seconds: float = 60, log_dir: Path | None = None) -> dict:
-    """Start the app, drive it, stop it; return the measurements as a dict."""
+def run(sessions: int = 20, seconds: float = 60, log_dir: Path | None = None,
+        client: str = "ws") -> dict:
+    """Start the app, drive it with ``client`` ("ws" or "browser"), stop it; return the
+    measurements as a dict."""
     log_dir = log_dir or ROOT / "test-artifacts"
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / "load-test-streamlit.log"
@@ -249,9 +436,9 @@ def run(sessions: int = 20, seconds: float = 60, log_dir: Path | None = None) ->
     try:
         wait_healthy(url, proc)
         sampler.start()
-        t0 = time.monotonic()
-        stats = asyncio.run(drive(url, sessions, seconds))
-        wall = time.monotonic() - t0
+        t0, cpu0 = time.monotonic(), time.process_time()
+        stats = asyncio.run(drive(url, sessions, seconds, client))
+        wall, own_cpu = time.monotonic() - t0, time.process_time() - cpu0
     finally:
         used = sampler.stop()
         proc.terminate()
@@ -265,34 +452,39 @@ def run(sessions: int = 20, seconds: float = 60, log_dir: Path | None = None) ->
                      if "Traceback" in line or "Uncaught app exception" in line]
     lat = sorted(stats.latencies)
     q = (lambda p: lat[min(len(lat) - 1, int(p * len(lat)))] if lat else float("nan"))
-    return {"sessions": sessions, "seconds": seconds, "sessions_loaded": stats.sessions_loaded,
-            "reruns": len(lat), "errors": len(stats.errors), "error_messages": stats.errors[:20],
+    return {"client": client, "sessions": sessions, "seconds": seconds,
+            "sessions_loaded": stats.sessions_loaded, "reruns": len(lat),
+            "fewest_moves": min((stats.moves.get(i, 0) for i in range(sessions)), default=0),
+            "errors": len(stats.errors), "error_messages": stats.errors[:20],
             "p50_s": q(0.50), "p95_s": q(0.95), "max_s": lat[-1] if lat else float("nan"),
             "mean_s": statistics.fmean(lat) if lat else float("nan"),
             "settings_seen": len(stats.shown), "peak_rss_mb": used["peak_kb"] / 1024,
-            "server_cpu_s": used["server_cpu_s"], "browser_cpu_s": used["browser_cpu_s"],
-            "wall_s": wall}
+            "server_cpu_s": used["server_cpu_s"],
+            "client_cpu_s": used["others_cpu_s"] + own_cpu, "wall_s": wall}
 
 
 def table(r: dict) -> str:
-    head = ("| sessions | seconds | reruns | errors | p50 rerun (s) | p95 rerun (s) | max (s) "
-            "| peak server RSS (MB) | server CPU (s) | browsers' CPU (s) | wall (s) |")
-    row = (f"| {r['sessions']} | {r['seconds']:g} | {r['reruns']} | {r['errors']} | "
-           f"{r['p50_s']:.2f} | {r['p95_s']:.2f} | {r['max_s']:.2f} | {r['peak_rss_mb']:.0f} | "
-           f"{r['server_cpu_s']:.0f} | {r['browser_cpu_s']:.0f} | {r['wall_s']:.0f} |")
-    return "\n".join([head, "|" + "---|" * 11, row])
+    head = ("| client | sessions | seconds | reruns | errors | p50 rerun (s) | p95 rerun (s) "
+            "| max (s) | peak server RSS (MB) | server CPU (s) | clients' CPU (s) | wall (s) |")
+    row = (f"| {r['client']} | {r['sessions']} | {r['seconds']:g} | {r['reruns']} | "
+           f"{r['errors']} | {r['p50_s']:.2f} | {r['p95_s']:.2f} | {r['max_s']:.2f} | "
+           f"{r['peak_rss_mb']:.0f} | {r['server_cpu_s']:.0f} | {r['client_cpu_s']:.0f} | "
+           f"{r['wall_s']:.0f} |")
+    return "\n".join([head, "|" + "---|" * 12, row])
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sessions", type=int, default=20)
     ap.add_argument("--seconds", type=float, default=60)
+    ap.add_argument("--client", choices=["ws", "browser"], default="ws",
+                    help="ws: Streamlit's websocket protocol (default); browser: Chromium")
     ap.add_argument("--json", default=None, help="also write the measurements here")
     args = ap.parse_args(argv)
-    if not Path(CHROMIUM).exists():
+    if args.client == "browser" and not Path(CHROMIUM).exists():
         print(f"no Debian chromium at {CHROMIUM} (apt-get install -y chromium)")
         return 2
-    r = run(args.sessions, args.seconds)
+    r = run(args.sessions, args.seconds, client=args.client)
     print(table(r))
     for e in r["error_messages"]:
         print("error:", e)

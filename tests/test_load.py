@@ -1,12 +1,11 @@
 """Concurrent users (DESIGN §9): threads sharing one model each get their own activations, and 20
-browser sessions moving sliders on the running app for 60 s meet no error (bench/load_test.py;
-BENCHMARKS.md records its latencies and memory)."""
+sessions speaking Streamlit's websocket protocol, moving sliders on the running app for 60 s,
+meet no error (bench/load_test.py; BENCHMARKS.md records its latencies and memory)."""
 import importlib.util
 import sys
 import threading
 from pathlib import Path
 
-import pytest
 import torch
 
 from localist_core.train import make_model
@@ -50,13 +49,13 @@ def test_threads_sharing_one_model_never_see_each_others_activations(tiny_model_
     assert not errors and not mismatches, (errors, mismatches)
 
 
-@pytest.mark.skipif(not Path(load_test.CHROMIUM).exists(),
-                    reason=f"no Debian chromium at {load_test.CHROMIUM} (apt-get install -y "
-                           "chromium)")
 def test_twenty_sessions_moving_sliders_for_a_minute_meet_no_error():
-    pytest.importorskip("playwright.async_api", reason="playwright is not importable")
-    result = load_test.run(sessions=20, seconds=60)
+    # Websocket clients, not browsers: twenty Chromium renderers would starve a 2-core server
+    # and the run would measure them. Wall time: server start, first views, 60 s of moves.
+    result = load_test.run(sessions=20, seconds=60, client="ws")
     print("\n" + load_test.table(result))
-    assert result["sessions_loaded"] == 20
-    assert result["reruns"] >= 20
-    assert result["errors"] == 0, result["error_messages"]
+    errors = result["error_messages"]       # the first 20; a failure shows them
+    assert result["errors"] == 0, errors
+    assert result["sessions_loaded"] == 20, errors
+    assert result["fewest_moves"] >= 1, errors  # every session got a move through
+    assert result["reruns"] >= 20, errors
