@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from .blocks import same_block
 from .config import RULE_STRENGTH_RANGE, TEMPERATURE_RANGE, ModelConfig
 
 
@@ -82,22 +83,6 @@ def cross_block_barrier(locality: float, sharpness: float) -> float:
     return sharpness * math.log1p(-locality)
 
 
-def locality_bias(block_ids: Tensor, locality: float, sharpness: float) -> Tensor:
-    """``[batch, query, key]`` additive bias: 0 within a block, b(λ_f) across, −∞ at λ_f = 1.
-
-    >>> from localist_core.blocks import FixedPartition
-    >>> ids = FixedPartition(2).block_ids(torch.zeros(1, 4, dtype=torch.long))
-    >>> locality_bias(ids, 0.5, 1.0)[0]
-    tensor([[ 0.0000,  0.0000, -0.6931, -0.6931],
-            [ 0.0000,  0.0000, -0.6931, -0.6931],
-            [-0.6931, -0.6931,  0.0000,  0.0000],
-            [-0.6931, -0.6931,  0.0000,  0.0000]])
-    """
-    sb = block_ids.unsqueeze(-1) == block_ids.unsqueeze(-2)
-    b = cross_block_barrier(locality, sharpness)
-    return torch.zeros(sb.shape).masked_fill(~sb, b)
-
-
 def visible_keys(block_ids: Tensor, noncausal_diagnostic: bool = False) -> Tensor:
     """``[batch, query, key]`` bool: the keys a query may attend to.
 
@@ -108,7 +93,7 @@ def visible_keys(block_ids: Tensor, noncausal_diagnostic: bool = False) -> Tenso
     causal = torch.ones(n, n, dtype=torch.bool, device=block_ids.device).tril()
     if not noncausal_diagnostic:
         return causal.expand(block_ids.shape[0], n, n)
-    return causal | (block_ids.unsqueeze(-1) == block_ids.unsqueeze(-2))
+    return causal | same_block(block_ids)
 
 
 def off_block_attention_penalty(pattern: Tensor, block_ids: Tensor) -> Tensor:
@@ -119,7 +104,7 @@ def off_block_attention_penalty(pattern: Tensor, block_ids: Tensor) -> Tensor:
     block-diagonal pattern is finite.
     """
     batch, heads, n, _ = pattern.shape
-    off = ~(block_ids.unsqueeze(-1) == block_ids.unsqueeze(-2))           # (B, T, T)
+    off = ~same_block(block_ids)                                           # (B, T, T)
     sq = (pattern.float().pow(2) * off.unsqueeze(1)).sum(-1)               # (B, H, T)
     n_blocks = int(block_ids.max().item()) + 1
     idx = block_ids.unsqueeze(1).expand(batch, heads, n)
@@ -161,7 +146,8 @@ class LocalityAttention(nn.Module):
         return {n: w[i * d:(i + 1) * d] for i, n in enumerate(names)}
 
     def forward(self, x: Tensor, block_ids: Tensor, dial: Dial,
-                anchors: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                anchors: Tensor | None = None, score_bias: Tensor | None = None
+                ) -> tuple[Tensor, Tensor]:
         """Return the attention output ``[B, T, d]`` and the pattern ``[B, H, T, T]``."""
         cfg = self.cfg
         batch, n, d = x.shape
@@ -174,7 +160,7 @@ class LocalityAttention(nn.Module):
         v = self.hook_v(qkv[4])
         q2 = qkv[0:4:2] * (1.0 / math.sqrt(dh))                # (2, B, H, T, dh), scale on q
         s = q2 @ qkv[1:4:2].transpose(-1, -2)                   # (2, B, H, T, T): both channels
-        sb, bias = self._score_masks(block_ids, dial, anchors, s.dtype)
+        sb, bias = self._score_masks(block_ids, dial, anchors, s.dtype, score_bias)
         if dial.locality >= 1.0:
             scores = s[0] + bias        # cross-block keys are −inf in the bias: exact, never 0·∞
         else:
@@ -187,13 +173,15 @@ class LocalityAttention(nn.Module):
         return self.out(z), pattern
 
     def _score_masks(self, block_ids: Tensor, dial: Dial, anchors: Tensor | None,
-                     dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+                     dtype: torch.dtype, score_bias: Tensor | None = None
+                     ) -> tuple[Tensor, Tensor]:
         """The same-block selector ``[b, 1, T, T]`` and one additive bias holding the barrier,
-        the γ anchor bias and −inf on keys a query cannot see (b = 1 when every row of the
-        batch has the same blocks, as fixed windows do: the masks are then built once)."""
+        the γ anchor bias, a rule's ``score_bias`` ``[b, T, T]`` and −inf on keys a query
+        cannot see (b = 1 when every row of the batch has the same blocks, as fixed windows
+        do: the masks are then built once)."""
         if block_ids.shape[0] > 1 and block_ids.stride(0) == 0:
             block_ids = block_ids[:1]                           # an expanded row: one copy
-        sb = (block_ids.unsqueeze(-1) == block_ids.unsqueeze(-2)).unsqueeze(1)  # (b, 1, T, T)
+        sb = same_block(block_ids).unsqueeze(1)                 # (b, 1, T, T)
         visible = visible_keys(block_ids, self.cfg.noncausal_diagnostic).unsqueeze(1)
         if dial.locality >= 1.0:
             keep = visible & sb
@@ -205,6 +193,8 @@ class LocalityAttention(nn.Module):
             bias = bias.masked_fill(~sb, barrier)
         if dial.rule_strength != 0.0 and anchors is not None:
             bias = bias + dial.rule_strength * anchors.unsqueeze(1).float()
+        if score_bias is not None:
+            bias = bias + score_bias.unsqueeze(1).float()
         return sb, bias.masked_fill(~keep, float("-inf")).to(dtype)
 
 

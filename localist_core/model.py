@@ -60,9 +60,9 @@ class TransformerBlock(nn.Module):
         self.hook_resid_mid, self.hook_mlp_out = HookPoint(), HookPoint()
         self.hook_resid_post = HookPoint()
 
-    def forward(self, x, block_ids, dial, anchors):
+    def forward(self, x, block_ids, dial, anchors, score_bias=None):
         x = self.hook_resid_pre(x)
-        a, pattern = self.attn(self.ln1(x), block_ids, dial, anchors)
+        a, pattern = self.attn(self.ln1(x), block_ids, dial, anchors, score_bias)
         x = self.hook_resid_mid(x + self.hook_attn_out(a))
         x = self.hook_resid_post(x + self.hook_mlp_out(self.mlp(self.ln2(x))))
         return x, pattern
@@ -136,10 +136,19 @@ class LocalistLM(nn.Module):
                            causal=not self.cfg.noncausal_diagnostic)
 
     def forward(self, tokens: Tensor, dial: Dial = Dial(), attention_penalty: bool = False,
-                partition=None) -> ForwardOutput:
+                partition=None, score_bias: Tensor | None = None) -> ForwardOutput:
         """Run the decoder. ``dial`` must already be resolved (see ``resolve_dial``);
-        ``partition`` overrides the trained one (an inference-time experiment)."""
+        ``partition`` overrides the trained one (an inference-time experiment); ``score_bias``
+        ``[B or 1, T, T]`` is added to every layer's and head's attention scores (a rule, see
+        ``rules.rule_bias``), inside the causal mask."""
         batch, n = tokens.shape
+        if score_bias is not None:
+            if score_bias.dim() != 3 or score_bias.shape[-2:] != (n, n) or \
+                    score_bias.shape[0] not in (1, batch):
+                raise ValueError(f"score_bias must be [1 or {batch}, {n}, {n}], got "
+                                 f"{tuple(score_bias.shape)}")
+            if not bool(torch.isfinite(score_bias).all()):
+                raise ValueError("score_bias holds NaN or inf")
         if partition is None and self.cfg.partition == "punctuation":
             self.partition.boundary = self.boundary_token   # follows .to() and load_state_dict
         block_ids = (partition or self.partition).block_ids(tokens)
@@ -149,7 +158,7 @@ class LocalistLM(nn.Module):
         x = self.drop(x)
         patterns, penalty = [], x.new_zeros((), dtype=torch.float32)
         for blk in self.blocks:
-            x, pattern = blk(x, block_ids, dial, anchors)
+            x, pattern = blk(x, block_ids, dial, anchors, score_bias)
             patterns.append(pattern)
             if attention_penalty:
                 penalty = penalty + off_block_attention_penalty(pattern, block_ids)
@@ -257,7 +266,7 @@ class LocalistLM(nn.Module):
     @torch.no_grad()
     def run_with_cache(self, tokens, locality: float = 0.0, attn_temperature: float = 1.0,
                        rule_strength: float = 0.0, names_filter=None, partition=None,
-                       return_type: str | None = "log_probs"
+                       return_type: str | None = "log_probs", score_bias: Tensor | None = None
                        ) -> tuple[Tensor | None, ActivationCache]:
         """Run in eval mode and return ``(log_probs [B, T, V], cache)``.
 
@@ -294,7 +303,7 @@ class LocalistLM(nn.Module):
                     if isinstance(mod, HookPoint) and keep(name):
                         handles.append(mod.register_forward_hook(
                             lambda _m, _i, out, name=name: cache.__setitem__(name, out.detach())))
-                out = self.forward(tokens, dial, partition=partition)
+                out = self.forward(tokens, dial, partition=partition, score_bias=score_bias)
                 if return_type == "log_probs":
                     result = self.log_probs(out.hidden)
                 else:

@@ -1,0 +1,174 @@
+"""User-defined attention rules: "tokens matching X attend to tokens matching Y" (DESIGN §6).
+
+A rule adds a bias to the attention score of every (query, key) pair where the query matches X
+and the key matches Y, inside the causal mask, so a rule can never reveal a later token. X and Y
+are each a word list or a regular expression over the tokens' words.
+
+Rules come from users, so each is bounded and validated before it touches a model: word lists
+and patterns have a length cap, an invalid pattern is refused with the reason, and a pattern
+that backtracks catastrophically is refused quickly. Patterns run under the ``regex`` package,
+whose matcher takes a timeout (Python's ``re`` has none); every pattern is first tried on
+adversarial probe strings and then matched against the text under one shared deadline. The
+engine checks its timeout every so many steps, so in practice a refusal takes about half a
+second, where Python's ``re`` would run for hours.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import regex
+import torch
+from torch import Tensor
+
+MATCHER_KINDS = ("words", "regex")
+MAX_PATTERN_CHARS = 200
+MAX_WORDS = 100
+MAX_WORD_CHARS = 64
+RULE_STRENGTH_MAX = 10.0
+PROBE_TIMEOUT_S = 0.05      # each probe string; a sound pattern needs microseconds
+MATCH_BUDGET_S = 0.25       # all the text's tokens together
+PROBE_RUN = 48              # length of the repeated runs in a probe string
+
+
+class RuleError(ValueError):
+    """A rule is invalid, too large or too slow to match; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class Matcher:
+    """Which tokens a side of a rule selects: a word list (case-insensitive) or a regular
+    expression that must match a token's whole word (``fullmatch``)."""
+
+    kind: str
+    spec: str
+
+    def describe(self) -> str:
+        return f"words {self.spec!r}" if self.kind == "words" else f"regex /{self.spec}/"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Queries matching ``source`` get ``strength`` added to their scores on keys matching
+    ``target`` (before the softmax and the temperature)."""
+
+    source: Matcher
+    target: Matcher
+    strength: float
+
+    def describe(self) -> str:
+        return f"{self.source.describe()} → {self.target.describe()} (+{self.strength:g})"
+
+
+def _words(spec: str) -> frozenset[str]:
+    words = [w.strip().lower() for w in spec.replace("\n", ",").split(",")]
+    words = [w for w in words if w]
+    if not words:
+        raise RuleError("the word list is empty; give words separated by commas")
+    if len(words) > MAX_WORDS:
+        raise RuleError(f"the word list has {len(words)} words; at most {MAX_WORDS} are allowed")
+    long = [w for w in words if len(w) > MAX_WORD_CHARS]
+    if long:
+        raise RuleError(f"the word {long[0][:20]!r}… is longer than {MAX_WORD_CHARS} characters")
+    return frozenset(words)
+
+
+def _probes(pattern: str) -> list[str]:
+    """Strings that make a backtracking pattern explode: long runs of a character the pattern
+    can match, then a character that makes the whole match fail at the very end."""
+    chars = {c for c in pattern if c.isalnum()} | set("a0 .-_")
+    out = []
+    for c in sorted(chars):
+        run = c * PROBE_RUN
+        out += [run + "!", run + "\x00", (c + "b") * (PROBE_RUN // 2) + "!"]
+    return out
+
+
+def compile_matcher(m: Matcher):
+    """Check a matcher and return a function ``word -> bool``, or raise RuleError."""
+    if m.kind not in MATCHER_KINDS:
+        raise RuleError(f"a rule side must be one of {MATCHER_KINDS}, got {m.kind!r}")
+    if not isinstance(m.spec, str) or not m.spec.strip():
+        raise RuleError("the rule side is empty")
+    if len(m.spec) > MAX_PATTERN_CHARS:
+        raise RuleError(f"the rule side has {len(m.spec)} characters; at most "
+                        f"{MAX_PATTERN_CHARS} are allowed")
+    if m.kind == "words":
+        words = _words(m.spec)
+        return lambda w, _t=None: w.lower() in words
+    try:
+        pat = regex.compile(m.spec)
+    except (regex.error, OverflowError, RecursionError) as e:
+        raise RuleError(f"the regular expression /{m.spec}/ is not valid: {e}") from None
+    for probe in _probes(m.spec):
+        try:
+            pat.fullmatch(probe, timeout=PROBE_TIMEOUT_S)
+            pat.search(probe, timeout=PROBE_TIMEOUT_S)
+        except TimeoutError:
+            raise RuleError(f"the regular expression /{m.spec}/ backtracks catastrophically "
+                            f"(it ran past {PROBE_TIMEOUT_S * 1000:.0f} ms on a "
+                            f"{len(probe)}-character word); simplify nested repeats such as "
+                            f"(a+)+") from None
+    return lambda w, t=PROBE_TIMEOUT_S: pat.fullmatch(w, timeout=t) is not None
+
+
+def make_rule(source_kind: str, source: str, target_kind: str, target: str,
+              strength: float) -> Rule:
+    """Build and validate a rule from plain values (what a form or a link gives)."""
+    try:
+        strength = float(strength)
+    except (TypeError, ValueError):
+        raise RuleError(f"the rule strength {strength!r} is not a number") from None
+    if not math.isfinite(strength) or not 0.0 <= strength <= RULE_STRENGTH_MAX:
+        raise RuleError(f"the rule strength must be in [0, {RULE_STRENGTH_MAX:g}], got "
+                        f"{strength!r}")
+    rule = Rule(Matcher(source_kind, source), Matcher(target_kind, target), strength)
+    compile_matcher(rule.source)
+    compile_matcher(rule.target)
+    return rule
+
+
+def match_words(m: Matcher, words: list[str]) -> np.ndarray:
+    """``[T]`` bool: which words the matcher selects. All words share one deadline."""
+    fn = compile_matcher(m)
+    deadline = time.perf_counter() + MATCH_BUDGET_S
+    out = np.zeros(len(words), bool)
+    for i, w in enumerate(words):
+        left = deadline - time.perf_counter()
+        if left <= 0:
+            raise RuleError(f"matching {m.describe()} against the text took longer than "
+                            f"{MATCH_BUDGET_S * 1000:.0f} ms; simplify the pattern")
+        try:
+            out[i] = fn(w, left)
+        except TimeoutError:
+            raise RuleError(f"matching {m.describe()} against the word {w[:20]!r} took longer "
+                            f"than {MATCH_BUDGET_S * 1000:.0f} ms; simplify the pattern") from None
+    return out
+
+
+def rule_pairs(rule: Rule, words: list[str]) -> np.ndarray:
+    """``[query, key]`` bool: the query matches the source and the key matches the target and
+    comes no later than the query (the causal mask; the model applies it too)."""
+    src, tgt = match_words(rule.source, words), match_words(rule.target, words)
+    return np.tril(np.outer(src, tgt))
+
+
+def rule_bias(rule: Rule, words: list[str]) -> Tensor:
+    """``[1, T, T]`` float: the additive score bias a rule puts on each (query, key) pair."""
+    return torch.from_numpy(rule_pairs(rule, words)).float().unsqueeze(0) * rule.strength
+
+
+def rule_fidelity(patterns: np.ndarray | Tensor, pairs: np.ndarray) -> float | None:
+    """Mean attention mass that the rule's source queries put on its targets, over layers,
+    heads and every source query that can see at least one target; None if there is none.
+
+    ``patterns`` is ``[L, H, T, T]`` (query rows sum to 1)."""
+    p = torch.as_tensor(patterns, dtype=torch.float32)
+    mask = torch.as_tensor(pairs, dtype=torch.bool)
+    rows = mask.any(-1)                                     # queries the rule applies to
+    if not bool(rows.any()):
+        return None
+    mass = (p * mask).sum(-1)                               # [L, H, T]
+    return float(mass[..., rows].mean())

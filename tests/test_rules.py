@@ -1,0 +1,141 @@
+"""Rules: bad or catastrophic patterns are refused quickly with a reason; a rule only biases
+the pairs it names, inside the causal mask; raising its strength raises fidelity to its
+targets on a fixed model; the anchor bias γ does the same for the anchors."""
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from localist_core.evaluate import leak_test
+from localist_core.live import analyze
+from localist_core.rules import (MAX_WORDS, Matcher, RuleError, compile_matcher, make_rule,
+                                 match_words, rule_bias, rule_pairs)
+
+WORDS = ["The", "cat", "sees", "the", "bridge", "in", "1990", ".", "A", "dog", "follows", "the",
+         "castle", "."]
+
+
+@pytest.mark.parametrize("pattern", ["(a|aa)+b", "(x|xx)+y$", r"([a-z]|[a-c])+\d"])
+def test_catastrophic_patterns_are_refused_quickly(pattern):
+    t0 = time.perf_counter()
+    with pytest.raises(RuleError, match="catastrophically"):
+        make_rule("words", "cat", "regex", pattern, 2.0)
+    # Python's re needs hours for these on a 49-character word. The regex engine checks its
+    # timeout every so many steps, so a refusal takes about 0.5 s; 5 s allows a busy machine.
+    assert time.perf_counter() - t0 < 5.0
+
+
+@pytest.mark.parametrize("kind,spec,match", [
+    ("regex", "(unclosed", "not valid"),
+    ("regex", "a{99999999999}", "not valid"),
+    ("regex", "x" * 201, "at most 200"),
+    ("words", " , , ", "empty"),
+    ("words", ",".join(f"w{i}" for i in range(MAX_WORDS + 1)), "at most"),
+    ("glob", "*", "one of"),
+    ("regex", "", "empty"),
+])
+def test_invalid_rule_sides_are_refused_with_the_reason(kind, spec, match):
+    with pytest.raises(RuleError, match=match):
+        make_rule("words", "cat", kind, spec, 1.0)
+
+
+@pytest.mark.parametrize("strength", [-1.0, float("nan"), float("inf"), 11.0, "strong"])
+def test_rule_strength_is_bounded(strength):
+    with pytest.raises(RuleError, match="strength"):
+        make_rule("words", "cat", "words", "dog", strength)
+
+
+def test_matching_a_slow_pattern_against_text_stops_at_the_deadline(monkeypatch):
+    """A pattern that passes the probes but is slow on the user's own words stops with a
+    notice, not a hang."""
+    import localist_core.rules as rules
+    monkeypatch.setattr(rules, "_probes", lambda pattern: [])      # let it past the probes
+    words = ["a" * 60 + "!"] * 4
+    t0 = time.perf_counter()
+    with pytest.raises(RuleError, match="took longer"):
+        match_words(Matcher("regex", "(a|aa)+b"), words)
+    assert time.perf_counter() - t0 < 5.0       # hours with Python's re
+
+
+def test_word_lists_ignore_case_and_regexes_match_whole_words():
+    assert match_words(Matcher("words", "the, DOG"), WORDS).tolist() == [
+        w.lower() in ("the", "dog") for w in WORDS]
+    got = match_words(Matcher("regex", r"[A-Z]\w*"), WORDS)
+    assert got.tolist() == [w[0].isupper() for w in WORDS]
+    assert not match_words(Matcher("regex", "he"), WORDS).any()     # fullmatch, not search
+    assert compile_matcher(Matcher("regex", r"\d+"))("1990")
+
+
+def test_rule_pairs_are_the_matching_queries_and_targets_never_later_keys():
+    rule = make_rule("words", "follows, sees", "regex", "the|The", 2.0)
+    pairs = rule_pairs(rule, WORDS)
+    src = np.array([w in ("follows", "sees") for w in WORDS])
+    tgt = np.array([w in ("the", "The") for w in WORDS])
+    q, k = np.nonzero(pairs)
+    assert src[q].all() and tgt[k].all() and (k <= q).all()
+    assert len(q) == sum(tgt[: i + 1].sum() for i in np.nonzero(src)[0])
+    bias = rule_bias(rule, WORDS)
+    assert bias.shape == (1, len(WORDS), len(WORDS))
+    assert set(bias.unique().tolist()) <= {0.0, 2.0}
+
+
+@pytest.fixture()
+def text(tiny_corpus):
+    return " ".join(tiny_corpus.tokenizer.labels(tiny_corpus.valid[:60].tolist()))
+
+
+def test_raising_a_rule_raises_fidelity_to_its_targets(trained_tiny, tiny_corpus, text):
+    tok = tiny_corpus.tokenizer
+    fidelity = []
+    for strength in (0.0, 1.0, 3.0, 8.0):
+        rule = make_rule("regex", "sees|follows|builds|finds|loves|visits", "words", "the, a",
+                         strength)
+        a = analyze(trained_tiny, tok, text, 0.0, 1.0, 0.0, rule=rule)
+        assert a.rule_pairs.any() and np.isfinite(a.perplexity)
+        fidelity.append(a.rule_fidelity)
+    assert all(b > a for a, b in zip(fidelity, fidelity[1:])), fidelity
+    assert fidelity[-1] > 0.9
+
+
+def test_a_rule_only_moves_the_rows_it_names(trained_tiny, tiny_corpus, text):
+    tok = tiny_corpus.tokenizer
+    rule = make_rule("regex", "sees|follows|builds|finds|loves|visits", "words", "the, a", 5.0)
+    a = analyze(trained_tiny, tok, text, rule=rule)
+    b = analyze(trained_tiny, tok, text)
+    rows = a.rule_pairs.any(-1)
+    assert rows.any() and not rows.all()
+    first = int(np.argmax(rows))
+    # Layer 0's rows without a rule pair, and every row before the first rule query, are as
+    # they were (layer 1 mixes in the changed rows of layer 0 afterwards).
+    np.testing.assert_allclose(a.patterns[0][:, ~rows], b.patterns[0][:, ~rows], atol=1e-3)
+    np.testing.assert_allclose(a.patterns[:, :, :first], b.patterns[:, :, :first], atol=1e-3)
+    assert np.abs(a.patterns[0][:, rows] - b.patterns[0][:, rows]).max() > 0.01
+
+
+def test_the_anchor_bias_raises_pointer_fidelity(trained_tiny, tiny_corpus, text):
+    tok = tiny_corpus.tokenizer
+    fid = [analyze(trained_tiny, tok, text, 1.0, 1.0, g).metrics["pointer_fidelity_mass"]["mean"]
+           for g in (0.0, 2.0, 5.0)]
+    assert fid[0] < fid[1] < fid[2], fid
+
+
+def test_a_rule_bias_keeps_the_model_causal(trained_tiny, tiny_corpus, tokens):
+    """The bias sits inside the causal mask: the leak test passes with a rule on every pair."""
+    n = tokens.shape[1]
+    everything = torch.full((1, n, n), 4.0)
+
+    class Biased(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.m, self.cfg = model, model.cfg
+
+        def check_tokens(self, t):
+            return self.m.check_tokens(t)
+
+        def run_with_cache(self, t, **kw):
+            return self.m.run_with_cache(t, score_bias=everything, **kw)
+
+    res = leak_test(Biased(trained_tiny), tokens,
+                    [dict(locality=0.0, attn_temperature=1.0, rule_strength=0.0)])
+    assert res["passed"], res
