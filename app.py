@@ -8,6 +8,7 @@ page = st.navigation([
     st.Page("pages/explorer.py", title="Explorer", icon=":material/grid_on:", default=True),
     st.Page("pages/tradeoff.py", title="Tradeoff", icon=":material/show_chart:"),
     st.Page("pages/compare.py", title="Compare", icon=":material/compare:"),
+    st.Page("pages/rules.py", title="Rules & blocks", icon=":material/rule:"),
     st.Page("pages/theory.py", title="Theory", icon=":material/functions:"),
     st.Page("pages/sweeps.py", title="Sweeps", icon=":material/science:"),
     st.Page("pages/about.py", title="About", icon=":material/school:"),

@@ -15,9 +15,10 @@ from pathlib import Path
 import streamlit as st
 
 from localist_core import CheckpointError, load_model
-from localist_core.config import RULE_STRENGTH_RANGE, TEMPERATURE_RANGE
+from localist_core.config import PARTITIONS, RULE_STRENGTH_RANGE, TEMPERATURE_RANGE
 from localist_core.live import (ASSETS, MAX_TEXT_CHARS, analyze, cached_run_pattern,
-                                list_checkpoints, theory_report)
+                                list_checkpoints, recruitment_trace, theory_report)
+from localist_core.rules import make_rule
 from localist_core.live import next_words as next_words_after
 
 PROMPTS_FILE = ASSETS / "prompts.json"
@@ -28,7 +29,9 @@ DEFAULTS = {"lam": 0.0, "tau": 1.0, "gamma": 0.0, "layer": "mean", "head": "mean
 ANALYSES_KEPT = 192
 GAMMA_MAX = 5.0   # the γ slider's top; a link may not ask for more than the slider can show
 # Deep-link parameter → (session key, parser). Parsers raise ValueError on bad input.
-LINK_KEYS = ("ckpt", "lam", "tau", "gamma", "block", "layer", "head", "prompt", "text")
+LINK_KEYS = ("ckpt", "lam", "tau", "gamma", "blocks", "block", "layer", "head", "prompt",
+             "text")
+BLOCK_CHOICES = ("as trained",) + PARTITIONS
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,7 @@ class Settings:
     text_source: str
     problems: list[str] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)   # what was cut or changed, for the user
+    partition: str | None = None   # re-block the text at inference; None: as trained
 
 
 # -- cached loaders (each reads only its own arguments) --------------------------------------
@@ -60,9 +64,19 @@ def load_checkpoint(path: str):
 
 @st.cache_data(show_spinner=False, max_entries=ANALYSES_KEPT)
 def cached_analysis(path: str, text: str, lam: float, tau: float, gamma: float,
-                    block_size: int | None):
+                    block_size: int | None, partition: str | None = None,
+                    rule: tuple | None = None):
+    """``rule`` is ``(source_kind, source, target_kind, target, strength)``, already checked
+    by ``make_rule`` (plain values keep the cache key simple)."""
     model, tok = load_checkpoint(path)
-    return analyze(model, tok, text, lam, tau, gamma, block_size)
+    return analyze(model, tok, text, lam, tau, gamma, block_size, partition,
+                   make_rule(*rule) if rule else None)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def cached_trace(path: str, text: str):
+    model, tok = load_checkpoint(path)
+    return recruitment_trace(model, tok, text)
 
 
 @st.cache_data(show_spinner=False, max_entries=128)
@@ -131,6 +145,8 @@ def read_deep_link(ckpt_keys: list[str], prompts: dict[str, str], n_layers: int 
         "lam": lambda r: _number(r, 0.0, 1.0, "lam"),
         "tau": lambda r: _number(r, *TEMPERATURE_RANGE, "tau"),
         "gamma": lambda r: _number(r, RULE_STRENGTH_RANGE[0], GAMMA_MAX, "gamma"),
+        "blocks": lambda r: r if r in BLOCK_CHOICES[1:] else (_ for _ in ()).throw(
+            ValueError(f"blocks={r!r} is not one of {PARTITIONS}")),
         "block": lambda r: int(_number(r, 1, 64, "block")),
         "layer": lambda r: _index(r, n_layers, "layer"),
         "head": lambda r: _index(r, n_heads, "head"),
@@ -157,14 +173,16 @@ def write_deep_link(s: Settings, layer, head) -> None:
     want = {"ckpt": s.checkpoint_key, "lam": f"{s.locality:g}",
             "tau": f"{s.attn_temperature:g}", "gamma": f"{s.rule_strength:g}",
             "layer": str(layer), "head": str(head)}
-    if s.block_size is not None:
+    if s.partition is not None:
+        want["blocks"] = s.partition
+    if s.partition == "fixed" and s.block_size is not None:
         want["block"] = str(s.block_size)
     if s.text_source.startswith("prompt:"):
         want["prompt"] = s.text_source.split(":", 1)[1]
     else:
         want["text"] = s.text[:2000]
     current = st.query_params.to_dict()
-    for k in ("prompt", "text", "block"):
+    for k in ("prompt", "text", "blocks", "block"):
         if k in current and k not in want:
             del st.query_params[k]
     for k, v in want.items():
@@ -208,7 +226,7 @@ def _apply_deep_link(usable_keys: list[str], prompts: dict[str, str]) -> None:
     ss = st.session_state
     values, notices = read_deep_link(usable_keys, prompts)
     ss["_link_notices"] = notices
-    for key in ("ckpt", "lam", "tau", "gamma", "layer", "head", "block"):
+    for key in ("ckpt", "lam", "tau", "gamma", "layer", "head", "blocks", "block"):
         if key in values:
             ss[PERSIST + key] = values[key]
     if "prompt" in values:
@@ -255,9 +273,16 @@ def sidebar() -> Settings:
     gamma = sb.slider("γ — rule strength toward anchors", RULE_STRENGTH_RANGE[0], GAMMA_MAX,
                       step=0.25, **keep("gamma", DEFAULTS["gamma"]),
                       help="Adds γ to the score of each block's anchor tokens.")
-    block = sb.number_input("Block size (fixed windows)", 1, 64, **keep("block", 5),
-                            help="The trained models use 5. Other sizes re-block the text at "
-                                 "inference only.")
+    blocks = sb.selectbox("Blocks", BLOCK_CHOICES, **keep("blocks", "as trained"),
+                          help="How the text is cut into blocks. 'as trained' uses the "
+                               "checkpoint's own partition; the others re-block the text at "
+                               "inference only: fixed windows, punctuation (a block ends at . "
+                               ", ; : ! ? or after 8 words) or recruited (a block starts where "
+                               "the description-length test saves bits; see About).")
+    block = 5
+    if blocks == "fixed":
+        block = sb.number_input("Block size (fixed windows)", 1, 64, **keep("block", 5),
+                                help="The shipped models use 5.")
     mode = sb.radio("Text", ["Sample text", "Your own text"], horizontal=True,
                     **keep("text_mode", "Sample text"))
     if mode == "Sample text":
@@ -278,8 +303,10 @@ def sidebar() -> Settings:
         notices.append(f"The text has {len(text):,} characters; only the first "
                        f"{MAX_TEXT_CHARS:,} were read.")
         text = text[:MAX_TEXT_CHARS]
+    partition = None if blocks == "as trained" else blocks
     return Settings(key, info.path, info.label, info.protocol, info.locality, float(lam),
-                    float(tau), float(gamma), int(block), text, source, problems, notices)
+                    float(tau), float(gamma), int(block) if partition == "fixed" else None,
+                    text, source, problems, notices, partition)
 
 
 def page_setup(title: str) -> Settings:
@@ -315,13 +342,15 @@ def next_words(s: Settings, a, pos: int):
 
 
 def get_analysis(s: Settings, lam: float | None = None, tau: float | None = None,
-                 gamma: float | None = None, path: str | None = None):
-    """The cached analysis for the sidebar settings, or for overrides (Compare page)."""
+                 gamma: float | None = None, path: str | None = None, rule: tuple | None = None):
+    """The cached analysis for the sidebar settings, or for overrides (Compare page) and a
+    rule (Rules page)."""
     try:
         return cached_analysis(path or s.checkpoint_path, s.text,
                                s.locality if lam is None else lam,
                                s.attn_temperature if tau is None else tau,
-                               s.rule_strength if gamma is None else gamma, s.block_size)
+                               s.rule_strength if gamma is None else gamma, s.block_size,
+                               s.partition, rule)
     except CheckpointError as e:
         st.error(f"This checkpoint cannot be used: {e}")
         return None

@@ -6,6 +6,7 @@ app can offer, and reports the broken ones instead of failing on them.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from dataclasses import dataclass, field
@@ -15,9 +16,11 @@ import numpy as np
 import torch
 
 from .attention import resolve_dial
-from .blocks import FixedPartition
+from .blocks import RecruitedPartition, make_partition, zipf_log2_prior
 from .checkpoint import CheckpointError, check_checkpoint, check_safetensors_file
+from .config import PARTITIONS
 from .evaluate import attention_summary
+from .rules import Rule, RuleError, rule_bias, rule_fidelity, rule_pairs
 from .tokenizer import dropped_characters
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
@@ -99,6 +102,10 @@ class Analysis:
     hidden: np.ndarray                # [T, d_model] final hidden states: ``next_words`` reads them
     dial: dict
     notices: list[str] = field(default_factory=list)
+    partition: str = "fixed"          # the partition the blocks came from
+    rule: str | None = None           # the rule applied, described; None without one
+    rule_pairs: np.ndarray | None = None   # [query, key] bool: the pairs the rule favours
+    rule_fidelity: float | None = None     # mass from the rule's queries onto its targets
 
     def nbytes(self) -> int:
         """Bytes held by the arrays (what a cached entry costs, give or take the labels)."""
@@ -108,9 +115,10 @@ class Analysis:
 def analysis_bytes_bound(cfg) -> int:
     """An upper bound on ``Analysis.nbytes()`` for a model config: the fp16 patterns
     (L·H·T²·2 bytes) dominate, then the [query, key] anchor mask, per-head entropies and
-    per-token arrays (up to d_model floats a token); T is at most min(n_ctx, MAX_TOKENS)."""
+    per-token arrays (up to d_model floats a token) and a rule's [query, key] pairs; T is at
+    most min(n_ctx, MAX_TOKENS)."""
     t, lh = min(cfg.n_ctx, MAX_TOKENS), cfg.n_layers * cfg.n_heads
-    return lh * t * t * 2 + t * t + lh * t * 4 + t * (4 * cfg.d_model + 64)
+    return lh * t * t * 2 + 2 * t * t + lh * t * 4 + t * (4 * cfg.d_model + 64)
 
 
 def prepare_text(tokenizer, text: str, n_ctx: int) -> tuple[list[int], list[str]]:
@@ -162,12 +170,31 @@ def safe_dial(locality, attn_temperature, rule_strength):
     return dial, notices + clamped
 
 
+def inference_partition(model, tokenizer, kind: str | None = None,
+                        block_size: int | None = None):
+    """The partition to re-block a text with at inference, or None for the trained one.
+
+    ``kind`` is one of ``config.PARTITIONS`` (None: as trained); ``block_size`` sets the fixed
+    windows. Other settings (maximum length, α, C) come from the model's config."""
+    cfg = model.cfg
+    kind = kind or cfg.partition
+    if kind not in PARTITIONS:
+        raise ValueError(f"partition must be one of {PARTITIONS}, got {kind!r}")
+    size = int(block_size) if block_size is not None else cfg.block_size
+    if kind == cfg.partition and (kind != "fixed" or size == cfg.block_size):
+        return None
+    return make_partition(dataclasses.replace(cfg, partition=kind, block_size=size),
+                          words=tokenizer.words)
+
+
 @torch.no_grad()
 def analyze(model, tokenizer, text: str, locality: float = 0.0, attn_temperature: float = 1.0,
-            rule_strength: float = 0.0, block_size: int | None = None) -> Analysis:
-    """Run the model on ``text`` at one dial setting. Bad text or out-of-range dial values give
-    notices (and, for no text, an empty Analysis), never an exception. ``block_size`` re-blocks
-    the text at inference (fixed windows); None keeps the trained partition."""
+            rule_strength: float = 0.0, block_size: int | None = None,
+            partition: str | None = None, rule: Rule | None = None) -> Analysis:
+    """Run the model on ``text`` at one dial setting. Bad text, out-of-range dial values or a
+    rule that cannot run give notices (and, for no text, an empty Analysis), never an
+    exception. ``partition`` and ``block_size`` re-block the text at inference (None keeps
+    the trained partition); ``rule`` adds its score bias and reports its fidelity."""
     ids, notices = prepare_text(tokenizer, text, model.cfg.n_ctx)
     dial, dial_notes = safe_dial(locality, attn_temperature, rule_strength)
     notices += dial_notes
@@ -175,14 +202,25 @@ def analyze(model, tokenizer, text: str, locality: float = 0.0, attn_temperature
         return Analysis([], [], np.zeros((0, 0, 0, 0)), np.zeros(0, int), np.zeros(0, bool),
                         np.zeros((0, 0), bool), np.zeros((0, 0, 0)), {}, None, np.zeros(0),
                         np.zeros((0, model.cfg.d_model), np.float32), dial.__dict__, notices)
-    partition = None
-    if block_size is not None and block_size != model.cfg.block_size:
-        partition = FixedPartition(int(block_size))
+    part = inference_partition(model, tokenizer, partition, block_size)
+    labels = tokenizer.labels(ids)
+    pairs, bias = None, None
+    if rule is not None:
+        try:
+            pairs = rule_pairs(rule, labels)
+            bias = rule_bias(rule, labels) if rule.strength else None
+        except RuleError as e:
+            notices.append(f"The rule was not applied: {e}.")
+            rule = None
+        else:
+            if not pairs.any():
+                notices.append(f"The rule {rule.describe()} matches no (query, target) pair in "
+                               f"this text, so it changes nothing.")
     tokens = torch.tensor([ids])
     hidden, cache = model.run_with_cache(
         tokens, dial.locality, dial.attn_temperature, dial.rule_strength,
-        names_filter=lambda n: n.endswith("hook_pattern"), partition=partition,
-        return_type="hidden")
+        names_filter=lambda n: n.endswith("hook_pattern"), partition=part,
+        return_type="hidden", score_bias=bias)
     pats = [cache[f"blocks.{i}.attn.hook_pattern"] for i in range(model.cfg.n_layers)]
     per_layer = attention_summary(model, tokens, pats, cache["block_ids"],
                                   block_size or model.cfg.block_size)
@@ -193,9 +231,10 @@ def analyze(model, tokenizer, text: str, locality: float = 0.0, attn_temperature
                          "per_head": per_head.tolist()}
     nll = (model.token_nll(hidden[:, :-1], tokens[:, 1:])[0] if len(ids) > 1
            else torch.zeros(0))                                            # (T-1,)
+    patterns = torch.stack([p[0] for p in pats])
     return Analysis(
-        labels=tokenizer.labels(ids), token_ids=ids,
-        patterns=torch.stack([p[0] for p in pats]).half().numpy(),   # half the cache memory
+        labels=labels, token_ids=ids,
+        patterns=patterns.half().numpy(),   # half the cache memory
         block_ids=cache["block_ids"][0].numpy(),
         block_anchors=cache["block_anchors"][0].numpy(),
         anchor_mask=cache["anchor_mask"][0].numpy(),
@@ -204,7 +243,42 @@ def analyze(model, tokenizer, text: str, locality: float = 0.0, attn_temperature
         perplexity=float(nll.mean().exp()) if len(ids) > 1 else None,
         token_nll=nll.numpy(),
         hidden=hidden[0].numpy(),
-        dial=dict(dial.__dict__), notices=notices)
+        dial=dict(dial.__dict__), notices=notices,
+        partition=partition or model.cfg.partition,
+        rule=rule.describe() if rule is not None else None,
+        rule_pairs=pairs,
+        rule_fidelity=rule_fidelity(patterns, pairs) if pairs is not None else None)
+
+
+@dataclass
+class RecruitTrace:
+    """Where the recruited partition starts blocks in a text, and the bits each test gained."""
+
+    labels: list[str]
+    block_ids: np.ndarray      # [T]
+    gain_bits: np.ndarray      # [T] the split test at each position (0 at position 0)
+    alpha: float
+    boundary_bits: float
+    notices: list[str] = field(default_factory=list)
+
+    def boundaries(self) -> list[tuple[int, str, float]]:
+        """(position, word, bits saved) of every recruited block start after the first."""
+        return [(i, self.labels[i], float(self.gain_bits[i]))
+                for i in range(1, len(self.labels)) if self.block_ids[i] != self.block_ids[i - 1]]
+
+
+def recruitment_trace(model, tokenizer, text: str) -> RecruitTrace:
+    """Run the recruited partition (with the model's α and C) over ``text``."""
+    ids, notices = prepare_text(tokenizer, text, model.cfg.n_ctx)
+    cfg = model.cfg
+    part = RecruitedPartition(zipf_log2_prior(cfg.vocab_size), cfg.recruit_alpha,
+                              cfg.boundary_bits)
+    if not ids:
+        return RecruitTrace([], np.zeros(0, int), np.zeros(0, np.float32), part.alpha,
+                            part.boundary_bits, notices)
+    block_ids, gain = part.trace(torch.tensor([ids]))
+    return RecruitTrace(tokenizer.labels(ids), block_ids[0].numpy(), gain[0].numpy(),
+                        part.alpha, part.boundary_bits, notices)
 
 
 @torch.no_grad()

@@ -33,6 +33,42 @@ next to in-block mass — a sliding window of the last 5 words, blocks shifted b
 uniform attention. Localist structure is what exceeds those.
 """)
 
+st.subheader("Where do the blocks come from?")
+st.markdown(r"""
+The sidebar's **Blocks** menu re-cuts the text at inference; a checkpoint can also be trained
+with any of the three partitions.
+
+- **Fixed:** every 5 words (or the size you pick).
+- **Punctuation:** a block ends at a sentence or clause mark (`. , ; : ! ?`, a dash or a line
+  end), or after 8 words, whichever comes first.
+- **Recruited** (the third paper's idea): reading left to right, the block so far is "the one
+  block". At each new word the model asks whether *recruiting* a new block for it saves bits,
+  in the language of description length (how many bits it takes to write the text down):
+
+  **gain = L_continue − L_new − C** (bits); a block starts exactly where gain > 0.
+
+  - **L_continue = −log₂((c + α·p) / (n + α))**: the bits to write the word inside the current
+    block, which keeps its own running word counts. n is how many words the block has so far,
+    c how many of them are this same word, α (alpha, here 1) how much the block trusts p over
+    its own counts.
+  - **L_new = −log₂ p**: the bits to write the word as the first word of a fresh block, which
+    has no counts yet.
+  - **p**: how common the word is, from a Zipf law over the vocabulary (the 1st most common
+    word gets 1/H of the mass, the 2nd 1/(2H), …; H makes it sum to 1).
+  - **C**: the price of the new boundary itself (here 2.5 bits). Every position carries a
+    yes/no flag "a block starts here"; with a prior probability q of "yes", a split pays
+    −log₂ q and continuing pays −log₂(1 − q), so C = log₂((1 − q)/q).
+
+  So a new word splits off once the block is long enough (n > α(2^C − 1), here 5 words), and a
+  word the block has already seen is cheap to keep: repetition holds a block together. The
+  decision never looks at later words, so a recruited model stays causal. The *Rules & blocks*
+  page draws this test at every position of your text and lists the bits each boundary saved.
+
+**Rules.** γ pulls every query toward its block's anchors. On *Rules & blocks* you can write
+your own rule, "words matching X attend to words matching Y" (a word list or a regular
+expression), set its strength and watch fidelity to its targets and the text's perplexity move.
+""")
+
 st.subheader("Guided demo")
 STEPS = [
     ("1 · Distributed", dict(lam=0.0, tau=1.0, gamma=0.0),

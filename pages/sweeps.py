@@ -10,6 +10,7 @@ import streamlit as st
 import ui
 from localist_core import launch
 from localist_core import tradeoff as tr
+from localist_core.config import PARTITIONS
 from localist_core.sweep import load_cache
 
 s = ui.page_setup("Sweeps")
@@ -98,9 +99,14 @@ with st.form("sweep_form"):
     runs_dir = c2.text_input("Checkpoints folder", str(Path(user).parent / "runs"))
     data_dir = c3.text_input("Data folder", "", placeholder="$LOCALIST_DATA_DIR or "
                              "../shared/data/wikitext-2")
+    partition = c1.selectbox("Partition", PARTITIONS,
+                             help="How the models cut text into blocks: fixed windows, "
+                                  "punctuation or recruited (About explains each).")
     submitted = st.form_submit_button("Start sweep", type="primary")
 
 if submitted:
+    if partition != "fixed" and "partition=" not in overrides:
+        overrides = f"{overrides} partition={partition}".strip()
     req, errors = launch.check_request(protocols, lambdas, taus, config, cache_dir, runs_dir,
                                    overrides, int(eval_tokens), data_dir,
                                    protected=(shipped, str(ui.SWEEP_CACHE)))

@@ -10,8 +10,8 @@ from localist_core import save_checkpoint
 from localist_core.config import TrainConfig
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
-PAGES = ["pages/explorer.py", "pages/tradeoff.py", "pages/compare.py", "pages/theory.py",
-         "pages/sweeps.py", "pages/about.py"]
+PAGES = ["pages/explorer.py", "pages/tradeoff.py", "pages/compare.py", "pages/rules.py",
+         "pages/theory.py", "pages/sweeps.py", "pages/about.py"]
 
 
 @pytest.fixture(scope="module")
@@ -122,3 +122,48 @@ def test_shipped_dial_model_opens_by_default_and_its_slider_localises():
     at.sidebar.slider(key="lam").set_value(0.75).run()
     _ok(at)
     assert _metric(at, "In-block mass") > before + 0.1
+
+
+RULE_TEXT = ("the cat sees the bridge in 1990 . a dog follows the castle on Monday . the army "
+             "builds a red house near the sea .")
+
+
+def _rules_page(**widgets) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=180)
+    at.query_params.update({"ckpt": "tiny-dial", "text": RULE_TEXT})
+    at.switch_page("pages/rules.py").run()      # the first run is on the page: the link holds
+    for key, value in widgets.items():
+        at.text_input(key=key).input(value) if key in ("rule_src", "rule_tgt") else \
+            at.radio(key=key).set_value(value)
+    return at.run()
+
+
+def test_a_rule_raises_fidelity_to_its_targets_live(app_env):
+    at = _rules_page(rule_src_kind="words", rule_src="sees, follows, builds",
+                     rule_tgt_kind="regex", rule_tgt="the|a")
+    _ok(at)
+    tile = next(m for m in at.metric if m.label == "Fidelity to the rule's targets")
+    assert float(tile.delta.split()[0]) > 0, tile        # strength 3 (default) pulls attention
+    assert any(m.label == "Perplexity of the text" for m in at.metric)
+    assert at.get("plotly_chart")                          # the heatmap and the trace
+
+
+@pytest.mark.parametrize("pattern,notice", [("(a|aa)+b", "backtracks catastrophically"),
+                                            ("(unclosed", "not valid"),
+                                            ("   ", "empty")])
+def test_a_bad_rule_gives_a_notice_and_the_page_still_renders(app_env, pattern, notice):
+    at = _rules_page(rule_tgt_kind="regex", rule_tgt=pattern)
+    _ok(at)
+    text = " ".join(w.value for w in at.warning)
+    assert notice.split()[0] in text, text
+    assert at.subheader[-1].value == "Block recruitment trace"
+
+
+def test_blocks_choice_reblocks_the_text_and_rides_in_the_link(app_env):
+    at = _app({"ckpt": "tiny-dial", "blocks": "punctuation"})
+    _ok(at)
+    assert at.selectbox(key="blocks").value == "punctuation"
+    assert at.query_params["blocks"] == "punctuation"
+    at.selectbox(key="blocks").set_value("recruited").run()
+    _ok(at)
+    assert at.query_params["blocks"] == "recruited"
