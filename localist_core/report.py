@@ -8,7 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from .sweep import load_cache
-from .tradeoff import PAPER, find_eval, read_baselines  # noqa: F401 (PAPER re-exported)
+from .tradeoff import (PAPER, find_eval, read_baselines,  # noqa: F401 (PAPER re-exported)
+                       strategy_points)
 
 ATT_COLUMNS = [("entropy_bits", "H (bits)"), ("normalised_entropy", "H/H_max"),
                ("in_block_mass", "in-block"), ("recent_b_mass", "recent-b"),
@@ -92,6 +93,32 @@ def position_table(run: dict, locality: float = 0.0) -> str:
     return "\n".join(lines)
 
 
+def _history_ppl(run: dict, step: int) -> float | None:
+    for h in (run.get("training") or {}).get("history") or []:
+        if h.get("step") == step:
+            return h.get("valid_ppl")
+    return None
+
+
+def strategy_table(runs: list[dict]) -> str:
+    """Issue 7: fixed, punctuation and recruited partitions per λ (attention penalty, λ_f = 0,
+    τ = 1), with the step-1000 validation perplexity from training (32k-token prefix)."""
+    by_id = {r["run_id"]: r for r in runs}
+    head = ["partition", "λ", "steps", "valid ppl", "test ppl", "test acc", "H (bits)",
+            "in-block", "shifted", "uniform", "fidelity", "step-1000 ppl (32k prefix)"]
+    lines = [_row(head), _row(["---"] * len(head))]
+    for p in strategy_points(runs):
+        run = by_id[p["run_id"]]
+        lines.append(_row([p["series"], _fmt(p["locality"], 1),
+                           f"{(run.get('training') or {}).get('steps', 0):,}",
+                           _fmt(p["perplexity"], 1), _fmt(p["test_perplexity"], 1),
+                           _fmt(p["test_accuracy"], 3), _fmt(p["entropy_bits"]),
+                           _fmt(p["in_block_mass"]), _fmt(p["shifted_block_mass"]),
+                           _fmt(p["uniform_in_block_mass"]), _fmt(p["pointer_fidelity_mass"]),
+                           _fmt(_history_ppl(run, 1000), 1)]))
+    return "\n".join(lines)
+
+
 def baselines_table(cache_dir: str | Path) -> str:
     data = read_baselines(cache_dir)
     if not data:
@@ -107,7 +134,8 @@ def baselines_table(cache_dir: str | Path) -> str:
 def full_report(cache_dir: str | Path) -> str:
     runs, problems = load_cache(cache_dir)
     parts = ["## Baselines", baselines_table(cache_dir), "", "## Runs (τ = 1)", run_table(runs), "",
-             "## Penalty models dialled at inference", dialled_table(runs), ""]
+             "## Penalty models dialled at inference", dialled_table(runs), "",
+             "## Partitions: fixed, punctuation, recruited", strategy_table(runs), ""]
     for run in runs:
         if run["protocol"] == "dial":
             parts += ["## τ family of the dial model", tau_table(run), ""]

@@ -144,6 +144,37 @@ def _collect(runs: list[dict], want_leak: bool, kinds: tuple[str, ...]) -> list[
     return sorted((p for p in pts if p), key=lambda p: (p["series"], p["locality"]))
 
 
+def partition_of(run: dict) -> str:
+    """The partition a run was trained with ("fixed" for runs from before it was recorded)."""
+    return str(_cfg(run, "model").get("partition") or "fixed")
+
+
+def strategy_points(runs: list[dict], block_size: int = 5) -> list[dict]:
+    """Issue 7's comparison: causal attention-penalty runs as trained (λ_f = 0, τ = 1), one
+    series per partition. Fixed runs count only at the default ``block_size``, and no run with
+    another shape change enters, so the series differ in where blocks fall and nothing else."""
+    pts = []
+    for run in runs:
+        if leak_flag(run) or protocol_of(run) != "attention":
+            continue
+        part = partition_of(run)
+        tag = variant(run)
+        if part == "fixed" and (tag or _cfg(run, "model").get("block_size") != block_size):
+            continue
+        if part != "fixed" and tag != f"partition{part}":
+            continue
+        lam = trained_locality(run)
+        name = f"{part} (b={block_size})" if part == "fixed" else part
+        pts.append(make_point(run, lam, 0.0, series=name, label=f"λ={lam:g}"))
+    order = {"fixed": 0, "punctuation": 1, "recruited": 2}
+    return sorted((p for p in pts if p),
+                  key=lambda p: (order.get(p["series"].split()[0], 3), p["locality"]))
+
+
+def _fixed_only(runs: list[dict]) -> list[dict]:
+    return [r for r in runs if partition_of(r) == "fixed"]
+
+
 def penalty_curve(runs: list[dict]) -> list[dict]:
     """One point per causal penalty run as trained (λ_f = 0, τ = 1); a series per form."""
     return _collect(runs, False, ("trained",))
@@ -160,8 +191,9 @@ def dial_curve(runs: list[dict]) -> list[dict]:
 
 
 def curve_points(runs: list[dict]) -> list[dict]:
-    """Every causal curve: penalty as trained, penalty dialled, dial protocol."""
-    return _collect(runs, False, ("trained", "dialled", "dial"))
+    """Every causal curve of fixed-block runs: penalty as trained, penalty dialled, dial
+    protocol (other partitions have their own comparison, ``strategy_points``)."""
+    return _collect(_fixed_only(runs), False, ("trained", "dialled", "dial"))
 
 
 def leak_points(runs: list[dict]) -> list[dict]:

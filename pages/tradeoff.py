@@ -96,6 +96,29 @@ st.caption("Penalty protocol: one model per λ, trained with the penalty (λ_f =
            "model dialled to λ_f = λ at inference (the \"no retraining\" question). Dial "
            "protocol: one model trained with λ_f drawn per batch, evaluated at each λ_f.")
 
+st.subheader("Where blocks fall: fixed, punctuation and recruited")
+strategies = tr.strategy_points(runs)
+if len({p["series"] for p in strategies}) < 2:
+    st.info("This cache has no runs with another partition yet. `bash scripts/reproduce.sh` "
+            "trains them (partition=punctuation and partition=recruited at λ = 0.2, 0.6, 1.0).")
+else:
+    st.plotly_chart(tr.panel_figure(strategies, "locality", "λ (trained penalty)", [
+        {"y": "perplexity", "title": "valid perplexity (log)", "log_y": True},
+        {"y": "entropy_bits", "title": "attention entropy (bits)"},
+        {"y": "in_block_mass", "title": "in-block mass"},
+        {"y": "pointer_fidelity_mass", "title": "pointer fidelity (mass on anchors)"}],
+        height=420), key="tradeoff_strategies", **chart)
+    st.plotly_chart(tr.points_figure(strategies, "perplexity", "entropy_bits",
+                                     "valid perplexity (log)", "attention entropy (bits)",
+                                     log_x=True, height=380),
+                    key="tradeoff_strategies_ppl", **chart)
+    st.caption("Attention-penalty models trained at each λ with each partition, as trained (λ_f "
+               "= 0, τ = 1), 1,500 steps for the adaptive ones. The partitions were set to a "
+               "mean block length near 5 (on WikiText-2 valid in 128-word windows: fixed 4.92, "
+               "punctuation 5.43 with 40% of its blocks at the 8-word cap, recruited 5.00), so "
+               "the curves compare where blocks fall, not how long they are. REPRODUCTION.md "
+               "has the table.")
+
 st.subheader("Test perplexity and accuracy: ours, the papers' report, and the leak")
 st.plotly_chart(tr.panel_figure(curves + leaks, "locality", lam_axis, [
     {"y": "test_perplexity", "title": "test perplexity (log)", "log_y": True},

@@ -90,6 +90,34 @@ def test_penalty_curve_has_one_point_per_lambda_per_form_as_trained():
     assert att[0]["entropy_bits"] > att[-1]["entropy_bits"]
 
 
+def _with_partition(run: dict, partition: str, block_size: int = 5) -> dict:
+    run["config"]["model"].update(partition=partition, block_size=block_size)
+    if partition != "fixed":
+        run["run_id"] += f"-partition{partition}"
+    elif block_size != 5:
+        run["run_id"] += f"-block_size{block_size}"
+    return run
+
+
+def test_strategy_points_compare_partitions_at_equal_settings_only():
+    runs = [_with_partition(make_run("attention", lam), part)
+            for lam in (0.2, 0.6, 1.0) for part in ("fixed", "punctuation", "recruited")]
+    runs += [_with_partition(make_run("attention", 0.6), "fixed", 10),        # another size
+             _with_partition(make_run("weights", 0.6), "punctuation"),         # another form
+             _with_partition(make_run("attention", 0.6, noncausal=True, run_id="leaky"),
+                             "recruited"),
+             make_run("dial")]
+    pts = tr.strategy_points(runs)
+    by = {}
+    for p in pts:
+        by.setdefault(p["series"], []).append(p["locality"])
+    assert by == {"fixed (b=5)": [0.2, 0.6, 1.0], "punctuation": [0.2, 0.6, 1.0],
+                  "recruited": [0.2, 0.6, 1.0]}
+    assert all(p["dial_locality"] == 0.0 and p["attn_temperature"] == 1.0 for p in pts)
+    # The generic curves keep to fixed blocks: no adaptive run is drawn twice.
+    assert not [p for p in tr.curve_points(runs) if "partition" in p["run_id"]]
+
+
 def test_dial_curve_and_dialled_penalties():
     runs = synthetic_runs()
     dial = tr.dial_curve(runs)
