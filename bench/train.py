@@ -146,7 +146,7 @@ def batches(cfg: ModelConfig, batch: int, quick: bool, data_dir: str | None):
     if quick:
         stream = torch.randint(0, cfg.vocab_size, (50_000,), generator=gen)
     else:
-        from localist_core.data import load_corpus, random_windows
+        from localist_core.data import load_corpus
         stream = load_corpus(data_dir).train
     from localist_core.data import random_windows
     while True:

@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from .config import ConfigError, ModelConfig, TrainConfig, apply_overrides, preset
+from .config import PARTITIONS, ConfigError, ModelConfig, TrainConfig, apply_overrides, preset
 
 EXIT_USAGE = 2
 
@@ -87,13 +87,17 @@ def cmd_eval(args) -> int:
     from .evaluate import evaluate_stream, leak_test
     from .sweep import baselines
 
+    from .live import inference_partition
+
     model, tok = load_model(args.checkpoint)
     corpus = load_corpus(args.data_dir, tokenizer=tok)
-    report = {"checkpoint": str(args.checkpoint), "splits": {}}
+    partition = inference_partition(model, tok, args.partition, args.block_size)
+    report = {"checkpoint": str(args.checkpoint), "splits": {},
+              "partition": args.partition or model.cfg.partition}
     for split in args.splits:
         report["splits"][split] = evaluate_stream(
             model, corpus.split(split), args.locality, args.tau, args.rule_strength,
-            max_tokens=args.max_tokens, by_position_in_block=True)
+            max_tokens=args.max_tokens, by_position_in_block=True, partition=partition)
     report["baselines"] = baselines(corpus)
     report["leak_test"] = leak_test(model, corpus.valid[: 2 * model.cfg.n_ctx].view(2, -1))
     if model.cfg.noncausal_diagnostic:
@@ -213,6 +217,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--tau", type=float, default=1.0)
     e.add_argument("--rule-strength", type=float, default=0.0)
     e.add_argument("--max-tokens", type=int, default=None)
+    e.add_argument("--partition", default=None, choices=list(PARTITIONS),
+                   help="re-block the text at inference (default: as trained)")
+    e.add_argument("--block-size", type=int, default=None,
+                   help="fixed-window size when re-blocking with --partition fixed")
     e.add_argument("--json", default=None, help="also write the report here")
     common(e)
     e.set_defaults(func=cmd_eval)

@@ -53,14 +53,15 @@ def attention_summary(model, tokens: Tensor, patterns: list[Tensor], block_ids: 
 def evaluate_stream(model, stream: Tensor, locality: float = 0.0, attn_temperature: float = 1.0,
                     rule_strength: float = 0.0, max_tokens: int | None = None,
                     batch_size: int = 64, with_attention: bool = True,
-                    by_position_in_block: bool = False, progress=None, bf16: bool = False
-                    ) -> dict:
+                    by_position_in_block: bool = False, progress=None, bf16: bool = False,
+                    partition=None) -> dict:
     """Perplexity, accuracy and attention metrics of ``model`` on a token stream.
 
     ``max_tokens`` evaluates a prefix (for quick looks); ``progress`` is an optional callable
     taking the number of targets just scored (e.g. a tqdm ``update``). ``bf16`` runs the
     decoder under bf16 autocast (the adaptive head stays fp32); the default is exact fp32, and
-    ``bench.evaluate`` measures what bf16 costs in perplexity.
+    ``bench.evaluate`` measures what bf16 costs in perplexity. ``partition`` re-blocks the text
+    at inference (see ``live.inference_partition``); None keeps the trained one.
     """
     dial, notices = resolve_dial(locality, attn_temperature, rule_strength)
     if max_tokens is not None:
@@ -74,7 +75,7 @@ def evaluate_stream(model, stream: Tensor, locality: float = 0.0, attn_temperatu
     try:
         for x, y in eval_windows(stream, n_ctx, batch_size):
             with autocast_ctx(bf16):
-                out = model(x, dial)
+                out = model(x, dial, partition=partition)
             nll = model.token_nll(out.hidden, y)
             pred = model.predict(out.hidden)  # exact argmax; tails only where needed
             hit = pred == y

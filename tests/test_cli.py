@@ -60,3 +60,22 @@ def test_export_keeps_a_compressed_copy_only_within_tolerance(tmp_path, tiny_dat
                  "--tolerance", "0", "--data-dir", str(tiny_data_dir)]) == 1
     assert not (tmp_path / "never").exists() and not (tmp_path / "never.tmp").exists()
     assert "not written" in capsys.readouterr().err
+
+
+def test_train_with_an_adaptive_partition_and_eval_reblocked(tmp_path, tiny_data_dir, capsys):
+    """partition=… trains an adaptive-block model; eval --partition re-blocks at inference."""
+    out = tmp_path / "punct"
+    assert main(["train", "--config", "tiny", "--out", str(out), "--data-dir", str(tiny_data_dir),
+                 "max_steps=6", "eval_interval=6", "locality=0.6", "partition=punctuation"]) == 0
+    assert json.loads((out / "config.json").read_text())["model"]["partition"] == "punctuation"
+    reports = {}
+    for part in ("punctuation", "recruited"):
+        path = tmp_path / f"{part}.json"
+        args = ["eval", str(out), "--data-dir", str(tiny_data_dir), "--json", str(path),
+                "--splits", "valid"]
+        assert main(args + (["--partition", part] if part != "punctuation" else [])) == 0
+        reports[part] = json.loads(path.read_text())
+    assert reports["punctuation"]["partition"] == "punctuation"
+    assert reports["recruited"]["partition"] == "recruited"
+    a, b = (reports[p]["splits"]["valid"] for p in ("punctuation", "recruited"))
+    assert a["tokens"] == b["tokens"] and a["perplexity"] != b["perplexity"]
