@@ -134,3 +134,30 @@ def tradeoff_figure(points: list[dict], paper_points: list[dict] | None = None,
                       xaxis=dict(title=x_title, type="log" if log_x else "linear"),
                       yaxis=dict(title=y_title), legend=dict(orientation="h", y=-0.2))
     return fig
+
+
+def recruitment_chart(labels: list[str], gain_bits: np.ndarray, block_ids: np.ndarray,
+                      title: str = "") -> go.Figure:
+    """The recruited partition's split test at every position: bars of bits gained, solid where
+    a block was recruited (gain > 0), pale where the test said "continue"; white lines mark
+    the block starts, as on the heatmap."""
+    n = len(labels)
+    safe = [inert(w) for w in labels]
+    names = [f"{i}·{w}" for i, w in enumerate(safe)]
+    gain = np.asarray(gain_bits, dtype=np.float32)
+    starts = np.zeros(n, bool)
+    starts[1:] = block_ids[1:] != block_ids[:-1]
+    colours = np.where(starts, "#1f77b4", "#c6dbef")
+    fig = go.Figure(go.Bar(
+        x=names, y=gain, marker_color=colours.tolist(), customdata=starts.astype(int),
+        hovertemplate="%{x}: %{y:+.2f} bits<extra></extra>", name="bits saved by a split"))
+    zero = dict(type="line", xref="paper", x0=0, x1=1, y0=0, y1=0,
+                line=dict(color="black", width=1))
+    fig.update_layout(
+        title=inert(title), height=300, margin=dict(l=10, r=10, t=50 if title else 20, b=10),
+        shapes=[zero] + [dict(type="line", x0=b, x1=b, yref="paper", y0=0, y1=1,
+                              line=dict(color="#ff7f0e", width=1, dash="dot"))
+                         for b in _boundaries(block_ids)],
+        xaxis=dict(type="category", tickangle=-60), yaxis=dict(title="gain (bits)"),
+        showlegend=False)
+    return fig

@@ -70,3 +70,18 @@ def test_figures_serialise_to_strict_json(view):
                 top_tokens_bar(labels[:5], np.full(5, 0.2))):
         text = fig.to_json()
         json.loads(text, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
+
+
+def test_recruitment_chart_marks_exactly_the_recruited_starts():
+    from localist_core.viz import recruitment_chart
+    labels = ["<b>x</b>", "b", "c", "d", "e", "f"]
+    block_ids = np.array([0, 0, 1, 1, 1, 2])
+    gain = np.array([0.0, -1.0, 0.5, -2.0, -0.1, 1.5])
+    fig = recruitment_chart(labels, gain, block_ids, title="<script>t</script>")
+    bar = fig.data[0]
+    assert len(bar.y) == 6 and list(bar.y) == list(gain.astype(np.float32))
+    solid = [i for i, c in enumerate(bar.marker.color) if c == "#1f77b4"]
+    assert solid == [2, 5]                                   # the recruited block starts
+    lines = [s for s in fig.layout.shapes if s.line.dash == "dot"]
+    assert sorted(s.x0 for s in lines) == [1.5, 4.5]
+    assert "<b>" not in "".join(bar.x) and "<script>" not in fig.layout.title.text
