@@ -42,7 +42,7 @@ class PlainAttention(nn.Module):
         d = self.out.in_features
         return {"W_V": self.qkv.weight[2 * d:]}
 
-    def forward(self, x, block_ids=None, dial=None, anchors=None):
+    def forward(self, x, block_ids=None, dial=None, anchors=None, score_bias=None):
         batch, n, d = x.shape
         q, k, v = self.qkv(x).view(batch, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
         z = F.scaled_dot_product_attention(q, k, v, is_causal=True,

@@ -52,7 +52,10 @@ def make_model(model_cfg: ModelConfig, corpus: Corpus, seed: int = 1234) -> Loca
     """A fresh model with its anchor table computed from the training split (the warm-up pass)."""
     torch.manual_seed(seed)
     table = local_entropy_table(corpus.train.numpy(), model_cfg.vocab_size)
-    return LocalistLM(model_cfg, table, words=corpus.tokenizer.words)
+    tok = getattr(corpus, "tokenizer", None)
+    if model_cfg.partition == "punctuation" and tok is None:
+        raise ValueError("the punctuation partition needs the corpus's vocabulary")
+    return LocalistLM(model_cfg, table, words=tok.words if tok is not None else None)
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:
