@@ -116,7 +116,7 @@ else:
     st.caption("Attention-penalty models trained at each λ with each partition, as trained (λ_f "
                "= 0, τ = 1), 1,500 steps for the adaptive ones. The partitions were set to a "
                "mean block length near 5 (on WikiText-2 valid in 128-word windows: fixed 4.92, "
-               "punctuation 5.43 with 40% of its blocks at the 8-word cap, recruited 5.00), so "
+               "punctuation 5.49 with 44% of its blocks at the 8-word cap, recruited 5.00), so "
                "the curves compare where blocks fall, not how long they are. REPRODUCTION.md "
                "has the table.")
 

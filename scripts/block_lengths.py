@@ -1,0 +1,53 @@
+"""Block lengths of each partition on WikiText-2 valid, in the 128-token windows evaluation uses.
+
+    HF_DATASETS_OFFLINE=1 python scripts/block_lengths.py [--data-dir ../shared/data/wikitext-2]
+
+Prints a Markdown table (REPRODUCTION.md, "Where blocks fall"). The vocabulary is the shipped
+checkpoints' (built from the training split), so ids match the trained models.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from localist_core.blocks import make_partition  # noqa: E402
+from localist_core.config import PARTITIONS, ModelConfig  # noqa: E402
+from localist_core.data import eval_windows, load_corpus  # noqa: E402
+from localist_core.tokenizer import Tokenizer  # noqa: E402
+
+VOCAB = Path(__file__).resolve().parents[1] / "assets" / "checkpoints" / "dial" / "vocab.json"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data-dir", default=None)
+    args = ap.parse_args()
+    tok = Tokenizer.load(VOCAB)
+    corpus = load_corpus(args.data_dir, tokenizer=tok)
+    cfg = ModelConfig(vocab_size=len(tok))
+    print("| partition | settings | blocks | mean length | median | longest | share at the cap |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for kind in PARTITIONS:
+        part = make_partition(dataclasses.replace(cfg, partition=kind), words=tok.words)
+        lengths = []
+        for x, _ in eval_windows(corpus.valid, cfg.n_ctx, 64):
+            for row in part.block_ids(x):
+                lengths.append(torch.bincount(row))
+        lens = torch.cat(lengths).double()
+        cap = {"fixed": cfg.block_size, "punctuation": cfg.max_block_size}.get(kind)
+        settings = {"fixed": f"b={cfg.block_size}",
+                    "punctuation": f"max_block_size={cfg.max_block_size}",
+                    "recruited": f"α={cfg.recruit_alpha:g}, C={cfg.boundary_bits:g} bits"}[kind]
+        share = f"{float((lens == cap).double().mean()):.0%}" if cap else "—"
+        print(f"| {kind} | {settings} | {len(lens):,} | {float(lens.mean()):.2f} | "
+              f"{float(lens.median()):.0f} | {int(lens.max())} | {share} |")
+
+
+if __name__ == "__main__":
+    main()
