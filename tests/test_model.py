@@ -143,12 +143,19 @@ def test_adaptive_partitions_train_and_pass_the_leak_test(adaptive_tiny, tokens)
     assert not torch.equal(ids[0], ids[1])
 
 
-def test_punctuation_model_ends_blocks_at_full_stops(adaptive_tiny, tokens, tiny_corpus):
-    if adaptive_tiny.cfg.partition != "punctuation":
-        pytest.skip("punctuation only")
+def test_adaptive_model_blocks_follow_their_rule_on_real_text(adaptive_tiny, tokens, tiny_corpus):
+    """Punctuation: every full stop ends its block. Recruited: a block starts exactly where
+    the split test gains bits."""
     ids = adaptive_tiny.run_with_cache(tokens, return_type=None)[1]["block_ids"]
-    stop = tiny_corpus.tokenizer.index["."]
-    where = torch.nonzero(tokens[:, :-1] == stop)
-    assert len(where) > 0
-    for b, t in where.tolist():
-        assert ids[b, t + 1] == ids[b, t] + 1
+    starts = torch.zeros_like(ids, dtype=torch.bool)
+    starts[:, 1:] = ids[:, 1:] != ids[:, :-1]
+    if adaptive_tiny.cfg.partition == "punctuation":
+        stop = tiny_corpus.tokenizer.index["."]
+        where = torch.nonzero(tokens[:, :-1] == stop)
+        assert len(where) > 0
+        for b, t in where.tolist():
+            assert starts[b, t + 1]
+    else:
+        _, gain = adaptive_tiny.partition.trace(tokens)
+        assert starts.any()
+        assert torch.equal(starts[:, 1:], gain[:, 1:] > 0)
