@@ -18,7 +18,6 @@ from localist_core import CheckpointError, load_model
 from localist_core.config import PARTITIONS, RULE_STRENGTH_RANGE, TEMPERATURE_RANGE
 from localist_core.live import (ASSETS, MAX_TEXT_CHARS, analyze, cached_run_pattern,
                                 list_checkpoints, recruitment_trace, theory_report)
-from localist_core.rules import make_rule
 from localist_core.live import next_words as next_words_after
 
 PROMPTS_FILE = ASSETS / "prompts.json"
@@ -69,12 +68,12 @@ def cached_analysis(path: str, text: str, lam: float, tau: float, gamma: float,
     """``rule`` is ``(source_kind, source, target_kind, target, strength)``, already checked
     by ``make_rule`` (plain values keep the cache key simple)."""
     model, tok = load_checkpoint(path)
-    return analyze(model, tok, text, lam, tau, gamma, block_size, partition,
-                   make_rule(*rule) if rule else None)
+    return analyze(model, tok, text, lam, tau, gamma, block_size, partition, rule)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def cached_trace(path: str, text: str):
+    """Where the recruited partition starts blocks in ``text`` (live.recruitment_trace)."""
     model, tok = load_checkpoint(path)
     return recruitment_trace(model, tok, text)
 
@@ -229,6 +228,8 @@ def _apply_deep_link(usable_keys: list[str], prompts: dict[str, str]) -> None:
     for key in ("ckpt", "lam", "tau", "gamma", "layer", "head", "blocks", "block"):
         if key in values:
             ss[PERSIST + key] = values[key]
+    if "block" in values and "blocks" not in values:   # a link from before the Blocks menu
+        ss[PERSIST + "blocks"] = "fixed"
     if "prompt" in values:
         ss[PERSIST + "text_mode"], ss[PERSIST + "prompt"] = "Sample text", values["prompt"]
     elif "text" in values:

@@ -137,7 +137,9 @@ class RecruitedPartition:
       current block with the block's own adaptive code, a Dirichlet–multinomial (Pólya urn) with
       concentration α whose base measure is the prior p. n = s − b is the block's length so far
       and c the number of times x_s already occurs in it. This is "the model" the split is
-      measured under: a block is cheap when its words repeat.
+      measured under: a block is cheap when its words repeat. It is a stand-in for the
+      language model of DESIGN §6, chosen because it is exact, needs no forward pass and
+      cannot see later tokens; REPRODUCTION.md discusses what it misses.
     - **L_new(x_s) = −log2 p(x_s)**: the bits to code x_s as the first token of a fresh block,
       where the urn is empty and codes with its base measure alone.
     - **p(w)**: a Zipf prior over the frequency-ranked vocabulary (``zipf_log2_prior``).

@@ -94,12 +94,13 @@ def cmd_eval(args) -> int:
     partition = inference_partition(model, tok, args.partition, args.block_size)
     report = {"checkpoint": str(args.checkpoint), "splits": {},
               "partition": args.partition or model.cfg.partition,
+              "block_size": args.block_size or model.cfg.block_size,
               "precision": "fp32" if args.fp32 else "bf16 autocast (adaptive head fp32)"}
     for split in args.splits:
         report["splits"][split] = evaluate_stream(
             model, corpus.split(split), args.locality, args.tau, args.rule_strength,
             max_tokens=args.max_tokens, by_position_in_block=True, partition=partition,
-            bf16=not args.fp32)
+            bf16=not args.fp32, block_size=args.block_size)
     report["baselines"] = baselines(corpus)
     report["leak_test"] = leak_test(model, corpus.valid[: 2 * model.cfg.n_ctx].view(2, -1))
     if model.cfg.noncausal_diagnostic:

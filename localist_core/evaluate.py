@@ -54,7 +54,7 @@ def evaluate_stream(model, stream: Tensor, locality: float = 0.0, attn_temperatu
                     rule_strength: float = 0.0, max_tokens: int | None = None,
                     batch_size: int = 64, with_attention: bool = True,
                     by_position_in_block: bool = False, progress=None, bf16: bool = False,
-                    partition=None) -> dict:
+                    partition=None, block_size: int | None = None) -> dict:
     """Perplexity, accuracy and attention metrics of ``model`` on a token stream.
 
     ``max_tokens`` evaluates a prefix (for quick looks); ``progress`` is an optional callable
@@ -62,6 +62,7 @@ def evaluate_stream(model, stream: Tensor, locality: float = 0.0, attn_temperatu
     decoder under bf16 autocast (the adaptive head stays fp32); the default is exact fp32, and
     ``bench.evaluate`` measures what bf16 costs in perplexity. ``partition`` re-blocks the text
     at inference (see ``live.inference_partition``); None keeps the trained one.
+    ``block_size`` sets the recent-b and shifted-block controls (default: the model's).
     """
     dial, notices = resolve_dial(locality, attn_temperature, rule_strength)
     if max_tokens is not None:
@@ -90,7 +91,7 @@ def evaluate_stream(model, stream: Tensor, locality: float = 0.0, attn_temperatu
                     pos_correct[p] += int(hit[sel].sum())
                     pos_count[p] += int(sel.sum())
             if with_attention:
-                acc.add(attention_summary(model, x, out.patterns, out.block_ids))
+                acc.add(attention_summary(model, x, out.patterns, out.block_ids, block_size))
             if progress is not None:
                 progress(y.numel())
     finally:

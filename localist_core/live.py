@@ -20,7 +20,7 @@ from .blocks import RecruitedPartition, make_partition, zipf_log2_prior
 from .checkpoint import CheckpointError, check_checkpoint, check_safetensors_file
 from .config import PARTITIONS
 from .evaluate import attention_summary
-from .rules import Rule, RuleError, rule_bias, rule_fidelity, rule_pairs
+from .rules import Rule, RuleError, make_rule, rule_bias, rule_fidelity, rule_pairs
 from .tokenizer import dropped_characters
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
@@ -190,25 +190,29 @@ def inference_partition(model, tokenizer, kind: str | None = None,
 @torch.no_grad()
 def analyze(model, tokenizer, text: str, locality: float = 0.0, attn_temperature: float = 1.0,
             rule_strength: float = 0.0, block_size: int | None = None,
-            partition: str | None = None, rule: Rule | None = None) -> Analysis:
+            partition: str | None = None, rule: Rule | tuple | None = None) -> Analysis:
     """Run the model on ``text`` at one dial setting. Bad text, out-of-range dial values or a
     rule that cannot run give notices (and, for no text, an empty Analysis), never an
     exception. ``partition`` and ``block_size`` re-block the text at inference (None keeps
-    the trained partition); ``rule`` adds its score bias and reports its fidelity."""
+    the trained partition); ``rule`` (a Rule, or the plain values ``make_rule`` takes) adds its
+    score bias and reports its fidelity."""
     ids, notices = prepare_text(tokenizer, text, model.cfg.n_ctx)
     dial, dial_notes = safe_dial(locality, attn_temperature, rule_strength)
     notices += dial_notes
     if not ids:
         return Analysis([], [], np.zeros((0, 0, 0, 0)), np.zeros(0, int), np.zeros(0, bool),
                         np.zeros((0, 0), bool), np.zeros((0, 0, 0)), {}, None, np.zeros(0),
-                        np.zeros((0, model.cfg.d_model), np.float32), dial.__dict__, notices)
+                        np.zeros((0, model.cfg.d_model), np.float32), dial.__dict__, notices,
+                        partition=partition or model.cfg.partition)
     part = inference_partition(model, tokenizer, partition, block_size)
     labels = tokenizer.labels(ids)
     pairs, bias = None, None
     if rule is not None:
         try:
+            if not isinstance(rule, Rule):
+                rule = make_rule(*rule)
             pairs = rule_pairs(rule, labels)
-            bias = rule_bias(rule, labels) if rule.strength else None
+            bias = rule_bias(rule, pairs=pairs) if rule.strength else None
         except RuleError as e:
             notices.append(f"The rule was not applied: {e}.")
             rule = None
@@ -375,9 +379,11 @@ def theory_report(model, tokenizer, text: str, locality: float, layer: int,
     from .theory import estimate_threshold_inputs, predicted_vs_measured
 
     ids, _ = prepare_text(tokenizer, text, model.cfg.n_ctx)
-    if len(ids) <= model.cfg.block_size:
+    if len(ids) < 2:
         return None
     tokens = torch.tensor([ids])
+    if int(model.partition_of(tokens).max()) < 1:      # one block: nothing crosses a boundary
+        return None
     inputs = estimate_threshold_inputs(model, tokens, layer=layer, locality=locality)
     rows = predicted_vs_measured(model, tokens, list(temperatures), layer=layer,
                                  locality=locality)

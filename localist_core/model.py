@@ -130,6 +130,12 @@ class LocalistLM(nn.Module):
                              f"got [{int(t.min())}, {int(t.max())}]")
         return t
 
+    def partition_of(self, tokens: Tensor) -> Tensor:
+        """``[batch, pos]`` block ids of the trained partition for ``tokens``."""
+        if self.cfg.partition == "punctuation":
+            self.partition.boundary = self.boundary_token
+        return self.partition.block_ids(tokens)
+
     def anchors_for(self, tokens: Tensor, block_ids: Tensor) -> Tensor:
         """``[batch, query, key]`` anchor mask of each query's block (causal unless diagnostic)."""
         return anchor_mask(block_ids, self.local_entropy[tokens], self.cfg.anchors_per_block,

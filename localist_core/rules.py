@@ -8,12 +8,13 @@ Rules come from users, so each is bounded and validated before it touches a mode
 and patterns have a length cap, an invalid pattern is refused with the reason, and a pattern
 that backtracks catastrophically is refused quickly. Patterns run under the ``regex`` package,
 whose matcher takes a timeout (Python's ``re`` has none); every pattern is first tried on
-adversarial probe strings and then matched against the text under one shared deadline. The
-engine checks its timeout every so many steps, so in practice a refusal takes about half a
-second, where Python's ``re`` would run for hours.
+adversarial probe strings, all under one deadline, and then matched against the text under
+another. A refusal comes in well under a second where Python's ``re`` would run for hours. A
+pattern's verdict is kept for the life of the process, so a page and its cache always agree.
 """
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ MAX_WORDS = 100
 MAX_WORD_CHARS = 64
 RULE_STRENGTH_MAX = 10.0
 PROBE_TIMEOUT_S = 0.05      # each probe string; a sound pattern needs microseconds
+PROBE_BUDGET_S = 0.5        # all probe strings of one pattern together
 MATCH_BUDGET_S = 0.25       # all the text's tokens together
 PROBE_RUN = 48              # length of the repeated runs in a probe string
 
@@ -86,8 +88,11 @@ def _probes(pattern: str) -> list[str]:
     return out
 
 
+@functools.lru_cache(maxsize=256)
 def compile_matcher(m: Matcher):
-    """Check a matcher and return a function ``word -> bool``, or raise RuleError."""
+    """Check a matcher and return a function ``word -> bool``, or raise RuleError. The verdict
+    is cached per matcher (a refusal is re-raised from the cache: lru_cache keeps no
+    exceptions, so a refused pattern is probed again, at most once a call)."""
     if m.kind not in MATCHER_KINDS:
         raise RuleError(f"a rule side must be one of {MATCHER_KINDS}, got {m.kind!r}")
     if not isinstance(m.spec, str) or not m.spec.strip():
@@ -102,7 +107,11 @@ def compile_matcher(m: Matcher):
         pat = regex.compile(m.spec)
     except (regex.error, OverflowError, RecursionError) as e:
         raise RuleError(f"the regular expression /{m.spec}/ is not valid: {e}") from None
+    deadline = time.perf_counter() + PROBE_BUDGET_S
     for probe in _probes(m.spec):
+        if time.perf_counter() > deadline:
+            raise RuleError(f"the regular expression /{m.spec}/ is too slow to check (its probes "
+                            f"took over {PROBE_BUDGET_S * 1000:.0f} ms); simplify it")
         try:
             pat.fullmatch(probe, timeout=PROBE_TIMEOUT_S)
             pat.search(probe, timeout=PROBE_TIMEOUT_S)
@@ -155,9 +164,13 @@ def rule_pairs(rule: Rule, words: list[str]) -> np.ndarray:
     return np.tril(np.outer(src, tgt))
 
 
-def rule_bias(rule: Rule, words: list[str]) -> Tensor:
-    """``[1, T, T]`` float: the additive score bias a rule puts on each (query, key) pair."""
-    return torch.from_numpy(rule_pairs(rule, words)).float().unsqueeze(0) * rule.strength
+def rule_bias(rule: Rule, words: list[str] | None = None,
+              pairs: np.ndarray | None = None) -> Tensor:
+    """``[1, T, T]`` float: the additive score bias a rule puts on each (query, key) pair
+    (from ``pairs`` when they are already known, else matched against ``words``)."""
+    if pairs is None:
+        pairs = rule_pairs(rule, words)
+    return torch.from_numpy(np.asarray(pairs)).float().unsqueeze(0) * rule.strength
 
 
 def rule_fidelity(patterns: np.ndarray | Tensor, pairs: np.ndarray) -> float | None:

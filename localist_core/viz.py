@@ -139,8 +139,8 @@ def tradeoff_figure(points: list[dict], paper_points: list[dict] | None = None,
 def recruitment_chart(labels: list[str], gain_bits: np.ndarray, block_ids: np.ndarray,
                       title: str = "") -> go.Figure:
     """The recruited partition's split test at every position: bars of bits gained, solid where
-    a block was recruited (gain > 0), pale where the test said "continue"; white lines mark
-    the block starts, as on the heatmap."""
+    a block was recruited (gain > 0), pale where the test said "continue"; orange dotted lines
+    mark the block starts."""
     n = len(labels)
     safe = [inert(w) for w in labels]
     names = [f"{i}·{w}" for i, w in enumerate(safe)]

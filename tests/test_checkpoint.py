@@ -147,6 +147,7 @@ def test_adaptive_partitions_survive_a_round_trip(tmp_path, tiny_model_cfg, tiny
     assert torch.equal(want, got)
     assert int(got.max()) > 0    # a real partition, not one block (or an all-False mask)
     if partition == "punctuation":
+        assert model.boundary_token.any()       # the full stop and comma ids are marked
         assert loaded.boundary_token.dtype == torch.bool
         assert torch.equal(loaded.boundary_token, model.boundary_token)
 

@@ -36,3 +36,27 @@ def test_a_one_word_text_has_no_perplexity_but_next_words(trained_tiny, tiny_cor
     assert a.perplexity is None and a.token_nll.shape == (0,)
     words, probs = next_words(trained_tiny, tiny_corpus.tokenizer, a, 0)
     assert len(words) == 5 and 0 < probs.sum() <= 1 + 1e-6
+
+
+@pytest.mark.parametrize("partition", ["punctuation", "recruited"])
+def test_partitions_at_inference_and_the_theory_report_count_real_blocks(tiny_model_cfg,
+                                                                        tiny_corpus, partition):
+    import dataclasses
+
+    from localist_core.live import recruitment_trace, theory_report
+    from localist_core.train import make_model
+    model = make_model(dataclasses.replace(tiny_model_cfg, partition=partition),
+                       tiny_corpus).eval()
+    tok = tiny_corpus.tokenizer
+    one_block = "the cat sees"                       # 3 words: one block under either rule
+    assert theory_report(model, tok, one_block, 0.5, 0) is None
+    two = "the cat sees the bridge . a dog follows the castle on Monday ."
+    assert theory_report(model, tok, two, 0.5, 0) is not None
+    a = analyze(model, tok, two, partition="fixed", block_size=4)
+    assert a.block_ids.tolist() == [i // 4 for i in range(len(a.labels))]
+    assert a.partition == "fixed"
+    assert analyze(model, tok, "", partition="recruited").partition == "recruited"
+    trace = recruitment_trace(model, tok, two)
+    assert [p for p, _, _ in trace.boundaries()] == [
+        i for i in range(1, len(trace.labels)) if trace.block_ids[i] != trace.block_ids[i - 1]]
+    assert all(bits > 0 for _, _, bits in trace.boundaries())

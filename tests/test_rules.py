@@ -21,9 +21,20 @@ def test_catastrophic_patterns_are_refused_quickly(pattern):
     t0 = time.perf_counter()
     with pytest.raises(RuleError, match="catastrophically"):
         make_rule("words", "cat", "regex", pattern, 2.0)
-    # Python's re needs hours for these on a 49-character word. The regex engine checks its
-    # timeout every so many steps, so a refusal takes about 0.5 s; 5 s allows a busy machine.
+    # Python's re needs hours for these on a 49-character word; 5 s allows a busy machine.
     assert time.perf_counter() - t0 < 5.0
+
+
+def test_probing_one_pattern_has_one_deadline():
+    """Many distinct characters mean many probe strings; together they stop at the budget."""
+    pattern = ("(?:ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxy12345678)?"
+               "(?:.|..){14}[^a-z0-9 .\\-_!b]")
+    t0 = time.perf_counter()
+    try:
+        make_rule("words", "cat", "regex", pattern, 1.0)
+    except RuleError as e:
+        assert "too slow" in str(e) or "catastrophically" in str(e)
+    assert time.perf_counter() - t0 < 3.0      # was 3.7 s per check before the shared deadline
 
 
 @pytest.mark.parametrize("kind,spec,match", [
@@ -121,9 +132,12 @@ def test_the_anchor_bias_raises_pointer_fidelity(trained_tiny, tiny_corpus, text
 
 
 def test_a_rule_bias_keeps_the_model_causal(trained_tiny, tiny_corpus, tokens):
-    """The bias sits inside the causal mask: the leak test passes with a rule on every pair."""
+    """The bias sits inside the causal mask: with large random biases on every pair, future
+    keys included, the leak test still passes, though the biases change the outputs."""
     n = tokens.shape[1]
-    everything = torch.full((1, n, n), 4.0)
+    everything = torch.randn(1, n, n, generator=torch.Generator().manual_seed(0)) * 5
+    biased = trained_tiny.run_with_cache(tokens, score_bias=everything)[0]
+    assert (biased - trained_tiny.run_with_cache(tokens)[0]).abs().max() > 0.1
 
     class Biased(torch.nn.Module):
         def __init__(self, model):
