@@ -133,7 +133,7 @@ class LocalistLM(nn.Module):
     def partition_of(self, tokens: Tensor) -> Tensor:
         """``[batch, pos]`` block ids of the trained partition for ``tokens``."""
         if self.cfg.partition == "punctuation":
-            self.partition.boundary = self.boundary_token
+            self.partition.boundary = self.boundary_token   # follows .to() and load_state_dict
         return self.partition.block_ids(tokens)
 
     def anchors_for(self, tokens: Tensor, block_ids: Tensor) -> Tensor:
@@ -155,9 +155,8 @@ class LocalistLM(nn.Module):
                                  f"{tuple(score_bias.shape)}")
             if not bool(torch.isfinite(score_bias).all()):
                 raise ValueError("score_bias holds NaN or inf")
-        if partition is None and self.cfg.partition == "punctuation":
-            self.partition.boundary = self.boundary_token   # follows .to() and load_state_dict
-        block_ids = (partition or self.partition).block_ids(tokens)
+        block_ids = (partition.block_ids(tokens) if partition is not None
+                     else self.partition_of(tokens))
         anchors = self.anchors_for(tokens, block_ids) if dial.rule_strength != 0.0 else None
         pos = torch.arange(n, device=tokens.device)
         x = self.hook_embed(self.tok_emb(tokens)) + self.hook_pos_embed(self.pos_emb(pos))
