@@ -24,7 +24,7 @@ PROMPTS_FILE = ASSETS / "prompts.json"
 SWEEP_CACHE = ASSETS / "sweep"
 DEFAULTS = {"lam": 0.0, "tau": 1.0, "gamma": 0.0, "layer": "mean", "head": "mean"}
 # Limits (README "Limits"): every cache is bounded. One analysis holds at most
-# live.analysis_bytes_bound() bytes (≈0.42 MB for the shipped models), so ≈81 MB in all.
+# live.analysis_bytes_bound() bytes (0.42 MiB for the shipped models), so ≤ 80 MiB in all.
 ANALYSES_KEPT = 192
 GAMMA_MAX = 5.0   # the γ slider's top; a link may not ask for more than the slider can show
 # Deep-link parameter → (session key, parser). Parsers raise ValueError on bad input.

@@ -228,6 +228,17 @@ def make_partition(cfg, words: list[str] | None = None, boundary: Tensor | None 
                      f"recruited")
 
 
+def block_starts(block_ids: Tensor) -> Tensor:
+    """``[batch, pos]`` bool: the position opens a block (position 0 always does).
+
+    >>> block_starts(torch.tensor([[0, 0, 1, 1, 2]])).tolist()
+    [[True, False, True, False, True]]
+    """
+    starts = torch.ones_like(block_ids, dtype=torch.bool)
+    starts[..., 1:] = block_ids[..., 1:] != block_ids[..., :-1]
+    return starts
+
+
 def same_block(block_ids: Tensor) -> Tensor:
     """``[batch, query, key]`` bool: key and query share a block."""
     return block_ids.unsqueeze(-1) == block_ids.unsqueeze(-2)

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from .attention import resolve_dial
+from .blocks import block_starts
 from .data import eval_windows
 from .metrics import attention_metrics, causal_entropy_ceiling
 from .model import autocast_ctx
@@ -120,8 +121,7 @@ def _position_in_block(block_ids: Tensor) -> Tensor:
     """0 for the first token of each block, 1 for the next, …, ``[B, T]``."""
     n = block_ids.shape[-1]
     pos = torch.arange(n).expand_as(block_ids)
-    starts = torch.ones_like(block_ids, dtype=torch.bool)
-    starts[:, 1:] = block_ids[:, 1:] != block_ids[:, :-1]
+    starts = block_starts(block_ids)
     start_pos = torch.where(starts, pos, torch.zeros_like(pos)).cummax(-1).values
     return pos - start_pos
 

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .blocks import same_block
+from .blocks import block_starts, same_block
 
 LN2 = math.log(2.0)
 
@@ -71,10 +71,10 @@ def shifted_block_ids(block_ids: Tensor, block_size: int) -> Tensor:
     [[0, 1, 1, 2, 2, 2, 3, 3]]
     """
     k = block_size - block_size // 2
-    starts = torch.ones_like(block_ids, dtype=torch.bool)
-    starts[:, 1:] = block_ids[:, 1:] != block_ids[:, :-1]
+    starts = block_starts(block_ids)
     moved = torch.zeros_like(starts)
-    moved[:, k:] = starts[:, :-k] if k < starts.shape[1] else moved[:, k:]
+    if k < starts.shape[1]:
+        moved[:, k:] = starts[:, :-k]
     return moved.long().cumsum(-1)
 
 

@@ -35,7 +35,11 @@ def test_a_cached_analysis_stays_within_its_bound(model, tiny_corpus):
     cfg = model.cfg
     assert len(a.labels) == cfg.n_ctx and a.patterns.dtype == np.float16
     assert a.nbytes() <= analysis_bytes_bound(cfg)
-    # the shipped models (cpu-ref: 2 layers, 4 heads, 128 tokens): about 0.42 MB an entry
+    with_rule = analyze(model, tiny_corpus.tokenizer, LONG, 0.5, 0.5, 1.0,
+                        rule=("words", "the", "regex", "[a-z]+", 2.0))
+    assert with_rule.rule_pairs is not None and with_rule.rule_pairs.shape == (cfg.n_ctx,) * 2
+    assert with_rule.nbytes() <= analysis_bytes_bound(cfg)
+    # the shipped models (cpu-ref: 2 layers, 4 heads, 128 tokens): 0.42 MiB an entry
     shipped = ModelConfig(vocab_size=33_278, **preset("cpu-ref").model)
     assert analysis_bytes_bound(shipped) * ui.ANALYSES_KEPT < 100 * 2**20
 
