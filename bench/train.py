@@ -9,7 +9,8 @@ in fp32 and in bf16 autocast (each against the same precision), on real WikiText
 Model FLOP utilisation is each step's matmul FLOPs (``torch.utils.flop_counter``) over its
 time, against a matmul peak measured in the same run.
 
-    python -m bench.train            # the table recorded in BENCHMARKS.md (~6 minutes)
+    python -m bench.train            # the table recorded in BENCHMARKS.md (~10 minutes)
+    python -m bench.train --keep-freed-memory --quality-steps 0   # glibc keeps freed memory
     python -m bench.train --quick    # smoke run on random tokens: numbers meaningless
 """
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench.common import machine, parser, print_table
+from bench.common import keep_freed_memory, machine, parser, print_table
 from localist_core.attention import Dial
 from localist_core.config import ModelConfig, TrainConfig, preset
 from localist_core.model import LocalistLM, TransformerBlock, autocast_ctx
@@ -204,8 +205,15 @@ def main(argv=None) -> None:
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--quality-steps", type=int, default=300,
                    help="steps of the fp32-vs-bf16 quality check (0 skips it)")
+    p.add_argument("--keep-freed-memory", action="store_true",
+                   help="glibc keeps freed memory (mallopt), so no model pays page faults for "
+                        "its big tensors; without it every model runs as a user would run it")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    allocator = "glibc default"
+    if args.keep_freed_memory:
+        allocator = ("glibc keeps freed memory (M_MMAP_MAX=0)" if keep_freed_memory()
+                     else "glibc default (mallopt unavailable)")
     if args.quick:
         cfg = ModelConfig(**{**preset("cpu-ref").model, "vocab_size": 33_278, "d_model": 64,
                              "d_ff": 128, "n_ctx": 32})
@@ -214,7 +222,7 @@ def main(argv=None) -> None:
         cfg = ModelConfig(**{**preset("cpu-ref").model, "vocab_size": 33_278})
         batch, rounds, per_round = preset("cpu-ref").train["batch_size"], args.rounds, 3
     tokens = batch * cfg.n_ctx
-    print(f"machine: {machine()}")
+    print(f"machine: {machine()}; allocator: {allocator}")
     print(f"shape: d={cfg.d_model}, {cfg.n_layers} layers, {cfg.n_heads} heads, d_ff {cfg.d_ff}, "
           f"batch {batch}×{cfg.n_ctx}, vocab {cfg.vocab_size:,}")
     data = batches(cfg, batch, args.quick, args.data_dir)
@@ -240,7 +248,7 @@ def main(argv=None) -> None:
     print_table("Training throughput, side by side",
                 ["precision", "model", "tokens/s", "ms/step (median)", "MFLOP/token", "MFU"],
                 rows)
-    q_steps = 3 if args.quick else args.quality_steps
+    q_steps = min(3, args.quality_steps) if args.quick else args.quality_steps
     if q_steps:
         print_table(f"bf16 autocast vs fp32: valid perplexity after {q_steps} steps, same seed",
                     ["training precision", "steps", "wall s", "valid ppl"],

@@ -113,7 +113,7 @@ class TrainConfig:
     eval_interval: int = 500
     ckpt_interval: int = 200
     seed: int = 1234
-    bf16: bool = True                # CPU autocast; the adaptive head stays in fp32
+    bf16: bool = True                # CPU autocast; head matmuls bf16, its softmax fp32
     threads: int = 2
 
     def __post_init__(self) -> None:

@@ -170,13 +170,22 @@ class LocalistLM(nn.Module):
         return ForwardOutput(self.ln_final(x), patterns, block_ids, penalty)
 
     def _head_ctx(self):
-        # DESIGN §2: under CPU bf16 autocast the adaptive head must run in fp32.
+        # DESIGN §2: torch's adaptive forward fails under CPU bf16 autocast, so the exact paths
+        # run it in fp32 (training's bf16 head goes through adaptive_nll instead).
         return torch.autocast("cpu", enabled=False)
 
-    def token_nll(self, hidden: Tensor, targets: Tensor) -> Tensor:
-        """Per-token negative log-likelihood (nats), shaped like ``targets``."""
+    def token_nll(self, hidden: Tensor, targets: Tensor, bf16_matmuls: bool = False) -> Tensor:
+        """Per-token negative log-likelihood (nats), shaped like ``targets``.
+
+        By default this is torch's adaptive softmax in exact fp32. ``bf16_matmuls`` (training
+        under bf16) runs the head's and tails' matmuls in bf16 and every softmax in fp32; see
+        ``adaptive_nll``.
+        """
+        flat, tgt = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
+        if bf16_matmuls:
+            return adaptive_nll(self.head, flat, tgt, matmul_dtype=torch.bfloat16).view_as(targets)
         with self._head_ctx():
-            out = self.head(hidden.float().reshape(-1, hidden.shape[-1]), targets.reshape(-1))
+            out = self.head(flat.float(), tgt)
         return (-out.output).view_as(targets)
 
     def log_probs(self, hidden: Tensor) -> Tensor:
@@ -331,6 +340,41 @@ class LocalistLM(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def adaptive_nll(head: nn.AdaptiveLogSoftmaxWithLoss, hidden: Tensor, targets: Tensor,
+                 matmul_dtype: torch.dtype = torch.float32) -> Tensor:
+    """−log p(target) per row from ``head``'s own weights: the same sum as torch's
+    ``AdaptiveLogSoftmaxWithLoss.forward`` (head log-prob of the word or of its cluster, plus
+    the word's log-prob inside the cluster), with the matmuls in ``matmul_dtype`` and every
+    log-softmax in fp32.
+
+    Why not torch's forward under autocast: it fails there (``index_copy_`` meets a bf16 source
+    in an fp32 output), and with bf16 input it takes the log-softmax in bf16 too. Why not fp32:
+    the head's 4096 × 256 × 2002 matmuls were about a quarter of a bf16 training step
+    (BENCHMARKS.md). ``matmul_dtype=float32`` gives torch's numbers (a test holds it to them).
+    """
+    low = matmul_dtype != torch.float32
+    short = head.shortlist_size
+    if int(targets.min()) < 0 or int(targets.max()) >= head.n_classes:
+        raise ValueError(f"targets must lie in [0, {head.n_classes})")
+    cluster = torch.bucketize(targets, torch.tensor(head.cutoffs[:-1], device=targets.device),
+                              right=True)                     # 0 = shortlist, i = tail i − 1
+    head_target = torch.where(cluster == 0, targets, short + cluster - 1)
+    with torch.autocast("cpu", dtype=matmul_dtype, enabled=low):
+        head_logits = head.head(hidden)
+    nll = -torch.log_softmax(head_logits, -1, dtype=torch.float32).gather(
+        1, head_target.unsqueeze(1)).squeeze(1)
+    for i, tail in enumerate(head.tail):
+        rows = (cluster == i + 1).nonzero().squeeze(1)
+        if rows.numel() == 0:
+            continue
+        with torch.autocast("cpu", dtype=matmul_dtype, enabled=low):
+            logits = tail(hidden.index_select(0, rows))
+        local = (targets.index_select(0, rows) - head.cutoffs[i]).unsqueeze(1)
+        inner = torch.log_softmax(logits, -1, dtype=torch.float32).gather(1, local).squeeze(1)
+        nll = nll.index_add(0, rows, -inner)
+    return nll
 
 
 @contextlib.contextmanager

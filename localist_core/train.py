@@ -95,7 +95,7 @@ def training_loss(model: LocalistLM, cfg: TrainConfig, x, y, dial: Dial
     attn_pen = cfg.protocol == "penalty" and cfg.penalty_form == "attention" and cfg.locality > 0
     with autocast_ctx(cfg.bf16):
         out = model(x, dial, attention_penalty=attn_pen)
-    nll = model.token_nll(out.hidden, y).mean()
+    nll = model.token_nll(out.hidden, y, bf16_matmuls=cfg.bf16).mean()
     loss, parts = nll, {"nll": nll.item()}
     if cfg.protocol == "penalty" and cfg.locality > 0:
         if cfg.penalty_form == "attention":

@@ -25,3 +25,13 @@ def test_benchmark_runs_in_quick_mode_and_prints_its_tables(module):
         assert title in proc.stdout, (title, proc.stdout[-2000:])
     assert "| --- |" not in proc.stdout and "|---|" in proc.stdout     # Markdown tables
     assert "nan" not in proc.stdout.lower().replace("nanogpt", "")
+
+
+def test_train_benchmark_can_keep_freed_memory():
+    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-m", "bench.train", "--quick", "--quality-steps", "0",
+                           "--keep-freed-memory"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "allocator: glibc keeps freed memory" in proc.stdout
+    assert "ours ÷ (a)" in proc.stdout and "bf16 autocast vs fp32" not in proc.stdout

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from localist_core.evaluate import leak_test
-from localist_core.model import LocalistLM
+from localist_core.model import LocalistLM, adaptive_nll
 
 SETTINGS = [dict(locality=lam, attn_temperature=tau, rule_strength=gam)
             for lam in (0.0, 0.4, 0.9, 1.0) for tau in (0.05, 1.0, 10.0) for gam in (0.0, 3.0)]
@@ -159,3 +159,55 @@ def test_adaptive_model_blocks_follow_their_rule_on_real_text(adaptive_tiny, tok
         _, gain = adaptive_tiny.partition.trace(tokens)
         assert starts.any()
         assert torch.equal(starts[:, 1:], gain[:, 1:] > 0)
+
+
+def _zipf_targets(n_classes: int, n: int, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    weights = 1.0 / torch.arange(1, n_classes + 1, dtype=torch.float64)
+    return torch.multinomial(weights, n, replacement=True, generator=gen)
+
+
+def test_adaptive_nll_in_fp32_is_torchs_adaptive_softmax():
+    """The training head gives torch's per-target log-probs and gradients, every cluster hit."""
+    torch.manual_seed(0)
+    head = torch.nn.AdaptiveLogSoftmaxWithLoss(16, 300, [20, 100], div_value=2.0)
+    hidden = torch.randn(400, 16, requires_grad=True)
+    y = _zipf_targets(300, 400)
+    assert {int(c) for c in torch.bucketize(y, torch.tensor([20, 100]), right=True)} == {0, 1, 2}
+    ref = -head(hidden, y).output
+    ours = adaptive_nll(head, hidden, y)
+    assert torch.equal(ours, ref)
+    g_ref = torch.autograd.grad(ref.sum(), [hidden, *head.parameters()])
+    g_ours = torch.autograd.grad(ours.sum(), [hidden, *head.parameters()])
+    for a, b in zip(g_ref, g_ours):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_adaptive_nll_bf16_matmuls_keep_softmax_in_fp32():
+    torch.manual_seed(1)
+    head = torch.nn.AdaptiveLogSoftmaxWithLoss(64, 3000, [200, 1000])
+    hidden = torch.randn(512, 64)
+    y = _zipf_targets(3000, 512, seed=1)
+    ref = -head(hidden, y).output
+    low = adaptive_nll(head, hidden, y, matmul_dtype=torch.bfloat16)
+    assert low.dtype == torch.float32
+    assert (low - ref).abs().max() < 0.05              # bf16 logits, fp32 normalisation
+    assert abs(float(low.mean() - ref.mean())) < 2e-3
+    assert not torch.equal(low, ref)                   # the matmuls really ran in bf16
+
+
+def test_adaptive_nll_with_one_cluster_only_and_bad_targets():
+    head = torch.nn.AdaptiveLogSoftmaxWithLoss(8, 50, [10, 30], div_value=2.0)
+    hidden = torch.randn(5, 8)
+    y = torch.tensor([0, 1, 2, 3, 9])                  # every target in the shortlist
+    assert torch.equal(adaptive_nll(head, hidden, y), -head(hidden, y).output)
+    with pytest.raises(ValueError, match=r"\[0, 50\)"):
+        adaptive_nll(head, hidden, torch.tensor([0, 1, 2, 3, 50]))
+
+
+def test_token_nll_bf16_matmuls_close_to_exact(trained_tiny, tokens):
+    out = trained_tiny(tokens)
+    exact = trained_tiny.token_nll(out.hidden, tokens)
+    low = trained_tiny.token_nll(out.hidden, tokens, bf16_matmuls=True)
+    assert low.shape == exact.shape == tokens.shape
+    assert (low - exact).abs().max() < 0.05
