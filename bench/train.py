@@ -155,14 +155,18 @@ def batches(cfg: ModelConfig, batch: int, quick: bool, data_dir: str | None):
 
 
 def measure(steps: dict, data, rounds: int, per_round: int) -> dict[str, list[float]]:
-    """Interleave the models round by round so that machine noise hits them alike."""
+    """Interleave the models round by round so that machine noise hits them alike. Every model
+    trains on the same batches (how many words fall in each adaptive-softmax cluster changes
+    a step's cost), and the order of the models rotates from round to round."""
     times: dict[str, list[float]] = {name: [] for name in steps}
     for _, step in steps.values():           # warm-up: allocator, AdamW state, kernels
         step(*next(data))
-    for _ in range(rounds):
-        for name, (_, step) in steps.items():
-            for _ in range(per_round):
-                x, y = next(data)
+    names = list(steps)
+    for r in range(rounds):
+        round_batches = [next(data) for _ in range(per_round)]
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            step = steps[name][1]
+            for x, y in round_batches:
                 t0 = time.perf_counter()
                 step(x, y)
                 times[name].append(time.perf_counter() - t0)
@@ -202,7 +206,7 @@ def bf16_quality(cfg: ModelConfig, batch: int, steps: int, eval_tokens: int, qui
 def main(argv=None) -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--data-dir", default=None, help="WikiText-2 folder (default: the usual search)")
-    p.add_argument("--rounds", type=int, default=4)
+    p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--quality-steps", type=int, default=300,
                    help="steps of the fp32-vs-bf16 quality check (0 skips it)")
     p.add_argument("--keep-freed-memory", action="store_true",

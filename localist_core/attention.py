@@ -152,19 +152,21 @@ class LocalityAttention(nn.Module):
         cfg = self.cfg
         batch, n, d = x.shape
         heads, dh = cfg.n_heads, cfg.d_head
-        qkv = self.qkv(x).view(batch, n, 5, heads, dh).permute(2, 0, 3, 1, 4)  # (5, B, H, T, dh)
-        # Hook points observe each channel; the scores below read strided views of the one
-        # projection, so no channel is copied: [q_in, q_x] = qkv[0:4:2], [k_in, k_x] = qkv[1:4:2].
-        self.hook_q_in(qkv[0]), self.hook_k_in(qkv[1])
-        self.hook_q_x(qkv[2]), self.hook_k_x(qkv[3])
-        v = self.hook_v(qkv[4])
-        q2 = qkv[0:4:2] * (1.0 / math.sqrt(dh))                # (2, B, H, T, dh), scale on q
-        s = q2 @ qkv[1:4:2].transpose(-1, -2)                   # (2, B, H, T, T): both channels
-        sb, bias = self._score_masks(block_ids, dial, anchors, s.dtype, score_bias)
+        # One projection, unbound into its five channels, each (B, H, T, dh). unbind, not
+        # indexing: its backward writes the five gradients into one tensor, where each index
+        # or slice of the projection would zero-fill a whole copy of it (BENCHMARKS.md).
+        q_in, k_in, q_x, k_x, v = self.qkv(x).view(batch, n, 5, heads, dh).permute(
+            2, 0, 3, 1, 4).unbind(0)
+        q_in, k_in = self.hook_q_in(q_in), self.hook_k_in(k_in)
+        q_x, k_x, v = self.hook_q_x(q_x), self.hook_k_x(k_x), self.hook_v(v)
+        scale = 1.0 / math.sqrt(dh)
+        s_in = (q_in * scale) @ k_in.transpose(-1, -2)          # (B, H, T, T), scale on q
+        sb, bias = self._score_masks(block_ids, dial, anchors, s_in.dtype, score_bias)
         if dial.locality >= 1.0:
-            scores = s[0] + bias        # cross-block keys are −inf in the bias: exact, never 0·∞
+            scores = s_in + bias        # cross-block keys are −inf in the bias: exact, never 0·∞
         else:
-            scores = torch.where(sb, s[0], s[1]) + bias
+            s_x = (q_x * scale) @ k_x.transpose(-1, -2)
+            scores = torch.where(sb, s_in, s_x) + bias
         scores = self.hook_attn_scores(scores)
         logits = scores if dial.attn_temperature == 1.0 else scores / dial.attn_temperature
         pattern = self.hook_pattern(torch.softmax(logits, dim=-1, dtype=torch.float32))
