@@ -152,9 +152,10 @@ class LocalityAttention(nn.Module):
         cfg = self.cfg
         batch, n, d = x.shape
         heads, dh = cfg.n_heads, cfg.d_head
-        # One projection, unbound into its five channels, each (B, H, T, dh). unbind, not
-        # indexing: its backward writes the five gradients into one tensor, where each index
-        # or slice of the projection would zero-fill a whole copy of it (BENCHMARKS.md).
+        # One projection, unbound into its five channels, each (B, H, T, dh). The scores are
+        # computed from the hook points' outputs, so a forward hook that edits a channel
+        # (an intervention) changes the pattern. unbind's backward writes the five gradients
+        # into one tensor; the step time is the same as with strided views (BENCHMARKS.md).
         q_in, k_in, q_x, k_x, v = self.qkv(x).view(batch, n, 5, heads, dh).permute(
             2, 0, 3, 1, 4).unbind(0)
         q_in, k_in = self.hook_q_in(q_in), self.hook_k_in(k_in)

@@ -118,3 +118,22 @@ def test_tau_clamp_is_reported_through_the_cache(tiny_model, tokens):
         _, cache = tiny_model.run_with_cache(tokens, attn_temperature=0.0)
     assert any("τ" in n for n in cache.notices)
     assert all(torch.isfinite(cache[f"blocks.{i}.attn.hook_pattern"]).all() for i in range(2))
+
+
+def test_a_hook_that_edits_a_channel_changes_the_pattern(trained_tiny, tokens):
+    """Hook points sit on the path: zeroing the within-block queries makes every in-block
+    score 0, so at λ_f = 1 each query attends uniformly to the visible keys of its block."""
+    attn = trained_tiny.blocks[0].attn
+    handle = attn.hook_q_in.register_forward_hook(lambda _m, _i, out: torch.zeros_like(out))
+    try:
+        _, cache = trained_tiny.run_with_cache(tokens, locality=1.0)
+    finally:
+        handle.remove()
+    pattern = cache["blocks.0.attn.hook_pattern"]
+    bid = cache["block_ids"]
+    n = tokens.shape[1]
+    visible = same_block(bid) & torch.ones(n, n, dtype=torch.bool).tril()       # (B, T, T)
+    uniform = visible.float() / visible.sum(-1, keepdim=True)
+    assert torch.allclose(pattern, uniform.unsqueeze(1).expand_as(pattern), atol=1e-6)
+    _, plain = trained_tiny.run_with_cache(tokens, locality=1.0)
+    assert not torch.allclose(plain["blocks.0.attn.hook_pattern"], pattern, atol=1e-3)
