@@ -60,6 +60,19 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2**31 - 1))
 
 
+def fresh_tensor_ms(shape: tuple[int, ...], repeat: int = 5, warmup: int = 2) -> float:
+    """Median ms to allocate and zero a float32 tensor of ``shape``, after ``warmup`` untimed
+    ones: the page faults a training step pays for each big tensor it makes."""
+    for _ in range(warmup):
+        torch.zeros(shape)
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        torch.zeros(shape)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
 def percentile(xs: list[float], q: float) -> float:
     """The q-th percentile (0–100) by linear interpolation."""
     s = sorted(xs)

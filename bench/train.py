@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench.common import keep_freed_memory, machine, parser, print_table
+from bench.common import fresh_tensor_ms, keep_freed_memory, machine, parser, print_table
 from localist_core.attention import Dial
 from localist_core.config import ModelConfig, TrainConfig, preset
 from localist_core.model import LocalistLM, TransformerBlock, autocast_ctx
@@ -252,6 +252,12 @@ def main(argv=None) -> None:
     print_table("Training throughput, side by side",
                 ["precision", "model", "tokens/s", "ms/step (median)", "MFLOP/token", "MFU"],
                 rows)
+    # After the runs, so the heap has grown: what one more big tensor costs in page faults.
+    print_table(f"Fresh float32 tensors, allocate + zero (ms, median of 5 after 2), {allocator}",
+                ["tensor", "MB", "ms"],
+                [[label, f"{4 * rows * cols / 1e6:.0f}", f"{fresh_tensor_ms((rows, cols)):.1f}"]
+                 for label, rows, cols in (("a tail's log-probs, 462 × 23,278", 462, 23_278),
+                                           ("(a)'s logits, 4,096 × 33,278", 4096, 33_278))])
     q_steps = min(3, args.quality_steps) if args.quick else args.quality_steps
     if q_steps:
         print_table(f"bf16 autocast vs fp32: valid perplexity after {q_steps} steps, same seed",

@@ -10,7 +10,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = {
     "bench.live": ["Live core", "Figure build", "App rerun"],
-    "bench.train": ["Training throughput", "ours ÷ (a)", "matmul peak", "bf16 autocast vs fp32"],
+    "bench.train": ["Training throughput", "ours ÷ (a)", "matmul peak", "Fresh float32 tensors",
+                    "bf16 autocast vs fp32"],
     "bench.evaluate": ["One full-valid evaluation", "Sweep wall time"],
 }
 
