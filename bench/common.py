@@ -40,26 +40,6 @@ def machine() -> str:
             f"{torch.get_num_threads()} threads")
 
 
-def keep_freed_memory() -> bool:
-    """Ask glibc to keep freed memory for reuse instead of giving big blocks back to the kernel.
-
-    By default glibc serves every allocation over 32 MiB with a fresh ``mmap`` and unmaps it on
-    free, so each such tensor is paid for again in page faults (about 0.3 ms per MiB on this
-    VM). ``M_MMAP_MAX = 0`` serves them from the heap and ``M_TRIM_THRESHOLD = 2 GiB`` keeps the
-    heap's top. Returns False where the C library has no ``mallopt`` (not glibc).
-    """
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    m_trim_threshold, m_mmap_max = -1, -4                   # from glibc's <malloc.h>
-    return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2**31 - 1))
-
-
 def fresh_tensor_ms(shape: tuple[int, ...], repeat: int = 5, warmup: int = 2) -> float:
     """Median ms to allocate and zero a float32 tensor of ``shape``, after ``warmup`` untimed
     ones: the page faults a training step pays for each big tensor it makes."""

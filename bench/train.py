@@ -23,9 +23,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench.common import fresh_tensor_ms, keep_freed_memory, machine, parser, print_table
+from bench.common import fresh_tensor_ms, machine, parser, print_table
 from localist_core.attention import Dial
 from localist_core.config import ModelConfig, TrainConfig, preset
+from localist_core.memory import keep_freed_memory
 from localist_core.model import LocalistLM, TransformerBlock, autocast_ctx
 from localist_core.train import make_optimizer, training_loss
 

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from .config import PARTITIONS, ConfigError, ModelConfig, TrainConfig, apply_overrides, preset
+from .memory import keep_freed_memory
 
 EXIT_USAGE = 2
 
@@ -43,6 +44,7 @@ def _corpus(args):
 def cmd_train(args) -> int:
     from .train import train
     _check_overrides(args.config, args.overrides)
+    keep_freed_memory()                     # ~13% faster steps here; see memory.py
     corpus = _corpus(args)
     mcfg, tcfg = _configs(args.config, args.overrides, len(corpus.tokenizer))
     res = train(mcfg, tcfg, corpus, args.out, resume=not args.no_resume,
@@ -55,6 +57,7 @@ def cmd_train(args) -> int:
 def cmd_sweep(args) -> int:
     from .sweep import plan_runs, run_sweep
     _check_overrides(args.config, args.overrides)
+    keep_freed_memory()
     corpus = _corpus(args)
     mcfg, tcfg = _configs(args.config, args.overrides, len(corpus.tokenizer))
     runs = plan_runs(mcfg, tcfg, args.protocols.split(","), args.lambdas, args.taus,

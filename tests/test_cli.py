@@ -6,11 +6,14 @@ import pytest
 from localist_core.cli import main
 
 
-def test_train_then_eval_end_to_end(tmp_path, tiny_data_dir, capsys):
+def test_train_then_eval_end_to_end(tmp_path, tiny_data_dir, capsys, monkeypatch):
+    calls = []
+    monkeypatch.setattr("localist_core.cli.keep_freed_memory", lambda: calls.append(1))
     out = tmp_path / "ckpt"
     assert main(["train", "--config", "tiny", "--out", str(out), "--data-dir", str(tiny_data_dir),
                  "max_steps=12", "eval_interval=6", "locality=0.6", "penalty_form=attention"]) == 0
     assert (out / "model.safetensors").is_file() and (out / "config.json").is_file()
+    assert calls == [1]                    # training keeps freed memory (memory.py)
     report = tmp_path / "report.json"
     assert main(["eval", str(out), "--data-dir", str(tiny_data_dir), "--json", str(report),
                  "--locality", "0.5"]) == 0
