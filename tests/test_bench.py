@@ -13,6 +13,7 @@ BENCHMARKS = {
     "bench.train": ["Training throughput", "ours ÷ (a)", "matmul peak", "Fresh float32 tensors",
                     "bf16 autocast vs fp32"],
     "bench.evaluate": ["One full-valid evaluation", "Sweep wall time"],
+    "bench.head": ["the adaptive head, side by side", "time vs adaptive_nll"],
 }
 
 
