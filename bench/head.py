@@ -12,28 +12,20 @@ import statistics
 import torch
 
 from bench.common import machine, parser, print_table
-from bench.train import batches, measure
+from bench.train import batches, measure, stepper
 from localist_core.attention import Dial
 from localist_core.config import ModelConfig, TrainConfig, preset
 from localist_core.model import LocalistLM
-from localist_core.train import make_optimizer, training_loss
+from localist_core.train import training_loss
 
 
 def make_step(cfg: ModelConfig, tcfg: TrainConfig, bf16_head: bool):
     torch.manual_seed(0)
-    model = LocalistLM(cfg).train()
+    model = LocalistLM(cfg)
     if not bf16_head:
         exact = model.token_nll
         model.token_nll = lambda hidden, targets, bf16_matmuls=False: exact(hidden, targets)
-    opt = make_optimizer(model, tcfg)
-
-    def step(x, y):
-        loss = training_loss(model, tcfg, x, y, Dial())[0]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
-        opt.step()
-    return model, step
+    return stepper(model, lambda x, y: training_loss(model, tcfg, x, y, Dial())[0], tcfg)
 
 
 def main(argv=None) -> None:

@@ -85,25 +85,27 @@ class FullSoftmaxLM(nn.Module):
         return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), y.reshape(-1))
 
 
+def stepper(model, loss_fn, tcfg: TrainConfig):
+    """(model in train mode, one optimiser step on (x, y)): our fused AdamW for a LocalistLM,
+    ``torch.optim.AdamW`` as a user would write it otherwise."""
+    opt = make_optimizer(model, tcfg) if isinstance(model, LocalistLM) else \
+        torch.optim.AdamW(model.parameters(), lr=tcfg.lr, betas=(0.9, 0.98))
+
+    def step(x, y):
+        loss = loss_fn(x, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
+        opt.step()
+    return model.train(), step
+
+
 def make_steps(cfg: ModelConfig, bf16: bool) -> dict:
     """name → (model, one optimiser step on (x, y)); all share the optimiser settings."""
     tcfg = TrainConfig(**{**preset("cpu-ref").train, "bf16": bf16})
     ours_cfg = TrainConfig(**{**preset("cpu-ref").train, "bf16": bf16, "locality": 0.6,
                               "penalty_form": "attention"})
     plain_cfg = TrainConfig(**{**preset("cpu-ref").train, "bf16": bf16, "penalty_form": "none"})
-
-    def stepper(model, loss_fn):
-        opt = make_optimizer(model, tcfg) if isinstance(model, LocalistLM) else \
-            torch.optim.AdamW(model.parameters(), lr=tcfg.lr, betas=(0.9, 0.98))
-
-        def step(x, y):
-            loss = loss_fn(x, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
-            opt.step()
-        return model.train(), step
-
     torch.manual_seed(0)
     ours = LocalistLM(cfg)
     plain = plain_attention_model(cfg)
@@ -115,10 +117,10 @@ def make_steps(cfg: ModelConfig, bf16: bool) -> dict:
 
     return {
         "ours (attention penalty on)": stepper(
-            ours, lambda x, y: training_loss(ours, ours_cfg, x, y, Dial())[0]),
+            ours, lambda x, y: training_loss(ours, ours_cfg, x, y, Dial())[0], tcfg),
         "(b) ours, plain attention": stepper(
-            plain, lambda x, y: training_loss(plain, plain_cfg, x, y, Dial())[0]),
-        "(a) full softmax + SDPA": stepper(full, full_loss),
+            plain, lambda x, y: training_loss(plain, plain_cfg, x, y, Dial())[0], tcfg),
+        "(a) full softmax + SDPA": stepper(full, full_loss, tcfg),
     }
 
 

@@ -7,8 +7,8 @@ about 14 ms that way and about 1 ms from memory glibc kept, and a 200-step ``cpu
 55–58 s instead of 63–64 s, at a peak RSS of 3.1–3.2 GB instead of 2.8–3.1 (BENCHMARKS.md).
 
 ``python -m localist_core train`` and ``sweep`` call ``keep_freed_memory`` once at start.
-Set ``LOCALIST_KEEP_FREED_MEMORY=0`` to leave glibc as it is (for example to watch the
-process give memory back).
+Set ``LOCALIST_KEEP_FREED_MEMORY=0`` (or ``false``, ``no``, ``off``) to leave glibc as it is,
+for example to watch the process give memory back.
 """
 from __future__ import annotations
 
@@ -25,8 +25,8 @@ def keep_freed_memory() -> bool:
     """Ask glibc to serve big allocations from its heap and keep freed memory for reuse
     (``M_MMAP_MAX = 0``, ``M_TRIM_THRESHOLD`` = 2 GiB). Idempotent; returns False, changing
     nothing, where the C library has no ``mallopt`` (not glibc) or ``LOCALIST_KEEP_FREED_MEMORY``
-    is ``0``."""
-    if os.environ.get(ENV, "1").strip() == "0":
+    is ``0``, ``false``, ``no`` or ``off``."""
+    if os.environ.get(ENV, "1").strip().lower() in ("0", "false", "no", "off"):
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
