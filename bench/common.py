@@ -5,10 +5,24 @@ import argparse
 import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
 
 import torch
+
+
+def count(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer ≥ ``minimum``, or a one-line usage error."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be ≥ {minimum}, got {value}")
+        return value
+    return parse
 
 
 def parser(description: str) -> argparse.ArgumentParser:
@@ -16,8 +30,21 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true",
                    help="a few iterations on small inputs: checks the benchmark runs, "
                         "its numbers mean nothing")
-    p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    p.add_argument("--threads", type=count(1), default=2, help="torch threads (default 2)")
     return p
+
+
+def run(main: Callable[[], object]) -> None:
+    """Run a benchmark's ``main``; a missing corpus or a bad config ends with one line on
+    stderr and exit code 2, not a traceback."""
+    from localist_core.config import ConfigError
+    from localist_core.data import DataNotFound
+
+    try:
+        main()
+    except (DataNotFound, ConfigError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def machine() -> str:

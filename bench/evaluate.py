@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from bench.common import machine, parser, print_table
+from bench.common import machine, parser, print_table, run
 from localist_core import load_model
 from localist_core.config import ModelConfig, preset
 from localist_core.evaluate import evaluate_stream
@@ -83,4 +83,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -11,7 +11,7 @@ import statistics
 
 import torch
 
-from bench.common import machine, parser, print_table
+from bench.common import count, machine, parser, print_table, run
 from bench.train import batches, measure, stepper
 from localist_core.attention import Dial
 from localist_core.config import ModelConfig, TrainConfig, preset
@@ -31,7 +31,7 @@ def make_step(cfg: ModelConfig, tcfg: TrainConfig, bf16_head: bool):
 def main(argv=None) -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--data-dir", default=None)
-    p.add_argument("--rounds", type=int, default=8)
+    p.add_argument("--rounds", type=count(1), default=8)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     shape = dict(d_model=64, d_ff=128, n_ctx=32) if args.quick else {}
@@ -53,4 +53,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from bench.common import machine, parser, print_table, summary, time_calls
+from bench.common import machine, parser, print_table, run, summary, time_calls
 from localist_core import load_model
 from localist_core.config import ModelConfig, preset
 from localist_core.live import analyze, pattern_view
@@ -113,4 +113,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench.common import fresh_tensor_ms, machine, parser, print_table
+from bench.common import count, fresh_tensor_ms, machine, parser, print_table, run
 from localist_core.attention import Dial
 from localist_core.config import ModelConfig, TrainConfig, preset
 from localist_core.memory import keep_freed_memory
@@ -209,8 +209,8 @@ def bf16_quality(cfg: ModelConfig, batch: int, steps: int, eval_tokens: int, qui
 def main(argv=None) -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--data-dir", default=None, help="WikiText-2 folder (default: the usual search)")
-    p.add_argument("--rounds", type=int, default=6)
-    p.add_argument("--quality-steps", type=int, default=300,
+    p.add_argument("--rounds", type=count(1), default=6)
+    p.add_argument("--quality-steps", type=count(0), default=300,
                    help="steps of the fp32-vs-bf16 quality check (0 skips it)")
     p.add_argument("--keep-freed-memory", action="store_true",
                    help="glibc keeps freed memory (mallopt), so no model pays page faults for "
@@ -270,4 +270,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

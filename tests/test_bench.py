@@ -37,3 +37,17 @@ def test_train_benchmark_can_keep_freed_memory():
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "allocator: glibc keeps freed memory" in proc.stdout
     assert "ours ÷ (a)" in proc.stdout and "bf16 autocast vs fp32" not in proc.stdout
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["bench.head", "--rounds", "0"], "must be ≥ 1"),
+    (["bench.train", "--quality-steps", "-1"], "must be ≥ 0"),
+    (["bench.train", "--threads", "two"], "expected an integer"),
+    (["bench.head", "--data-dir", "/nonexistent"], "error: /nonexistent lacks train.txt"),
+])
+def test_bad_benchmark_arguments_exit_2_with_one_line(argv, message):
+    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-m", *argv], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 2
+    assert message in proc.stderr and "Traceback" not in proc.stderr
