@@ -7,10 +7,13 @@ are each a word list or a regular expression over the tokens' words.
 Rules come from users, so each is bounded and validated before it touches a model: word lists
 and patterns have a length cap, an invalid pattern is refused with the reason, and a pattern
 that backtracks catastrophically is refused quickly. Patterns run under the ``regex`` package,
-whose matcher takes a timeout (Python's ``re`` has none); every pattern is first tried on
-adversarial probe strings, all under one deadline, and then matched against the text under
-another. A refusal comes in well under a second where Python's ``re`` would run for hours. A
-pattern's verdict is kept for the life of the process, so a page and its cache always agree.
+whose matcher takes a timeout (Python's ``re`` has none) and can release the GIL while it
+matches. Before anything is compiled, the pattern is parsed by ``regex``'s own parser and its
+size after expanding counted repeats is bounded: compiling ``a{1000000}`` would take 260 MB.
+Every pattern is then tried on adversarial probe strings, all under one deadline, and matched
+against the text under another. A refusal comes in well under a second where Python's ``re``
+would run for hours. A pattern's verdict is kept for the life of the process, so a page and its
+cache always agree.
 """
 from __future__ import annotations
 
@@ -22,12 +25,18 @@ from dataclasses import dataclass
 import numpy as np
 import regex
 import torch
+from regex import _regex_core
 from torch import Tensor
 
 MATCHER_KINDS = ("words", "regex")
 MAX_PATTERN_CHARS = 200
 MAX_WORDS = 100
 MAX_WORD_CHARS = 64
+# A compiled pattern costs about 265 bytes per unit of its expanded size (a{100000}: 26 MB), so
+# these bound one pattern to ~0.1 MB and the MATCHERS_KEPT compiled ones to a few MB.
+MAX_REPEAT_COUNT = 100      # the largest m or n in {m,n}, and in a fuzzy constraint {e<=n}
+MAX_PATTERN_UNITS = 400     # parse-tree nodes once counted repeats are written out
+MATCHERS_KEPT = 64
 RULE_STRENGTH_MAX = 10.0
 PROBE_TIMEOUT_S = 0.05      # each probe string; a sound pattern needs microseconds
 PROBE_BUDGET_S = 0.5        # all probe strings of one pattern together
@@ -88,7 +97,73 @@ def _probes(pattern: str) -> list[str]:
     return out
 
 
-@functools.lru_cache(maxsize=256)
+def _parse(pattern: str):
+    """The pattern's syntax tree from ``regex``'s own parser, the first step of
+    ``regex.compile``, which builds nothing large (the expansion happens after it). Inline
+    flags such as ``(?x)`` restart the parse as they do in ``regex.compile``."""
+    flags = 0
+    for _ in range(4):
+        source = _regex_core.Source(pattern)
+        info = _regex_core.Info(flags, source.char_type, {})
+        info.guess_encoding = regex.UNICODE
+        source.ignore_space = bool(info.flags & regex.VERBOSE)
+        try:
+            parsed = _regex_core._parse_pattern(source, info)
+        except _regex_core._UnscopedFlagSet:
+            flags = info.global_flags
+            continue
+        if not source.at_end():
+            raise regex.error("unbalanced parenthesis", pattern, source.pos)
+        return parsed
+    raise regex.error("conflicting inline flags", pattern)
+
+
+def _children(node) -> list:
+    out = []
+    for v in vars(node).values():
+        if isinstance(v, _regex_core.RegexBase):
+            out.append(v)
+        elif isinstance(v, (list, tuple)):
+            out += [x for x in v if isinstance(x, _regex_core.RegexBase)]
+    return out
+
+
+def _expanded_units(node, calls: list[int]) -> int:
+    """Atoms in ``node`` once every counted repeat is written out; counts group calls."""
+    if isinstance(node, _regex_core.GreedyRepeat):   # lazy and possessive repeats too
+        counts = [c for c in (node.min_count, node.max_count) if c is not None]
+        if max(counts, default=0) > MAX_REPEAT_COUNT:
+            raise RuleError(f"a repeat count of {max(counts):,} is over the limit of "
+                            f"{MAX_REPEAT_COUNT}")
+        return 1 + max([1, *counts]) * _expanded_units(node.subpattern, calls)
+    if isinstance(node, _regex_core.Fuzzy):
+        limits = [n for c in node.constraints.values() if isinstance(c, tuple)
+                  for n in c if isinstance(n, int)]
+        costs = node.constraints.get("cost", {})
+        limits += [n for n in costs.values() if isinstance(n, int)]
+        if max(limits, default=0) > MAX_REPEAT_COUNT:
+            raise RuleError(f"a fuzzy-match limit of {max(limits):,} is over the limit of "
+                            f"{MAX_REPEAT_COUNT}")
+    if isinstance(node, _regex_core.CallGroup):
+        calls[0] += 1
+    size = 1 + len(getattr(node, "characters", ()))
+    return size + sum(_expanded_units(c, calls) for c in _children(node))
+
+
+def pattern_units(pattern: str) -> int:
+    """The size of ``pattern`` with its counted repeats written out, from its parse alone:
+    ``(?:ab){3}c*`` is 13 (a sequence, a repeat of 3 × [a sequence, a, b], c*). Each group call may compile another copy of what it calls, so the
+    count is multiplied by 1 + the number of calls. Raises RuleError for a repeat count or a
+    fuzzy limit over MAX_REPEAT_COUNT, and regex.error for a pattern that does not parse."""
+    calls = [0]
+    try:
+        units = _expanded_units(_parse(pattern), calls)
+    except RecursionError:
+        raise RuleError("the pattern is nested too deeply") from None
+    return units * (1 + calls[0])
+
+
+@functools.lru_cache(maxsize=MATCHERS_KEPT)
 def compile_matcher(m: Matcher):
     """Check a matcher and return a function ``word -> bool``, or raise RuleError. The verdict
     is cached per matcher (a refusal is re-raised from the cache: lru_cache keeps no
@@ -104,23 +179,40 @@ def compile_matcher(m: Matcher):
         words = _words(m.spec)
         return lambda w, _t=None: w.lower() in words
     try:
-        pat = regex.compile(m.spec)
-    except (regex.error, OverflowError, RecursionError) as e:
+        units = pattern_units(m.spec)
+    except RuleError as e:
+        raise RuleError(f"the regular expression /{m.spec}/ is too large: {e}") from None
+    except (regex.error, OverflowError, ValueError, KeyError, AttributeError) as e:
+        # regex's parser raises regex.error for bad syntax; anything else means it could not
+        # be checked, and an unchecked pattern is never compiled.
         raise RuleError(f"the regular expression /{m.spec}/ is not valid: {e}") from None
+    if units > MAX_PATTERN_UNITS:
+        raise RuleError(f"the regular expression /{m.spec}/ is too large: written out, its "
+                        f"repeats make {units:,} parts (the limit is {MAX_PATTERN_UNITS})")
+    try:   # not kept in regex's own cache of 500 patterns: lru_cache above bounds ours
+        pat = regex.compile(m.spec, cache_pattern=False)
+    except (regex.error, OverflowError, RecursionError, ValueError) as e:
+        raise RuleError(f"the regular expression /{m.spec}/ is not valid: {e}") from None
+    finally:
+        # regex still notes every pattern it compiles (whether it uses a locale), a note that
+        # grows without bound when nothing is cached; purge drops it. The project compiles
+        # no other patterns through regex, so nothing else is recompiled.
+        regex.purge()
     deadline = time.perf_counter() + PROBE_BUDGET_S
     for probe in _probes(m.spec):
         if time.perf_counter() > deadline:
             raise RuleError(f"the regular expression /{m.spec}/ is too slow to check (its probes "
                             f"took over {PROBE_BUDGET_S * 1000:.0f} ms); simplify it")
         try:
-            pat.fullmatch(probe, timeout=PROBE_TIMEOUT_S)
-            pat.search(probe, timeout=PROBE_TIMEOUT_S)
+            # concurrent: the GIL is released while it matches, so other sessions run on
+            pat.fullmatch(probe, timeout=PROBE_TIMEOUT_S, concurrent=True)
+            pat.search(probe, timeout=PROBE_TIMEOUT_S, concurrent=True)
         except TimeoutError:
             raise RuleError(f"the regular expression /{m.spec}/ backtracks catastrophically "
                             f"(it ran past {PROBE_TIMEOUT_S * 1000:.0f} ms on a "
                             f"{len(probe)}-character word); simplify nested repeats such as "
                             f"(a+)+") from None
-    return lambda w, t=PROBE_TIMEOUT_S: pat.fullmatch(w, timeout=t) is not None
+    return lambda w, t=PROBE_TIMEOUT_S: pat.fullmatch(w, timeout=t, concurrent=True) is not None
 
 
 def make_rule(source_kind: str, source: str, target_kind: str, target: str,

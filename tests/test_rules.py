@@ -9,8 +9,9 @@ import torch
 
 from localist_core.evaluate import leak_test
 from localist_core.live import analyze
-from localist_core.rules import (MAX_WORDS, Matcher, RuleError, compile_matcher, make_rule,
-                                 match_words, rule_bias, rule_pairs)
+from localist_core.rules import (MATCHERS_KEPT, MAX_PATTERN_UNITS, MAX_WORDS, Matcher,
+                                 RuleError, compile_matcher, make_rule, match_words,
+                                 pattern_units, rule_bias, rule_pairs)
 
 WORDS = ["The", "cat", "sees", "the", "bridge", "in", "1990", ".", "A", "dog", "follows", "the",
          "castle", "."]
@@ -153,3 +154,122 @@ def test_a_rule_bias_keeps_the_model_causal(trained_tiny, tiny_corpus, tokens):
     res = leak_test(Biased(trained_tiny), tokens,
                     [dict(locality=0.0, attn_temperature=1.0, rule_strength=0.0)])
     assert res["passed"], res
+
+
+# -- the rule bomb: memory and other sessions ----------------------------------------------------
+
+BOMB_SHAPES = ["a{%d}", "(?:ab){%d}", "[a-z]{%d,}", "a{2,%d}?", "a{%d}+", "(?:a{10}){%d}",
+               "\\d{%d}x", "(?x) a{%s}", "(?:cat){e<=%d}", "(a)(?1){%d}", "(?i)ß{%d}"]
+BOMB_COUNTS = [10**3, 10**5, 10**6, 10**8]
+BOMB_SCRIPT = """
+import gc, json, os, resource, sys
+from localist_core.rules import RuleError, make_rule
+def rss():
+    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def vm():
+    return int(open("/proc/self/statm").read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+# A hard ceiling: compiling today's a{100000000} would need gigabytes and dies here.
+resource.setrlimit(resource.RLIMIT_AS, (vm() + 256 * 2**20,) * 2)
+out = []
+for pattern in json.loads(sys.argv[1]):
+    gc.collect()
+    before = rss()
+    for side in ("source", "target"):
+        args = ["regex", pattern, "words", "the"] if side == "source" else \\
+               ["words", "the", "regex", pattern]
+        try:
+            make_rule(args[0], args[1], args[2], args[3], 3.0)
+            verdict = "accepted"
+        except RuleError as e:
+            verdict = "refused"
+        except MemoryError:
+            verdict = "MemoryError"
+    gc.collect()
+    out.append([pattern, verdict, rss() - before])
+print(json.dumps(out))
+"""
+
+
+def _spaced(n: int) -> str:
+    return " ".join(str(n))          # verbose mode reads "1 0 0 0" as 1000
+
+
+def test_a_rule_bomb_is_refused_before_it_costs_memory():
+    """Every large repeat, in any spelling, is refused before regex compiles it; none raises
+    the process's memory by more than a few MB, under a hard address-space ceiling."""
+    import json
+    import subprocess
+    import sys
+
+    patterns = [shape % (_spaced(n) if "%s" in shape else n)
+                for shape in BOMB_SHAPES for n in BOMB_COUNTS]
+    root = str(__import__("pathlib").Path(__file__).resolve().parents[1])
+    done = subprocess.run([sys.executable, "-c", BOMB_SCRIPT, json.dumps(patterns)], cwd=root,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for pattern, verdict, grew in json.loads(done.stdout.splitlines()[-1]):
+        assert verdict == "refused", (pattern, verdict)
+        assert grew < 4 * 2**20, (pattern, grew)
+
+
+def test_the_refusal_names_the_limit():
+    with pytest.raises(RuleError, match="repeat count of 1,000,000 is over the limit of 100"):
+        make_rule("regex", "a{1000000}", "words", "the", 1.0)
+    with pytest.raises(RuleError, match="too large"):
+        make_rule("words", "the", "regex", "(?:(?:a{10}){10}){10}", 1.0)
+
+
+@pytest.mark.parametrize("shape", ["(?:ab){%d}c*", "x[a-z]{%d}", "(?x) (?: a b ){%s}"])
+def test_pattern_units_grow_with_the_written_out_repeats(shape):
+    """Doubling a count adds one copy of what it repeats; nesting multiplies."""
+    def units(n):
+        return pattern_units(shape % (" ".join(str(n)) if "%s" in shape else n))
+    step = units(4) - units(2)
+    assert step > 0 and units(8) - units(4) == 2 * step
+    assert pattern_units("(?:(?:ab){4}){4}") > 4 * pattern_units("(?:ab){4}") - 4
+
+
+def test_the_largest_allowed_patterns_together_cost_a_few_mb():
+    """Every matcher the cache keeps at the largest size the limits allow: a few MB in all."""
+    import gc
+    import os
+
+    def rss():
+        return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    specs = [f"(?:[a-z]{{19}}){{17}}x{{{i % 20}}}y{{{i // 20}}}" for i in range(MATCHERS_KEPT)]
+    assert max(pattern_units(s) for s in specs) <= MAX_PATTERN_UNITS
+    compile_matcher.cache_clear()
+    gc.collect()
+    before = rss()
+    for spec in specs:
+        compile_matcher(Matcher("regex", spec))
+    gc.collect()
+    assert rss() - before < 8 * 2**20
+    compile_matcher.cache_clear()
+
+
+def test_probing_a_slow_pattern_lets_other_threads_run():
+    """The matcher releases the GIL, so a backtracking probe does not freeze other sessions."""
+    import threading
+
+    compile_matcher.cache_clear()
+    ticks, done = [], threading.Event()
+
+    def probe():
+        try:
+            compile_matcher(Matcher("regex", "(a|aa)+b"))
+        except RuleError:
+            pass
+        done.set()
+
+    worker = threading.Thread(target=probe)
+    t0 = time.perf_counter()
+    worker.start()
+    while not done.is_set():
+        time.sleep(0.001)
+        ticks.append(time.perf_counter())
+    worker.join()
+    elapsed = time.perf_counter() - t0
+    # Holding the GIL for the probe's 50 ms would allow a tick or two; released, dozens.
+    assert elapsed > 0.04 and len(ticks) >= 10, (elapsed, len(ticks))
