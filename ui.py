@@ -7,8 +7,10 @@ its default with a visible notice.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +21,11 @@ from localist_core.config import PARTITIONS, RULE_STRENGTH_RANGE, TEMPERATURE_RA
 from localist_core.live import (ASSETS, MAX_TEXT_CHARS, analyze, cached_run_pattern,
                                 list_checkpoints, recruitment_trace, theory_report)
 from localist_core.live import next_words as next_words_after
+from localist_core.sweep import load_cache
+from localist_core.tradeoff import cache_stamp, read_baselines
 
+LOG = logging.getLogger(__name__)
+REPO = Path(__file__).resolve().parent
 PROMPTS_FILE = ASSETS / "prompts.json"
 SWEEP_CACHE = ASSETS / "sweep"
 DEFAULTS = {"lam": 0.0, "tau": 1.0, "gamma": 0.0, "layer": "mean", "head": "mean"}
@@ -103,6 +109,18 @@ def _checkpoints(extra_dirs: str):
     return list_checkpoints(extra_dirs)
 
 
+@st.cache_data(show_spinner="Reading the sweep cache…", max_entries=16)
+def _sweep_results(folder: str, stamp: tuple) -> tuple[list[dict], list[str], dict | None]:
+    runs, problems = load_cache(folder)
+    return runs, problems, read_baselines(folder)
+
+
+def sweep_results(folder: str) -> tuple[list[dict], list[str], dict | None]:
+    """Runs, refused files (each named, with the reason) and baselines of a sweep cache; read
+    again only when its files change."""
+    return _sweep_results(str(folder), cache_stamp(folder))
+
+
 def sweep_cache() -> str:
     """The sweep cache the pages read: $LOCALIST_SWEEP_CACHE, else the shipped one."""
     return os.environ.get("LOCALIST_SWEEP_CACHE") or str(SWEEP_CACHE)
@@ -122,6 +140,13 @@ def _number(raw: str, lo: float, hi: float, name: str) -> float:
     if not lo <= v <= hi:
         raise ValueError(f"{name}={raw!r} is outside [{lo:g}, {hi:g}]")
     return v
+
+
+def _whole(raw: str, lo: int, hi: int, name: str) -> int:
+    v = _number(raw, lo, hi, name)
+    if v != int(v):
+        raise ValueError(f"{name}={raw!r} is not a whole number")
+    return int(v)
 
 
 def _index(raw: str, n: int, name: str) -> int | str:
@@ -146,7 +171,7 @@ def read_deep_link(ckpt_keys: list[str], prompts: dict[str, str], n_layers: int 
         "gamma": lambda r: _number(r, RULE_STRENGTH_RANGE[0], GAMMA_MAX, "gamma"),
         "blocks": lambda r: r if r in BLOCK_CHOICES[1:] else (_ for _ in ()).throw(
             ValueError(f"blocks={r!r} is not one of {PARTITIONS}")),
-        "block": lambda r: int(_number(r, 1, 64, "block")),
+        "block": lambda r: _whole(r, 1, 64, "block"),
         "layer": lambda r: _index(r, n_layers, "layer"),
         "head": lambda r: _index(r, n_heads, "head"),
         "prompt": lambda r: r if r in prompts else (_ for _ in ()).throw(
@@ -323,11 +348,30 @@ def page_setup(title: str) -> Settings:
 
 
 _MD_SPECIAL = str.maketrans({c: "\\" + c for c in "\\`*_{}[]()#+-.!|<>~$:"})
+# An absolute path: a "/" that does not follow a word character (so "λ/τ" is left alone).
+_ABS_PATH = re.compile(r"(?<![\w.~-])/[^\s'\"`,;:()\[\]<>|]*")
+
+
+def _short_path(m: re.Match) -> str:
+    path = Path(m.group(0))
+    try:
+        return str(path.relative_to(REPO)) or "."
+    except ValueError:
+        parts = path.parts
+        return m.group(0) if len(parts) <= 1 else "…/" + "/".join(parts[-2:])
+
+
+def shown(text: str) -> str:
+    """``text`` without the server's file layout: a path inside the app's folder becomes
+    relative to it, any other absolute path keeps its last two parts (``…/run/config.json``).
+    The full message still goes to the server log where it is logged."""
+    return _ABS_PATH.sub(_short_path, str(text))
 
 
 def plain(text: str) -> str:
-    """Escape Markdown so user-supplied text renders literally (HTML is never enabled)."""
-    return str(text).translate(_MD_SPECIAL)
+    """Escape Markdown so user-supplied text renders literally (HTML is never enabled), after
+    cutting server paths out of it (``shown``)."""
+    return shown(text).translate(_MD_SPECIAL)
 
 
 def show_notices(notices: list[str]) -> None:
@@ -336,10 +380,52 @@ def show_notices(notices: list[str]) -> None:
         st.warning(plain(note), icon="⚠️")
 
 
+def fit_choice(key: str, options: list, name: str) -> None:
+    """Reset the persisted choice ``key`` to its first option when it is not among
+    ``options`` (a link asked for layer 10 of a 2-layer model), with a notice when it came
+    from a link."""
+    ss = st.session_state
+    value = ss.get(PERSIST + key)
+    if value is not None and value not in options:
+        ss[PERSIST + key] = options[0]
+        if key in st.query_params:
+            show_notices([f"Link parameter {key}={value!r} is not a {name} of this model "
+                          f"(it has {len(options) - 1}); showing the {options[0]}."])
+
+
 def next_words(s: Settings, a, pos: int):
     """(words, probabilities) of the top-5 next words after ``pos`` of an analysis."""
     model, tok = load_checkpoint(s.checkpoint_path)
     return next_words_after(model, tok, a, pos)
+
+
+def _refused(e: Exception, path: str | None) -> None:
+    """The notice for a checkpoint or computation that failed: the reason for a bad checkpoint,
+    a generic line for anything else (the operator gets the trace in the server log)."""
+    if isinstance(e, CheckpointError):
+        st.error(plain(f"This checkpoint cannot be used: {e}"), icon="🚫")
+    else:
+        LOG.error("request failed for %s", path, exc_info=e)
+        st.error("This text could not be analysed with this checkpoint; the server log has "
+                 "the details.", icon="🚫")
+
+
+def get_theory(s: Settings, layer: int):
+    """The Theory page's cached report, or None after a notice when the checkpoint fails."""
+    try:
+        return cached_theory(s.checkpoint_path, s.text, s.locality, layer), True
+    except Exception as e:   # noqa: BLE001 - a visitor gets a notice, never a traceback
+        _refused(e, s.checkpoint_path)
+        return None, False
+
+
+def n_layers(s: Settings) -> int:
+    """How many layers the selected checkpoint has (1 when it cannot be loaded; the page that
+    needs the model then says why)."""
+    try:
+        return load_checkpoint(s.checkpoint_path)[0].cfg.n_layers
+    except Exception:   # noqa: BLE001
+        return 1
 
 
 def get_analysis(s: Settings, lam: float | None = None, tau: float | None = None,
@@ -352,6 +438,6 @@ def get_analysis(s: Settings, lam: float | None = None, tau: float | None = None
                                s.attn_temperature if tau is None else tau,
                                s.rule_strength if gamma is None else gamma, s.block_size,
                                s.partition, rule)
-    except CheckpointError as e:
-        st.error(f"This checkpoint cannot be used: {e}")
+    except Exception as e:   # noqa: BLE001 - a visitor gets a notice, never a traceback
+        _refused(e, path or s.checkpoint_path)
         return None

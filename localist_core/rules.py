@@ -152,8 +152,9 @@ def _expanded_units(node, calls: list[int]) -> int:
 
 def pattern_units(pattern: str) -> int:
     """The size of ``pattern`` with its counted repeats written out, from its parse alone:
-    ``(?:ab){3}c*`` is 13 (a sequence, a repeat of 3 × [a sequence, a, b], c*). Each group call may compile another copy of what it calls, so the
-    count is multiplied by 1 + the number of calls. Raises RuleError for a repeat count or a
+    ``(?:ab){3}c*`` is 13 (a sequence; a repeat of 3 × [a sequence, a, b]; c*). Each group
+    call may compile another copy of what it calls, so the count is multiplied by 1 + the
+    number of calls. Raises RuleError for a repeat count or a
     fuzzy limit over MAX_REPEAT_COUNT, and regex.error for a pattern that does not parse."""
     calls = [0]
     try:

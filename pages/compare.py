@@ -3,8 +3,9 @@ with the difference B − A."""
 import streamlit as st
 
 import ui
+from localist_core import tradeoff as tr
 from localist_core.live import difference, reduce_pattern
-from localist_core.sweep import SweepCacheError, load_cache
+from localist_core.sweep import SweepCacheError
 from localist_core.viz import attention_heatmap
 
 s = ui.page_setup("Compare")
@@ -43,7 +44,7 @@ if source == "Another setting or checkpoint":
         b_view = reduce_pattern(b.patterns, L, H)
         b_title, b_metrics = f"B · {key_b} · λ={lam_b:g} τ={tau_b:g}", b.metrics
 else:
-    runs, problems = load_cache(ui.sweep_cache())
+    runs, problems, _ = ui.sweep_results(ui.sweep_cache())
     for p in problems:
         st.caption(f"Not offered: {ui.plain(p)}")
     if not s.text_source.startswith("prompt:"):
@@ -54,11 +55,13 @@ else:
     else:
         prompt = s.text_source.split(":", 1)[1]
         d1, d2 = st.columns(2)
-        ids = [r["run_id"] for r in runs]
+        ids = [str(r.get("run_id")) for r in runs]
         run_id = d1.selectbox("Sweep run", ids, **ui.keep("cmp_run", ids[0], ids))
-        run = next(r for r in runs if r["run_id"] == run_id)
-        settings = [(ev["dial"]["locality"], ev["dial"]["attn_temperature"])
-                    for ev in run["metrics"]["valid"]]
+        run = next(r for r in runs if str(r.get("run_id")) == run_id)
+        settings = tr.dial_settings(run)
+        if not settings:
+            st.info("This run holds no usable evaluation.")
+            st.stop()
         lam_b, tau_b = d2.selectbox("Stored setting (λ_f, τ)", settings,
                                     format_func=lambda x: f"λ_f={x[0]:g}, τ={x[1]:g}")
         try:
@@ -71,11 +74,11 @@ else:
         else:
             b_view = reduce_pattern(stored, L, H)
             b_title = f"B · {run_id} (stored) · λ_f={lam_b:g} τ={tau_b:g}"
-            ev = next(e for e in run["metrics"]["valid"]
-                      if (e["dial"]["locality"], e["dial"]["attn_temperature"]) == (lam_b, tau_b))
-            st.caption(f"{run_id} on the validation split at this setting: perplexity "
-                       f"{ev['perplexity']:.1f}, in-block mass "
-                       f"{ev['attention']['in_block_mass']['mean']:.3f}.")
+            point = tr.make_point(run, lam_b, lam_b, tau_b) or {}
+            ppl, inblock = point.get("perplexity"), point.get("in_block_mass")
+            st.caption(ui.plain(f"{run_id} on the validation split at this setting: perplexity "
+                                f"{'—' if ppl is None else f'{ppl:.1f}'}, in-block mass "
+                                f"{'—' if inblock is None else f'{inblock:.3f}'}."))
 
 a_view = reduce_pattern(a.patterns, L, H)
 left, right = st.columns(2)

@@ -43,9 +43,8 @@ st.caption(f"Controls for in-block mass — recent-b {m['recent_b_mass']['mean']
 c1, c2, c3 = st.columns([1, 1, 1])
 layer_opts = ["mean"] + list(range(n_layers))
 head_opts = ["mean"] + list(range(n_heads))
-for key, opts in (("layer", layer_opts), ("head", head_opts)):
-    if st.session_state.get(ui.PERSIST + key) not in opts:
-        st.session_state[ui.PERSIST + key] = "mean"
+ui.fit_choice("layer", layer_opts, "layer")
+ui.fit_choice("head", head_opts, "head")
 layer = c1.selectbox("Layer", layer_opts, **ui.keep("layer", "mean"))
 head = c2.selectbox("Head", head_opts, format_func=lambda h: "mean of heads"
                     if h == "mean" else f"head {h}", **ui.keep("head", "mean"))

@@ -23,8 +23,11 @@ The inputs below are **our estimates** from the selected model on the selected t
 """)
 if s.checkpoint_path is None:
     st.stop()
-model_layer = st.selectbox("Layer", [0, 1], **ui.keep("th_layer", 0, [0, 1]))
-report = ui.cached_theory(s.checkpoint_path, s.text, s.locality, model_layer)
+layers = list(range(ui.n_layers(s)))
+model_layer = st.selectbox("Layer", layers, **ui.keep("th_layer", 0, layers))
+report, ok = ui.get_theory(s, model_layer)
+if not ok:
+    st.stop()
 if report is None:
     st.warning("The text is too short: it needs more than one block to estimate the inputs.")
     st.stop()

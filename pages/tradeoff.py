@@ -9,23 +9,15 @@ import streamlit as st
 import ui
 from localist_core import launch
 from localist_core import tradeoff as tr
-from localist_core.sweep import load_cache
 
 s = ui.page_setup("Tradeoff")
 
 
-@st.cache_data(show_spinner="Reading the sweep cache…", max_entries=16)
-def sweep_results(folder: str, stamp: tuple) -> tuple[list[dict], list[str], dict | None]:
-    """Runs, refused files and baselines of a cache folder; ``stamp`` changes with its files."""
-    runs, problems = load_cache(folder)
-    return runs, problems, tr.read_baselines(folder)
-
-
 shipped = ui.sweep_cache()
 user = os.environ.get("LOCALIST_APP_SWEEPS") or str(launch.APP_SWEEPS / "cache")
-folders = {f"Shipped sweeps ({shipped})": shipped}
+folders = {f"Shipped sweeps ({ui.shown(shipped)})": shipped}
 if Path(user).is_dir() and user != shipped:
-    folders[f"Your sweeps ({user})"] = user
+    folders[f"Your sweeps ({ui.shown(user)})"] = user
 folder = folders[st.radio("Sweep cache", list(folders), horizontal=True, key="tradeoff_cache")
                  if len(folders) > 1 else next(iter(folders))]
 
@@ -33,7 +25,7 @@ if not Path(folder).is_dir():
     st.info(f"There is no sweep cache at {ui.plain(folder)} yet. Run `python -m localist_core "
             "sweep` or start one on the Sweeps page; its runs appear here.")
     st.stop()
-runs, problems, baselines = sweep_results(folder, tr.cache_stamp(folder))
+runs, problems, baselines = ui.sweep_results(folder)
 ui.show_notices([f"Refused cache file: {p}" for p in problems])
 if not runs:
     st.info(f"The sweep cache {ui.plain(folder)} holds no finished runs yet. Each finished run "

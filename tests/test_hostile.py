@@ -82,6 +82,7 @@ NUMBERS = {
     "lam-empty": ("lam", "", None, None, True),
     "block-huge": ("block", "1e9", None, None, True),
     "block-nan": ("block", "nan", None, None, True),
+    "block-fraction": ("block", "2.7", None, None, True),
     "layer-negative": ("layer", "-1", None, None, True),
     "head-fraction": ("head", "1.5", None, None, True),
     "ckpt-html": ("ckpt", '<img src=x onerror="alert(1)">', None, None, True),
@@ -304,3 +305,82 @@ def test_a_checkpoint_folder_named_like_html_renders_inert(app_env):
     at.switch_page("pages/compare.py").run()      # the folder name is in the heatmap titles
     assert not at.exception and at.get("plotly_chart")
     assert_inert(at)
+
+
+def test_a_link_to_a_layer_the_model_lacks_says_so(app_env):
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params["ckpt"] = CKPT
+    at.query_params["layer"] = "10"          # the tiny model has 2 layers
+    at.run()
+    assert_healthy(at, "Link parameter layer=10 is not a layer of this model")
+    assert at.selectbox(key="layer").value == "mean"
+
+
+PAGES = ("pages/explorer.py", "pages/tradeoff.py", "pages/compare.py", "pages/rules.py",
+         "pages/theory.py", "pages/sweeps.py", "pages/about.py")
+
+
+def _visible_text(at: AppTest) -> list[str]:
+    kinds = ("markdown", "caption", "warning", "info", "error", "success", "header",
+             "subheader", "title", "exception", "code")
+    out = [str(x.value) for kind in kinds for x in getattr(at, kind)]
+    for widget in ("selectbox", "radio", "multiselect"):
+        out += [str(o) for w in getattr(at, widget) for o in (w.options or [])]
+        out += [str(w.label) for w in getattr(at, widget)]
+    return out
+
+
+def test_no_server_path_reaches_a_visitor(app_env, tmp_path, monkeypatch):
+    """Broken checkpoint and cache files are named on every page, but by their last parts:
+    neither the app's folder nor the temporary folder's path is shown."""
+    import shutil
+
+    ckpts = tmp_path / "operator-ckpts"
+    shutil.copytree(app_env / CKPT, ckpts / "broken-ckpt")
+    (ckpts / "broken-ckpt" / "config.json").write_text("{not json", encoding="utf-8")
+    cache = tmp_path / "operator-cache"
+    cache.mkdir()
+    (cache / "bad-run.json").write_text("[[[", encoding="utf-8")
+    monkeypatch.setenv("LOCALIST_CHECKPOINT_DIRS", f"{app_env}{os.pathsep}{ckpts}")
+    monkeypatch.setenv("LOCALIST_SWEEP_CACHE", str(cache))
+    st.cache_data.clear()
+    repo = str(ui.REPO)
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params["ckpt"] = CKPT
+    at.run()
+    for page in PAGES:
+        at.switch_page(page).run()
+        text = _visible_text(at)
+        assert not at.exception, (page, [e.value for e in at.exception])
+        leaked = [t for t in text if str(tmp_path) in t or repo in t]
+        assert not leaked, (page, leaked[:3])
+    st.cache_data.clear()
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_shown_keeps_no_absolute_path(seed):
+    """Any absolute path inside a message loses everything but its last two parts, or becomes
+    relative to the app's folder; text that merely contains a slash is left alone."""
+    import random
+
+    rng = random.Random(seed)
+    parts = ["home", "srv", "data", "ckpt-1", "config.json", "x.y", "räume", "..", "~u", "a=b"]
+    for _ in range(200):
+        names = [rng.choice(parts) for _ in range(rng.randint(3, 7))]
+        root = rng.choice([str(ui.REPO), ""])
+        path = root + "/" + "/".join(names)
+        lead, tail = rng.choice(["", "error: ", "(", "file "]), rng.choice([": bad", " λ/τ", ")"])
+        out = ui.shown(lead + path + tail)
+        assert str(ui.REPO) not in out and path not in out, out
+        assert out.startswith(lead) and out.endswith(tail)
+        assert "/".join(names[-2:]) in out
+    assert ui.shown("λ/τ and 1/2") == "λ/τ and 1/2"
+    assert ui.shown(f"{ui.REPO}/assets/checkpoints/dial/config.json: bad") == \
+        "assets/checkpoints/dial/config.json: bad"
+
+
+def test_streamlit_shows_visitors_no_error_details():
+    import tomllib
+
+    cfg = tomllib.loads((ui.REPO / ".streamlit" / "config.toml").read_text())
+    assert cfg["client"]["showErrorDetails"] == "none"
