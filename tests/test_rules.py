@@ -273,3 +273,26 @@ def test_probing_a_slow_pattern_lets_other_threads_run():
     elapsed = time.perf_counter() - t0
     # Holding the GIL for the probe's 50 ms would allow a tick or two; released, dozens.
     assert elapsed > 0.04 and len(ticks) >= 10, (elapsed, len(ticks))
+
+
+PIECES = ["a", "b", ".", "\\d", "\\w", "[a-z]", "[^x]", "\\p{Lu}", "(?:", "(", ")", "|", "*", "+",
+          "?", "{", "}", ",", "(?i)", "(?x) ", "(?1)", "(?R)", "{e<=", "\\", "^", "$", "ß", "9",
+          "(?<n>", "(?P=n)", "[[:alpha:]]", "(?=", "(?<!", "\\L<x>", "\\N{DIGIT ONE}", " "]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_any_typed_pattern_is_accepted_or_refused_with_a_notice(seed):
+    """Random strings of regex syntax with random repeat counts: make_rule returns a rule or
+    raises RuleError, never anything else, and never takes long."""
+    import random
+
+    rng = random.Random(seed)
+    for _ in range(150):
+        spec = "".join(rng.choice(PIECES) if rng.random() < 0.8 else str(rng.choice(
+            [0, 1, 7, 99, 100, 101, 10**4, 10**9])) for _ in range(rng.randint(1, 14)))
+        t0 = time.perf_counter()
+        try:
+            make_rule("regex", spec, "words", "the", 1.0)
+        except RuleError:
+            pass
+        assert time.perf_counter() - t0 < 2.0, spec
