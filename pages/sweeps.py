@@ -1,7 +1,8 @@
-"""Sweeps: browse the cached runs and start a λ-sweep as a background process whose progress
-(read from the cache's progress.json) survives a page reload."""
-import os
-import shlex
+"""Sweeps: browse the cached runs and follow every sweep's progress (read from its cache's
+progress.json, so it survives a page reload). When the operator allows it
+(LOCALIST_APP_SWEEPS_ENABLED=1), visitors may also start a bounded λ-sweep under the app-sweeps
+folder and stop a running one (README "Security"); the checks live in localist_core.launch."""
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -15,8 +16,18 @@ from localist_core.sweep import load_cache
 
 s = ui.page_setup("Sweeps")
 shipped = ui.sweep_cache()
-user = os.environ.get("LOCALIST_APP_SWEEPS") or str(launch.APP_SWEEPS / "cache")
+protected = (shipped, str(ui.SWEEP_CACHE))
+enabled = launch.sweeps_enabled()
+root = launch.app_root()
+misplaced = launch.root_problems(root, protected)
+# A misplaced root (an operator's mistake) is neither listed nor written.
+caches = {} if misplaced else launch.app_caches(root)
 ss = st.session_state
+
+
+def shown(folder) -> str:
+    """A folder as visitors see it: never an absolute server path."""
+    return launch.shown_path(folder, root)
 
 
 @st.cache_data(show_spinner="Reading the sweep cache…", max_entries=16)
@@ -27,47 +38,90 @@ def sweep_results(folder: str, stamp: tuple) -> tuple[list[dict], list[str]]:
 
 @st.cache_resource(max_entries=1)
 def launched() -> dict:
-    """Sweep processes this server started (cache folder → Popen), so finished ones are reaped."""
+    """Sweep processes this server started (name → Popen), so finished ones are reaped."""
     return {}
 
 
+def stop(name: str, pid: int) -> None:
+    """The Stop button: launch.stop_sweep re-checks everything (enabled, pid, cmdline)."""
+    try:
+        launch.stop_sweep(name, pid)
+    except (launch.LaunchError, OSError, ValueError) as e:
+        ss["_stop_notice"] = ("error", launch.redact(str(e), root))
+    else:
+        ss["_stop_notice"] = ("success", f"Sent a stop signal to sweep {name} (pid {pid}). "
+                                         f"Start the same sweep again to resume it.")
+
+
+def when(stamp: float | None) -> str:
+    """A launch record's start time, readable; 'unknown' for a missing or absurd one."""
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp)) if stamp else "unknown"
+    except (OverflowError, OSError, ValueError):
+        return "unknown"
+
+
+def show_log(label: str, folder) -> None:
+    """The tail of a sweep's log (server paths already replaced by launch.log_tail)."""
+    tail = launch.log_tail(folder)
+    if tail:
+        with st.expander(f"Log of {ui.plain(label)}", expanded=False):
+            st.code(tail, language=None)
+
+
 @st.fragment(run_every=3)
-def progress(folders: list[str]) -> None:
-    """Progress of each folder's sweep, re-read every few seconds without blocking the page."""
+def progress() -> None:
+    """Every sweep's progress, re-read every few seconds without blocking the page."""
     for proc in launched().values():
         proc.poll()
+    # Shown until a run of this fragment completes: a stop often ends in st.rerun below.
+    kind, text = ss.get("_stop_notice", (None, ""))
+    if kind:
+        getattr(st, kind)(ui.plain(text))
     states = ss.setdefault("_sweep_states", {})
-    views = {f: launch.sweep_status(f) for f in folders}
-    if not any(views.values()):
+    rows = [] if misplaced else launch.list_sweeps(root)
+    view = launch.sweep_status(shipped)
+    if view is not None:   # someone runs the CLI into the shipped cache
+        label = f"Shipped sweeps ({shown(shipped)})"
+        st.progress(view["fraction"], text=ui.plain(f"{label}: {view['text']}"))
+        show_log(label, shipped)
+    if not rows and view is None:
         st.caption("No sweep has run in these folders yet.")
-    for folder, view in views.items():
-        if view is None:
-            continue
-        st.progress(view["fraction"], text=ui.plain(f"{folder}: {view['text']}"))
-        if view["state"] == "stopped":
-            st.warning(ui.plain(f"{folder}: {view['text']}"), icon="⚠️")
-        tail = launch.log_tail(folder)
-        if tail:
-            with st.expander(f"Log of {ui.plain(folder)}", expanded=False):
-                st.code(tail, language=None)
-        before, states[folder] = states.get(folder), view["state"]
-        if before in ("running", "starting") and view["state"] not in ("running", "starting"):
+    for row in rows:
+        name = row["name"]
+        bar, button = st.columns([6, 1], vertical_alignment="center")
+        bar.progress(row["fraction"], text=ui.plain(f"{name}: {row['text']}"))
+        started = when(row["started"])
+        bar.caption(ui.plain(f"{row['state']} · pid {row['pid'] or '–'} · started {started}"))
+        if enabled and row["pid"] is not None:
+            button.button("Stop", key=f"stop_{name}", on_click=stop, args=(name, row["pid"]),
+                          help="Send SIGTERM to this sweep; finished runs are kept.")
+        if row["state"] == "stopped":
+            st.warning(ui.plain(f"{name}: {row['text']}"), icon="⚠️")
+        show_log(name, root / name)   # an app sweep logs beside its cache
+        before, states[name] = states.get(name), row["state"]
+        if before in ("running", "starting") and row["state"] not in ("running", "starting"):
             st.rerun(scope="app")   # the sweep ended: refresh the table of runs
+    ss.pop("_stop_notice", None)
 
 
 st.subheader("Progress")
-progress(list(dict.fromkeys([ss.get("sweep_cache_dir", user), user, shipped])))
+progress()
 
 st.subheader("Cached runs")
-folders = {f"Shipped sweeps ({shipped})": shipped, f"Your sweeps ({user})": user}
+folders = {f"Shipped sweeps ({shown(shipped)})": shipped}
+folders.update({f"Sweep {name}": str(cache) for name, cache in caches.items()})
 folder = folders[st.radio("Cache folder", list(folders), horizontal=True, key="sweeps_browse")]
+is_app = folder != shipped
 if not Path(folder).is_dir():
-    st.info(f"There is no sweep cache at {ui.plain(folder)} yet: start a sweep below.")
+    st.info(f"There is no sweep cache at {ui.plain(shown(folder))} yet.")
 else:
     runs, problems = sweep_results(folder, tr.cache_stamp(folder))
-    ui.show_notices([f"Refused cache file: {p}" for p in problems])
+    # A visitor's sweep folder is named by its sweep, not its server path.
+    ui.show_notices([f"Refused cache file: {launch.redact(p, root) if is_app else p}"
+                     for p in problems])
     if not runs:
-        st.info(f"The sweep cache {ui.plain(folder)} holds no finished runs yet.")
+        st.info(f"The sweep cache {ui.plain(shown(folder))} holds no finished runs yet.")
     else:
         st.dataframe(pd.DataFrame(tr.runs_table(runs)), hide_index=True, key="runs_table")
         st.caption("Headline figures at λ_f = 0, τ = 1 (valid split). In-block mass sits beside "
@@ -78,28 +132,54 @@ else:
                 st.warning(ui.plain(f"{run.get('run_id')}: {tr.leak_flag(run)}"), icon="⚠️")
 
 st.subheader("Start a sweep")
-st.caption("A sweep trains one model per (penalty protocol, λ) plus one dial model, evaluates each "
-           "on the λ/τ grid and writes one JSON per finished run. `tiny` runs take seconds (fine "
-           "for demos, meaningless numbers); `cpu-ref` takes about 15 minutes per run on this "
-           "CPU; `paper` takes hours. It runs in the background at low priority: you can leave "
-           "or reload this page. Killed or stopped, the same sweep started again resumes.")
+if not enabled:
+    st.info(f"**Starting sweeps is turned off on this server**: visitors can browse the cached "
+            f"runs and follow progress here, but cannot start or stop training jobs. An operator "
+            f"turns it on by starting the app with `{launch.ENABLED_VAR}=1` (and "
+            f"`{launch.MAX_JOBS_VAR}=N` to allow more than one sweep at a time). On the "
+            f"server's command line, `python -m localist_core sweep` works regardless.",
+            icon="🔒")
+    st.stop()
+if misplaced:
+    for p in misplaced:
+        st.error(ui.plain(f"Starting sweeps is unavailable: {p}"), icon="🚫")
+    st.stop()
+
+limits = launch.APP_LIMITS
+st.caption(f"A sweep trains one model per (penalty protocol, λ) plus one dial model, evaluates "
+           f"each on the λ/τ grid and writes one JSON per finished run into "
+           f"{ui.plain(shown(root) + '/<name>/cache')} (its checkpoints into "
+           f"{ui.plain('…/<name>/runs')}). `tiny` "
+           f"runs take seconds (fine for demos, meaningless numbers); `cpu-ref` takes about 15 "
+           f"minutes per run on this CPU; `paper` is for the command line. It trains on the "
+           f"server's corpus, in the background at low priority: you can leave or reload this "
+           f"page. Stopped or killed, the same sweep started again resumes. At most "
+           f"{launch.max_jobs()} sweep(s) run at once on this server.")
+with st.expander("Limits on this server"):
+    st.caption(f"At most {limits['lambdas']} λ values, {limits['taus']} τ values, "
+               f"{limits['eval_tokens']:,} evaluation tokens, {limits['overrides']} overrides "
+               f"of at most {limits['override_chars']} characters, runs × time_budget_s ≤ "
+               f"{limits['budget_hours']} h, max_steps / eval_interval ≤ "
+               f"{limits['evals_per_run']}, {limits['sweeps']} sweeps kept. Other override "
+               f"keys: {', '.join(launch.FREE_OVERRIDES)}.")
+    st.dataframe(pd.DataFrame([{"override": k, "min": lo, "max": hi}
+                               for k, (lo, hi) in launch.OVERRIDE_BOUNDS.items()]),
+                 hide_index=True)
 with st.form("sweep_form"):
     c1, c2, c3 = st.columns(3)
-    protocols = c1.multiselect("Protocols", list(tr.PROTOCOL_NAMES), default=["attention", "dial"],
+    name = c1.text_input("Sweep name", "my-sweep",
+                         help=f"Letters, digits and - _ . (at most {limits['name_chars']}). "
+                              f"The same name again resumes that sweep.")
+    protocols = c2.multiselect("Protocols", list(tr.PROTOCOL_NAMES), default=["attention", "dial"],
                                help="attention/weights: the penalty protocol, one model per λ. "
                                     "dial: one model for every λ.")
-    config = c2.selectbox("Config", list(launch.CONFIG_COST), index=0)
-    eval_tokens = c3.number_input("Evaluate the first N valid tokens (0 = all)", 0, 10**8,
-                                  20_000, step=10_000)
+    config = c3.selectbox("Config", list(launch.APP_CONFIGS), index=0)
     lambdas = c1.text_input("λ values", "0, 0.5, 1.0")
     taus = c2.text_input("τ values", "0.5, 1, 2")
-    overrides = c3.text_input("Overrides (key=value …)", "", placeholder="max_steps=200 lr=0.002")
-    cache_dir = c1.text_input("Cache folder", user, key="sweep_cache_dir",
-                              help="Not the shipped assets/sweep.")
-    runs_dir = c2.text_input("Checkpoints folder", str(Path(user).parent / "runs"))
-    data_dir = c3.text_input("Data folder", "", placeholder="$LOCALIST_DATA_DIR or "
-                             "../shared/data/wikitext-2")
-    partition = c1.selectbox("Partition", PARTITIONS,
+    eval_tokens = c3.number_input("Evaluate the first N valid tokens", 1, limits["eval_tokens"],
+                                  launch.DEFAULT_EVAL_TOKENS, step=10_000)
+    overrides = c1.text_input("Overrides (key=value …)", "", placeholder="max_steps=200 lr=0.002")
+    partition = c2.selectbox("Partition", PARTITIONS,
                              help="How the models cut text into blocks: fixed windows, "
                                   "punctuation or recruited (About explains each).")
     submitted = st.form_submit_button("Start sweep", type="primary")
@@ -107,21 +187,22 @@ with st.form("sweep_form"):
 if submitted:
     if partition != "fixed" and "partition=" not in overrides:
         overrides = f"{overrides} partition={partition}".strip()
-    req, errors = launch.check_request(protocols, lambdas, taus, config, cache_dir, runs_dir,
-                                   overrides, int(eval_tokens), data_dir,
-                                   protected=(shipped, str(ui.SWEEP_CACHE)))
+    req, errors = launch.check_request(name, protocols, lambdas, taus, config, overrides,
+                                       int(eval_tokens), protected=protected)
     for e in errors:
-        st.error(ui.plain(e), icon="🚫")
+        st.error(ui.plain(launch.redact(e, root)), icon="🚫")
     if req is not None:
         try:
             proc = launch.start_sweep(req)
         except launch.SweepBusy as e:
             st.error(ui.plain(str(e)), icon="⏳")
-        except OSError as e:
-            st.error(ui.plain(f"Could not start the sweep: {e}"), icon="🚫")
+        except (launch.LaunchError, OSError, ValueError) as e:
+            st.error(ui.plain(f"Could not start the sweep: {launch.redact(str(e), root)}"),
+                     icon="🚫")
         else:
-            launched()[str(req.cache_dir)] = proc
-            ss["_sweep_states"] = {**ss.get("_sweep_states", {}), str(req.cache_dir): "starting"}
-            st.success(ui.plain(f"Started {req.n_runs} run(s) as pid {proc.pid}, roughly "
-                                f"{req.minutes():.0f} min. Log: {req.cache_dir / launch.LOG_FILE}"))
-            st.code(shlex.join(launch.sweep_command(req)), language="bash")
+            launched()[req.name] = proc
+            ss["_sweep_states"] = {**ss.get("_sweep_states", {}), req.name: "starting"}
+            st.success(ui.plain(f"Started sweep {req.name}: {req.n_runs} run(s) as pid "
+                                f"{proc.pid}, roughly {req.minutes():.0f} min. Its progress, log "
+                                f"and Stop button are under Progress."))
+            st.code(launch.shown_command(req), language="bash")

@@ -1,6 +1,5 @@
 """Tradeoff: entropy vs perplexity, fidelity vs λ, the τ family and dial vs penalty protocols, from
 the cached sweeps, with the papers' reported figures beside ours (never in place of them)."""
-import os
 from pathlib import Path
 
 import pandas as pd
@@ -12,14 +11,15 @@ from localist_core import tradeoff as tr
 
 s = ui.page_setup("Tradeoff")
 
-
 shipped = ui.sweep_cache()
-user = os.environ.get("LOCALIST_APP_SWEEPS") or str(launch.APP_SWEEPS / "cache")
-folders = {f"Shipped sweeps ({ui.shown(shipped)})": shipped}
-if Path(user).is_dir() and user != shipped:
-    folders[f"Your sweeps ({ui.shown(user)})"] = user
-folder = folders[st.radio("Sweep cache", list(folders), horizontal=True, key="tradeoff_cache")
-                 if len(folders) > 1 else next(iter(folders))]
+folders = {f"Shipped sweeps ({ui.shown(shipped)})": Path(shipped)}
+folders.update({f"Sweep “{name}” from the Sweeps page": cache
+                for name, cache in launch.app_caches().items()})
+label = st.selectbox("Sweep cache", list(folders), key="tradeoff_cache") \
+    if len(folders) > 1 else next(iter(folders))
+folder = str(folders[label])
+# An app sweep keeps its launch record beside its cache, in <root>/<name>/.
+launch_dir = None if folder == str(shipped) else str(Path(folder).parent)
 
 if not Path(folder).is_dir():
     st.info(f"There is no sweep cache at {ui.plain(folder)} yet. Run `python -m localist_core "
@@ -31,7 +31,7 @@ if not runs:
     st.info(f"The sweep cache {ui.plain(folder)} holds no finished runs yet. Each finished run "
             "adds one JSON file; the Sweeps page shows the progress of a running sweep.")
     st.stop()
-status = launch.sweep_status(folder)
+status = launch.sweep_status(folder, launch_dir=launch_dir)
 if status and status["state"] in ("running", "starting"):
     st.caption(f"A sweep is still writing into this cache: {ui.plain(status['text'])}")
 

@@ -1,7 +1,12 @@
 """AppTest of the Tradeoff and Sweeps pages on a synthetic sweep cache and on a missing, empty or
-corrupt one: no exception, the papers' points labelled, leaks flagged, clear notices."""
+corrupt one: no exception, the papers' points labelled, leaks flagged, clear notices. The Sweeps
+page starts and stops sweeps only when the operator allows it (README "Security")."""
 import importlib.util
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -9,7 +14,7 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from localist_core import save_checkpoint
+from localist_core import launch, save_checkpoint
 from localist_core.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,6 +38,8 @@ def env(monkeypatch, tmp_path, checkpoints):
     monkeypatch.setenv("LOCALIST_CHECKPOINT_DIRS", str(checkpoints))
     monkeypatch.setenv("LOCALIST_SWEEP_CACHE", str(tmp_path / "shipped"))
     monkeypatch.setenv("LOCALIST_APP_SWEEPS", str(tmp_path / "mine"))
+    monkeypatch.delenv("LOCALIST_APP_SWEEPS_ENABLED", raising=False)   # the default: sweeps off
+    monkeypatch.delenv("LOCALIST_APP_SWEEPS_MAX_JOBS", raising=False)
     st.cache_data.clear()
     return tmp_path
 
@@ -111,11 +118,66 @@ def test_sweeps_page_without_a_cache_gives_notices(env, setup):
     if setup == "corrupt":
         write_cache(env / "shipped", [], {"x.json": "\x00\x01garbage",
                                           "progress.json": "{broken"})
+    (env / "mine" / "empty-one" / "cache").mkdir(parents=True)
     at = visit("pages/sweeps.py")
     assert ("There is no sweep cache" if setup == "missing" else "holds no finished runs") \
         in texts(at)
-    at.radio(key="sweeps_browse").set_value(at.radio(key="sweeps_browse").options[1]).run()
-    assert not at.exception and "There is no sweep cache" in texts(at)
+    browse = at.radio(key="sweeps_browse")
+    assert browse.options[1] == "Sweep empty-one"
+    browse.set_value(browse.options[1]).run()
+    assert not at.exception and "holds no finished runs" in texts(at)
+    assert str(env) not in texts(at)
+
+
+# -- starting and stopping ----------------------------------------------------------------------
+
+SWEEP_LIKE = [sys.executable, "-c", "import time; time.sleep(60)", "localist_core", "sweep"]
+
+
+def fake_sweep() -> subprocess.Popen:
+    """A live process whose command line looks like a sweep's, in a session of its own."""
+    proc = subprocess.Popen(SWEEP_LIKE, start_new_session=True)
+    for _ in range(200):
+        try:
+            if b"sweep" in open(f"/proc/{proc.pid}/cmdline", "rb").read():
+                break
+        except OSError:
+            pass
+        time.sleep(0.01)
+    return proc
+
+
+def end(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.wait()
+
+
+def running(env: Path, name: str, proc: subprocess.Popen) -> None:
+    """A sweep ``name`` under the root, one run done out of three, written by ``proc``."""
+    cache = env / "mine" / name / "cache"
+    cache.mkdir(parents=True)
+    (cache / "progress.json").write_text(json.dumps({
+        "pid": proc.pid, "updated": time.time(), "runs_total": 3, "runs_done": 1,
+        "current": "attention-l0.5", "phase": "train"}))
+
+
+def test_sweeps_are_off_by_default_a_notice_and_no_form_or_stop(env):
+    busy = fake_sweep()
+    try:
+        running(env, "busy", busy)
+        at = visit("pages/sweeps.py")
+        notice = " ".join(i.value for i in at.info)
+        assert "turned off" in notice and "LOCALIST_APP_SWEEPS_ENABLED" in notice
+        assert "python -m localist_core sweep" in notice
+        assert not at.get("form") and not at.text_input and not at.button
+        assert any("Run 2 of 3: attention-l0.5 (train)" in p.proto.text.replace("\\", "")
+                   for p in at.get("progress"))   # progress is still visible
+        assert busy.poll() is None
+    finally:
+        end(busy)
 
 
 def _form(at: AppTest, **values) -> AppTest:
@@ -125,32 +187,83 @@ def _form(at: AppTest, **values) -> AppTest:
     return at.run()
 
 
-def test_sweep_form_refuses_bad_input_and_the_shipped_folder(env):
+def test_sweep_form_refuses_bad_input_paths_and_unbounded_overrides(env, monkeypatch):
+    monkeypatch.setenv("LOCALIST_APP_SWEEPS_ENABLED", "1")
     at = visit("pages/sweeps.py")
+    assert not at.info or "turned off" not in " ".join(i.value for i in at.info)
     _form(at, **{"λ values": "0, 2", "Overrides (key=value …)": "nonsense=1"})
     errors = " ".join(e.value for e in at.error)
     assert "outside \\[0, 1\\]" in errors and "unknown key" in errors
-    _form(at, **{"λ values": "0", "Overrides (key=value …)": "",
-                 "Cache folder": str(env / "shipped")})
-    assert "holds the shipped results" in " ".join(e.value for e in at.error)
-    assert not at.success and not (env / "shipped").exists()
+    for name in ("../escape", str(env / "abs"), "a/b"):
+        _form(at, **{"Sweep name": name, "λ values": "0", "Overrides (key=value …)": ""})
+        assert "Sweep name" in " ".join(e.value for e in at.error) and not at.exception
+    _form(at, **{"Sweep name": "ok", "Overrides (key=value …)":
+                 "max_steps=100000000 d_model=1000000000"})
+    errors = " ".join(e.value for e in at.error).replace("\\", "")
+    assert "max_steps=100000000 is above the limit 5000" in errors
+    assert "d_model=1000000000 is above the limit 512" in errors
+    assert not at.success and not at.exception
+    assert not (env / "escape").exists() and not (env / "abs").exists()
+    assert not (env / "mine").exists() or not any((env / "mine").iterdir())
+    assert str(env) not in " ".join(e.value for e in at.error)
 
 
-def test_a_second_sweep_into_a_busy_folder_is_refused(env, tiny_data_dir):
-    mine = env / "mine"
-    mine.mkdir(parents=True)
-    busy = examples.spawn(examples.SLEEPER)   # a live process that looks like a sweep
+def test_a_sweep_starts_is_listed_and_the_job_limit_refuses_a_second(env, monkeypatch):
+    monkeypatch.setenv("LOCALIST_APP_SWEEPS_ENABLED", "1")
+    real = launch.sweep_command
+    monkeypatch.setattr(launch, "sweep_command", lambda req, python=sys.executable, shown=False:
+                        real(req, python, shown) if shown else SWEEP_LIKE)
+    at = visit("pages/sweeps.py")
+    _form(at, **{"Sweep name": "first", "λ values": "0"})
+    assert not at.error and not at.exception, [e.value for e in at.error]
+    assert "Started sweep first" in at.success[0].value.replace("\\", "")
+    (code,) = at.code
+    assert code.value.startswith("python -m localist_core sweep --config tiny")
+    assert '"$LOCALIST_APP_SWEEPS"/first/cache' in code.value
+    assert str(env) not in code.value and sys.executable not in code.value
+    pid = json.loads((env / "mine" / "first" / launch.LAUNCH_FILE).read_text())["pid"]
     try:
-        (mine / "progress.json").write_text(json.dumps({
-            "pid": busy.pid, "updated": time.time(), "runs_total": 3, "runs_done": 1,
-            "current": "attention-l0.5", "phase": "train"}))
-        at = visit("pages/sweeps.py")
-        assert any("Run 2 of 3: attention-l0.5 (train)" in p.proto.text.replace("\\", "")
-                   for p in at.get("progress"))
-        _form(at, **{"λ values": "0", "Data folder": str(tiny_data_dir)})
-        assert f"pid {busy.pid}" in " ".join(e.value for e in at.error) and not at.success
+        _form(at, **{"Sweep name": "second"})
+        errors = " ".join(e.value for e in at.error).replace("\\", "")
+        assert "1 sweep(s) already running" in errors and not at.success
+        assert not (env / "mine" / "second").exists()
     finally:
-        busy.kill()
-        busy.wait()
+        os.killpg(pid, signal.SIGKILL)   # started in this process: kill and reap it
+        os.waitpid(pid, 0)
+
+
+def test_every_visitor_sees_running_sweeps_and_can_stop_one(env, monkeypatch):
+    monkeypatch.setenv("LOCALIST_APP_SWEEPS_ENABLED", "1")
+    busy = fake_sweep()
+    try:
+        running(env, "busy", busy)
+        at = visit("pages/sweeps.py")
+        assert any("busy: Run 2 of 3: attention-l0.5 (train)" in p.proto.text.replace("\\", "")
+                   for p in at.get("progress"))
+        assert f"pid {busy.pid}" in texts(at)
+        at.button(key="stop_busy").click().run()
+        assert not at.exception
+        assert busy.wait(timeout=10) == -signal.SIGTERM
+        assert f"Sent a stop signal to sweep busy (pid {busy.pid})" in " ".join(
+            x.value for x in at.success).replace("\\", "")
+    finally:
+        end(busy)
     at = visit("pages/sweeps.py")
     assert "Stopped after 1 of 3 runs" in " ".join(w.value for w in at.warning).replace("\\", "")
+    assert not any(b.key == "stop_busy" for b in at.button)
+
+
+HOSTILE = ["", " ", "*x* [a](http://e) <script>alert(1)</script> `c` $x$", "\x00\x01", "1e309",
+           "nan, inf, -0", "9" * 5000, "é" * 300, "=" * 50, "a=b=c ==", "../" * 40,
+           "max_steps=1e9", "λ"]
+
+
+def test_hostile_form_input_never_raises(env, monkeypatch):
+    monkeypatch.setenv("LOCALIST_APP_SWEEPS_ENABLED", "1")
+    at = visit("pages/sweeps.py")
+    for text in HOSTILE:
+        _form(at, **{label: text for label in ("Sweep name", "λ values", "τ values",
+                                               "Overrides (key=value …)")})
+        assert not at.exception and at.error and not at.success, text
+        assert all("<script>" not in e.value for e in at.error)   # escaped by ui.plain
+    assert not (env / "mine").exists() or not any((env / "mine").iterdir())
