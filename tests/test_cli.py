@@ -1,8 +1,14 @@
-"""The CLI: train → checkpoint → eval end to end on `tiny`, and clear usage errors (exit 2)."""
+"""The CLI: train → checkpoint → eval end to end on `tiny`, and clear usage errors (exit 2):
+one ``error:`` line, no traceback; no command deletes what it did not write."""
+import argparse
+import hashlib
 import json
+import os
+from pathlib import Path
 
 import pytest
 
+from localist_core import cli
 from localist_core.cli import main
 
 
@@ -62,6 +68,7 @@ def test_export_keeps_a_compressed_copy_only_within_tolerance(tmp_path, tiny_dat
     assert main(["export", str(out), str(tmp_path / "never"), "--precision", "int8",
                  "--tolerance", "0", "--data-dir", str(tiny_data_dir)]) == 1
     assert not (tmp_path / "never").exists() and not (tmp_path / "never.tmp").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".never.")]   # temp removed
     assert "not written" in capsys.readouterr().err
 
 
@@ -82,3 +89,281 @@ def test_train_with_an_adaptive_partition_and_eval_reblocked(tmp_path, tiny_data
     assert reports["recruited"]["partition"] == "recruited"
     a, b = (reports[p]["splits"]["valid"] for p in ("punctuation", "recruited"))
     assert a["tokens"] == b["tokens"] and a["perplexity"] != b["perplexity"]
+
+
+# --- never delete what it did not write; one line, never a traceback ------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _tree(folder: Path) -> dict[str, bytes | None]:
+    """Every entry under ``folder``: relative path → contents (None for a folder)."""
+    return {str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else None)
+            for p in sorted(folder.rglob("*"))}
+
+
+def _digests(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _one_error_line(capsys, argv: list[str], code: int = 2) -> str:
+    """Run the CLI; it must exit ``code`` with exactly one ``error:`` line on stderr (besides
+    tqdm's progress bars, which a training run draws there before it fails)."""
+    assert main(argv) == code
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip() and "%|" not in line]
+    assert "Traceback" not in err
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory, tiny_data_dir) -> Path:
+    out = tmp_path_factory.mktemp("cli-ckpt") / "ckpt"
+    assert main(["train", "--config", "tiny", "--out", str(out), "--data-dir", str(tiny_data_dir),
+                 "max_steps=4", "eval_interval=4"]) == 0
+    return out
+
+
+@pytest.fixture()
+def no_evaluation(monkeypatch):
+    """Fail the test if a command starts its (slow) evaluation: checks must come first."""
+    def refuse(*_a, **_k):
+        raise AssertionError("the evaluation ran before the command's checks")
+    monkeypatch.setattr("localist_core.evaluate.evaluate_stream", refuse)
+
+
+def _export(src: Path, dest: Path, data: Path, *extra: str) -> list[str]:
+    return ["export", str(src), str(dest), "--precision", "fp16", "--data-dir", str(data),
+            *extra]
+
+
+@pytest.mark.parametrize("kind", ["foreign folder", "file", "foreign config.json"])
+def test_export_refuses_a_dest_it_did_not_write(tmp_path, tiny_ckpt, tiny_data_dir, capsys,
+                                                no_evaluation, kind):
+    dest = tmp_path / "mine"
+    if kind == "file":
+        dest.write_text("my notes")
+    else:
+        (dest / "sub").mkdir(parents=True)
+        (dest / "notes.txt").write_text("keep me")
+        (dest / "sub" / "data.bin").write_bytes(b"\x00\x01")
+        if kind == "foreign config.json":
+            (dest / "config.json").write_text('{"format": "someone-else"}')
+    (tmp_path / "mine.tmp").mkdir()                 # the old code's temp name: the user's
+    (tmp_path / "mine.tmp" / "precious").write_text("x")
+    before = _tree(tmp_path)
+    line = _one_error_line(capsys, _export(tiny_ckpt, dest, tiny_data_dir, "--force"))
+    assert "is a file" in line if kind == "file" else "not a checkpoint folder" in line
+    assert _tree(tmp_path) == before                # every file intact, nothing left behind
+
+
+def test_export_replaces_a_checkpoint_only_with_force(tmp_path, tiny_ckpt, tiny_data_dir,
+                                                      capsys):
+    dest = tmp_path / "small"
+    (tmp_path / "small.tmp").mkdir()
+    (tmp_path / "small.tmp" / "precious").write_text("x")
+    assert main(_export(tiny_ckpt, dest, tiny_data_dir)) == 0
+    assert json.loads((dest / "config.json").read_text())["precision"] == "fp16"
+    before = _tree(tmp_path)
+    line = _one_error_line(capsys, _export(tiny_ckpt, dest, tiny_data_dir, "--precision", "fp32"))
+    assert "existing checkpoint" in line and "--force" in line
+    assert _tree(tmp_path) == before
+    assert main(_export(tiny_ckpt, dest, tiny_data_dir, "--precision", "fp32", "--force")) == 0
+    assert json.loads((dest / "config.json").read_text())["precision"] == "fp32"
+    assert "replaced" in capsys.readouterr().out
+    # Only the new checkpoint and the user's folder: no temp or set-aside folder is left.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["small", "small.tmp"]
+    assert (tmp_path / "small.tmp" / "precious").read_text() == "x"
+    # --force replaces checkpoint files only, never a file of the user's inside the folder.
+    (dest / "mine.txt").write_text("keep me")
+    before = _tree(tmp_path)
+    line = _one_error_line(capsys, _export(tiny_ckpt, dest, tiny_data_dir, "--force"))
+    assert "mine.txt" in line
+    assert _tree(tmp_path) == before
+
+
+def test_export_failing_at_the_final_move_keeps_the_old_checkpoint(
+        tmp_path, tiny_ckpt, tiny_data_dir, capsys, monkeypatch):
+    dest = tmp_path / "small"
+    assert main(_export(tiny_ckpt, dest, tiny_data_dir)) == 0
+    before = _tree(tmp_path)
+    rename = os.rename
+
+    def failing_rename(src, dst):
+        if str(src).endswith(cli.EXPORT_TMP_SUFFIX):      # the new copy's move into place
+            raise PermissionError(13, "Permission denied", str(src), None, str(dst))
+        rename(src, dst)
+    monkeypatch.setattr(cli.os, "rename", failing_rename)
+    line = _one_error_line(capsys, _export(tiny_ckpt, dest, tiny_data_dir, "--force"))
+    assert line.startswith("error: cannot move") and "Permission denied" in line
+    assert _tree(tmp_path) == before                # the old checkpoint back, no temp folders
+
+
+def test_sweep_default_cache_is_under_runs_not_the_shipped_one(tmp_path, tiny_data_dir,
+                                                               monkeypatch, capsys):
+    assert cli.build_parser().parse_args(["sweep"]).cache == "runs/sweep"
+    assert cli.build_parser().parse_args(["report"]).cache == "assets/sweep"   # read-only
+    shipped = _digests(REPO / "assets" / "sweep")
+    monkeypatch.chdir(tmp_path)        # defaults are relative to the current folder
+    assert main(["sweep", "--config", "tiny", "--lambdas", "0", "--taus", "1", "--prompts", "",
+                 "--eval-tokens", "64", "--data-dir", str(tiny_data_dir),
+                 "max_steps=2", "eval_interval=2"]) == 0
+    assert (tmp_path / "runs" / "sweep" / "attention-l0.0.json").is_file()
+    assert not (tmp_path / "assets").exists()
+    assert _digests(REPO / "assets" / "sweep") == shipped
+
+
+def test_report_on_the_shipped_cache_still_prints(capsys):
+    assert main(["report", "--cache", str(REPO / "assets" / "sweep")]) == 0
+    assert "## Leak test" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("case,message", [
+    ("missing folder", "no sweep cache folder"),
+    ("a file", "no sweep cache folder"),
+    ("a folder of notes", "not a sweep cache"),
+    ("corrupt JSON", "r1.json"),
+    ("malformed run", "r1"),
+])
+def test_report_on_a_bad_cache_is_one_line(tmp_path, capsys, case, message):
+    cache = tmp_path / "cache"
+    if case == "a file":
+        cache.write_text("x")
+    elif case == "a folder of notes":
+        cache.mkdir()
+        (cache / "notes.txt").write_text("x")
+    elif case != "missing folder":
+        cache.mkdir()
+        run = {"schema_version": 1, "run_id": "r1", "protocol": "attention", "locality": 0.2,
+               "config": {"model": {}, "train": {}}, "metrics": {"valid": [{"perplexity": 3}]}}
+        text = "{not json" if case == "corrupt JSON" else json.dumps(run)
+        (cache / "r1.json").write_text(text)
+    line = _one_error_line(capsys, ["report", "--cache", str(cache)])
+    assert message in line
+
+
+def test_train_errors_are_one_line(tmp_path, tiny_data_dir, capsys):
+    data = ["--data-dir", str(tiny_data_dir)]
+    line = _one_error_line(capsys, ["train", "--config", "tiny", "--out", str(tmp_path / "a"),
+                                    "lr=1e12", "warmup_steps=0", "max_steps=5", *data])
+    assert "training diverged" in line and "lr=1e+11" in line
+    (tmp_path / "file").write_text("mine")
+    line = _one_error_line(capsys, ["train", "--config", "tiny", "--out", str(tmp_path / "file"),
+                                    "max_steps=2", *data])
+    assert "is a file" in line and (tmp_path / "file").read_text() == "mine"
+    # A folder of someone else's files: training would write (and clear temp files) there.
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    (mine / ".draft.tmp").write_text("keep")
+    before = _tree(mine)
+    line = _one_error_line(capsys, ["train", "--config", "tiny", "--out", str(mine),
+                                    "max_steps=2", *data])
+    assert "notes.txt" in line and _tree(mine) == before
+    # Its own folder is fine: a finished run is trained again into the same --out (resumes).
+    ours = ["train", "--config", "tiny", "--out", str(tmp_path / "run"), "max_steps=2", *data]
+    assert main(ours) == 0 and main(ours) == 0
+    # 10^15 windows of 32 tokens: refused from a parameter count on the meta device, before
+    # torch allocates anything (Linux would overcommit, then kill the process without a word).
+    line = _one_error_line(capsys, ["train", "--config", "tiny", "--out", str(tmp_path / "b"),
+                                    "batch_size=1000000000000000", *data])
+    assert line.startswith("error: cannot allocate") and "reduce batch_size" in line
+
+
+@pytest.mark.parametrize("exc,message", [
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't "
+                  "allocate memory: you tried to allocate 8000000000000 bytes. Error code 12"),
+     "cannot allocate 7.3 TiB"),
+    (MemoryError(), "cannot allocate"),
+    (OverflowError("Python int too large to convert to C long"), "a size is out of range"),
+    (TypeError('randint(): argument \'size\' failed to unpack the object at pos 1 with error '
+               '"Overflow when unpacking long long\nException raised from THPUtils_unpackLong'),
+     "a size is out of range"),
+    (OSError(28, "No space left on device", "/x/model.safetensors"),
+     "/x/model.safetensors: No space left on device"),
+    (PermissionError(13, "Permission denied", "/x/last"), "/x/last: Permission denied"),
+])
+def test_allocation_and_os_failures_are_one_line(tmp_path, tiny_data_dir, capsys, monkeypatch,
+                                                 exc, message):
+    def fail(*_a, **_k):
+        raise exc
+    monkeypatch.setattr("localist_core.train.train", fail)
+    line = _one_error_line(capsys, ["train", "--config", "tiny", "--out", str(tmp_path / "o"),
+                                    "--data-dir", str(tiny_data_dir)])
+    assert message in line
+    if "allocate" in message or "range" in message:
+        assert "reduce batch_size" in line
+
+
+def test_an_unexpected_bug_keeps_its_traceback(tmp_path, tiny_data_dir, monkeypatch):
+    def bug(*_a, **_k):
+        raise RuntimeError("index mix-up in the trainer")
+    monkeypatch.setattr("localist_core.train.train", bug)
+    with pytest.raises(RuntimeError, match="index mix-up"):
+        main(["train", "--config", "tiny", "--out", str(tmp_path / "o"),
+              "--data-dir", str(tiny_data_dir)])
+
+
+def test_eval_json_target_is_checked_before_the_evaluation(tmp_path, tiny_ckpt, tiny_data_dir,
+                                                           capsys, no_evaluation):
+    base = ["eval", str(tiny_ckpt), "--data-dir", str(tiny_data_dir), "--json"]
+    assert "is a folder" in _one_error_line(capsys, base + [str(tmp_path)])
+    line = _one_error_line(capsys, base + [str(tmp_path / "no-such-folder" / "r.json")])
+    assert "does not exist" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sweep_path_errors_are_one_line(tmp_path, tiny_data_dir, capsys):
+    data = ["--data-dir", str(tiny_data_dir)]
+    line = _one_error_line(capsys, ["sweep", "--config", "tiny", "--cache", str(tmp_path / "c"),
+                                    "--prompts", str(tmp_path / "nope.json"), *data])
+    assert "nope.json: No such file or directory" in line
+    assert not (tmp_path / "c").exists()
+    # A folder of someone else's files is not a sweep cache: results are never mixed into it.
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.json").write_text("{}")
+    before = _tree(tmp_path)
+    line = _one_error_line(capsys, ["sweep", "--config", "tiny", "--cache", str(tmp_path / "docs"),
+                                    "--prompts", "", *data])
+    assert "not a sweep cache" in line and _tree(tmp_path) == before
+
+
+@pytest.mark.parametrize("argv,option", [
+    (["eval", "c", "--max-tokens", "-5"], "--max-tokens"),
+    (["eval", "c", "--max-tokens", "0"], "--max-tokens"),
+    (["eval", "c", "--block-size", "0"], "--block-size"),
+    (["eval", "c", "--locality", "nan"], "--locality"),
+    (["eval", "c", "--locality", "1.5"], "--locality"),
+    (["eval", "c", "--tau", "inf"], "--tau"),
+    (["eval", "c", "--tau", "0"], "--tau"),
+    (["eval", "c", "--rule-strength", "nan"], "--rule-strength"),
+    (["export", "a", "b", "--tolerance", "nan"], "--tolerance"),
+    (["export", "a", "b", "--tolerance", "inf"], "--tolerance"),
+    (["export", "a", "b", "--tolerance", "-0.1"], "--tolerance"),
+    (["export", "a", "b", "--barrier-sharpness", "0"], "--barrier-sharpness"),
+    (["export", "a", "b", "--barrier-sharpness", "nan"], "--barrier-sharpness"),
+    (["sweep", "--eval-beta", "nan"], "--eval-beta"),
+    (["sweep", "--eval-beta", "-1"], "--eval-beta"),
+    (["sweep", "--eval-tokens", "0"], "--eval-tokens"),
+    (["sweep", "--lambdas", "0,1.5"], "--lambdas"),
+    (["sweep", "--taus", ""], "--taus"),
+])
+def test_bad_numbers_are_refused_by_argparse(capsys, argv, option):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {option}:" in err and "Traceback" not in err
+
+
+def test_argparse_number_types():
+    assert cli.positive_int("3") == 3
+    assert cli.finite_float(0.0, 1.0)("1") == 1.0
+    assert cli.finite_float(0.0, lo_open=True)("1e-9") == 1e-9
+    assert cli.float_list(0.0, 1.0)("0, 0.5,1") == [0.0, 0.5, 1.0]
+    for parse, text in [(cli.positive_int, "1.5"), (cli.finite_float(), "-inf"),
+                        (cli.finite_float(0.0, lo_open=True), "0"), (cli.float_list(), "1,x")]:
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse(text)
