@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
+import reprlib
 from dataclasses import dataclass, field
 
 PARTITIONS = ("fixed", "punctuation", "recruited")
@@ -17,6 +19,15 @@ TEMPERATURE_RANGE = (0.05, 10.0)  # DESIGN §2: clamp τ to [0.05, 10] with a no
 RULE_STRENGTH_RANGE = (0.0, 20.0)
 
 
+# Limits (README "Limits"): the largest model this server builds or loads. ModelConfig refuses
+# more, so a checkpoint's config.json cannot make the server build (even on the meta device) or
+# allocate an absurd model. The shipped models use vocab 33,278, d_model 256, 2 layers, 4 heads,
+# d_ff 1024, n_ctx 128 and 2 cutoffs; the papers' size is d_model 512, 8 heads, n_ctx 256.
+MODEL_SIZE_LIMITS = {"vocab_size": 1_000_000, "d_model": 8192, "n_layers": 64, "n_heads": 128,
+                     "d_ff": 32768, "n_ctx": 8192, "block_size": 8192, "max_block_size": 8192,
+                     "cutoffs": 16}   # cutoffs: how many (one tail cluster each)
+
+
 class ConfigError(ValueError):
     """A configuration value is out of range, of the wrong type, or unknown."""
 
@@ -24,6 +35,44 @@ class ConfigError(ValueError):
 def _check(cond: bool, msg: str) -> None:
     if not cond:
         raise ConfigError(msg)
+
+
+def _r(v) -> str:
+    """A short repr for messages: a hostile file's 60-KB string or 400-digit number stays short."""
+    return reprlib.repr(v)
+
+
+def is_integer(v) -> bool:
+    """An integer, not a bool (JSON's true would otherwise pass as 1)."""
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def is_finite_number(v) -> bool:
+    """A finite real number, not a bool; an integer too large for a float is not finite."""
+    if not isinstance(v, numbers.Real) or isinstance(v, bool):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:
+        return False
+
+
+def _check_types(cfg, ints: tuple[str, ...], numbers_: tuple[str, ...],
+                 bools: tuple[str, ...] = (), strs: tuple[str, ...] = ()) -> None:
+    """Refuse a field of the wrong type before any range check compares it (a None or a string
+    would raise TypeError there, not ConfigError)."""
+    for name in ints:
+        v = getattr(cfg, name)
+        _check(is_integer(v), f"{name} must be an integer, got {_r(v)}")
+    for name in numbers_:
+        v = getattr(cfg, name)
+        _check(is_finite_number(v), f"{name} must be a finite number, got {_r(v)}")
+    for name in bools:
+        v = getattr(cfg, name)
+        _check(isinstance(v, bool), f"{name} must be true or false, got {_r(v)}")
+    for name in strs:
+        v = getattr(cfg, name)
+        _check(isinstance(v, str), f"{name} must be a string, got {_r(v)}")
 
 
 @dataclass(frozen=True)
@@ -57,33 +106,45 @@ class ModelConfig:
     noncausal_diagnostic: bool = False
 
     def __post_init__(self) -> None:
-        _check(isinstance(self.vocab_size, int) and self.vocab_size >= 4,
-               f"vocab_size must be an integer ≥ 4, got {self.vocab_size!r}")
+        _check(is_integer(self.vocab_size) and self.vocab_size >= 4,
+               f"vocab_size must be an integer ≥ 4, got {_r(self.vocab_size)}")
         for name in ("d_model", "n_layers", "n_heads", "d_ff", "n_ctx", "block_size",
                      "max_block_size"):
             v = getattr(self, name)
-            _check(isinstance(v, int) and v >= 1, f"{name} must be a positive integer, got {v!r}")
+            _check(is_integer(v) and v >= 1, f"{name} must be a positive integer, got {_r(v)}")
+        _check_types(self, ("anchors_per_block",), ("dropout", "recruit_alpha", "boundary_bits",
+                                                    "barrier_sharpness", "div_value"),
+                     ("noncausal_diagnostic",), ("partition",))
+        _check(isinstance(self.cutoffs, (tuple, list)) and all(map(is_integer, self.cutoffs)),
+               f"cutoffs must be a list of integers, got {_r(self.cutoffs)}")
+        for name, limit in MODEL_SIZE_LIMITS.items():
+            v = len(self.cutoffs) if name == "cutoffs" else getattr(self, name)
+            _check(v <= limit, f"{name}: {v:,} is over this server's limit of {limit:,} "
+                               f"(MODEL_SIZE_LIMITS)")
         _check(self.d_model % self.n_heads == 0,
                f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
-        _check(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout!r}")
+        _check(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {_r(self.dropout)}")
         _check(self.partition in PARTITIONS,
-               f"partition must be one of {PARTITIONS}, got {self.partition!r}")
+               f"partition must be one of {PARTITIONS}, got {_r(self.partition)}")
         _check(math.isfinite(self.recruit_alpha) and self.recruit_alpha > 0,
-               f"recruit_alpha (α) must be > 0, got {self.recruit_alpha!r}")
+               f"recruit_alpha (α) must be > 0, got {_r(self.recruit_alpha)}")
         _check(math.isfinite(self.boundary_bits) and self.boundary_bits >= 0,
-               f"boundary_bits (C) must be ≥ 0, got {self.boundary_bits!r}")
+               f"boundary_bits (C) must be ≥ 0, got {_r(self.boundary_bits)}")
         _check(1 <= self.anchors_per_block <= 5,
-               f"anchors_per_block must be in 1..5, got {self.anchors_per_block!r}")
+               f"anchors_per_block must be in 1..5, got {_r(self.anchors_per_block)}")
         _check(math.isfinite(self.barrier_sharpness) and self.barrier_sharpness > 0,
-               f"barrier_sharpness (β) must be > 0, got {self.barrier_sharpness!r}")
-        cut = tuple(int(c) for c in self.cutoffs)
+               f"barrier_sharpness (β) must be > 0, got {_r(self.barrier_sharpness)}")
+        cut = tuple(int(c) for c in self.cutoffs)   # a list (from JSON) becomes a tuple
         object.__setattr__(self, "cutoffs", cut)
         _check(all(0 < a < b for a, b in zip(cut, cut[1:])) and (not cut or cut[0] > 0),
-               f"cutoffs must be increasing and positive, got {cut}")
+               f"cutoffs must be increasing and positive, got {_r(cut)}")
         _check(not cut or cut[-1] < self.vocab_size - 1,
                f"last cutoff {cut[-1] if cut else None} must be < vocab_size - 1 "
                f"({self.vocab_size - 1})")
-        _check(self.div_value >= 1.0, f"div_value must be ≥ 1, got {self.div_value!r}")
+        # The tail clusters' widths are d_model // div_value**(i+1): a huge div_value overflows
+        # that power (OverflowError while the model is built) and leaves the tails empty anyway.
+        _check(1.0 <= self.div_value <= 1000.0,
+               f"div_value must be in [1, 1000], got {_r(self.div_value)}")
 
     @property
     def d_head(self) -> int:
@@ -117,24 +178,29 @@ class TrainConfig:
     threads: int = 2
 
     def __post_init__(self) -> None:
+        _check_types(self, ("batch_size", "max_steps", "eval_interval", "ckpt_interval", "threads",
+                            "warmup_steps", "seed"),
+                     ("locality", "penalty_scale", "value_l2", "lr", "min_lr_ratio", "weight_decay",
+                      "grad_clip", "time_budget_s"), ("lr_by_time", "bf16"),
+                     ("protocol", "penalty_form"))
         _check(self.protocol in PROTOCOLS,
-               f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
+               f"protocol must be one of {PROTOCOLS}, got {_r(self.protocol)}")
         _check(self.penalty_form in PENALTY_FORMS,
-               f"penalty_form must be one of {PENALTY_FORMS}, got {self.penalty_form!r}")
+               f"penalty_form must be one of {PENALTY_FORMS}, got {_r(self.penalty_form)}")
         _check(0.0 <= self.locality <= 1.0,
-               f"locality (λ) must be in [0, 1], got {self.locality!r}")
+               f"locality (λ) must be in [0, 1], got {_r(self.locality)}")
         for name in ("penalty_scale", "value_l2", "weight_decay", "grad_clip"):
             v = getattr(self, name)
-            _check(math.isfinite(v) and v >= 0, f"{name} must be a finite number ≥ 0, got {v!r}")
-        _check(math.isfinite(self.lr) and self.lr > 0, f"lr must be > 0, got {self.lr!r}")
+            _check(math.isfinite(v) and v >= 0, f"{name} must be a finite number ≥ 0, got {_r(v)}")
+        _check(math.isfinite(self.lr) and self.lr > 0, f"lr must be > 0, got {_r(self.lr)}")
         _check(0.0 <= self.min_lr_ratio <= 1.0,
-               f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+               f"min_lr_ratio must be in [0, 1], got {_r(self.min_lr_ratio)}")
         for name in ("batch_size", "max_steps", "eval_interval", "ckpt_interval", "threads"):
             v = getattr(self, name)
-            _check(isinstance(v, int) and v >= 1, f"{name} must be a positive integer, got {v!r}")
-        _check(isinstance(self.warmup_steps, int) and self.warmup_steps >= 0,
-               f"warmup_steps must be an integer ≥ 0, got {self.warmup_steps!r}")
-        _check(self.time_budget_s > 0, f"time_budget_s must be > 0, got {self.time_budget_s!r}")
+            _check(v >= 1, f"{name} must be a positive integer, got {_r(v)}")
+        _check(self.warmup_steps >= 0,
+               f"warmup_steps must be an integer ≥ 0, got {_r(self.warmup_steps)}")
+        _check(self.time_budget_s > 0, f"time_budget_s must be > 0, got {_r(self.time_budget_s)}")
 
 
 @dataclass(frozen=True)
@@ -229,14 +295,16 @@ def config_to_dict(cfg) -> dict:
 
 def config_from_dict(cls: type, data: dict):
     """Rebuild a config, refusing missing or unknown keys with a message that names them."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{cls.__name__}: expected a JSON object, got {type(data).__name__}")
     names = {f.name for f in dataclasses.fields(cls)}
     required = {f.name for f in dataclasses.fields(cls)
                 if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
     extra = sorted(set(data) - names)
     missing = sorted(required - set(data))
     if extra:
-        raise ConfigError(f"{cls.__name__}: unknown keys {extra}")
+        raise ConfigError(f"{cls.__name__}: unknown keys {_r(extra)}")
     if missing:
-        raise ConfigError(f"{cls.__name__}: missing keys {missing}")
+        raise ConfigError(f"{cls.__name__}: missing keys {_r(missing)}")
     kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items()}
     return cls(**kw)

@@ -3,14 +3,15 @@ No streamlit here; starting sweeps lives in localist_core.launch.
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import plotly.graph_objects as go
 
+from .config import is_finite_number
 from .metrics import causal_entropy_ceiling
-from .sweep import BASELINES_FILE, PROTOCOL_NAMES
+from .sweep import (BASELINES_FILE, PROGRESS_FILE, PROTOCOL_NAMES, SweepCacheError, cache_files,
+                    read_baselines_file)
 from .viz import inert
 
 ATTENTION_METRICS = ("entropy_bits", "normalised_entropy", "in_block_mass", "recent_b_mass",
@@ -24,9 +25,9 @@ LEAK = "LEAK"
 
 
 def finite(v) -> float | None:
-    """``v`` as a float when it is a finite real number (not a bool), else None."""
-    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-    return float(v) if ok else None
+    """``v`` as a float when it is a finite real number (not a bool, not an integer too large
+    for a float), else None."""
+    return float(v) if is_finite_number(v) else None
 
 
 def _cfg(run: dict, part: str) -> dict:
@@ -37,7 +38,7 @@ def _cfg(run: dict, part: str) -> dict:
 
 def protocol_of(run: dict) -> str:
     """"attention", "weights" or "dial" (from the run, else from its training config)."""
-    if run.get("protocol") in PROTOCOL_NAMES:
+    if isinstance(run.get("protocol"), str) and run["protocol"] in PROTOCOL_NAMES:
         return run["protocol"]
     train = _cfg(run, "train")
     return "dial" if train.get("protocol") == "dial" else str(train.get("penalty_form", "?"))
@@ -72,7 +73,7 @@ def find_eval(run: dict, locality: float, tau: float = 1.0, split: str = "valid"
     for ev in evals if isinstance(evals, list) else []:
         try:
             lf, t = float(ev["dial"]["locality"]), float(ev["dial"]["attn_temperature"])
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError):
             continue
         if abs(lf - locality) < 1e-9 and abs(t - tau) < 1e-9 and finite(ev.get("perplexity")):
             return ev
@@ -82,10 +83,12 @@ def find_eval(run: dict, locality: float, tau: float = 1.0, split: str = "valid"
 def dial_settings(run: dict, split: str = "valid") -> list[tuple[float, float]]:
     """The sorted (λ_f, τ) pairs a run holds usable evals for."""
     out = set()
-    for ev in (run.get("metrics") or {}).get(split) or []:
+    metrics = run.get("metrics")
+    evals = metrics.get(split) if isinstance(metrics, dict) else None
+    for ev in evals if isinstance(evals, list) else []:
         try:
             out.add((float(ev["dial"]["locality"]), float(ev["dial"]["attn_temperature"])))
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError):
             continue
     return sorted(out)
 
@@ -244,20 +247,28 @@ def perplexity_references(baselines: dict | None, split: str = "valid") -> list[
 
 
 def read_baselines(folder: str | Path) -> dict | None:
+    """A cache's baselines.json, checked (size cap, types: ``sweep.read_baselines_file``), or
+    None when it is absent or refused (``load_cache`` names why)."""
     try:
-        data = json.loads((Path(folder) / BASELINES_FILE).read_text(encoding="utf-8"))
-        return data if isinstance(data, dict) else None
-    except (OSError, ValueError):
+        return read_baselines_file(Path(folder) / BASELINES_FILE)
+    except SweepCacheError:
         return None
 
 
 def cache_stamp(folder: str | Path) -> tuple:
-    """Names, sizes and times of a cache's JSON files: a cache key that changes with them."""
-    try:
-        return tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size)
-                     for p in sorted(Path(folder).glob("*.json")))
-    except OSError:
-        return ()
+    """Names, sizes and times of the JSON files ``load_cache`` reads: a cache key that changes
+    with them (progress.json, rewritten every few seconds by a running sweep, is not read)."""
+    files, more = cache_files(folder)
+    stamp = []
+    for p in files:
+        if p.name == PROGRESS_FILE:
+            continue
+        try:
+            st = p.stat()
+        except OSError:
+            continue
+        stamp.append((p.name, st.st_mtime_ns, st.st_size))
+    return (*stamp, more)
 
 
 def runs_table(runs: list[dict]) -> list[dict]:
@@ -268,6 +279,8 @@ def runs_table(runs: list[dict]) -> list[dict]:
         lt = run.get("leak_test") if isinstance(run.get("leak_test"), dict) else {}
         wall = run.get("wall_time_s") if isinstance(run.get("wall_time_s"), dict) else {}
         train = run.get("training") if isinstance(run.get("training"), dict) else {}
+        passed = lt.get("passed")
+        steps, stopped = train.get("steps"), train.get("stopped")
         rows.append({
             "run": str(run.get("run_id")), "protocol": protocol_of(run),
             "λ (trained)": trained_locality(run), "variant": variant(run),
@@ -278,9 +291,11 @@ def runs_table(runs: list[dict]) -> list[dict]:
             "in-block": p.get("in_block_mass"), "recent-b": p.get("recent_b_mass"),
             "shifted": p.get("shifted_block_mass"), "uniform": p.get("uniform_in_block_mass"),
             "fidelity": p.get("pointer_fidelity_mass"),
-            "leak test": {True: "pass", False: "FAIL"}.get(lt.get("passed"), "—"),
-            "evals": len(dial_settings(run)), "steps": train.get("steps"),
-            "stopped": train.get("stopped"), "train s": finite(wall.get("train")),
+            "leak test": "pass" if passed is True else "FAIL" if passed is False else "—",
+            "evals": len(dial_settings(run)),
+            "steps": steps if isinstance(steps, int) and not isinstance(steps, bool) else None,
+            "stopped": stopped if isinstance(stopped, str) else None,
+            "train s": finite(wall.get("train")),
             "total s": finite(wall.get("total")),
             "git commit": str(run.get("git_commit") or "")[:10]})
     return rows
@@ -288,10 +303,13 @@ def runs_table(runs: list[dict]) -> list[dict]:
 
 def position_rows(run: dict) -> list[dict]:
     """Test perplexity and accuracy per position in block (where a leak shows)."""
-    for ev in (run.get("metrics") or {}).get("test") or []:
+    metrics = run.get("metrics")
+    evals = metrics.get("test") if isinstance(metrics, dict) else None
+    for ev in evals if isinstance(evals, list) else []:
         pos = ev.get("by_position_in_block") if isinstance(ev, dict) else None
         if isinstance(pos, dict):
-            return [{"position in block": k, "tokens": r.get("tokens"),
+            return [{"position in block": k,
+                     "tokens": r.get("tokens") if isinstance(r.get("tokens"), int) else None,
                      "test ppl": finite(r.get("perplexity")), "test acc": finite(r.get("accuracy"))}
                     for k, r in pos.items() if isinstance(r, dict)]
     return []

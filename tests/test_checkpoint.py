@@ -165,3 +165,85 @@ def test_a_header_length_that_looks_like_pickle_magic_is_still_read(tmp_path):
             break
     assert path.read_bytes()[0] == 0x80
     assert "x" in check_safetensors_file(path)
+
+
+# -- checked cheaply before anything is read ----------------------------------------------------
+
+@pytest.mark.parametrize("partition", ["fixed", "punctuation", "recruited"])
+@pytest.mark.parametrize("n_layers", [1, 3])
+def test_expected_shapes_match_the_full_model(tiny_model_cfg, partition, n_layers):
+    """The one-layer shortcut gives every tensor name and shape of the full (meta) model."""
+    import dataclasses
+
+    from localist_core.checkpoint import expected_shapes
+    from localist_core.model import LocalistLM
+    cfg = dataclasses.replace(tiny_model_cfg, partition=partition, n_layers=n_layers)
+    with torch.device("meta"):
+        full = {k: tuple(v.shape) for k, v in LocalistLM(cfg).state_dict().items()}
+    assert expected_shapes(cfg) == full
+
+
+def test_the_largest_allowed_config_is_checked_in_milliseconds():
+    import time
+
+    from localist_core.checkpoint import expected_shapes
+    from localist_core.config import MODEL_SIZE_LIMITS, ModelConfig
+    sizes = {k: v for k, v in MODEL_SIZE_LIMITS.items() if k != "cutoffs"}
+    cfg = ModelConfig(**sizes, cutoffs=tuple(range(1000, 17000, 1000)), partition="recruited",
+                      div_value=1.0)   # every tail as wide as d_model: none is empty
+    t0 = time.perf_counter()
+    shapes = expected_shapes(cfg)
+    assert time.perf_counter() - t0 < 1.0    # ~5 ms; the full 64-layer meta build ~120 ms
+    assert sum(name.endswith("mlp.fc.weight") for name in shapes) == MODEL_SIZE_LIMITS["n_layers"]
+
+
+def _rewrite_header(folder, change):
+    raw = (folder / WEIGHTS).read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + n])
+    change(header)
+    blob = json.dumps(header).encode()
+    (folder / WEIGHTS).write_bytes(len(blob).to_bytes(8, "little") + blob + raw[8 + n:])
+
+
+@pytest.mark.parametrize("change,match", [
+    (lambda t: t.update(dtype="F128"), "unknown dtype"),
+    (lambda t: t.update(shape=[-1, 4]), "malformed shape"),
+    (lambda t: t.update(shape=[2, 2]), "need 16 bytes"),    # its bytes no longer fit its shape
+    (lambda t: t.update(data_offsets=[0]), "malformed data_offsets"),
+    (lambda t: t.update(data_offsets=[8, 4]), "malformed data_offsets"),
+])
+def test_a_header_that_does_not_account_for_its_bytes_is_refused(saved, change, match):
+    from localist_core.checkpoint import check_checkpoint
+    _rewrite_header(saved, lambda h: change(h["blocks.0.ln1.weight"]))
+    for check in (check_checkpoint, load_model):
+        with pytest.raises(CheckpointError, match=match) as err:
+            check(saved)
+        assert str(saved / WEIGHTS) in str(err.value)
+
+
+def test_an_int8_row_scale_of_the_wrong_shape_is_refused(tmp_path, trained_tiny, tiny_corpus):
+    from safetensors.torch import load_file, save_file
+
+    from localist_core.checkpoint import SCALE_SUFFIX, check_checkpoint
+    path = save_checkpoint(tmp_path / "int8", trained_tiny, tiny_corpus.tokenizer,
+                           precision="int8")
+    check_checkpoint(path)
+    tensors = load_file(str(path / WEIGHTS))
+    name = "tok_emb.weight" + SCALE_SUFFIX
+    tensors[name] = torch.ones(tensors[name].shape[0], 2)
+    save_file(tensors, str(path / WEIGHTS))
+    with pytest.raises(CheckpointError, match="row scale"):
+        check_checkpoint(path)
+
+
+def test_the_shipped_checkpoints_pass_every_check_quickly():
+    import time
+    from pathlib import Path
+
+    from localist_core.checkpoint import check_checkpoint
+    shipped = sorted((Path(__file__).resolve().parents[1] / "assets/checkpoints").iterdir())
+    for folder in (f for f in shipped if f.is_dir()):
+        t0 = time.perf_counter()
+        check_checkpoint(folder)
+        assert time.perf_counter() - t0 < 2.0   # ~10 ms here, most of it parsing vocab.json

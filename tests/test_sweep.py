@@ -209,3 +209,49 @@ def test_sweep_killed_at_random_moments_ends_as_if_never_killed(tmp_path, sweep_
     _assert_same_as_reference(cache, reference)
     leftovers = [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
     assert not leftovers, leftovers
+
+
+# -- checked before trusted ------------------------------------------------------------------------
+
+def test_every_shipped_result_passes_the_checks():
+    runs, problems = load_cache(ROOT / "assets/sweep")
+    assert len(runs) == len([p for p in (ROOT / "assets/sweep").glob("*.json")
+                             if p.name != "baselines.json"]) and not problems
+
+
+def test_every_run_id_a_sweep_writes_is_a_plain_name(tiny_model_cfg):
+    from localist_core.sweep import run_id_for, run_id_problem
+    rng = random.Random(3)
+    for _ in range(200):
+        overrides = [f"{rng.choice(['block_size', 'partition', 'd_model', 'lr'])}="
+                     f"{rng.choice(['3', 'recruited', 'a b/c', '../x', 'é', '1e+06'])}"
+                     for _ in range(rng.randint(0, 3))]
+        rid = run_id_for(rng.choice(["attention", "weights", "dial"]), rng.random(), overrides)
+        assert run_id_problem(rid) is None and run_id_problem(rid + "-beta1e+06") is None, rid
+    for bad in ("", ".hidden", "a/b", "..", "a\\b", "x" * 201, 7, None, "a b"):
+        assert run_id_problem(bad), bad
+
+
+def test_a_cache_is_read_up_to_its_limits_and_the_rest_named(tmp_path, monkeypatch):
+    import localist_core.sweep as sweep
+    run = {"schema_version": 1, "config": {}, "metrics": {"valid": []}}
+    for i in range(6):
+        (tmp_path / f"r{i}.json").write_text(json.dumps({**run, "run_id": f"r{i}"}))
+    monkeypatch.setattr(sweep, "MAX_CACHE_RUNS", 4)
+    runs, problems = load_cache(tmp_path)
+    assert [r["run_id"] for r in runs] == ["r0", "r1", "r2", "r3"]
+    assert len(problems) == 1 and "2 result file(s) not read" in problems[0]
+    monkeypatch.setattr(sweep, "MAX_CACHE_BYTES", 3 * len(json.dumps({**run, "run_id": "r0"})))
+    assert len(load_cache(tmp_path)[0]) == 3
+
+
+def test_a_sweep_removes_only_its_own_temp_files(tmp_path, tiny_corpus):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    mine = [".dial.json.k3j_2x9a.tmp", ".dial.maps.safetensors.0aZ_91.tmp",
+            ".progress.json.a1b2c3.tmp"]
+    others = [".notes.tmp", ".editor.swp.tmp", ".dial.json.tmp", "dial.json.abc.tmp"]
+    for name in mine + others:
+        (cache / name).write_text("x")
+    run_sweep([], tiny_corpus, cache, tmp_path / "runs", progress=False)
+    assert sorted(p.name for p in cache.glob("*.tmp")) == sorted(others)

@@ -1,0 +1,57 @@
+"""Configs refuse every wrong type and every size over MODEL_SIZE_LIMITS with a ConfigError that
+names the field (never a TypeError or a plain ValueError from deep inside a comparison)."""
+import dataclasses
+import math
+
+import pytest
+
+from localist_core.config import (MODEL_SIZE_LIMITS, PRESETS, ConfigError, ModelConfig,
+                                  TrainConfig, config_from_dict, preset)
+
+# What each annotated type must refuse (a bool is not a number, 1.5 is not an integer, …).
+WRONG = {
+    "int": [None, "3", 1.5, True, [], {}, math.nan],
+    "float": [None, "0.5", True, [], {}, math.nan, math.inf, 10**400],
+    "bool": [None, "true", 1, 0, [], {}],
+    "str": [None, 1, [], {}, True],
+    "tuple[int, ...]": [None, "2000", 5, {}, [1.5], ["x"], [True], [[1]]],
+}
+BASE = {ModelConfig: {"vocab_size": 100, "cutoffs": (10, 20)}, TrainConfig: {}}
+
+
+@pytest.mark.parametrize("cls", [ModelConfig, TrainConfig])
+def test_every_field_refuses_every_wrong_type_with_a_config_error(cls):
+    for f in dataclasses.fields(cls):
+        for value in WRONG[f.type]:
+            with pytest.raises(ConfigError, match=f.name):
+                cls(**{**BASE[cls], f.name: value})
+
+
+@pytest.mark.parametrize("cls", [ModelConfig, TrainConfig])
+def test_config_from_dict_refuses_what_is_not_an_object(cls):
+    for value in ([], "x", None, 3):
+        with pytest.raises(ConfigError, match="expected a JSON object"):
+            config_from_dict(cls, value)
+
+
+def test_the_size_limits_are_the_largest_sizes_accepted():
+    sizes = {k: v for k, v in MODEL_SIZE_LIMITS.items() if k != "cutoffs"}
+    cutoffs = tuple(range(1000, 1000 * (MODEL_SIZE_LIMITS["cutoffs"] + 1), 1000))
+    ModelConfig(**sizes, cutoffs=cutoffs)                       # every size at its limit at once
+    for name in sizes:
+        with pytest.raises(ConfigError, match=f"{name}: .* over this server's limit"):
+            ModelConfig(**{**sizes, name: sizes[name] + 1}, cutoffs=cutoffs)
+    with pytest.raises(ConfigError, match="cutoffs: 17 is over"):
+        ModelConfig(**sizes, cutoffs=cutoffs + (cutoffs[-1] + 1,))
+
+
+def test_every_preset_is_within_the_limits():
+    for name in PRESETS:
+        ModelConfig(vocab_size=33_278, **preset(name).model)
+        TrainConfig(**preset(name).train)
+
+
+def test_messages_stay_short_whatever_the_value():
+    with pytest.raises(ConfigError) as err:
+        ModelConfig(vocab_size=100, cutoffs=(10, 20), partition="x" * 100_000)
+    assert len(str(err.value)) < 200
