@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import streamlit as st
 
 from localist_core import CheckpointError, load_model
@@ -32,6 +33,7 @@ DEFAULTS = {"lam": 0.0, "tau": 1.0, "gamma": 0.0, "layer": "mean", "head": "mean
 # Limits (README "Limits"): every cache is bounded. One analysis holds at most
 # live.analysis_bytes_bound() bytes (0.42 MiB for the shipped models), so ≤ 80 MiB in all.
 ANALYSES_KEPT = 192
+MAPS_KEPT = 32    # stored sweep maps: 0.25 MiB each for the shipped runs, at most 4 MiB
 GAMMA_MAX = 5.0   # the γ slider's top; a link may not ask for more than the slider can show
 # Deep-link parameter → (session key, parser). Parsers raise ValueError on bad input.
 LINK_KEYS = ("ckpt", "lam", "tau", "gamma", "blocks", "block", "layer", "head", "prompt",
@@ -90,9 +92,12 @@ def cached_theory(path: str, text: str, lam: float, layer: int):
     return theory_report(model, tok, text, lam, layer)
 
 
-@st.cache_data(show_spinner=False, max_entries=128)
+@st.cache_data(show_spinner=False, max_entries=MAPS_KEPT)
 def cached_map(cache_dir: str, run_id: str, prompt: str, lam: float, tau: float):
-    return cached_run_pattern(cache_dir, run_id, prompt, lam, tau)
+    """A stored ``[layer, head, T, T]`` map, kept as float16 as it is stored (at most
+    live.MAX_MAP_BYTES each, so MAPS_KEPT of them at most 128 MiB)."""
+    arr = cached_run_pattern(cache_dir, run_id, prompt, lam, tau)
+    return None if arr is None else arr.astype(np.float16)
 
 
 @st.cache_data(show_spinner=False, max_entries=4)

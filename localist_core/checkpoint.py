@@ -254,6 +254,19 @@ def _dequantize(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return state
 
 
+# What _atomic_write leaves behind when its writer is killed: mkstemp's ".<name>.<8 random>.tmp"
+# for one of the JSON or safetensors files this project writes.
+OWN_TEMP = re.compile(r"\..+\.(?:json|safetensors)\.[a-z0-9_]{8}\.tmp")
+
+
+def remove_own_temps(folder: Path) -> None:
+    """Delete the temporary files a killed ``_atomic_write`` left in ``folder``, and nobody
+    else's: only names matching OWN_TEMP."""
+    for stale in Path(folder).glob(".*.tmp"):
+        if OWN_TEMP.fullmatch(stale.name):
+            stale.unlink(missing_ok=True)
+
+
 def _atomic_write(path: Path, write) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)

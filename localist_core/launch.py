@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
-import json
 import math
 import os
 import re
@@ -37,7 +36,9 @@ from typing import Iterator
 
 from .config import (TEMPERATURE_RANGE, ConfigError, ModelConfig, TrainConfig, apply_overrides,
                      preset)
-from .sweep import PROGRESS_FILE, PROTOCOL_NAMES, REPO, write_json_atomic
+from .checkpoint import read_json_file
+from .sweep import (MAX_SMALL_JSON_BYTES, PROGRESS_FILE, PROTOCOL_NAMES, REPO, SweepCacheError,
+                    write_json_atomic)
 
 APP_SWEEPS = REPO / "runs" / "app-sweeps"     # default root; never the shipped assets/sweep
 ENABLED_VAR = "LOCALIST_APP_SWEEPS_ENABLED"
@@ -503,11 +504,13 @@ def _finite(v) -> float | None:
 
 
 def _read_json(path: Path) -> dict | None:
+    """A small JSON object (a progress or launch record), or None when it is absent, not a
+    regular file, over MAX_SMALL_JSON_BYTES or not an object: read only after stat()."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        return data if isinstance(data, dict) else None
-    except (OSError, ValueError):
+        data = read_json_file(path, MAX_SMALL_JSON_BYTES, SweepCacheError)
+    except SweepCacheError:
         return None
+    return data if isinstance(data, dict) else None
 
 
 def read_progress(folder: str | Path) -> dict | None:

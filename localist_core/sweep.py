@@ -11,7 +11,6 @@ import hashlib
 import itertools
 import json
 import os
-import re
 import subprocess
 import time
 from dataclasses import dataclass
@@ -21,7 +20,8 @@ import torch
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from .checkpoint import KiB, MiB, _atomic_write, _r, checked_size, load_model, read_json_file
+from .checkpoint import (KiB, MiB, _atomic_write, _r, checked_size, load_model, read_json_file,
+                         remove_own_temps)
 from .config import (ConfigError, ModelConfig, TrainConfig, config_from_dict, config_to_dict,
                      is_finite_number, is_integer)
 from .data import Corpus
@@ -47,8 +47,6 @@ MAX_CACHE_BYTES = 16 * MiB          # all the results of one folder read togethe
 MAX_CACHE_RUNS = 512                # results read from one folder
 MAX_CACHE_ENTRIES = 4096            # directory entries listed (a run has a .json and a .maps)
 MAX_RUN_ID_CHARS = 200
-# The temp files of _atomic_write: ".<name>.<random>.tmp" for a result or maps file.
-_TEMP_NAME = re.compile(r"\..+\.(?:json|safetensors)\.[A-Za-z0-9_]+\.tmp")
 
 
 class SweepCacheError(ValueError):
@@ -404,9 +402,7 @@ def run_sweep(runs: list[RunSpec], corpus: Corpus, cache_dir: str | Path, runs_d
     """Train and evaluate every unfinished run; return every run's result."""
     cache_dir, runs_dir = Path(cache_dir), Path(runs_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    for stale in cache_dir.glob(".*.tmp"):  # temp files of a killed writer; never a result
-        if _TEMP_NAME.fullmatch(stale.name):   # only _atomic_write's own, nobody else's
-            stale.unlink(missing_ok=True)
+    remove_own_temps(cache_dir)   # a killed writer's temp files; never a result
     if not (cache_dir / BASELINES_FILE).is_file():
         write_json_atomic(cache_dir / BASELINES_FILE, {"schema_version": SCHEMA_VERSION,
                                                        **baselines(corpus)})

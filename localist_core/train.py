@@ -21,7 +21,8 @@ from tqdm.auto import tqdm
 
 from .attention import Dial
 from .blocks import local_entropy_table
-from .checkpoint import _atomic_write, load_model, read_config, save_checkpoint
+from .checkpoint import (_atomic_write, load_model, read_config, remove_own_temps,
+                         save_checkpoint)
 from .config import ModelConfig, TrainConfig, config_to_dict
 from .data import Corpus, random_windows
 from .evaluate import evaluate_stream
@@ -181,8 +182,7 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, corpus: Corpus,
     meta = {"protocol": cfg.protocol, "penalty_form": cfg.penalty_form, "locality": cfg.locality,
             **(meta or {})}
     for folder in ([Path(out_dir), last] if last is not None else []):
-        for stale in folder.glob(".*.tmp"):  # temp files of a killed writer; never a checkpoint
-            stale.unlink(missing_ok=True)
+        remove_own_temps(folder)   # a killed writer's temp files; never a checkpoint
     if last is not None and resume and (last / TRAINER_STATE).is_file():
         step, train_s, history = _load_trainer(last, model, opt, cfg)
     n_tokens_step = cfg.batch_size * model_cfg.n_ctx

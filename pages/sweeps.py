@@ -12,7 +12,6 @@ import ui
 from localist_core import launch
 from localist_core import tradeoff as tr
 from localist_core.config import PARTITIONS
-from localist_core.sweep import load_cache
 
 s = ui.page_setup("Sweeps")
 shipped = ui.sweep_cache()
@@ -28,12 +27,6 @@ ss = st.session_state
 def shown(folder) -> str:
     """A folder as visitors see it: never an absolute server path."""
     return launch.shown_path(folder, root)
-
-
-@st.cache_data(show_spinner="Reading the sweep cache…", max_entries=16)
-def sweep_results(folder: str, stamp: tuple) -> tuple[list[dict], list[str]]:
-    """Runs and refused files of a cache folder; ``stamp`` changes with its files."""
-    return load_cache(folder)
 
 
 @st.cache_resource(max_entries=1)
@@ -116,7 +109,7 @@ is_app = folder != shipped
 if not Path(folder).is_dir():
     st.info(f"There is no sweep cache at {ui.plain(shown(folder))} yet.")
 else:
-    runs, problems = sweep_results(folder, tr.cache_stamp(folder))
+    runs, problems, _ = ui.sweep_results(folder)
     # A visitor's sweep folder is named by its sweep, not its server path.
     ui.show_notices([f"Refused cache file: {launch.redact(p, root) if is_app else p}"
                      for p in problems])

@@ -248,8 +248,8 @@ def test_a_cache_is_read_up_to_its_limits_and_the_rest_named(tmp_path, monkeypat
 def test_a_sweep_removes_only_its_own_temp_files(tmp_path, tiny_corpus):
     cache = tmp_path / "cache"
     cache.mkdir()
-    mine = [".dial.json.k3j_2x9a.tmp", ".dial.maps.safetensors.0aZ_91.tmp",
-            ".progress.json.a1b2c3.tmp"]
+    mine = [".dial.json.k3j_2x9a.tmp", ".dial.maps.safetensors.0az_91qx.tmp",
+            ".progress.json.a1b2c3d4.tmp"]
     others = [".notes.tmp", ".editor.swp.tmp", ".dial.json.tmp", "dial.json.abc.tmp"]
     for name in mine + others:
         (cache / name).write_text("x")

@@ -84,9 +84,22 @@ def test_a_kill_while_checkpointing_still_resumes_exactly(tmp_path, tiny_model_c
     with pytest.raises(_Killed):
         train(mcfg, cfg, tiny_corpus, tmp_path / "b", progress=False, eval_tokens=2048)
     monkeypatch.setattr(trainer, "_atomic_write", real)
-    stale = tmp_path / "b" / LAST / ".trainer.safetensors.x1y2.tmp"   # a killed writer's temp file
+    stale = tmp_path / "b" / LAST / ".trainer.safetensors.x1y2_k9q.tmp"   # mkstemp-shaped
     stale.write_bytes(b"half a file")
     resumed = train(mcfg, cfg, tiny_corpus, tmp_path / "b", progress=False, eval_tokens=2048)
     a, b = straight.model.state_dict(), resumed.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not stale.exists()
+
+
+def test_training_removes_only_its_own_temp_files(tmp_path, tiny_model_cfg, tiny_corpus):
+    """A killed writer's temp files go; a file of the same shape that is not ours stays."""
+    out = tmp_path / "run"
+    out.mkdir()
+    mine = ".config.json.ab12_x9z.tmp"
+    others = [".notes.tmp", ".config.json.tmp", ".x.txt.abcdefgh.tmp"]
+    for name in [mine, *others]:
+        (out / name).write_text("x")
+    cfg = TrainConfig(**{**preset("tiny").train, "max_steps": 2})
+    train(tiny_model_cfg, cfg, tiny_corpus, out, progress=False)
+    assert sorted(p.name for p in out.glob(".*.tmp")) == sorted(others)
