@@ -363,12 +363,17 @@ def _short_path(m: re.Match) -> str:
         return str(path.relative_to(REPO)) or "."
     except ValueError:
         parts = path.parts
-        return m.group(0) if len(parts) <= 1 else "…/" + "/".join(parts[-2:])
+    # Only what starts at a real top-level folder (/tmp, /home, …) is a server path; a rule's
+    # "/a{9}/" or a visitor's "/x/y" is their own text and stays as typed.
+    if len(parts) <= 2 or not os.path.isdir(os.path.join("/", parts[1])):
+        return m.group(0)
+    return "…/" + "/".join(parts[-2:])
 
 
 def shown(text: str) -> str:
     """``text`` without the server's file layout: a path inside the app's folder becomes
-    relative to it, any other absolute path keeps its last two parts (``…/run/config.json``).
+    relative to it, any other path under one of the server's top-level folders keeps its last
+    two parts (``…/run/config.json``).
     The full message still goes to the server log where it is logged."""
     return _ABS_PATH.sub(_short_path, str(text))
 
