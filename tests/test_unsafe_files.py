@@ -176,6 +176,14 @@ BROKEN = {
         data_offsets=["a", 5])), WEIGHTS, "data_offsets"),
     "header-shape-a-string": (_edit_header(lambda h: _first_tensor(h).update(shape="big")),
                               WEIGHTS, "shape"),
+    **{f"header-{name}": (_edit_header(lambda h, c=change: h["blocks.0.ln1.weight"].update(c)),
+                          WEIGHTS, words)
+       for name, change, words in [
+           ("unknown-dtype", {"dtype": "F128"}, "unknown dtype"),
+           ("negative-shape", {"shape": [-1, 4]}, "malformed shape"),
+           ("bytes-do-not-fit-shape", {"shape": [2, 2]}, "need 16 bytes"),
+           ("one-offset", {"data_offsets": [0]}, "malformed data_offsets"),
+           ("offsets-backwards", {"data_offsets": [8, 4]}, "malformed data_offsets")]},
 }
 
 
@@ -409,9 +417,9 @@ def test_baselines_of_the_wrong_shape_or_size_are_refused(tmp_path):
     assert tr.read_baselines(tmp_path) == base and load_cache(tmp_path) == ([], [])
 
 
-@pytest.mark.parametrize("page", ["pages/tradeoff.py", "pages/sweeps.py"])
-def test_the_pages_name_bad_cache_files_and_show_the_good_runs(tmp_path, monkeypatch, ckpt_root,
-                                                               page):
+def _app_beside_bad_files(tmp_path, monkeypatch, ckpt_root) -> AppTest:
+    """The app with the good and every broken checkpoint, and a sweep cache holding the
+    synthetic runs beside every bad cache file."""
     cache = _bad_cache(tmp_path / "cache", EXAMPLES.synthetic_runs())
     monkeypatch.setenv("LOCALIST_CHECKPOINT_DIRS", str(ckpt_root))
     monkeypatch.setenv("LOCALIST_SWEEP_CACHE", str(cache))
@@ -419,6 +427,13 @@ def test_the_pages_name_bad_cache_files_and_show_the_good_runs(tmp_path, monkeyp
     st.cache_data.clear()
     at = AppTest.from_file(APP, default_timeout=180)
     at.query_params["ckpt"] = "tiny-good"
+    return at
+
+
+@pytest.mark.parametrize("page", ["pages/tradeoff.py", "pages/sweeps.py"])
+def test_the_pages_name_bad_cache_files_and_show_the_good_runs(tmp_path, monkeypatch, ckpt_root,
+                                                               page):
+    at = _app_beside_bad_files(tmp_path, monkeypatch, ckpt_root)
     at.switch_page(page).run()
     assert not at.exception, [e.value for e in at.exception]
     warned = [w.value.replace("\\", "") for w in at.warning]
@@ -436,13 +451,7 @@ def test_every_page_works_beside_every_bad_checkpoint_and_cache_file(tmp_path, m
     """All seven pages, with every broken checkpoint and every bad cache file present: no
     exception anywhere, each bad checkpoint named on every page, each bad cache file named on
     the pages that read the cache."""
-    cache = _bad_cache(tmp_path / "cache", EXAMPLES.synthetic_runs())
-    monkeypatch.setenv("LOCALIST_CHECKPOINT_DIRS", str(ckpt_root))
-    monkeypatch.setenv("LOCALIST_SWEEP_CACHE", str(cache))
-    monkeypatch.setenv("LOCALIST_APP_SWEEPS", str(tmp_path / "mine"))
-    st.cache_data.clear()
-    at = AppTest.from_file(APP, default_timeout=180)
-    at.query_params["ckpt"] = "tiny-good"
+    at = _app_beside_bad_files(tmp_path, monkeypatch, ckpt_root)
     for page in PAGES:
         at.switch_page(page).run()
         assert not at.exception, (page, [e.value for e in at.exception])
