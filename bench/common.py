@@ -37,8 +37,8 @@ def parser(description: str) -> argparse.ArgumentParser:
 def run(main: Callable[[], object]) -> None:
     """Run a benchmark's ``main``; a missing corpus or a bad config ends with one line on
     stderr and exit code 2, not a traceback."""
-    from localist_core.config import ConfigError
-    from localist_core.data import DataNotFound
+    from localist_core.experiments.data import DataNotFound
+    from localist_core.model.config import ConfigError
 
     try:
         main()

@@ -14,10 +14,10 @@ import torch
 
 from bench.common import machine, parser, print_table, run
 from localist_core import load_model
-from localist_core.config import ModelConfig, preset
-from localist_core.evaluate import evaluate_stream
-from localist_core.model import LocalistLM
-from localist_core.sweep import load_cache
+from localist_core.analysis.evaluate import evaluate_stream
+from localist_core.experiments.sweep import load_cache
+from localist_core.model.config import ModelConfig, preset
+from localist_core.model.transformer import LocalistLM
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINT = ROOT / "assets" / "checkpoints" / "attention-l0.0"
@@ -29,7 +29,7 @@ def _model_and_stream(quick: bool, data_dir: str | None):
         cfg = ModelConfig(**{**preset("cpu-ref").model, "vocab_size": 33_278})
         gen = torch.Generator().manual_seed(0)
         return LocalistLM(cfg).eval(), torch.randint(0, 33_278, (4_097,), generator=gen), "random"
-    from localist_core.data import load_corpus
+    from localist_core.experiments.data import load_corpus
 
     model, tok = load_model(CHECKPOINT)
     return model, load_corpus(data_dir, tokenizer=tok).valid, CHECKPOINT.name

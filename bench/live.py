@@ -13,10 +13,10 @@ import torch
 
 from bench.common import machine, parser, print_table, run, summary, time_calls
 from localist_core import load_model
-from localist_core.config import ModelConfig, preset
-from localist_core.live import analyze, pattern_view
-from localist_core.model import LocalistLM
-from localist_core.viz import attention_heatmap, entropy_strip
+from localist_core.analysis.inspection import analyze, pattern_view
+from localist_core.model.config import ModelConfig, preset
+from localist_core.model.transformer import LocalistLM
+from ui.figures import attention_heatmap, entropy_strip
 
 ROOT = Path(__file__).resolve().parents[1]
 DIAL = ROOT / "assets" / "checkpoints" / "dial"

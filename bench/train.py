@@ -24,11 +24,11 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench.common import count, fresh_tensor_ms, machine, parser, print_table, run
-from localist_core.attention import Dial
-from localist_core.config import ModelConfig, TrainConfig, preset
-from localist_core.memory import keep_freed_memory
-from localist_core.model import LocalistLM, TransformerBlock, autocast_ctx
-from localist_core.train import make_optimizer, training_loss
+from localist_core.experiments.memory import keep_freed_memory
+from localist_core.experiments.train import make_optimizer, training_loss
+from localist_core.model.attention import Dial
+from localist_core.model.config import ModelConfig, TrainConfig, preset
+from localist_core.model.transformer import LocalistLM, TransformerBlock, autocast_ctx
 
 
 class PlainAttention(nn.Module):
@@ -150,9 +150,9 @@ def batches(cfg: ModelConfig, batch: int, quick: bool, data_dir: str | None):
     if quick:
         stream = torch.randint(0, cfg.vocab_size, (50_000,), generator=gen)
     else:
-        from localist_core.data import load_corpus
+        from localist_core.experiments.data import load_corpus
         stream = load_corpus(data_dir).train
-    from localist_core.data import random_windows
+    from localist_core.experiments.data import random_windows
     while True:
         yield random_windows(stream, batch, cfg.n_ctx, gen)
 
@@ -180,14 +180,14 @@ def bf16_quality(cfg: ModelConfig, batch: int, steps: int, eval_tokens: int, qui
                  data_dir: str | None) -> list[list]:
     """Train ours in fp32 and under bf16 autocast from the same seed on the same batches, then
     compare valid perplexity (fp32 evaluation): bf16 is used only if it stays within 1%."""
-    from localist_core.data import load_corpus
-    from localist_core.evaluate import evaluate_stream
-    from localist_core.train import train
+    from localist_core.analysis.evaluate import evaluate_stream
+    from localist_core.experiments.data import load_corpus
+    from localist_core.experiments.train import train
 
     if quick:
         gen = torch.Generator().manual_seed(1)
         stream = torch.randint(0, cfg.vocab_size, (20_000,), generator=gen)
-        from localist_core.data import Corpus
+        from localist_core.experiments.data import Corpus
         corpus = Corpus(None, stream, stream[:eval_tokens + 1], stream[:eval_tokens + 1], "random")
     else:
         corpus = load_corpus(data_dir)

@@ -1,12 +1,17 @@
-"""localist_core: locality-dial language models, their metrics, data and checkpoints.
+"""localist_core: locality-dial language models, their analysis, and the experiments on them.
 
-Importable without streamlit. The public API (DESIGN §2): ``load_model``,
-``LocalistLM.run_with_cache``, ``Tokenizer.encode/decode`` and ``localist_core.metrics``.
+Three layers, each importing only from those below it (docs/design.md, "Layers"):
+``model`` (config, dial, blocks, attention, transformer, tokenizer, checkpoint) ←
+``analysis`` (metrics, evaluation, theory, rules, inspection) ← ``experiments`` (data, training,
+sweeps, results, report) ← ``cli``. Nothing here imports streamlit or plotly.
+
+The names below are the model layer's public face: ``load_model``, ``LocalistLM.run_with_cache``
+and ``Tokenizer.encode/decode``; the metrics are ``localist_core.analysis.metrics``.
 """
-from .checkpoint import CheckpointError, load_model, save_checkpoint
-from .config import ModelConfig, TrainConfig, preset
-from .model import LocalistLM
-from .tokenizer import Tokenizer
+from .model.checkpoint import CheckpointError, load_model, save_checkpoint
+from .model.config import ModelConfig, TrainConfig, preset
+from .model.tokenizer import Tokenizer
+from .model.transformer import LocalistLM
 
 __all__ = ["CheckpointError", "LocalistLM", "ModelConfig", "Tokenizer", "TrainConfig",
            "load_model", "preset", "save_checkpoint"]

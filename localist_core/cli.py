@@ -25,8 +25,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from .config import PARTITIONS, ConfigError, ModelConfig, TrainConfig, apply_overrides, preset
-from .memory import keep_freed_memory
+from .experiments.memory import keep_freed_memory
+from .model.config import PARTITIONS, ConfigError, ModelConfig, TrainConfig, apply_overrides, preset
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1        # missing data (no corpus), or an export outside its tolerance
@@ -134,7 +134,7 @@ def _check_overrides(name: str, overrides: list[str]) -> None:
 
 
 def _corpus(args):
-    from .data import load_corpus
+    from .experiments.data import load_corpus
     return load_corpus(args.data_dir)
 
 
@@ -164,7 +164,7 @@ def _check_fits_in_memory(mcfg: ModelConfig, tcfg: TrainConfig) -> None:
     """
     import torch
 
-    from .model import LocalistLM
+    from .model.transformer import LocalistLM
     limit = _memory_limit()
     if limit is None:
         return
@@ -215,7 +215,7 @@ def _check_output_file(path: Path, option: str) -> None:
 
 def _is_checkpoint(folder: Path) -> bool:
     """Whether ``folder`` holds a config.json written by this project (checkpoint.FORMAT)."""
-    from .checkpoint import CheckpointError, read_config
+    from .model.checkpoint import CheckpointError, read_config
     try:
         read_config(folder)
     except CheckpointError:
@@ -241,8 +241,8 @@ def _check_train_out(out: Path) -> None:
     """``train --out``: a new or empty folder, or one holding only what training writes (a
     checkpoint, and its ``last/`` trainer state to resume from). Training replaces those files
     and clears stale temp files there, so a folder holding anything else is refused."""
-    from .checkpoint import CONFIG, VOCAB, WEIGHTS
-    from .train import LAST, TRAINER_META, TRAINER_STATE
+    from .experiments.train import LAST, TRAINER_META, TRAINER_STATE
+    from .model.checkpoint import CONFIG, VOCAB, WEIGHTS
     _check_can_make_folder(out, "--out")
     if not out.is_dir():
         return
@@ -267,7 +267,7 @@ def _check_sweep_cache(cache: Path) -> None:
     """``sweep --cache``: a new or empty folder, or a sweep cache (it has baselines.json, the
     first file a sweep writes). A sweep writes result files into it, so an unrelated folder is
     refused. Temp files do not count: a sweep killed while writing baselines.json leaves one."""
-    from .sweep import BASELINES_FILE, PROGRESS_FILE
+    from .experiments.sweep import BASELINES_FILE, PROGRESS_FILE
     _check_can_make_folder(cache, "--cache")
     if not cache.is_dir() or (cache / BASELINES_FILE).is_file() or (
             cache / PROGRESS_FILE).is_file():
@@ -299,7 +299,7 @@ def _read_prompts(path: str) -> list[dict] | None:
 # --- commands --------------------------------------------------------------------------------
 
 def cmd_train(args) -> int:
-    from .train import train
+    from .experiments.train import train
     _check_overrides(args.config, args.overrides)
     _check_train_out(Path(args.out))
     keep_freed_memory()                     # 8–14% faster here; see memory.py
@@ -314,7 +314,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from .sweep import PROTOCOL_NAMES, plan_runs, run_sweep
+    from .experiments.sweep import PROTOCOL_NAMES, plan_runs, run_sweep
     _check_overrides(args.config, args.overrides)
     protocols = args.protocols.split(",")
     for name in protocols:      # plan_runs checks this too, but only after the corpus load
@@ -352,11 +352,11 @@ def format_table(result: dict) -> str:
 
 
 def cmd_eval(args) -> int:
-    from .checkpoint import _atomic_write, load_model
-    from .data import load_corpus
-    from .evaluate import evaluate_stream, leak_test
-    from .live import inference_partition
-    from .sweep import baselines
+    from .analysis.evaluate import evaluate_stream, leak_test
+    from .analysis.inspection import inference_partition
+    from .experiments.data import load_corpus
+    from .experiments.sweep import baselines
+    from .model.checkpoint import _atomic_write, load_model
 
     if args.json:       # before the evaluation, which takes minutes on a real checkpoint
         _check_output_file(Path(args.json), "--json")
@@ -398,8 +398,8 @@ def cmd_eval(args) -> int:
 def _check_export_dest(dest: Path, force: bool) -> bool:
     """Refuse an export target that holds anything export did not write; return whether an
     existing checkpoint will be replaced (only with ``--force``). An empty folder is used."""
-    from .checkpoint import CONFIG, VOCAB, WEIGHTS, CheckpointError, read_config
-    from .train import LAST
+    from .experiments.train import LAST
+    from .model.checkpoint import CONFIG, VOCAB, WEIGHTS, CheckpointError, read_config
     if dest.is_symlink():
         raise UsageError(f"export: {dest} is a symbolic link; give the folder itself")
     if dest.exists() and not dest.is_dir():
@@ -480,9 +480,9 @@ def _move_into_place(tmp: Path, dest: Path, replace: bool) -> None:
 def cmd_export(args) -> int:
     """Write a compressed copy of a checkpoint, keeping it only if valid perplexity stays within
     ``--tolerance`` of the full-precision model (DESIGN §2 shipping rule)."""
-    from .checkpoint import load_model, save_checkpoint
-    from .data import load_corpus
-    from .evaluate import evaluate_stream
+    from .analysis.evaluate import evaluate_stream
+    from .experiments.data import load_corpus
+    from .model.checkpoint import load_model, save_checkpoint
 
     dest = Path(args.dest)
     replace = _check_export_dest(dest, args.force)   # before the slow evaluation
@@ -494,7 +494,7 @@ def cmd_export(args) -> int:
         tmp = _self_made_dir(dest, EXPORT_TMP_SUFFIX)
         model, tok = load_model(args.source)
         if args.barrier_sharpness is not None:
-            from .sweep import with_barrier_sharpness
+            from .experiments.sweep import with_barrier_sharpness
             model = with_barrier_sharpness(model, args.barrier_sharpness)
         corpus = load_corpus(args.data_dir, tokenizer=tok)
         full = evaluate_stream(model, corpus.valid, with_attention=False)["perplexity"]
@@ -533,7 +533,7 @@ def cmd_export(args) -> int:
 
 
 def _train_cfg(model):
-    from .config import config_from_dict
+    from .model.config import config_from_dict
     cfg = getattr(model, "train_config", None)
     return config_from_dict(TrainConfig, cfg) if cfg else None
 
@@ -544,7 +544,13 @@ _REPORT_DATA_ERRORS = (KeyError, TypeError, AttributeError, IndexError, ValueErr
 
 def _first_malformed_run(runs: list[dict]) -> str | None:
     """The id of the first run whose own tables cannot be drawn, to name it in the error."""
-    from .report import dialled_table, position_table, run_table, strategy_table, tau_table
+    from .experiments.report import (
+        dialled_table,
+        position_table,
+        run_table,
+        strategy_table,
+        tau_table,
+    )
     for run in runs:
         try:
             for table in (run_table, dialled_table, strategy_table):
@@ -559,8 +565,8 @@ def _first_malformed_run(runs: list[dict]) -> str | None:
 
 
 def cmd_report(args) -> int:
-    from .report import full_report
-    from .sweep import BASELINES_FILE, SweepCacheError, load_cache
+    from .experiments.report import full_report
+    from .experiments.sweep import BASELINES_FILE, SweepCacheError, load_cache
     cache = Path(args.cache)
     if not cache.is_dir():
         why = " (it is a file)" if cache.exists() else ""
@@ -753,10 +759,10 @@ def _os_error_message(e: OSError) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .checkpoint import CheckpointError
-    from .data import DataNotFound
-    from .sweep import SweepCacheError
-    from .train import TrainingDiverged
+    from .experiments.data import DataNotFound
+    from .experiments.sweep import SweepCacheError
+    from .experiments.train import TrainingDiverged
+    from .model.checkpoint import CheckpointError
     try:
         return args.func(args)
     except TrainingDiverged as e:

@@ -3,10 +3,10 @@ with the difference B − A."""
 import streamlit as st
 
 import ui
-from localist_core import tradeoff as tr
-from localist_core.live import difference, reduce_pattern
-from localist_core.sweep import SweepCacheError
-from localist_core.viz import attention_heatmap
+from localist_core.analysis.inspection import difference, reduce_pattern
+from localist_core.experiments import results as tr
+from localist_core.experiments.sweep import SweepCacheError
+from ui.figures import attention_heatmap
 
 s = ui.page_setup("Compare")
 if s.checkpoint_path is None:

@@ -5,8 +5,13 @@ import pandas as pd
 import streamlit as st
 
 import ui
-from localist_core.live import attention_table, entropy_view, metrics_json, pattern_view
-from localist_core.viz import attention_heatmap, entropy_strip, top_tokens_bar
+from localist_core.analysis.inspection import (
+    attention_table,
+    entropy_view,
+    metrics_json,
+    pattern_view,
+)
+from ui.figures import attention_heatmap, entropy_strip, top_tokens_bar
 
 s = ui.page_setup("Explorer")
 if s.checkpoint_path is None:

@@ -4,9 +4,9 @@ import pandas as pd
 import streamlit as st
 
 import ui
-from localist_core.live import pattern_view
-from localist_core.rules import RULE_STRENGTH_MAX, RuleError, make_rule
-from localist_core.viz import attention_heatmap, recruitment_chart
+from localist_core.analysis.inspection import pattern_view
+from localist_core.analysis.rules import RULE_STRENGTH_MAX, RuleError, make_rule
+from ui.figures import attention_heatmap, recruitment_chart
 
 s = ui.page_setup("Rules & blocks")
 if s.checkpoint_path is None:

@@ -1,7 +1,7 @@
 """Sweeps: browse the cached runs and follow every sweep's progress (read from its cache's
 progress.json, so it survives a page reload). When the operator allows it
 (LOCALIST_APP_SWEEPS_ENABLED=1), visitors may also start a bounded λ-sweep under the app-sweeps
-folder and stop a running one (README "Security"); the checks live in localist_core.launch."""
+folder and stop a running one (README "Security"); the checks live in ui/launcher.py."""
 import time
 from pathlib import Path
 
@@ -9,13 +9,13 @@ import pandas as pd
 import streamlit as st
 
 import ui
-from localist_core import launch
-from localist_core import tradeoff as tr
-from localist_core.config import PARTITIONS
+from localist_core.experiments import results as tr
+from localist_core.model.config import PARTITIONS
+from ui import launcher as launch
 
 s = ui.page_setup("Sweeps")
 shipped = ui.sweep_cache()
-protected = (shipped, str(ui.SWEEP_CACHE))
+protected = (shipped, str(ui.SHIPPED_SWEEP))
 enabled = launch.sweeps_enabled()
 root = launch.app_root()
 misplaced = launch.root_problems(root, protected)

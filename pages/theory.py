@@ -7,7 +7,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 import ui
-from localist_core.theory import threshold_locality
+from localist_core.analysis.theory import threshold_locality
 
 s = ui.page_setup("Theory")
 st.markdown(r"""

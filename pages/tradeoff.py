@@ -6,8 +6,9 @@ import pandas as pd
 import streamlit as st
 
 import ui
-from localist_core import launch
-from localist_core import tradeoff as tr
+from localist_core.experiments import results as tr
+from ui import figures as fig
+from ui import launcher as launch
 
 s = ui.page_setup("Tradeoff")
 
@@ -48,7 +49,7 @@ st.subheader("Entropy vs perplexity")
 entropy_panels = [{"y": "entropy_bits", "title": "attention entropy (bits)", "hlines": ent_refs},
                   {"y": "normalised_entropy", "title": "normalised entropy H / log₂(#visible)",
                    "hlines": norm_refs}]
-st.plotly_chart(tr.panel_figure(curves + leaks, "perplexity", "valid perplexity (log)",
+st.plotly_chart(fig.panel_figure(curves + leaks, "perplexity", "valid perplexity (log)",
                                 entropy_panels, vlines=tr.perplexity_references(baselines),
                                 log_x=True), key="tradeoff_ent_ppl", **chart)
 ceil = ", ".join(f"{r['value']:.2f}" for r in ent_refs if r["kind"] == "ceiling")
@@ -58,17 +59,17 @@ st.caption(f"Causal attention cannot exceed mean log₂ t bits ({ceil} here), so
            "test perplexity is drawn as a line: it comes with no entropy.")
 
 st.subheader("Entropy vs λ")
-st.plotly_chart(tr.panel_figure(curves + leaks, "locality", lam_axis, entropy_panels,
+st.plotly_chart(fig.panel_figure(curves + leaks, "locality", lam_axis, entropy_panels,
                                 papers=papers), key="tradeoff_ent_lam", **chart)
 
 st.subheader("Pointer fidelity vs λ")
-st.plotly_chart(tr.panel_figure(curves + leaks, "locality", lam_axis, [
+st.plotly_chart(fig.panel_figure(curves + leaks, "locality", lam_axis, [
     {"y": "pointer_fidelity_mass", "title": "attention mass on the block's anchors"},
     {"y": "pointer_argmax_hit", "title": "argmax key is an anchor (rate)"}]),
     key="tradeoff_fid", **chart)
 
 st.subheader("In-block mass vs λ, with its controls")
-st.plotly_chart(tr.points_figure(curves, "locality", "in_block_mass", lam_axis, "attention mass",
+st.plotly_chart(fig.points_figure(curves, "locality", "in_block_mass", lam_axis, "attention mass",
                                  controls=True, height=480),
                 key="tradeoff_inblock", **chart)
 st.caption("Causal attention is naturally recent, so in-block mass alone proves nothing: "
@@ -81,7 +82,7 @@ metric = st.selectbox("Metric", ["perplexity", "accuracy", "entropy_bits", "in_b
                       format_func=lambda k: k.replace("_", " "), key="tradeoff_metric")
 panels = entropy_panels if metric == "entropy_bits" else [
     {"y": metric, "title": f"valid {metric.replace('_', ' ')}", "log_y": metric == "perplexity"}]
-st.plotly_chart(tr.panel_figure(curves, "locality", lam_axis, panels,
+st.plotly_chart(fig.panel_figure(curves, "locality", lam_axis, panels,
                                 controls=metric == "in_block_mass"),
                 key="tradeoff_protocols", **chart)
 st.caption("Penalty protocol: one model per λ, trained with the penalty (λ_f = 0), and the same "
@@ -95,13 +96,13 @@ if len({p["series"] for p in strategies}) < 2:
                "trains them (partition=punctuation and partition=recruited at λ = 0.2, 0.6, "
                "1.0); the shipped cache has them.")
 else:
-    st.plotly_chart(tr.panel_figure(strategies, "locality", "λ (trained penalty)", [
+    st.plotly_chart(fig.panel_figure(strategies, "locality", "λ (trained penalty)", [
         {"y": "perplexity", "title": "valid perplexity (log)", "log_y": True},
         {"y": "entropy_bits", "title": "attention entropy (bits)"},
         {"y": "in_block_mass", "title": "in-block mass"},
         {"y": "pointer_fidelity_mass", "title": "pointer fidelity (mass on anchors)"}],
         height=420), key="tradeoff_strategies", **chart)
-    st.plotly_chart(tr.points_figure(strategies, "perplexity", "entropy_bits",
+    st.plotly_chart(fig.points_figure(strategies, "perplexity", "entropy_bits",
                                      "valid perplexity (log)", "attention entropy (bits)",
                                      log_x=True, height=380),
                     key="tradeoff_strategies_ppl", **chart)
@@ -113,7 +114,7 @@ else:
                "has the table.")
 
 st.subheader("Test perplexity and accuracy: ours, the papers' report, and the leak")
-st.plotly_chart(tr.panel_figure(curves + leaks, "locality", lam_axis, [
+st.plotly_chart(fig.panel_figure(curves + leaks, "locality", lam_axis, [
     {"y": "test_perplexity", "title": "test perplexity (log)", "log_y": True},
     {"y": "test_accuracy", "title": "test accuracy"}], papers=papers),
     key="tradeoff_test", **chart)
@@ -135,7 +136,7 @@ fam = tr.tau_family(runs, run_id)
 if not fam:
     st.info("This run has no usable evaluations.")
 else:
-    st.plotly_chart(tr.panel_figure(fam, "attn_temperature", "τ (log)", [
+    st.plotly_chart(fig.panel_figure(fam, "attn_temperature", "τ (log)", [
         {"y": "entropy_bits", "title": "entropy (bits)",
          "hlines": [r for r in tr.entropy_references(fam) if r["kind"] == "ceiling"]},
         {"y": "normalised_entropy", "title": "normalised entropy"},

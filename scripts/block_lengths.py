@@ -16,10 +16,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from localist_core.blocks import make_partition  # noqa: E402
-from localist_core.config import PARTITIONS, ModelConfig  # noqa: E402
-from localist_core.data import eval_windows, load_corpus  # noqa: E402
-from localist_core.tokenizer import Tokenizer  # noqa: E402
+from localist_core.analysis.evaluate import eval_windows  # noqa: E402
+from localist_core.experiments.data import load_corpus  # noqa: E402
+from localist_core.model.blocks import make_partition  # noqa: E402
+from localist_core.model.config import PARTITIONS, ModelConfig  # noqa: E402
+from localist_core.model.tokenizer import Tokenizer  # noqa: E402
 
 VOCAB = Path(__file__).resolve().parents[1] / "assets" / "checkpoints" / "dial" / "vocab.json"
 

@@ -8,9 +8,9 @@ import sys
 import torch
 
 from localist_core import load_model
-from localist_core.data import load_corpus
-from localist_core.evaluate import evaluate_stream
-from localist_core.sweep import with_barrier_sharpness
+from localist_core.analysis.evaluate import evaluate_stream
+from localist_core.experiments.data import load_corpus
+from localist_core.experiments.sweep import with_barrier_sharpness
 
 torch.set_num_threads(2)
 for run in sys.argv[1:]:

@@ -11,9 +11,9 @@ import torch
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from localist_core.config import ModelConfig, TrainConfig, preset  # noqa: E402
-from localist_core.data import load_corpus  # noqa: E402
-from localist_core.train import make_model, train  # noqa: E402
+from localist_core.experiments.data import load_corpus  # noqa: E402
+from localist_core.experiments.train import make_model, train  # noqa: E402
+from localist_core.model.config import ModelConfig, TrainConfig, preset  # noqa: E402
 
 SUBJECTS = ["the cat", "a dog", "the old man", "my sister", "the committee", "a small bird",
             "the river", "our teacher", "the ship", "a young king", "the army", "the city"]

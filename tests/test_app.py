@@ -7,7 +7,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from localist_core import save_checkpoint
-from localist_core.config import TrainConfig
+from localist_core.model.config import TrainConfig
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 PAGES = ["pages/explorer.py", "pages/tradeoff.py", "pages/compare.py", "pages/rules.py",

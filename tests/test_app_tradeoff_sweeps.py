@@ -14,12 +14,13 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from localist_core import launch, save_checkpoint
-from localist_core.config import TrainConfig
+from localist_core import save_checkpoint
+from localist_core.model.config import TrainConfig
+from ui import launcher as launch
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "app.py")
-_spec = importlib.util.spec_from_file_location("tradeoff_examples", ROOT / "tests/test_tradeoff.py")
+_spec = importlib.util.spec_from_file_location("tradeoff_examples", ROOT / "tests/test_results.py")
 examples = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(examples)
 

@@ -5,9 +5,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from localist_core.attention import (Dial, cross_block_barrier, off_block_attention_penalty,
-                                     resolve_dial)
-from localist_core.blocks import FixedPartition, same_block
+from localist_core.model.attention import (
+    Dial,
+    cross_block_barrier,
+    off_block_attention_penalty,
+    resolve_dial,
+)
+from localist_core.model.blocks import FixedPartition, same_block
 
 GRID = [(lam, tau) for lam in (0.0, 0.3, 0.7, 0.999, 1.0) for tau in (0.05, 0.3, 1.0, 3.0, 10.0)]
 

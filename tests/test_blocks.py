@@ -5,10 +5,18 @@ import numpy as np
 import pytest
 import torch
 
-from localist_core.blocks import (BOUNDARY_WORDS, FixedPartition, PunctuationPartition,
-                                  RecruitedPartition, anchor_mask, block_anchors,
-                                  local_entropy_table, make_partition, zipf_log2_prior)
-from localist_core.config import ModelConfig
+from localist_core.model.blocks import (
+    BOUNDARY_WORDS,
+    FixedPartition,
+    PunctuationPartition,
+    RecruitedPartition,
+    anchor_mask,
+    block_anchors,
+    local_entropy_table,
+    make_partition,
+    zipf_log2_prior,
+)
+from localist_core.model.config import ModelConfig
 
 WORDS = ["the", ",", ".", "of", "<unk>", "and", "in", ";", "<eos>", "cat", "sat", "mat", "on",
          "a", "dog", "ran", ":", "?", "big", "red"]

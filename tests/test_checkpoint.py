@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from localist_core import load_model, save_checkpoint
-from localist_core.checkpoint import CONFIG, VOCAB, WEIGHTS, CheckpointError
+from localist_core.model.checkpoint import CONFIG, VOCAB, WEIGHTS, CheckpointError
 
 
 class _Payload:
@@ -136,7 +136,7 @@ def test_adaptive_partitions_survive_a_round_trip(tmp_path, tiny_model_cfg, tiny
                                                   partition, precision):
     import dataclasses
 
-    from localist_core.train import make_model
+    from localist_core.experiments.train import make_model
     model = make_model(dataclasses.replace(tiny_model_cfg, partition=partition), tiny_corpus)
     path = save_checkpoint(tmp_path / partition, model.eval(), tiny_corpus.tokenizer,
                            precision=precision)
@@ -157,7 +157,7 @@ def test_a_header_length_that_looks_like_pickle_magic_is_still_read(tmp_path):
     0x80. Only the first is refused."""
     from safetensors.torch import save_file
 
-    from localist_core.checkpoint import check_safetensors_file
+    from localist_core.model.checkpoint import check_safetensors_file
     path = tmp_path / "w.safetensors"
     for k in range(400):
         save_file({"x": torch.zeros(3)}, str(path), metadata={"pad": "p" * k})
@@ -175,8 +175,8 @@ def test_expected_shapes_match_the_full_model(tiny_model_cfg, partition, n_layer
     """The one-layer shortcut gives every tensor name and shape of the full (meta) model."""
     import dataclasses
 
-    from localist_core.checkpoint import expected_shapes
-    from localist_core.model import LocalistLM
+    from localist_core.model.checkpoint import expected_shapes
+    from localist_core.model.transformer import LocalistLM
     cfg = dataclasses.replace(tiny_model_cfg, partition=partition, n_layers=n_layers)
     with torch.device("meta"):
         full = {k: tuple(v.shape) for k, v in LocalistLM(cfg).state_dict().items()}
@@ -186,8 +186,8 @@ def test_expected_shapes_match_the_full_model(tiny_model_cfg, partition, n_layer
 def test_the_largest_allowed_config_is_checked_in_milliseconds():
     import time
 
-    from localist_core.checkpoint import expected_shapes
-    from localist_core.config import MODEL_SIZE_LIMITS, ModelConfig
+    from localist_core.model.checkpoint import expected_shapes
+    from localist_core.model.config import MODEL_SIZE_LIMITS, ModelConfig
     sizes = {k: v for k, v in MODEL_SIZE_LIMITS.items() if k != "cutoffs"}
     cfg = ModelConfig(**sizes, cutoffs=tuple(range(1000, 17000, 1000)), partition="recruited",
                       div_value=1.0)   # every tail as wide as d_model: none is empty
@@ -200,7 +200,7 @@ def test_the_largest_allowed_config_is_checked_in_milliseconds():
 def test_an_int8_row_scale_of_the_wrong_shape_is_refused(tmp_path, trained_tiny, tiny_corpus):
     from safetensors.torch import load_file, save_file
 
-    from localist_core.checkpoint import SCALE_SUFFIX, check_checkpoint
+    from localist_core.model.checkpoint import SCALE_SUFFIX, check_checkpoint
     path = save_checkpoint(tmp_path / "int8", trained_tiny, tiny_corpus.tokenizer,
                            precision="int8")
     check_checkpoint(path)
@@ -216,7 +216,7 @@ def test_the_shipped_checkpoints_pass_every_check_quickly():
     import time
     from pathlib import Path
 
-    from localist_core.checkpoint import check_checkpoint
+    from localist_core.model.checkpoint import check_checkpoint
     shipped = sorted((Path(__file__).resolve().parents[1] / "assets/checkpoints").iterdir())
     for folder in (f for f in shipped if f.is_dir()):
         t0 = time.perf_counter()

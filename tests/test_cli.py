@@ -131,7 +131,7 @@ def no_evaluation(monkeypatch):
     """Fail the test if a command starts its (slow) evaluation: checks must come first."""
     def refuse(*_a, **_k):
         raise AssertionError("the evaluation ran before the command's checks")
-    monkeypatch.setattr("localist_core.evaluate.evaluate_stream", refuse)
+    monkeypatch.setattr("localist_core.analysis.evaluate.evaluate_stream", refuse)
 
 
 def _export(src: Path, dest: Path, data: Path, *extra: str) -> list[str]:
@@ -289,7 +289,7 @@ def test_allocation_and_os_failures_are_one_line(tmp_path, tiny_data_dir, capsys
                                                  exc, message):
     def fail(*_a, **_k):
         raise exc
-    monkeypatch.setattr("localist_core.train.train", fail)
+    monkeypatch.setattr("localist_core.experiments.train.train", fail)
     line = _one_error_line(capsys, ["train", "--config", "tiny", "--out", str(tmp_path / "o"),
                                     "--data-dir", str(tiny_data_dir)])
     assert message in line
@@ -300,7 +300,7 @@ def test_allocation_and_os_failures_are_one_line(tmp_path, tiny_data_dir, capsys
 def test_an_unexpected_bug_keeps_its_traceback(tmp_path, tiny_data_dir, monkeypatch):
     def bug(*_a, **_k):
         raise RuntimeError("index mix-up in the trainer")
-    monkeypatch.setattr("localist_core.train.train", bug)
+    monkeypatch.setattr("localist_core.experiments.train.train", bug)
     with pytest.raises(RuntimeError, match="index mix-up"):
         main(["train", "--config", "tiny", "--out", str(tmp_path / "o"),
               "--data-dir", str(tiny_data_dir)])

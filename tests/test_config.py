@@ -5,8 +5,15 @@ import math
 
 import pytest
 
-from localist_core.config import (MODEL_SIZE_LIMITS, PRESETS, ConfigError, ModelConfig,
-                                  TrainConfig, config_from_dict, preset)
+from localist_core.model.config import (
+    MODEL_SIZE_LIMITS,
+    PRESETS,
+    ConfigError,
+    ModelConfig,
+    TrainConfig,
+    config_from_dict,
+    preset,
+)
 
 # What each annotated type must refuse (a bool is not a number, 1.5 is not an integer, …).
 WRONG = {

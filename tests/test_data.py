@@ -4,7 +4,7 @@ import time
 import pytest
 import torch
 
-from localist_core import data as D
+from localist_core.experiments import data as D
 
 
 def test_loads_temporary_files_through_datasets(tiny_data_dir, tiny_corpus):
@@ -40,12 +40,6 @@ def test_no_folder_and_no_hub_fails_fast(monkeypatch, tmp_path):
 def test_env_variable_selects_the_folder(monkeypatch, tiny_data_dir):
     monkeypatch.setenv("LOCALIST_DATA_DIR", str(tiny_data_dir))
     assert D.resolve_data_dir() == tiny_data_dir
-
-
-def test_eval_windows_cover_every_target_once():
-    stream = torch.arange(1000)
-    targets = torch.cat([y.flatten() for _, y in D.eval_windows(stream, 64, batch_size=4)])
-    assert torch.equal(targets, stream[1:])
 
 
 def test_random_windows_are_shifted_pairs():

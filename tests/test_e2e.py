@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from localist_core import save_checkpoint
-from localist_core.config import TrainConfig, preset
-from localist_core.live import list_checkpoints
+from localist_core.model.config import TrainConfig, preset
+from ui.catalogue import list_checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
@@ -70,7 +70,7 @@ def _tiny_checkpoint_root(request, tmp_path: Path) -> Path:
     """A folder holding one briefly trained tiny dial checkpoint (used when none is shipped)."""
     corpus = request.getfixturevalue("tiny_corpus")
     model_cfg = request.getfixturevalue("tiny_model_cfg")
-    from localist_core.train import train
+    from localist_core.experiments.train import train
 
     cfg = TrainConfig(**{**preset("tiny").train, "protocol": "dial", "penalty_form": "none",
                          "max_steps": 20, "threads": 1})

@@ -15,11 +15,11 @@ from streamlit.testing.v1 import AppTest
 
 import ui
 from localist_core import save_checkpoint
-from localist_core.attention import DialNotice
-from localist_core.config import TrainConfig
-from localist_core.live import MAX_TEXT_CHARS, analyze, next_words
-from localist_core.tokenizer import UNK
-from localist_core.train import make_model
+from localist_core.analysis.inspection import MAX_TEXT_CHARS, analyze, next_words
+from localist_core.experiments.train import make_model
+from localist_core.model.attention import DialNotice
+from localist_core.model.config import TrainConfig
+from localist_core.model.tokenizer import UNK
 
 APP = str(ui.Path(__file__).resolve().parents[1] / "app.py")
 CKPT = "tiny-hostile"

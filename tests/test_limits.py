@@ -8,10 +8,15 @@ import numpy as np
 import pytest
 
 import ui
-from localist_core.config import ModelConfig, preset
-from localist_core.live import (MAX_TEXT_CHARS, MAX_TOKENS, analysis_bytes_bound, analyze,
-                                prepare_text)
-from localist_core.train import make_model
+from localist_core.analysis.inspection import (
+    MAX_TEXT_CHARS,
+    MAX_TOKENS,
+    analysis_bytes_bound,
+    analyze,
+    prepare_text,
+)
+from localist_core.experiments.train import make_model
+from localist_core.model.config import ModelConfig, preset
 
 ROOT = Path(__file__).resolve().parents[1]
 LONG = "the cat sees the bridge . " * 4000          # 104,000 characters, ~24,000 tokens
@@ -56,7 +61,8 @@ def _cache_decorators(path: Path):
 
 def test_every_streamlit_cache_is_bounded():
     found = 0
-    for path in [ROOT / "ui.py", ROOT / "app.py", *sorted((ROOT / "pages").glob("*.py"))]:
+    for path in [*sorted((ROOT / "ui").glob("*.py")), ROOT / "app.py",
+                 *sorted((ROOT / "pages").glob("*.py"))]:
         for name, deco in _cache_decorators(path):
             found += 1
             keywords = {k.arg for k in deco.keywords} if isinstance(deco, ast.Call) else set()

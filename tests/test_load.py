@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from localist_core.train import make_model
+from localist_core.experiments.train import make_model
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("load_test", ROOT / "bench" / "load_test.py")

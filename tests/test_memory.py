@@ -11,7 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PROBE = textwrap.dedent("""
     import torch
-    from localist_core.memory import keep_freed_memory
+    from localist_core.experiments.memory import keep_freed_memory
     print(keep_freed_memory(), keep_freed_memory())
     torch.zeros(40_000_000 // 4).add_(1)        # big tensors still work under the setting
 """)

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from localist_core import metrics as M
-from localist_core.blocks import FixedPartition, same_block
-from localist_core.evaluate import attention_summary
+from localist_core.analysis import metrics as M
+from localist_core.analysis.evaluate import attention_summary
+from localist_core.model.blocks import FixedPartition, same_block
 
 LAMBDAS = [0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 0.99, 1.0]
 TAUS = [10.0, 4.0, 2.0, 1.0, 0.5, 0.25, 0.1, 0.05]

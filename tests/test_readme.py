@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from localist_core.data import resolve_data_dir
+from localist_core.experiments.data import resolve_data_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")

@@ -7,11 +7,21 @@ import numpy as np
 import pytest
 import torch
 
-from localist_core.evaluate import leak_test
-from localist_core.live import analyze
-from localist_core.rules import (MATCHERS_KEPT, MAX_PATTERN_UNITS, MAX_WORDS, Matcher,
-                                 RuleError, compile_matcher, make_rule, match_words,
-                                 pattern_units, rule_bias, rule_pairs)
+from localist_core.analysis.evaluate import leak_test
+from localist_core.analysis.inspection import analyze
+from localist_core.analysis.rules import (
+    MATCHERS_KEPT,
+    MAX_PATTERN_UNITS,
+    MAX_WORDS,
+    Matcher,
+    RuleError,
+    compile_matcher,
+    make_rule,
+    match_words,
+    pattern_units,
+    rule_bias,
+    rule_pairs,
+)
 
 WORDS = ["The", "cat", "sees", "the", "bridge", "in", "1990", ".", "A", "dog", "follows", "the",
          "castle", "."]
@@ -61,7 +71,7 @@ def test_rule_strength_is_bounded(strength):
 def test_matching_a_slow_pattern_against_text_stops_at_the_deadline(monkeypatch):
     """A pattern that passes the probes but is slow on the user's own words stops with a
     notice, not a hang."""
-    import localist_core.rules as rules
+    import localist_core.analysis.rules as rules
     monkeypatch.setattr(rules, "_probes", lambda pattern: [])      # let it past the probes
     words = ["a" * 60 + "!"] * 4
     t0 = time.perf_counter()
@@ -163,7 +173,7 @@ BOMB_SHAPES = ["a{%d}", "(?:ab){%d}", "[a-z]{%d,}", "a{2,%d}?", "a{%d}+", "(?:a{
 BOMB_COUNTS = [10**3, 10**5, 10**6, 10**8]
 BOMB_SCRIPT = """
 import gc, json, os, resource, sys
-from localist_core.rules import RuleError, make_rule
+from localist_core.analysis.rules import RuleError, make_rule
 def rss():
     return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 def vm():

@@ -10,10 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from localist_core.checkpoint import _atomic_write
-from localist_core.config import TrainConfig, preset
-from localist_core.sweep import (SCHEMA_VERSION, SweepCacheError, load_cache, plan_runs,
-                                 read_result, run_sweep)
+from localist_core.experiments.sweep import (
+    SCHEMA_VERSION,
+    SweepCacheError,
+    load_cache,
+    plan_runs,
+    read_result,
+    run_sweep,
+)
+from localist_core.model.checkpoint import _atomic_write
+from localist_core.model.config import TrainConfig, preset
 
 ROOT = Path(__file__).resolve().parents[1]
 VOLATILE = ("wall_time_s", "git_commit", "checkpoint")
@@ -42,7 +48,7 @@ def test_plan_has_one_run_per_penalty_lambda_and_one_dial(tiny_model_cfg):
 
 
 def test_an_eval_beta_run_reuses_the_trained_model_folder(tiny_model_cfg):
-    from localist_core.sweep import run_dir_for
+    from localist_core.experiments.sweep import run_dir_for
     tcfg = TrainConfig(**preset("tiny").train)
     base = plan_runs(tiny_model_cfg, tcfg, ["dial"], [0.0, 1.0], [1.0])[0]
     beta = plan_runs(tiny_model_cfg, tcfg, ["dial"], [0.0, 1.0], [1.0],
@@ -220,7 +226,7 @@ def test_every_shipped_result_passes_the_checks():
 
 
 def test_every_run_id_a_sweep_writes_is_a_plain_name(tiny_model_cfg):
-    from localist_core.sweep import run_id_for, run_id_problem
+    from localist_core.experiments.sweep import run_id_for, run_id_problem
     rng = random.Random(3)
     for _ in range(200):
         overrides = [f"{rng.choice(['block_size', 'partition', 'd_model', 'lr'])}="
@@ -233,7 +239,7 @@ def test_every_run_id_a_sweep_writes_is_a_plain_name(tiny_model_cfg):
 
 
 def test_a_cache_is_read_up_to_its_limits_and_the_rest_named(tmp_path, monkeypatch):
-    import localist_core.sweep as sweep
+    import localist_core.experiments.sweep as sweep
     run = {"schema_version": 1, "config": {}, "metrics": {"valid": []}}
     for i in range(6):
         (tmp_path / f"r{i}.json").write_text(json.dumps({**run, "run_id": f"r{i}"}))

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from localist_core import theory as T
+from localist_core.analysis import theory as T
 
 
 def test_threshold_formula_by_hand():

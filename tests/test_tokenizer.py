@@ -3,7 +3,7 @@ from collections import Counter
 
 import pytest
 
-from localist_core.tokenizer import EOS, UNK, Tokenizer, split_words
+from localist_core.model.tokenizer import EOS, UNK, Tokenizer, split_words
 
 
 @pytest.mark.parametrize("text,words", [
@@ -59,7 +59,7 @@ def test_the_ascii_fast_path_equals_the_unicode_path():
     import random
     import unicodedata
 
-    from localist_core.tokenizer import normalize_text
+    from localist_core.model.tokenizer import normalize_text
 
     rng = random.Random(0)
     for _ in range(200):

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from localist_core import load_model
-from localist_core.config import TrainConfig, preset
-from localist_core.train import LAST, TrainingDiverged, train
+from localist_core.experiments.train import LAST, TrainingDiverged, train
+from localist_core.model.config import TrainConfig, preset
 
 
 def _cfg(**kw):
@@ -67,7 +67,7 @@ class _Killed(BaseException):
 
 def test_a_kill_while_checkpointing_still_resumes_exactly(tmp_path, tiny_model_cfg, tiny_corpus,
                                                           monkeypatch):
-    import localist_core.train as trainer
+    import localist_core.experiments.train as trainer
     mcfg = dataclasses.replace(tiny_model_cfg, dropout=0.1)
     cfg = _cfg(protocol="dial", penalty_form="none", threads=1)  # 1 thread: no OpenMP spinning
     straight = train(mcfg, cfg, tiny_corpus, tmp_path / "a", progress=False, eval_tokens=2048)

@@ -19,16 +19,32 @@ import streamlit as st
 from safetensors.torch import load_file, save_file
 from streamlit.testing.v1 import AppTest
 
-from localist_core import live, save_checkpoint
-from localist_core import tradeoff as tr
-from localist_core.checkpoint import (CONFIG, MAX_CONFIG_BYTES, MAX_HEADER_BYTES, MAX_VOCAB_BYTES,
-                                      VOCAB, WEIGHTS, CheckpointError, check_checkpoint,
-                                      load_model)
-from localist_core.config import TrainConfig
-from localist_core.live import cached_run_pattern, describe_checkpoint, list_checkpoints
-from localist_core.sweep import (MAX_RESULT_BYTES, MAX_SMALL_JSON_BYTES, SweepCacheError,
-                                 load_cache)
-from localist_core.train import make_model
+from localist_core import save_checkpoint
+from localist_core.analysis.inspection import MAX_TOKENS
+from localist_core.experiments import results as tr
+from localist_core.experiments import sweep as sweep_module
+from localist_core.experiments.sweep import (
+    MAX_RESULT_BYTES,
+    MAX_SMALL_JSON_BYTES,
+    SweepCacheError,
+    cached_run_pattern,
+    load_cache,
+)
+from localist_core.experiments.train import make_model
+from localist_core.model.checkpoint import (
+    CONFIG,
+    MAX_CONFIG_BYTES,
+    MAX_HEADER_BYTES,
+    MAX_VOCAB_BYTES,
+    VOCAB,
+    WEIGHTS,
+    CheckpointError,
+    check_checkpoint,
+    load_model,
+)
+from localist_core.model.config import TrainConfig
+from ui import catalogue
+from ui.catalogue import describe_checkpoint, list_checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "app.py")
@@ -306,9 +322,9 @@ def test_a_deep_link_to_a_broken_checkpoint_falls_back_with_a_notice(ckpt_root, 
 # -- sweep caches ------------------------------------------------------------------------------
 
 def _load_examples():
-    """tests/test_tradeoff.py's synthetic sweep results, shaped like run_sweep's output."""
+    """tests/test_results.py's synthetic sweep results, shaped like run_sweep's output."""
     spec = importlib.util.spec_from_file_location("tradeoff_examples",
-                                                  ROOT / "tests/test_tradeoff.py")
+                                                  ROOT / "tests/test_results.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -527,7 +543,7 @@ def test_no_json_in_config_json_makes_describe_checkpoint_raise(ckpt_root, tmp_p
     rng, outcomes = random.Random(20261129), {"offered": 0, "refused": 0}
     for _ in range(300):
         (folder / CONFIG).write_text(_mutated(base, rng))
-        live._describe.cache_clear()   # the same size and mtime tick would be memoised
+        catalogue._describe.cache_clear()   # the same size and mtime tick would be memoised
         info = describe_checkpoint(folder)
         assert isinstance(info.label, str) and info.protocol in ("dial", "penalty", "unknown")
         if info.problem:
@@ -575,14 +591,14 @@ def test_no_json_in_a_result_file_makes_load_cache_or_the_tradeoff_readers_raise
 
 def test_an_unchanged_checkpoint_folder_is_not_read_again(ckpt_root, monkeypatch):
     checked = []
-    real = live.check_checkpoint
+    real = catalogue.check_checkpoint
 
     def counting(path):
         checked.append(Path(path).name)
         return real(path)
 
-    monkeypatch.setattr(live, "check_checkpoint", counting)
-    live._describe.cache_clear()
+    monkeypatch.setattr(catalogue, "check_checkpoint", counting)
+    catalogue._describe.cache_clear()
     first = list_checkpoints(str(ckpt_root))
     assert {"tiny-good", *BROKEN} <= set(checked)
     n = len(checked)
@@ -593,8 +609,8 @@ def test_an_unchanged_checkpoint_folder_is_not_read_again(ckpt_root, monkeypatch
 
 
 def test_a_listing_looks_at_a_bounded_number_of_folders(tmp_path, monkeypatch):
-    monkeypatch.setattr(live, "MAX_CHECKPOINTS_PER_ROOT", 5)
-    monkeypatch.setattr(live, "MAX_ROOT_ENTRIES", 40)
+    monkeypatch.setattr(catalogue, "MAX_CHECKPOINTS_PER_ROOT", 5)
+    monkeypatch.setattr(catalogue, "MAX_ROOT_ENTRIES", 40)
     for i in range(8):
         (tmp_path / f"ckpt{i}").mkdir()
         (tmp_path / f"ckpt{i}" / CONFIG).write_text("{}")
@@ -611,7 +627,7 @@ def test_a_listing_looks_at_a_bounded_number_of_folders(tmp_path, monkeypatch):
 
 def test_a_hostile_config_is_refused_before_anything_is_built_or_read(ckpt_root, tmp_path,
                                                                       monkeypatch):
-    from localist_core import checkpoint
+    from localist_core.model import checkpoint
 
     def forbidden(*args, **kwargs):
         raise AssertionError("built or read something")
@@ -633,7 +649,7 @@ def test_stored_maps_are_read_one_bounded_tensor_at_a_time(tmp_path, monkeypatch
 
     maps = tmp_path / "run.maps.safetensors"
     save_file({"castle|0|1": torch.rand(2, 2, 8, 8).half(),
-               "castle|1|1": torch.rand(1, 1, live.MAX_TOKENS + 1, live.MAX_TOKENS + 1).half(),
+               "castle|1|1": torch.rand(1, 1, MAX_TOKENS + 1, MAX_TOKENS + 1).half(),
                "castle|0.5|1": torch.rand(2, 8, 8).half()}, str(maps))
     got = cached_run_pattern(tmp_path, "run", "castle", 0.0, 1.0)
     assert got.shape == (2, 2, 8, 8) and got.dtype == np.float32
@@ -643,6 +659,6 @@ def test_stored_maps_are_read_one_bounded_tensor_at_a_time(tmp_path, monkeypatch
         cached_run_pattern(tmp_path, "run", "castle", 0.5, 1.0)
     with pytest.raises(SweepCacheError, match="not a plain name"):
         cached_run_pattern(tmp_path, "../run", "castle", 0.0, 1.0)
-    monkeypatch.setattr(live, "MAX_MAP_BYTES", 100)
+    monkeypatch.setattr(sweep_module, "MAX_MAP_BYTES", 100)
     with pytest.raises(SweepCacheError, match=re.escape("safetensors: 'castle|0|1' holds 512")):
         cached_run_pattern(tmp_path, "run", "castle", 0.0, 1.0)

@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from localist_core.viz import attention_heatmap, entropy_strip, top_tokens_bar
+from localist_core.experiments import results as tr
+from ui.figures import attention_heatmap, entropy_strip, points_figure, top_tokens_bar
 
 
 def _causal(n, seed=0):
@@ -73,7 +74,7 @@ def test_figures_serialise_to_strict_json(view):
 
 
 def test_recruitment_chart_marks_exactly_the_recruited_starts():
-    from localist_core.viz import recruitment_chart
+    from ui.figures import recruitment_chart
     labels = ["<b>x</b>", "b", "c", "d", "e", "f"]
     block_ids = np.array([0, 0, 1, 1, 1, 2])
     gain = np.array([0.0, -1.0, 0.5, -2.0, -0.1, 1.5])
@@ -85,3 +86,37 @@ def test_recruitment_chart_marks_exactly_the_recruited_starts():
     lines = [s for s in fig.layout.shapes if s.line.dash == "dot"]
     assert sorted(s.x0 for s in lines) == [1.5, 4.5]
     assert "<b>" not in "".join(bar.x) and "<script>" not in fig.layout.title.text
+
+
+def _results_examples():
+    """tests/test_results.py's synthetic sweep results."""
+    import importlib.util
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location(
+        "results_examples", Path(__file__).resolve().parent / "test_results.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_figure_draws_papers_leaks_and_reference_lines():
+    runs = _results_examples().synthetic_runs()
+    pts = tr.curve_points(runs) + tr.leak_points(runs)
+    fig = points_figure(pts, "locality", "entropy_bits", "λ", "bits", papers=tr.paper_points(),
+                        hlines=tr.entropy_references(pts), controls=True)
+    names = [t.name for t in fig.data]
+    assert sum(n.startswith(tr.PAPERS) for n in names) == 4            # 2 points, 2 lines
+    assert any(n.startswith("causal ceiling") for n in names)
+    leak = [t for t in fig.data if t.name.startswith(tr.LEAK)]
+    assert leak and leak[0].marker.symbol == "triangle-up"
+    assert any("recent-b control" in n for n in names) and "uniform-attention control" in names
+    fig = points_figure([{**pts[0], "series": "<b>x</b>", "label": "<i>"}], "locality",
+                        "entropy_bits", "λ", "bits")
+    assert fig.data[0].name == "&lt;b&gt;x&lt;/b&gt;"                  # file text stays inert
+
+
+def test_points_with_missing_values_draw_no_marker():
+    pts = [{"series": "s", "label": "λ=0", "perplexity": 100.0, "entropy_bits": None,
+            "leak": None}]
+    fig = points_figure(pts, "perplexity", "entropy_bits", "x", "y")
+    assert all(len(t.x) == 0 for t in fig.data) or not fig.data

@@ -1,157 +1,31 @@
-"""What the dashboard shows for one text at one dial setting, computed in one place.
+"""Inspecting one text at one dial setting: the attention, metrics, perplexity and top-k that
+the dashboard shows, computed in one place.
 
 Pages never do tensor maths: they call ``analyze`` (through a cache) and render the plain numpy
-arrays and numbers of the returned ``Analysis``. ``list_checkpoints`` finds the checkpoints the
-app can offer, and reports the broken ones instead of failing on them.
+arrays and numbers of the returned ``Analysis``.
 """
 from __future__ import annotations
 
 import dataclasses
-import functools
-import itertools
 import math
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from .attention import resolve_dial
-from .blocks import RecruitedPartition, make_partition, zipf_log2_prior
-from .checkpoint import (CONFIG, VOCAB, WEIGHTS, CheckpointError, check_checkpoint,
-                         check_safetensors_file)
-from .config import PARTITIONS
+from ..model.attention import resolve_dial
+from ..model.blocks import RecruitedPartition, make_partition, zipf_log2_prior
+from ..model.config import PARTITIONS
+from ..model.tokenizer import dropped_characters
 from .evaluate import attention_summary
 from .rules import Rule, RuleError, make_rule, rule_bias, rule_fidelity, rule_pairs
-from .tokenizer import dropped_characters
 
-ASSETS = Path(__file__).resolve().parents[1] / "assets"
-CHECKPOINT_DIR = ASSETS / "checkpoints"
 # Limits (README "Limits"): what one request may cost the server.
 MAX_TEXT_CHARS = 20_000   # longer text is cut before tokenising (a notice says so)
 MAX_TOKENS = 256          # tokens per live request, whatever the model's n_ctx (a notice says so)
 TOP_K = 5
 DIAL_DEFAULTS = {"locality": ("λ", 0.0), "attn_temperature": ("τ", 1.0),
                  "rule_strength": ("γ", 0.0)}
-# A listing reads at most MAX_ROOT_ENTRIES entries of each checkpoint root and offers at most
-# MAX_CHECKPOINTS_PER_ROOT folders from it, so a root of 100k subfolders cannot stall the
-# sidebar (which lists every 30 s); the rest are named as not looked at.
-MAX_ROOT_ENTRIES = 1024
-MAX_CHECKPOINTS_PER_ROOT = 64
-DESCRIBED_KEPT = 256   # memoised checkpoint descriptions (a few hundred bytes each)
-# A stored attention map is read only when its [layer, head, T, T] tensor holds at most this many
-# bytes (the shipped maps hold ~41 KB; the papers' size at T = 256 holds 2 MiB).
-MAX_MAP_BYTES = 4 * 2**20
-
-
-@dataclass(frozen=True)
-class CheckpointInfo:
-    key: str            # folder name, used in deep links
-    path: str
-    label: str          # what the sidebar shows
-    protocol: str       # "dial", "penalty" or "unknown"
-    locality: float | None
-    problem: str | None = None  # set when the checkpoint cannot be offered
-
-
-def _stamp(path: Path) -> tuple:
-    """What identifies a checkpoint folder's contents without reading them: its path and the
-    size, mtime and inode of each of its three files (an atomic rewrite changes the inode)."""
-    files = []
-    for name in (CONFIG, VOCAB, WEIGHTS):
-        try:
-            st = (path / name).stat()
-            files.append((name, st.st_size, st.st_mtime_ns, st.st_ino))
-        except OSError:
-            files.append((name, None))
-    return (str(path), *files)
-
-
-def describe_checkpoint(path: Path) -> CheckpointInfo:
-    """Label a checkpoint from its config.json, after checking its vocabulary and the header of
-    its weights against the config (``check_checkpoint``; the weights themselves are not read).
-    A broken checkpoint gets ``problem`` set, naming the file and what is wrong. Memoised on
-    the files' sizes and times: an unchanged folder costs three stat() calls."""
-    return _describe(_stamp(Path(path)))
-
-
-@functools.lru_cache(maxsize=DESCRIBED_KEPT)
-def _describe(stamp: tuple) -> CheckpointInfo:
-    path = Path(stamp[0])
-    key = path.name
-    try:
-        cfg = check_checkpoint(path)
-    except CheckpointError as e:
-        return CheckpointInfo(key, str(path), f"{key} (unreadable)", "unknown", None, str(e))
-    except Exception as e:  # a bug here must cost one folder, never the whole listing
-        return CheckpointInfo(key, str(path), f"{key} (unreadable)", "unknown", None,
-                              f"{path}: could not be checked ({type(e).__name__}: {e})")
-    # check_checkpoint has checked the types: train is null or an object with a valid protocol
-    # and penalty_form, and locality, when given, is a finite number in [0, 1].
-    train = cfg.get("train") or {}
-    protocol = train.get("protocol", "unknown")
-    lam = train.get("locality")
-    model = cfg["model"]
-    if protocol == "dial":
-        label = f"{key}: dial model (one checkpoint for every λ)"
-    elif protocol == "penalty":
-        at = f"λ={lam:g}" if lam is not None else "an unrecorded λ"
-        label = f"{key}: trained at {at} ({train.get('penalty_form', 'attention')} penalty)"
-    else:
-        label = key
-    if model.get("noncausal_diagnostic"):
-        label += " — NON-CAUSAL DIAGNOSTIC (leaks the future)"
-    return CheckpointInfo(key, str(path), label, protocol, lam)
-
-
-def _checkpoint_folders(root: Path) -> tuple[list[Path], bool]:
-    """The first MAX_CHECKPOINTS_PER_ROOT checkpoint folders (by name) among the first
-    MAX_ROOT_ENTRIES entries of ``root``, and whether anything was left out."""
-    try:
-        with os.scandir(root) as it:
-            entries = list(itertools.islice(it, MAX_ROOT_ENTRIES + 1))
-    except OSError:
-        return [], False
-    more = len(entries) > MAX_ROOT_ENTRIES
-    folders = []
-    for entry in sorted(entries[:MAX_ROOT_ENTRIES], key=lambda e: e.name):
-        try:
-            if not entry.is_dir() or not (Path(entry.path) / CONFIG).exists():
-                continue
-        except OSError:
-            continue
-        if len(folders) == MAX_CHECKPOINTS_PER_ROOT:
-            return folders, True
-        folders.append(Path(entry.path))
-    return folders, more
-
-
-def list_checkpoints(extra_dirs: str | None = None) -> list[CheckpointInfo]:
-    """Shipped checkpoints in ``assets/checkpoints`` plus any under ``$LOCALIST_CHECKPOINT_DIRS``
-    (``os.pathsep``-separated folders that hold checkpoint folders). The dial model comes first.
-    At most MAX_CHECKPOINTS_PER_ROOT folders of each root are looked at; a folder is checked
-    again only when one of its files changed (``describe_checkpoint``)."""
-    roots = [CHECKPOINT_DIR]
-    extra = extra_dirs if extra_dirs is not None else os.environ.get("LOCALIST_CHECKPOINT_DIRS", "")
-    roots += [Path(p) for p in extra.split(os.pathsep) if p]
-    found: dict[str, CheckpointInfo] = {}
-    for root in roots:
-        if not root.is_dir():
-            continue
-        folders, more = _checkpoint_folders(root)
-        for sub in folders:
-            if sub.name not in found:
-                found[sub.name] = describe_checkpoint(sub)
-        if more and str(root) not in found:
-            found[str(root)] = CheckpointInfo(
-                str(root), str(root), f"{root} (not all looked at)", "unknown", None,
-                f"{root}: holds more than {MAX_CHECKPOINTS_PER_ROOT} checkpoint folders or "
-                f"{MAX_ROOT_ENTRIES} entries; only the first {MAX_CHECKPOINTS_PER_ROOT} "
-                f"checkpoint folders (by name) are offered")
-    order = {"dial": 0, "penalty": 1}
-    return sorted(found.values(), key=lambda c: (c.problem is not None,
-                                                 order.get(c.protocol, 2), c.locality or 0, c.key))
 
 
 @dataclass
@@ -414,49 +288,6 @@ def metrics_json(a: Analysis, checkpoint: str) -> dict:
     return {"checkpoint": checkpoint, "dial": a.dial, "tokens": a.labels,
             "perplexity": a.perplexity, "metrics": a.metrics,
             "entropy_per_query_bits": a.entropy.tolist(), "notices": a.notices}
-
-
-def cached_run_pattern(cache_dir: str | Path, run_id: str, prompt: str, locality: float,
-                       attn_temperature: float) -> np.ndarray | None:
-    """A sweep run's stored ``[layer, head, T, T]`` pattern for a sample prompt at one
-    (λ_f, τ), or None if the cache does not hold it (or T exceeds MAX_TOKENS, so it could
-    never match a live text). Lets Compare show runs whose checkpoints are not shipped. Only
-    the header and that one tensor are read, after the header shows a 4-D float tensor of at
-    most MAX_MAP_BYTES. A maps file that is not safetensors (a pickle, a truncated file) or a
-    run id that is not a plain name raises SweepCacheError naming it; nothing is unpickled."""
-    from safetensors import safe_open
-
-    from .sweep import SweepCacheError, run_id_problem
-
-    problem = run_id_problem(run_id)
-    if problem:
-        raise SweepCacheError(f"{Path(cache_dir)}: {problem}")
-    path = Path(cache_dir) / f"{run_id}.maps.safetensors"
-    if not path.is_file():
-        return None
-    try:
-        header = check_safetensors_file(path)
-    except CheckpointError as e:
-        raise SweepCacheError(str(e)) from None
-    key = f"{prompt}|{locality:g}|{attn_temperature:g}"
-    entry = header.get(key) if key != "__metadata__" else None
-    if entry is None:
-        return None
-    shape, (start, end) = entry["shape"], entry["data_offsets"]
-    if entry["dtype"] not in ("F16", "F32") or len(shape) != 4 or shape[2] != shape[3]:
-        raise SweepCacheError(f"{path}: {key!r} is a {entry['dtype']} tensor of shape {shape}, "
-                              f"not a float [layer, head, T, T] attention map")
-    if shape[3] > MAX_TOKENS:
-        return None
-    if end - start > MAX_MAP_BYTES:
-        raise SweepCacheError(f"{path}: {key!r} holds {end - start:,} bytes, over the "
-                              f"{MAX_MAP_BYTES:,}-byte limit for one stored map; not read")
-    try:
-        with safe_open(str(path), framework="np") as f:
-            arr = f.get_tensor(key)
-    except Exception as e:  # safetensors raises its own error types
-        raise SweepCacheError(f"{path}: cannot be read as safetensors ({e})") from None
-    return arr.astype(np.float32)
 
 
 def theory_report(model, tokenizer, text: str, locality: float, layer: int,

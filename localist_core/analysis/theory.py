@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor
 
-from .attention import resolve_dial
-from .blocks import same_block
+from ..model.attention import resolve_dial
+from ..model.blocks import same_block
 
 
 def threshold_locality(lipschitz: float, r_x: float, sigma_x: float, block_len: float,

@@ -14,8 +14,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attention import (Dial, HookPoint, LocalityAttention, clamp_warning,
-                        off_block_attention_penalty, resolve_dial)
+from .attention import (
+    Dial,
+    HookPoint,
+    LocalityAttention,
+    clamp_warning,
+    off_block_attention_penalty,
+    resolve_dial,
+)
 from .blocks import anchor_mask, block_anchors, boundary_mask, make_partition
 from .config import ModelConfig
 

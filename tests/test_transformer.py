@@ -4,8 +4,8 @@ import dataclasses
 import pytest
 import torch
 
-from localist_core.evaluate import leak_test
-from localist_core.model import LocalistLM, adaptive_nll
+from localist_core.analysis.evaluate import leak_test
+from localist_core.model.transformer import LocalistLM, adaptive_nll
 
 SETTINGS = [dict(locality=lam, attn_temperature=tau, rule_strength=gam)
             for lam in (0.0, 0.4, 0.9, 1.0) for tau in (0.05, 1.0, 10.0) for gam in (0.0, 3.0)]
@@ -125,8 +125,8 @@ def test_run_with_cache_return_types(trained_tiny, tokens):
 @pytest.fixture(scope="module", params=["punctuation", "recruited"])
 def adaptive_tiny(request, tiny_model_cfg, tiny_corpus):
     """A tiny model trained a few steps with an adaptive partition and the attention penalty."""
-    from localist_core.config import TrainConfig, preset
-    from localist_core.train import train
+    from localist_core.experiments.train import train
+    from localist_core.model.config import TrainConfig, preset
     mcfg = dataclasses.replace(tiny_model_cfg, partition=request.param, boundary_bits=1.5)
     tcfg = TrainConfig(**{**preset("tiny").train, "locality": 0.6, "max_steps": 8})
     res = train(mcfg, tcfg, tiny_corpus, progress=False)

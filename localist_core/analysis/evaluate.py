@@ -9,13 +9,30 @@ from collections import defaultdict
 import torch
 from torch import Tensor
 
-from .attention import resolve_dial
-from .blocks import block_starts
-from .data import eval_windows
+from ..model.attention import resolve_dial
+from ..model.blocks import block_starts
+from ..model.transformer import autocast_ctx
 from .metrics import attention_metrics, causal_entropy_ceiling
-from .model import autocast_ctx
 
 POSITION_KEYS = ("nll", "correct")
+
+
+def eval_windows(stream: Tensor, n_ctx: int, batch_size: int = 64):
+    """Non-overlapping windows covering every target once; yields ``(inputs, targets)`` batches.
+
+    The last, shorter window is yielded on its own so no token is dropped.
+    """
+    n_full = (len(stream) - 1) // n_ctx
+    if n_full:
+        x = stream[: n_full * n_ctx].view(n_full, n_ctx)
+        y = stream[1: n_full * n_ctx + 1].view(n_full, n_ctx)
+        for i in range(0, n_full, batch_size):
+            yield x[i:i + batch_size], y[i:i + batch_size]
+    rest = len(stream) - 1 - n_full * n_ctx
+    if rest > 0:
+        start = n_full * n_ctx
+        yield (stream[start:start + rest].unsqueeze(0),
+               stream[start + 1:start + rest + 1].unsqueeze(0))
 
 
 class _Accumulator:

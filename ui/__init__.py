@@ -18,20 +18,23 @@ import numpy as np
 import streamlit as st
 
 from localist_core import CheckpointError, load_model
-from localist_core.config import PARTITIONS, RULE_STRENGTH_RANGE, TEMPERATURE_RANGE
-from localist_core.live import (ASSETS, MAX_TEXT_CHARS, analyze, cached_run_pattern,
-                                list_checkpoints, recruitment_trace, theory_report)
-from localist_core.live import next_words as next_words_after
-from localist_core.sweep import load_cache
-from localist_core.tradeoff import cache_stamp, read_baselines
+from localist_core.analysis.inspection import (
+    MAX_TEXT_CHARS,
+    analyze,
+    recruitment_trace,
+    theory_report,
+)
+from localist_core.analysis.inspection import next_words as next_words_after
+from localist_core.experiments.results import cache_stamp, read_baselines
+from localist_core.experiments.sweep import cached_run_pattern, load_cache
+from localist_core.model.config import PARTITIONS, RULE_STRENGTH_RANGE, TEMPERATURE_RANGE
+from localist_core.paths import PROMPTS_FILE, REPO, SHIPPED_SWEEP
+from ui.catalogue import list_checkpoints
 
 LOG = logging.getLogger(__name__)
-REPO = Path(__file__).resolve().parent
-PROMPTS_FILE = ASSETS / "prompts.json"
-SWEEP_CACHE = ASSETS / "sweep"
 DEFAULTS = {"lam": 0.0, "tau": 1.0, "gamma": 0.0, "layer": "mean", "head": "mean"}
 # Limits (README "Limits"): every cache is bounded. One analysis holds at most
-# live.analysis_bytes_bound() bytes (0.42 MiB for the shipped models), so ≤ 80 MiB in all.
+# inspection.analysis_bytes_bound() bytes (0.42 MiB for the shipped models), so ≤ 80 MiB in all.
 ANALYSES_KEPT = 192
 MAPS_KEPT = 32    # stored sweep maps: 0.25 MiB each for the shipped runs, at most 4 MiB
 GAMMA_MAX = 5.0   # the γ slider's top; a link may not ask for more than the slider can show
@@ -95,7 +98,7 @@ def cached_theory(path: str, text: str, lam: float, layer: int):
 @st.cache_data(show_spinner=False, max_entries=MAPS_KEPT)
 def cached_map(cache_dir: str, run_id: str, prompt: str, lam: float, tau: float):
     """A stored ``[layer, head, T, T]`` map, kept as float16 as it is stored (at most
-    live.MAX_MAP_BYTES each, so MAPS_KEPT of them at most 128 MiB)."""
+    sweep.MAX_MAP_BYTES each, so MAPS_KEPT of them at most 128 MiB)."""
     arr = cached_run_pattern(cache_dir, run_id, prompt, lam, tau)
     return None if arr is None else arr.astype(np.float16)
 
@@ -128,7 +131,7 @@ def sweep_results(folder: str) -> tuple[list[dict], list[str], dict | None]:
 
 def sweep_cache() -> str:
     """The sweep cache the pages read: $LOCALIST_SWEEP_CACHE, else the shipped one."""
-    return os.environ.get("LOCALIST_SWEEP_CACHE") or str(SWEEP_CACHE)
+    return os.environ.get("LOCALIST_SWEEP_CACHE") or str(SHIPPED_SWEEP)
 
 
 def checkpoints():

@@ -24,8 +24,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .config import ConfigError, ModelConfig, TrainConfig, config_from_dict, config_to_dict
-from .model import LocalistLM
 from .tokenizer import Tokenizer
+from .transformer import LocalistLM
 
 FORMAT = "localist-checkpoint"
 FORMAT_VERSION = 1

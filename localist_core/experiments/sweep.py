@@ -16,17 +16,37 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from .checkpoint import (KiB, MiB, _atomic_write, _r, checked_size, load_model, read_json_file,
-                         remove_own_temps)
-from .config import (ConfigError, ModelConfig, TrainConfig, config_from_dict, config_to_dict,
-                     is_finite_number, is_integer)
+from ..analysis.evaluate import evaluate_stream, leak_test
+from ..analysis.inspection import MAX_TOKENS
+from ..analysis.metrics import bigram_perplexity, unigram_perplexity
+from ..model.checkpoint import (
+    CheckpointError,
+    KiB,
+    MiB,
+    _atomic_write,
+    _r,
+    check_safetensors_file,
+    checked_size,
+    load_model,
+    read_json_file,
+    remove_own_temps,
+)
+from ..model.config import (
+    ConfigError,
+    ModelConfig,
+    TrainConfig,
+    config_from_dict,
+    config_to_dict,
+    is_finite_number,
+    is_integer,
+)
+from ..paths import REPO
 from .data import Corpus
-from .evaluate import evaluate_stream, leak_test
-from .metrics import bigram_perplexity, unigram_perplexity
 from .train import train
 
 SCHEMA_VERSION = 1
@@ -36,7 +56,6 @@ PROTOCOL_NAMES = {"attention": ("penalty", "attention"), "weights": ("penalty", 
                   "dial": ("dial", "none")}
 PROGRESS_FILE = "progress.json"
 BASELINES_FILE = "baselines.json"
-REPO = Path(__file__).resolve().parents[1]
 # Limits (README "Limits"): what reading one sweep cache may cost. Each file's size is compared
 # with stat() before it is opened (an oversized one is refused unread). Measured on assets/sweep:
 # the largest result is 111 KB (dial.json, 24 evaluations), the 19 results total 0.9 MB,
@@ -47,6 +66,9 @@ MAX_CACHE_BYTES = 16 * MiB          # all the results of one folder read togethe
 MAX_CACHE_RUNS = 512                # results read from one folder
 MAX_CACHE_ENTRIES = 4096            # directory entries listed (a run has a .json and a .maps)
 MAX_RUN_ID_CHARS = 200
+# A stored attention map is read only when its [layer, head, T, T] tensor holds at most this many
+# bytes (the shipped maps hold ~41 KB; the papers' size at T = 256 holds 2 MiB).
+MAX_MAP_BYTES = 4 * 2**20
 
 
 class SweepCacheError(ValueError):
@@ -125,7 +147,7 @@ def plan_runs(model_cfg: ModelConfig, train_cfg: TrainConfig, protocols: list[st
 
 def with_barrier_sharpness(model, sharpness: float):
     """The same weights with another β in b(λ_f) = β·log(1−λ_f), in eval mode."""
-    from .model import LocalistLM
+    from ..model.transformer import LocalistLM
     new = LocalistLM(dataclasses.replace(model.cfg, barrier_sharpness=float(sharpness)),
                      model.local_entropy)
     new.load_state_dict(model.state_dict())
@@ -463,3 +485,44 @@ def run_sweep(runs: list[RunSpec], corpus: Corpus, cache_dir: str | Path, runs_d
         done += 1
     _progress(cache_dir, runs_total=len(runs), runs_done=done, current=None, phase="done")
     return results
+
+
+def cached_run_pattern(cache_dir: str | Path, run_id: str, prompt: str, locality: float,
+                       attn_temperature: float) -> np.ndarray | None:
+    """A sweep run's stored ``[layer, head, T, T]`` pattern for a sample prompt at one
+    (λ_f, τ), or None if the cache does not hold it (or T exceeds MAX_TOKENS, so it could
+    never match a live text). Lets Compare show runs whose checkpoints are not shipped. Only
+    the header and that one tensor are read, after the header shows a 4-D float tensor of at
+    most MAX_MAP_BYTES. A maps file that is not safetensors (a pickle, a truncated file) or a
+    run id that is not a plain name raises SweepCacheError naming it; nothing is unpickled."""
+    from safetensors import safe_open
+
+    problem = run_id_problem(run_id)
+    if problem:
+        raise SweepCacheError(f"{Path(cache_dir)}: {problem}")
+    path = Path(cache_dir) / f"{run_id}.maps.safetensors"
+    if not path.is_file():
+        return None
+    try:
+        header = check_safetensors_file(path)
+    except CheckpointError as e:
+        raise SweepCacheError(str(e)) from None
+    key = f"{prompt}|{locality:g}|{attn_temperature:g}"
+    entry = header.get(key) if key != "__metadata__" else None
+    if entry is None:
+        return None
+    shape, (start, end) = entry["shape"], entry["data_offsets"]
+    if entry["dtype"] not in ("F16", "F32") or len(shape) != 4 or shape[2] != shape[3]:
+        raise SweepCacheError(f"{path}: {key!r} is a {entry['dtype']} tensor of shape {shape}, "
+                              f"not a float [layer, head, T, T] attention map")
+    if shape[3] > MAX_TOKENS:
+        return None
+    if end - start > MAX_MAP_BYTES:
+        raise SweepCacheError(f"{path}: {key!r} holds {end - start:,} bytes, over the "
+                              f"{MAX_MAP_BYTES:,}-byte limit for one stored map; not read")
+    try:
+        with safe_open(str(path), framework="np") as f:
+            arr = f.get_tensor(key)
+    except Exception as e:  # safetensors raises its own error types
+        raise SweepCacheError(f"{path}: cannot be read as safetensors ({e})") from None
+    return arr.astype(np.float32)

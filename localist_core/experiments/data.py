@@ -15,11 +15,11 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .tokenizer import EOS, Tokenizer
+from ..model.tokenizer import EOS, Tokenizer
+from ..paths import DEV_DATA_DIR
 
 SPLITS = ("train", "valid", "test")
 HUB_ID, HUB_CONFIG = "Salesforce/wikitext", "wikitext-2-v1"
-DEV_DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "wikitext-2"
 
 
 class DataNotFound(RuntimeError):
@@ -129,21 +129,3 @@ def random_windows(stream: Tensor, batch_size: int, n_ctx: int, generator: torch
     idx = starts.unsqueeze(1) + torch.arange(n_ctx + 1)
     win = stream[idx]
     return win[:, :-1], win[:, 1:]
-
-
-def eval_windows(stream: Tensor, n_ctx: int, batch_size: int = 64):
-    """Non-overlapping windows covering every target once; yields ``(inputs, targets)`` batches.
-
-    The last, shorter window is yielded on its own so no token is dropped.
-    """
-    n_full = (len(stream) - 1) // n_ctx
-    if n_full:
-        x = stream[: n_full * n_ctx].view(n_full, n_ctx)
-        y = stream[1: n_full * n_ctx + 1].view(n_full, n_ctx)
-        for i in range(0, n_full, batch_size):
-            yield x[i:i + batch_size], y[i:i + batch_size]
-    rest = len(stream) - 1 - n_full * n_ctx
-    if rest > 0:
-        start = n_full * n_ctx
-        yield (stream[start:start + rest].unsqueeze(0),
-               stream[start + 1:start + rest + 1].unsqueeze(0))

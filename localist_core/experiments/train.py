@@ -19,14 +19,19 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from .attention import Dial
-from .blocks import local_entropy_table
-from .checkpoint import (_atomic_write, load_model, read_config, remove_own_temps,
-                         save_checkpoint)
-from .config import ModelConfig, TrainConfig, config_to_dict
+from ..analysis.evaluate import evaluate_stream
+from ..model.attention import Dial
+from ..model.blocks import local_entropy_table
+from ..model.checkpoint import (
+    _atomic_write,
+    load_model,
+    read_config,
+    remove_own_temps,
+    save_checkpoint,
+)
+from ..model.config import ModelConfig, TrainConfig, config_to_dict
+from ..model.transformer import LocalistLM, autocast_ctx
 from .data import Corpus, random_windows
-from .evaluate import evaluate_stream
-from .model import LocalistLM, autocast_ctx
 
 LAST = "last"            # sub-folder holding the resumable trainer state
 TRAINER_STATE = "trainer.safetensors"

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from localist_core.live import analyze, next_words
+from localist_core.analysis.inspection import analyze, next_words
 
 TEXT = "the cat sees the bridge . the dog walks over the old river and the town"
 
@@ -43,8 +43,8 @@ def test_partitions_at_inference_and_the_theory_report_count_real_blocks(tiny_mo
                                                                         tiny_corpus, partition):
     import dataclasses
 
-    from localist_core.live import recruitment_trace, theory_report
-    from localist_core.train import make_model
+    from localist_core.analysis.inspection import recruitment_trace, theory_report
+    from localist_core.experiments.train import make_model
     model = make_model(dataclasses.replace(tiny_model_cfg, partition=partition),
                        tiny_corpus).eval()
     tok = tiny_corpus.tokenizer

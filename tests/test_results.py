@@ -1,8 +1,8 @@
 """Tradeoff points from synthetic sweep results (one point per λ, the papers' points labelled, leaks
-kept apart, missing evals skipped); starting and watching sweeps is tests/test_launch.py."""
-from localist_core import tradeoff as tr
-from localist_core.report import PAPER
-from localist_core.sweep import SCHEMA_VERSION
+kept apart, missing evals skipped); starting and watching sweeps is tests/test_launcher.py."""
+from localist_core.experiments import results as tr
+from localist_core.experiments.report import PAPER
+from localist_core.experiments.sweep import SCHEMA_VERSION
 
 
 def make_eval(lf: float, tau: float, lam: float = 0.0, attention: bool = True,
@@ -151,27 +151,9 @@ def test_missing_and_malformed_evals_are_skipped():
     assert pts[0]["entropy_bits"] is None and pts[0]["test_perplexity"] is None
     assert len(tr.runs_table([no_tau1, broken, empty, nan])) == 4
     assert tr.tau_family([empty], "odd") == [] and tr.position_rows(empty) == []
-    fig = tr.points_figure(pts, "perplexity", "entropy_bits", "x", "y")   # None y: no marker
-    assert all(len(t.x) == 0 for t in fig.data) or not fig.data
 
 
 def test_tau_family_has_one_series_per_dial_value():
     fam = tr.tau_family(synthetic_runs(), "dial")
     assert {p["series"] for p in fam} == {"λ_f=0", "λ_f=0.5", "λ_f=1"}
     assert [p["attn_temperature"] for p in fam if p["series"] == "λ_f=0"] == [0.5, 1.0]
-
-
-def test_figure_draws_papers_leaks_and_reference_lines():
-    runs = synthetic_runs()
-    pts = tr.curve_points(runs) + tr.leak_points(runs)
-    fig = tr.points_figure(pts, "locality", "entropy_bits", "λ", "bits", papers=tr.paper_points(),
-                           hlines=tr.entropy_references(pts), controls=True)
-    names = [t.name for t in fig.data]
-    assert sum(n.startswith(tr.PAPERS) for n in names) == 4            # 2 points, 2 lines
-    assert any(n.startswith("causal ceiling") for n in names)
-    leak = [t for t in fig.data if t.name.startswith(tr.LEAK)]
-    assert leak and leak[0].marker.symbol == "triangle-up"
-    assert any("recent-b control" in n for n in names) and "uniform-attention control" in names
-    fig = tr.points_figure([{**pts[0], "series": "<b>x</b>", "label": "<i>"}], "locality",
-                           "entropy_bits", "λ", "bits")
-    assert fig.data[0].name == "&lt;b&gt;x&lt;/b&gt;"                  # file text stays inert

@@ -7,9 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .results import PAPER, find_eval, read_baselines, strategy_points  # noqa: F401 (PAPER re-exported)
 from .sweep import load_cache
-from .tradeoff import (PAPER, find_eval, read_baselines,  # noqa: F401 (PAPER re-exported)
-                       strategy_points)
 
 ATT_COLUMNS = [("entropy_bits", "H (bits)"), ("normalised_entropy", "H/H_max"),
                ("in_block_mass", "in-block"), ("recent_b_mass", "recent-b"),

@@ -34,11 +34,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from .config import (TEMPERATURE_RANGE, ConfigError, ModelConfig, TrainConfig, apply_overrides,
-                     preset)
-from .checkpoint import read_json_file
-from .sweep import (MAX_SMALL_JSON_BYTES, PROGRESS_FILE, PROTOCOL_NAMES, REPO, SweepCacheError,
-                    write_json_atomic)
+from localist_core.experiments.sweep import (
+    MAX_SMALL_JSON_BYTES,
+    PROGRESS_FILE,
+    PROTOCOL_NAMES,
+    SweepCacheError,
+    write_json_atomic,
+)
+from localist_core.model.checkpoint import read_json_file
+from localist_core.model.config import (
+    TEMPERATURE_RANGE,
+    ConfigError,
+    ModelConfig,
+    TrainConfig,
+    apply_overrides,
+    preset,
+)
+from localist_core.paths import REPO
 
 APP_SWEEPS = REPO / "runs" / "app-sweeps"     # default root; never the shipped assets/sweep
 ENABLED_VAR = "LOCALIST_APP_SWEEPS_ENABLED"

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .blocks import block_starts, same_block
+from ..model.blocks import block_starts, same_block
 
 LN2 = math.log(2.0)
 

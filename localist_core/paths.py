@@ -1,0 +1,10 @@
+"""Where the project's own files live: the repository, its shipped assets and the development
+copy of WikiText-2 beside it. Every other module takes these paths from here."""
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+ASSETS = REPO / "assets"
+CHECKPOINT_DIR = ASSETS / "checkpoints"     # the shipped checkpoints
+SHIPPED_SWEEP = ASSETS / "sweep"            # the shipped sweep cache; written only when named
+PROMPTS_FILE = ASSETS / "prompts.json"      # the sample texts
+DEV_DATA_DIR = REPO.parent / "shared" / "data" / "wikitext-2"
