@@ -343,9 +343,8 @@ def format_table(result: dict) -> str:
     """A readable table of one evaluation result."""
     rows = [("perplexity", result["perplexity"]), ("accuracy", result["accuracy"])]
     att = result.get("attention", {})
-    for key in ("entropy_bits", "normalised_entropy", "in_block_mass", "recent_b_mass",
-                "shifted_block_mass", "uniform_in_block_mass", "pointer_fidelity_mass",
-                "pointer_argmax_hit", "mean_attention_distance"):
+    from .analysis.metrics import METRIC_NAMES
+    for key in METRIC_NAMES:
         if key in att:
             rows.append((key, att[key]["mean"]))
     return "\n".join(f"  {k:<26}{v:>12.4f}" for k, v in rows)

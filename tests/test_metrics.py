@@ -133,3 +133,12 @@ def test_accuracy_counts_hits():
     lp = torch.log_softmax(torch.tensor([[[5.0, 0, 0], [0, 5.0, 0]]]), -1)
     assert M.accuracy(lp, torch.tensor([[0, 2]])).tolist() == [[1.0, 0.0]]
     assert math.isclose(M.perplexity(0.0), 1.0)
+
+
+def test_attention_metrics_returns_exactly_the_named_metrics():
+    """METRIC_NAMES is the one list of metric names: what attention_metrics returns, in order."""
+    pattern = torch.softmax(torch.randn(1, 2, 6, 6).masked_fill(
+        torch.triu(torch.ones(6, 6, dtype=torch.bool), 1), float("-inf")), -1)
+    block_ids = torch.tensor([[0, 0, 0, 1, 1, 1]])
+    anchors = torch.eye(6, dtype=torch.bool).unsqueeze(0)
+    assert tuple(M.attention_metrics(pattern, block_ids, anchors, 3)) == M.METRIC_NAMES

@@ -106,6 +106,16 @@ def mean_attention_distance(pattern: Tensor) -> Tensor:
     return (pattern * dist).sum(-1)
 
 
+# Every metric ``attention_metrics`` returns, in the order tables show them, with a short label:
+# the one list of metric names (evaluation results, the report, the CLI and the app read it).
+METRIC_LABELS = {"entropy_bits": "H (bits)", "normalised_entropy": "H/H_max",
+                 "in_block_mass": "in-block", "recent_b_mass": "recent-b",
+                 "shifted_block_mass": "shifted", "uniform_in_block_mass": "uniform",
+                 "pointer_fidelity_mass": "fidelity", "pointer_argmax_hit": "argmax hit",
+                 "mean_attention_distance": "distance"}
+METRIC_NAMES = tuple(METRIC_LABELS)
+
+
 def attention_metrics(pattern: Tensor, block_ids: Tensor, anchors: Tensor,
                       block_size: int) -> dict[str, Tensor]:
     """Every attention metric of §3 for one layer, each ``[B, H, Q]``, controls included."""

@@ -7,14 +7,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..analysis.metrics import METRIC_LABELS
 from .results import PAPER, find_eval, read_baselines, strategy_points  # noqa: F401 (PAPER re-exported)
 from .sweep import load_cache
 
-ATT_COLUMNS = [("entropy_bits", "H (bits)"), ("normalised_entropy", "H/H_max"),
-               ("in_block_mass", "in-block"), ("recent_b_mass", "recent-b"),
-               ("shifted_block_mass", "shifted"), ("uniform_in_block_mass", "uniform"),
-               ("pointer_fidelity_mass", "fidelity"), ("pointer_argmax_hit", "argmax hit"),
-               ("mean_attention_distance", "distance")]
+ATT_COLUMNS = list(METRIC_LABELS.items())
 
 
 def _row(cells) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..analysis.metrics import causal_entropy_ceiling
+from ..analysis.metrics import METRIC_NAMES, causal_entropy_ceiling
 from ..model.config import is_finite_number
 from .sweep import (
     BASELINES_FILE,
@@ -15,9 +15,6 @@ from .sweep import (
     read_baselines_file,
 )
 
-ATTENTION_METRICS = ("entropy_bits", "normalised_entropy", "in_block_mass", "recent_b_mass",
-                     "shifted_block_mass", "uniform_in_block_mass", "pointer_fidelity_mass",
-                     "pointer_argmax_hit", "mean_attention_distance")
 PAPERS = "papers' report"
 # The papers' reported figures (DESIGN §1), shown beside ours, never in place of ours.
 PAPER = {"entropy_bits_l1": 5.36, "entropy_bits_l0": 7.18, "test_perplexity_l06": 4.65,
@@ -115,7 +112,7 @@ def make_point(run: dict, lam: float, dial_locality: float, tau: float = 1.0,
          "test_perplexity": finite(test.get("perplexity")),
          "test_accuracy": finite(test.get("accuracy")), "entropy_ceiling_bits": ceiling,
          "leak": leak_flag(run)}
-    for k in ATTENTION_METRICS:
+    for k in METRIC_NAMES:
         p[k] = finite(att[k].get("mean")) if isinstance(att.get(k), dict) else None
     return p
 
