@@ -1,5 +1,5 @@
-"""Evaluation and sweep wall time (DESIGN §8): one full-valid evaluation (perplexity, accuracy
-and every attention metric) at one (λ, τ) setting, in fp32 and under bf16 autocast, and the
+"""Evaluation and sweep wall time (bars in BENCHMARKS.md): one full-valid evaluation (perplexity,
+accuracy and every attention metric) at one (λ, τ) setting, in fp32 and under bf16 autocast, and the
 recorded wall time of every run of the sweep cache.
 
     python -m bench.evaluate            # the tables recorded in BENCHMARKS.md
@@ -17,6 +17,7 @@ from localist_core import load_model
 from localist_core.analysis.evaluate import evaluate_stream
 from localist_core.experiments.sweep import load_cache
 from localist_core.model.config import ModelConfig, preset
+from localist_core.model.dial import Dial
 from localist_core.model.transformer import LocalistLM
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,12 +36,12 @@ def _model_and_stream(quick: bool, data_dir: str | None):
     return model, load_corpus(data_dir, tokenizer=tok).valid, CHECKPOINT.name
 
 
-def bench_eval(quick: bool, data_dir: str | None, locality: float, attn_temperature: float):
+def bench_eval(quick: bool, data_dir: str | None, dial: Dial):
     model, stream, name = _model_and_stream(quick, data_dir)
     rows, ppl = [], {}
     for bf16 in (False, True):
         t0 = time.perf_counter()
-        r = evaluate_stream(model, stream, locality, attn_temperature, bf16=bf16)
+        r = evaluate_stream(model, stream, dial, bf16=bf16)
         dt = time.perf_counter() - t0
         ppl[bf16] = r["perplexity"]
         rows.append([name, "bf16" if bf16 else "fp32", f"{r['tokens']:,}", f"{dt:.1f}",
@@ -72,11 +73,12 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(f"machine: {machine()}")
-    print_table(f"One full-valid evaluation at λ_f={args.locality:g}, τ={args.attn_temperature:g}"
+    dial = Dial(args.locality, args.attn_temperature)
+    print_table(f"One full-valid evaluation at λ_f={dial.locality:g}, τ={dial.attn_temperature:g}"
                 " (perplexity + accuracy + attention metrics)",
                 ["model", "precision", "targets", "wall s", "perplexity", "accuracy",
                  "in-block mass", "bar s"],
-                bench_eval(args.quick, args.data_dir, args.locality, args.attn_temperature))
+                bench_eval(args.quick, args.data_dir, dial))
     print_table(f"Sweep wall time, from the cache ({args.cache})",
                 ["run", "steps", "stopped by", "train s", "eval s", "total s"],
                 sweep_rows(Path(args.cache)))

@@ -14,8 +14,8 @@ import torch
 from bench.common import count, machine, parser, print_table, run
 from bench.train import batches, measure, stepper
 from localist_core.experiments.train import training_loss
-from localist_core.model.attention import Dial
 from localist_core.model.config import ModelConfig, TrainConfig, preset
+from localist_core.model.dial import Dial
 from localist_core.model.transformer import LocalistLM
 
 

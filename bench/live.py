@@ -1,5 +1,5 @@
-"""Live path on ``cpu-ref`` (DESIGN §8): forward + all patterns + metrics for one sequence, the
-heatmap figure build, and a full app rerun after a slider move (AppTest).
+"""Live path on ``cpu-ref`` (bars in BENCHMARKS.md): forward + all patterns + metrics for one
+sequence, the heatmap figure build, and a full app rerun after a slider move (AppTest).
 
     python -m bench.live            # the table recorded in BENCHMARKS.md
     python -m bench.live --quick    # smoke run (tests): a few iterations, numbers meaningless
@@ -15,12 +15,13 @@ from bench.common import machine, parser, print_table, run, summary, time_calls
 from localist_core import load_model
 from localist_core.analysis.inspection import analyze, pattern_view
 from localist_core.model.config import ModelConfig, preset
+from localist_core.model.dial import Dial
 from localist_core.model.transformer import LocalistLM
 from ui.figures import attention_heatmap, entropy_strip
 
 ROOT = Path(__file__).resolve().parents[1]
 DIAL = ROOT / "assets" / "checkpoints" / "dial"
-BARS = {"core": 20.0, "figure": 30.0, "rerun": 300.0}   # DESIGN §8, ms at T = 128
+BARS = {"core": 20.0, "figure": 30.0, "rerun": 300.0}   # the bars in BENCHMARKS.md, ms at T = 128
 
 
 def _text(tokenizer, n_tokens: int, seed: int = 0) -> str:
@@ -47,9 +48,9 @@ def _core_row(n: int, repeat: int):
     model, tok, what = _model_for(n)
     text = _text(tok, n)
     lams = iter([0.1 + 0.8 * random.random() for _ in range(repeat + 10)])
-    s = summary(time_calls(lambda: analyze(model, tok, text, locality=next(lams)), repeat))
+    s = summary(time_calls(lambda: analyze(model, tok, text, Dial(next(lams))), repeat))
     row = [n, what, s["p50"], s["p95"], BARS["core"] if n == 128 else "—"]
-    return row, analyze(model, tok, text, locality=0.5)
+    return row, analyze(model, tok, text, Dial(locality=0.5))
 
 
 def _figure_rows(a, repeat: int):

@@ -37,11 +37,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))   # run as a script (python bench/load_test.py): the repo's packages
+from localist_core.model.config import LOCALITY_RANGE, TEMPERATURE_RANGE  # noqa: E402
+
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
                  "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
-SLIDERS = {"lam": ("λ — locality", 0.0, 1.0), "tau": ("τ — temperature", 0.05, 10.0)}
+SLIDERS = {"lam": ("λ — locality", *LOCALITY_RANGE), "tau": ("τ — temperature", *TEMPERATURE_RANGE)}
 STEP = 0.05
 START_QUERY = "ckpt=dial"     # the Explorer (the default page) on the shipped dial model
 WS_LOAD_TIMEOUT_S = 180       # the first run loads the model while the others wait

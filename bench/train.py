@@ -1,4 +1,4 @@
-"""Training throughput of ``cpu-ref`` (DESIGN §8), measured side by side in one run:
+"""Training throughput of ``cpu-ref`` (bars in BENCHMARKS.md), measured side by side in one run:
 
 - **ours**: the localist model as `train` runs it, with the `attention` penalty on (λ = 0.6);
 - **(b)**: the same model with plain attention (one query/key channel, SDPA, no penalty);
@@ -26,8 +26,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from bench.common import count, fresh_tensor_ms, machine, parser, print_table, run
 from localist_core.experiments.memory import keep_freed_memory
 from localist_core.experiments.train import make_optimizer, training_loss
-from localist_core.model.attention import Dial
 from localist_core.model.config import ModelConfig, TrainConfig, preset
+from localist_core.model.dial import Dial
 from localist_core.model.transformer import LocalistLM, TransformerBlock, autocast_ctx
 
 

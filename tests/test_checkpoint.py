@@ -9,6 +9,7 @@ import torch
 
 from localist_core import load_model, save_checkpoint
 from localist_core.model.checkpoint import CONFIG, VOCAB, WEIGHTS, CheckpointError
+from localist_core.model.dial import Dial
 
 
 class _Payload:
@@ -33,8 +34,8 @@ def test_round_trip_is_bit_exact(saved, trained_tiny, tiny_corpus, tokens):
     a, b = trained_tiny.state_dict(), model.state_dict()
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert torch.equal(model.run_with_cache(tokens, locality=0.5)[0],
-                       trained_tiny.run_with_cache(tokens, locality=0.5)[0])
+    assert torch.equal(model.run_with_cache(tokens, Dial(locality=0.5))[0],
+                       trained_tiny.run_with_cache(tokens, Dial(locality=0.5))[0])
     assert model.meta["note"] == "test" and not model.training
 
 
@@ -142,8 +143,8 @@ def test_adaptive_partitions_survive_a_round_trip(tmp_path, tiny_model_cfg, tiny
                            precision=precision)
     loaded, _ = load_model(path)
     assert loaded.cfg.partition == partition
-    want = model.run_with_cache(tokens, return_type=None)[1]["block_ids"]
-    got = loaded.run_with_cache(tokens, return_type=None)[1]["block_ids"]
+    want = model.partition_info(tokens).block_ids
+    got = loaded.partition_info(tokens).block_ids
     assert torch.equal(want, got)
     assert int(got.max()) > 0    # a real partition, not one block (or an all-False mask)
     if partition == "punctuation":

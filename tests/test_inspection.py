@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from localist_core.analysis.inspection import analyze, next_words
+from localist_core.model.dial import Dial
 
 TEXT = "the cat sees the bridge . the dog walks over the old river and the town"
 
@@ -11,9 +12,11 @@ TEXT = "the cat sees the bridge . the dog walks over the old river and the town"
 def test_analysis_perplexity_and_next_words_match_the_full_distribution(trained_tiny,
                                                                           tiny_corpus):
     tok = tiny_corpus.tokenizer
-    a = analyze(trained_tiny, tok, TEXT, locality=0.4, attn_temperature=0.7)
+    dial = Dial(locality=0.4, attn_temperature=0.7)
+    a = analyze(trained_tiny, tok, TEXT, dial)
+    assert a.dial is dial
     ids = torch.tensor([a.token_ids])
-    lp, _ = trained_tiny.run_with_cache(ids, locality=0.4, attn_temperature=0.7)
+    lp, _ = trained_tiny.run_with_cache(ids, dial)
     nll = -lp[0, :-1].gather(-1, ids[0, 1:, None]).squeeze(-1)
     np.testing.assert_allclose(a.token_nll, nll.numpy(), rtol=1e-5, atol=1e-5)
     assert a.perplexity == pytest.approx(float(nll.mean().exp()), rel=1e-5)
@@ -49,9 +52,9 @@ def test_partitions_at_inference_and_the_theory_report_count_real_blocks(tiny_mo
                        tiny_corpus).eval()
     tok = tiny_corpus.tokenizer
     one_block = "the cat sees"                       # 3 words: one block under either rule
-    assert theory_report(model, tok, one_block, 0.5, 0) is None
+    assert theory_report(model, tok, one_block, Dial(0.5), 0) is None
     two = "the cat sees the bridge . a dog follows the castle on Monday ."
-    assert theory_report(model, tok, two, 0.5, 0) is not None
+    assert theory_report(model, tok, two, Dial(0.5), 0) is not None
     a = analyze(model, tok, two, partition="fixed", block_size=4)
     assert a.block_ids.tolist() == [i // 4 for i in range(len(a.labels))]
     assert a.partition == "fixed"

@@ -17,6 +17,7 @@ from localist_core.analysis.inspection import (
 )
 from localist_core.experiments.train import make_model
 from localist_core.model.config import ModelConfig, preset
+from localist_core.model.dial import Dial
 
 ROOT = Path(__file__).resolve().parents[1]
 LONG = "the cat sees the bridge . " * 4000          # 104,000 characters, ~24,000 tokens
@@ -36,11 +37,11 @@ def test_a_request_never_reads_more_than_the_caps(tiny_corpus, n_ctx):
 
 
 def test_a_cached_analysis_stays_within_its_bound(model, tiny_corpus):
-    a = analyze(model, tiny_corpus.tokenizer, LONG, 0.5, 0.5, 1.0)
+    a = analyze(model, tiny_corpus.tokenizer, LONG, Dial(0.5, 0.5, 1.0))
     cfg = model.cfg
     assert len(a.labels) == cfg.n_ctx and a.patterns.dtype == np.float16
     assert a.nbytes() <= analysis_bytes_bound(cfg)
-    with_rule = analyze(model, tiny_corpus.tokenizer, LONG, 0.5, 0.5, 1.0,
+    with_rule = analyze(model, tiny_corpus.tokenizer, LONG, Dial(0.5, 0.5, 1.0),
                         rule=("words", "the", "regex", "[a-z]+", 2.0))
     assert with_rule.rule_pairs is not None and with_rule.rule_pairs.shape == (cfg.n_ctx,) * 2
     assert with_rule.nbytes() <= analysis_bytes_bound(cfg)

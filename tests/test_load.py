@@ -1,5 +1,5 @@
-"""Concurrent users (DESIGN §9): threads sharing one model each get their own activations, and 20
-sessions speaking Streamlit's websocket protocol, moving sliders on the running app for 60 s,
+"""Concurrent users (README "Security"): threads sharing one model each get their own activations,
+and 20 sessions speaking Streamlit's websocket protocol, moving sliders on the running app for 60 s,
 meet no error (bench/load_test.py; BENCHMARKS.md records its latencies and memory)."""
 import importlib.util
 import sys
@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from localist_core.experiments.train import make_model
+from localist_core.model.dial import Dial
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("load_test", ROOT / "bench" / "load_test.py")
@@ -25,7 +26,7 @@ def test_threads_sharing_one_model_never_see_each_others_activations(tiny_model_
     names = [f"blocks.{i}.attn.hook_pattern" for i in range(tiny_model_cfg.n_layers)]
 
     def run(s):
-        lp, cache = model.run_with_cache(tokens, *s, names_filter=names)
+        lp, cache = model.run_with_cache(tokens, Dial(*s), names_filter=names)
         return lp, [cache[n] for n in names]
 
     expected = {s: run(s) for s in settings}

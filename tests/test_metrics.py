@@ -1,4 +1,5 @@
-"""Metric properties (DESIGN §3): entropy, in-block mass and its controls, fidelity, baselines."""
+"""Metric properties (docs/design.md, "Metrics and their controls"): entropy, in-block mass
+and its controls, fidelity, baselines."""
 import math
 
 import numpy as np
@@ -8,6 +9,7 @@ import torch
 from localist_core.analysis import metrics as M
 from localist_core.analysis.evaluate import attention_summary
 from localist_core.model.blocks import FixedPartition, same_block
+from localist_core.model.dial import Dial
 
 LAMBDAS = [0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 0.99, 1.0]
 TAUS = [10.0, 4.0, 2.0, 1.0, 0.5, 0.25, 0.1, 0.05]
@@ -56,7 +58,7 @@ def test_normalised_entropy_of_uniform_causal_is_one():
 def test_entropy_does_not_rise_as_tau_falls(any_model, tokens):
     prev = None
     for tau in TAUS:
-        _, cache = any_model.run_with_cache(tokens, attn_temperature=tau)
+        _, cache = any_model.run_with_cache(tokens, Dial(attn_temperature=tau))
         h = torch.stack([M.attention_entropy(cache[f"blocks.{i}.attn.hook_pattern"])
                          for i in range(any_model.cfg.n_layers)])
         if prev is not None:
@@ -66,11 +68,12 @@ def test_entropy_does_not_rise_as_tau_falls(any_model, tokens):
 
 
 def test_in_block_mass_does_not_fall_as_lambda_rises(any_model, tokens):
+    ids = any_model.partition_info(tokens).block_ids
     for tau in (0.25, 1.0, 4.0):
         prev = None
         for lam in LAMBDAS:
-            _, cache = any_model.run_with_cache(tokens, locality=lam, attn_temperature=tau)
-            mass = M.in_block_mass(cache["blocks.0.attn.hook_pattern"], cache["block_ids"])
+            _, cache = any_model.run_with_cache(tokens, Dial(lam, tau))
+            mass = M.in_block_mass(cache["blocks.0.attn.hook_pattern"], ids)
             if prev is not None:
                 assert (mass >= prev - 1e-5).all(), (tau, lam)
             prev = mass
@@ -81,17 +84,17 @@ def test_negative_cross_model_really_has_negative_cross_scores(tiny_model, token
     model = _negative_cross_model(tiny_model)
     _, cache = model.run_with_cache(tokens)
     s = cache["blocks.0.attn.hook_attn_scores"]
-    cross = (~same_block(cache["block_ids"])).unsqueeze(1) & torch.isfinite(s)
+    cross = (~same_block(model.partition_info(tokens).block_ids)).unsqueeze(1) & torch.isfinite(s)
     assert s[cross].max() < -5
 
 
 @pytest.mark.parametrize("lam", [0.0, 0.25, 0.5, 0.75, 0.999, 1.0])
 @pytest.mark.parametrize("tau", [0.05, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0])
 def test_metrics_finite_on_grid(trained_tiny, tokens, lam, tau):
-    _, cache = trained_tiny.run_with_cache(tokens, locality=lam, attn_temperature=tau,
-                                           rule_strength=2.0)
+    _, cache = trained_tiny.run_with_cache(tokens, Dial(lam, tau, rule_strength=2.0))
     pats = [cache[f"blocks.{i}.attn.hook_pattern"] for i in range(2)]
-    for layer in attention_summary(trained_tiny, tokens, pats, cache["block_ids"]):
+    ids = trained_tiny.partition_info(tokens).block_ids
+    for layer in attention_summary(trained_tiny, tokens, pats, ids):
         for name, v in layer.items():
             assert torch.isfinite(v).all(), name
 

@@ -22,6 +22,7 @@ from localist_core.analysis.rules import (
     rule_bias,
     rule_pairs,
 )
+from localist_core.model.dial import Dial
 
 WORDS = ["The", "cat", "sees", "the", "bridge", "in", "1990", ".", "A", "dog", "follows", "the",
          "castle", "."]
@@ -113,7 +114,7 @@ def test_raising_a_rule_raises_fidelity_to_its_targets(trained_tiny, tiny_corpus
     for strength in (0.0, 1.0, 3.0, 8.0):
         rule = make_rule("regex", "sees|follows|builds|finds|loves|visits", "words", "the, a",
                          strength)
-        a = analyze(trained_tiny, tok, text, 0.0, 1.0, 0.0, rule=rule)
+        a = analyze(trained_tiny, tok, text, Dial(), rule=rule)
         assert a.rule_pairs.any() and np.isfinite(a.perplexity)
         fidelity.append(a.rule_fidelity)
     assert all(b > a for a, b in zip(fidelity, fidelity[1:])), fidelity
@@ -137,8 +138,8 @@ def test_a_rule_only_moves_the_rows_it_names(trained_tiny, tiny_corpus, text):
 
 def test_the_anchor_bias_raises_pointer_fidelity(trained_tiny, tiny_corpus, text):
     tok = tiny_corpus.tokenizer
-    fid = [analyze(trained_tiny, tok, text, 1.0, 1.0, g).metrics["pointer_fidelity_mass"]["mean"]
-           for g in (0.0, 2.0, 5.0)]
+    fid = [analyze(trained_tiny, tok, text, Dial(1.0, 1.0, g))
+           .metrics["pointer_fidelity_mass"]["mean"] for g in (0.0, 2.0, 5.0)]
     assert fid[0] < fid[1] < fid[2], fid
 
 
@@ -158,11 +159,10 @@ def test_a_rule_bias_keeps_the_model_causal(trained_tiny, tiny_corpus, tokens):
         def check_tokens(self, t):
             return self.m.check_tokens(t)
 
-        def run_with_cache(self, t, **kw):
-            return self.m.run_with_cache(t, score_bias=everything, **kw)
+        def run_with_cache(self, t, dial, **kw):
+            return self.m.run_with_cache(t, dial, score_bias=everything, **kw)
 
-    res = leak_test(Biased(trained_tiny), tokens,
-                    [dict(locality=0.0, attn_temperature=1.0, rule_strength=0.0)])
+    res = leak_test(Biased(trained_tiny), tokens, [Dial()])
     assert res["passed"], res
 
 

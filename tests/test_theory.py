@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from localist_core.analysis import theory as T
+from localist_core.model.dial import Dial
 
 
 def test_threshold_formula_by_hand():
@@ -28,7 +29,7 @@ def test_bound_shrinks_as_tau_falls_for_positive_margin():
 
 @pytest.mark.parametrize("lam", [0.0, 0.6])
 def test_bound_never_below_measured_cross_mass(trained_tiny, tokens, lam):
-    rows = T.predicted_vs_measured(trained_tiny, tokens, [0.05, 0.25, 1.0, 4.0], locality=lam)
+    rows = T.predicted_vs_measured(trained_tiny, tokens, Dial(lam), [0.05, 0.25, 1.0, 4.0])
     for row in rows:
         assert row["bound_cross_mass"] >= row["measured_cross_mass"] - 1e-6
     assert rows[0]["measured_cross_mass"] != rows[-1]["measured_cross_mass"]

@@ -5,31 +5,74 @@ import pytest
 import torch
 
 from localist_core.analysis.evaluate import leak_test
+from localist_core.model.dial import Dial
 from localist_core.model.transformer import LocalistLM, adaptive_nll
 
-SETTINGS = [dict(locality=lam, attn_temperature=tau, rule_strength=gam)
+SETTINGS = [Dial(lam, tau, gam)
             for lam in (0.0, 0.4, 0.9, 1.0) for tau in (0.05, 1.0, 10.0) for gam in (0.0, 3.0)]
 
+# Every hook of the tiny model on the 2 × 32 test batch, in the order the forward pass meets
+# them, with TransformerLens's names and shapes: batch 2, pos 32, d_model 32, 2 heads of
+# d_head 16, d_mlp 64. hook_q_x / hook_k_x are our cross-block channel.
+TINY_HOOKS = {
+    "hook_embed": (2, 32, 32),                          # [batch, pos, d_model]
+    "hook_pos_embed": (2, 32, 32),
+    "blocks.0.hook_resid_pre": (2, 32, 32),
+    "blocks.0.attn.hook_q": (2, 32, 2, 16),             # [batch, pos, head_index, d_head]
+    "blocks.0.attn.hook_k": (2, 32, 2, 16),
+    "blocks.0.attn.hook_v": (2, 32, 2, 16),
+    "blocks.0.attn.hook_q_x": (2, 32, 2, 16),
+    "blocks.0.attn.hook_k_x": (2, 32, 2, 16),
+    "blocks.0.attn.hook_attn_scores": (2, 2, 32, 32),   # [batch, head_index, query_pos, key_pos]
+    "blocks.0.attn.hook_pattern": (2, 2, 32, 32),
+    "blocks.0.attn.hook_z": (2, 32, 2, 16),
+    "blocks.0.hook_attn_out": (2, 32, 32),
+    "blocks.0.hook_resid_mid": (2, 32, 32),
+    "blocks.0.mlp.hook_pre": (2, 32, 64),               # [batch, pos, d_mlp]
+    "blocks.0.mlp.hook_post": (2, 32, 64),
+    "blocks.0.hook_mlp_out": (2, 32, 32),
+    "blocks.0.hook_resid_post": (2, 32, 32),
+    "blocks.1.hook_resid_pre": (2, 32, 32),
+    "blocks.1.attn.hook_q": (2, 32, 2, 16),
+    "blocks.1.attn.hook_k": (2, 32, 2, 16),
+    "blocks.1.attn.hook_v": (2, 32, 2, 16),
+    "blocks.1.attn.hook_q_x": (2, 32, 2, 16),
+    "blocks.1.attn.hook_k_x": (2, 32, 2, 16),
+    "blocks.1.attn.hook_attn_scores": (2, 2, 32, 32),
+    "blocks.1.attn.hook_pattern": (2, 2, 32, 32),
+    "blocks.1.attn.hook_z": (2, 32, 2, 16),
+    "blocks.1.hook_attn_out": (2, 32, 32),
+    "blocks.1.hook_resid_mid": (2, 32, 32),
+    "blocks.1.mlp.hook_pre": (2, 32, 64),
+    "blocks.1.mlp.hook_post": (2, 32, 64),
+    "blocks.1.hook_mlp_out": (2, 32, 32),
+    "blocks.1.hook_resid_post": (2, 32, 32),
+}
 
-def test_every_hook_name_literally(tiny_model):
-    per_layer = ["hook_resid_pre", "attn.hook_q_in", "attn.hook_k_in", "attn.hook_q_x",
-                 "attn.hook_k_x", "attn.hook_v", "attn.hook_attn_scores", "attn.hook_pattern",
-                 "attn.hook_z", "hook_attn_out", "hook_resid_mid", "hook_mlp_out",
-                 "hook_resid_post"]
-    expected = ["hook_embed", "hook_pos_embed"] + [f"blocks.{layer}.{h}" for layer in range(2)
-                                                   for h in per_layer]
-    assert sorted(tiny_model.hook_names()) == sorted(expected)
+
+def test_every_hook_name_and_shape_literally(tiny_model, tokens):
+    assert tokens.shape == (2, 32)
+    assert sorted(tiny_model.hook_names()) == sorted(TINY_HOOKS)
+    order = []
+    handles = [m.register_forward_hook(lambda *_, n=n: order.append(n))
+               for n, m in tiny_model.named_modules() if n in TINY_HOOKS]
+    try:
+        lp, cache = tiny_model.run_with_cache(tokens)
+    finally:
+        for h in handles:
+            h.remove()
+    assert order == list(TINY_HOOKS)                    # the order the forward pass meets them
+    assert {name: tuple(t.shape) for name, t in cache.items()} == TINY_HOOKS
+    assert lp.shape == (2, 32, tiny_model.cfg.vocab_size)
 
 
-def test_cache_shapes(tiny_model, tokens):
-    lp, cache = tiny_model.run_with_cache(tokens)
-    b, n = tokens.shape
-    h = tiny_model.cfg.n_heads
-    assert lp.shape == (b, n, tiny_model.cfg.vocab_size)
-    assert cache["blocks.1.attn.hook_pattern"].shape == (b, h, n, n)
-    assert cache["blocks.0.attn.hook_attn_scores"].shape == (b, h, n, n)
-    assert cache["block_ids"].shape == (b, n)
-    assert cache["anchor_mask"].shape == (b, n, n) and cache["block_anchors"].shape == (b, n)
+def test_the_cache_holds_activations_and_partition_info_the_rest(tiny_model, tokens):
+    _, cache = tiny_model.run_with_cache(tokens, names_filter="blocks.0.attn.hook_pattern")
+    assert list(cache) == ["blocks.0.attn.hook_pattern"]
+    info = tiny_model.partition_info(tokens)
+    assert info.block_ids.shape == (2, 32) and info.block_anchors.shape == (2, 32)
+    assert info.anchor_mask.shape == (2, 32, 32)
+    assert torch.equal(info.block_ids, tiny_model(tokens).block_ids)
 
 
 def test_leak_test_passes_for_causal_model_at_every_dial(trained_tiny, tokens):
@@ -62,8 +105,7 @@ def test_log_probs_normalised_over_whole_vocabulary(trained_tiny, tokens):
 @pytest.mark.parametrize("lam", [0.0, 0.5, 1.0])
 @pytest.mark.parametrize("tau", [0.05, 0.5, 1.0, 10.0])
 def test_log_probs_finite_on_grid(trained_tiny, tokens, lam, tau):
-    lp, _ = trained_tiny.run_with_cache(tokens, locality=lam, attn_temperature=tau,
-                                        rule_strength=5.0)
+    lp, _ = trained_tiny.run_with_cache(tokens, Dial(lam, tau, rule_strength=5.0))
     assert torch.isfinite(lp).all()
 
 
@@ -112,9 +154,9 @@ def test_top_k_is_the_exact_top_k_even_when_clusters_win(trained_tiny, k):
 
 
 def test_run_with_cache_return_types(trained_tiny, tokens):
-    lp, cache = trained_tiny.run_with_cache(tokens, locality=0.5)
-    hidden, cache_h = trained_tiny.run_with_cache(tokens, locality=0.5, return_type="hidden")
-    none, _ = trained_tiny.run_with_cache(tokens, locality=0.5, return_type=None)
+    lp, cache = trained_tiny.run_with_cache(tokens, Dial(0.5))
+    hidden, cache_h = trained_tiny.run_with_cache(tokens, Dial(0.5), return_type="hidden")
+    none, _ = trained_tiny.run_with_cache(tokens, Dial(0.5), return_type=None)
     assert none is None and hidden.shape == (*tokens.shape, trained_tiny.cfg.d_model)
     torch.testing.assert_close(trained_tiny.log_probs(hidden), lp)
     assert torch.equal(cache["blocks.1.attn.hook_pattern"], cache_h["blocks.1.attn.hook_pattern"])
@@ -138,7 +180,7 @@ def adaptive_tiny(request, tiny_model_cfg, tiny_corpus):
 def test_adaptive_partitions_train_and_pass_the_leak_test(adaptive_tiny, tokens):
     res = leak_test(adaptive_tiny, tokens, SETTINGS[::5])
     assert res["passed"], res
-    ids = adaptive_tiny.run_with_cache(tokens, return_type=None)[1]["block_ids"]
+    ids = adaptive_tiny.partition_info(tokens).block_ids
     # Adaptive blocks differ from one sequence to the next and are not fixed windows.
     assert not torch.equal(ids[0], ids[1])
 
@@ -146,7 +188,7 @@ def test_adaptive_partitions_train_and_pass_the_leak_test(adaptive_tiny, tokens)
 def test_adaptive_model_blocks_follow_their_rule_on_real_text(adaptive_tiny, tokens, tiny_corpus):
     """Punctuation: every full stop ends its block. Recruited: a block starts exactly where
     the split test gains bits."""
-    ids = adaptive_tiny.run_with_cache(tokens, return_type=None)[1]["block_ids"]
+    ids = adaptive_tiny.partition_info(tokens).block_ids
     starts = torch.zeros_like(ids, dtype=torch.bool)
     starts[:, 1:] = ids[:, 1:] != ids[:, :-1]
     if adaptive_tiny.cfg.partition == "punctuation":

@@ -9,8 +9,8 @@ from collections import defaultdict
 import torch
 from torch import Tensor
 
-from ..model.attention import resolve_dial
 from ..model.blocks import block_starts
+from ..model.dial import Dial
 from ..model.transformer import autocast_ctx
 from .metrics import attention_metrics, causal_entropy_ceiling
 
@@ -35,6 +35,13 @@ def eval_windows(stream: Tensor, n_ctx: int, batch_size: int = 64):
                stream[start + 1:start + rest + 1].unsqueeze(0))
 
 
+def head_summary(per_head: Tensor) -> dict:
+    """The one reduction of a metric's ``[layer, head]`` values (each already a mean over
+    queries): ``{"mean", "per_layer", "per_head"}``, plain numbers for tables and JSON."""
+    return {"mean": float(per_head.mean()), "per_layer": per_head.mean(1).tolist(),
+            "per_head": per_head.tolist()}
+
+
 class _Accumulator:
     """Running sums per metric, per layer and head."""
 
@@ -50,12 +57,8 @@ class _Accumulator:
         self.count += first.shape[0] * first.shape[2]
 
     def result(self) -> dict[str, dict]:
-        out = {}
-        for name, s in self.sums.items():
-            per = s / max(self.count, 1)                                     # (L, H)
-            out[name] = {"mean": float(per.mean()), "per_layer": per.mean(1).tolist(),
-                         "per_head": per.tolist()}
-        return out
+        """Every metric's ``head_summary``, averaged over all queries added."""
+        return {name: head_summary(s / max(self.count, 1)) for name, s in self.sums.items()}
 
 
 def attention_summary(model, tokens: Tensor, patterns: list[Tensor], block_ids: Tensor,
@@ -68,21 +71,19 @@ def attention_summary(model, tokens: Tensor, patterns: list[Tensor], block_ids: 
 
 
 @torch.no_grad()
-def evaluate_stream(model, stream: Tensor, locality: float = 0.0, attn_temperature: float = 1.0,
-                    rule_strength: float = 0.0, max_tokens: int | None = None,
+def evaluate_stream(model, stream: Tensor, dial: Dial = Dial(), *, max_tokens: int | None = None,
                     batch_size: int = 64, with_attention: bool = True,
                     by_position_in_block: bool = False, progress=None, bf16: bool = False,
                     partition=None, block_size: int | None = None) -> dict:
-    """Perplexity, accuracy and attention metrics of ``model`` on a token stream.
+    """Perplexity, accuracy and attention metrics of ``model`` on a token stream at ``dial``.
 
     ``max_tokens`` evaluates a prefix (for quick looks); ``progress`` is an optional callable
     taking the number of targets just scored (e.g. a tqdm ``update``). ``bf16`` runs the
     decoder under bf16 autocast (the adaptive head stays fp32); the default is exact fp32, and
     ``bench.evaluate`` measures what bf16 costs in perplexity. ``partition`` re-blocks the text
-    at inference (see ``live.inference_partition``); None keeps the trained one.
+    at inference (see ``inspection.inference_partition``); None keeps the trained one.
     ``block_size`` sets the recent-b and shifted-block controls (default: the model's).
     """
-    dial, notices = resolve_dial(locality, attn_temperature, rule_strength)
     if max_tokens is not None:
         stream = stream[: max_tokens + 1]
     was_training = model.training
@@ -116,9 +117,8 @@ def evaluate_stream(model, stream: Tensor, locality: float = 0.0, attn_temperatu
         model.train(was_training)
     mean_nll = nll_sum / max(count, 1)
     result = {
-        "dial": {"locality": dial.locality, "attn_temperature": dial.attn_temperature,
-                 "rule_strength": dial.rule_strength},
-        "notices": notices,
+        "dial": dial.as_dict(),
+        "notices": list(dial.notices),
         "tokens": count,
         "nll": mean_nll,
         "perplexity": math.exp(mean_nll),
@@ -144,9 +144,9 @@ def _position_in_block(block_ids: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def leak_test(model, tokens: Tensor, settings: list[dict] | None = None,
+def leak_test(model, tokens: Tensor, settings: list[Dial] | None = None,
               cut_points: list[int] | None = None, atol: float = 1e-5, seed: int = 0) -> dict:
-    """DESIGN §4: replace every token after position t by random tokens; log-probs and patterns
+    """The leak test: replace every token after position t by random tokens; log-probs and patterns
     at positions ≤ t must not change (to ``atol``) for every dial setting.
 
     Returns ``{"passed", "max_abs_diff", "checked"}``; a causal model passes, the non-causal
@@ -154,9 +154,8 @@ def leak_test(model, tokens: Tensor, settings: list[dict] | None = None,
     """
     tokens = model.check_tokens(tokens)
     n = tokens.shape[1]
-    settings = settings or [dict(locality=lam, attn_temperature=tau, rule_strength=gam)
-                            for lam in (0.0, 0.5, 1.0) for tau in (0.25, 1.0, 4.0)
-                            for gam in (0.0, 2.0)]
+    settings = settings or [Dial(lam, tau, gam) for lam in (0.0, 0.5, 1.0)
+                            for tau in (0.25, 1.0, 4.0) for gam in (0.0, 2.0)]
     cut_points = cut_points or sorted({0, n // 3, n // 2, n - 2} - {-1})
     gen = torch.Generator().manual_seed(seed)
     worst, checked = 0.0, 0
@@ -166,14 +165,13 @@ def leak_test(model, tokens: Tensor, settings: list[dict] | None = None,
         changed = tokens.clone()
         changed[:, t + 1:] = torch.randint(0, model.cfg.vocab_size, changed[:, t + 1:].shape,
                                            generator=gen)
-        for s in settings:
+        for dial in settings:
             only = lambda name: name.endswith("hook_pattern")
-            lp_a, ca = model.run_with_cache(tokens, names_filter=only, **s)
-            lp_b, cb = model.run_with_cache(changed, names_filter=only, **s)
+            lp_a, ca = model.run_with_cache(tokens, dial, names_filter=only)
+            lp_b, cb = model.run_with_cache(changed, dial, names_filter=only)
             diffs = [(lp_a[:, : t + 1] - lp_b[:, : t + 1]).abs().max()]
-            for name in ca:
-                if name.endswith("hook_pattern"):
-                    diffs.append((ca[name][:, :, : t + 1] - cb[name][:, :, : t + 1]).abs().max())
+            for name in ca:                                 # (B, H, T, T) each
+                diffs.append((ca[name][:, :, : t + 1] - cb[name][:, :, : t + 1]).abs().max())
             worst = max(worst, float(torch.stack(diffs).max()))
             checked += 1
     return {"passed": worst <= atol, "max_abs_diff": worst, "checked": checked}

@@ -7,30 +7,29 @@ arrays and numbers of the returned ``Analysis``.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from ..model.attention import resolve_dial
 from ..model.blocks import RecruitedPartition, make_partition, zipf_log2_prior
-from ..model.config import PARTITIONS
+from ..model.config import PARTITIONS, TEMPERATURE_RANGE
+from ..model.dial import Dial
 from ..model.tokenizer import dropped_characters
-from .evaluate import attention_summary
+from .evaluate import attention_summary, head_summary
 from .rules import Rule, RuleError, make_rule, rule_bias, rule_fidelity, rule_pairs
 
 # Limits (README "Limits"): what one request may cost the server.
 MAX_TEXT_CHARS = 20_000   # longer text is cut before tokenising (a notice says so)
 MAX_TOKENS = 256          # tokens per live request, whatever the model's n_ctx (a notice says so)
 TOP_K = 5
-DIAL_DEFAULTS = {"locality": ("λ", 0.0), "attn_temperature": ("τ", 1.0),
-                 "rule_strength": ("γ", 0.0)}
+# The τ values the theory report sweeps, from one end of the dial's range to the other.
+THEORY_TEMPERATURES = (TEMPERATURE_RANGE[0], 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, TEMPERATURE_RANGE[1])
 
 
 @dataclass
 class Analysis:
-    """Everything a page renders for one (checkpoint, text, λ, τ, γ); numpy arrays only."""
+    """Everything a page renders for one (checkpoint, text, dial); numpy arrays only."""
 
     labels: list[str]                 # one per token, <unk> visible
     token_ids: list[int]
@@ -43,7 +42,7 @@ class Analysis:
     perplexity: float | None          # of the text (None with fewer than 2 tokens)
     token_nll: np.ndarray             # [T-1] nats, target t+1 given ≤ t
     hidden: np.ndarray                # [T, d_model] final hidden states: ``next_words`` reads them
-    dial: dict
+    dial: Dial
     notices: list[str] = field(default_factory=list)
     partition: str = "fixed"          # the partition the blocks came from
     rule: str | None = None           # the rule applied, described; None without one
@@ -94,25 +93,6 @@ def prepare_text(tokenizer, text: str, n_ctx: int) -> tuple[list[int], list[str]
     return ids, notices
 
 
-def safe_dial(locality, attn_temperature, rule_strength):
-    """``resolve_dial`` for user input: NaN or a non-number becomes the default with a notice
-    (resolve_dial refuses them), out-of-range values are clamped with a notice."""
-    values, notices = {}, []
-    for key, raw in (("locality", locality), ("attn_temperature", attn_temperature),
-                     ("rule_strength", rule_strength)):
-        sym, default = DIAL_DEFAULTS[key]
-        try:
-            v = float(raw)
-        except (TypeError, ValueError):
-            v = math.nan
-        if math.isnan(v):
-            notices.append(f"{sym}={raw!r} is not a number; using {sym}={default:g}.")
-            v = default
-        values[key] = v
-    dial, clamped = resolve_dial(**values)
-    return dial, notices + clamped
-
-
 def inference_partition(model, tokenizer, kind: str | None = None,
                         block_size: int | None = None):
     """The partition to re-block a text with at inference, or None for the trained one.
@@ -131,21 +111,19 @@ def inference_partition(model, tokenizer, kind: str | None = None,
 
 
 @torch.no_grad()
-def analyze(model, tokenizer, text: str, locality: float = 0.0, attn_temperature: float = 1.0,
-            rule_strength: float = 0.0, block_size: int | None = None,
+def analyze(model, tokenizer, text: str, dial: Dial = Dial(), *, block_size: int | None = None,
             partition: str | None = None, rule: Rule | tuple | None = None) -> Analysis:
-    """Run the model on ``text`` at one dial setting. Bad text, out-of-range dial values or a
-    rule that cannot run give notices (and, for no text, an empty Analysis), never an
-    exception. ``partition`` and ``block_size`` re-block the text at inference (None keeps
-    the trained partition); ``rule`` (a Rule, or the plain values ``make_rule`` takes) adds its
-    score bias and reports its fidelity."""
+    """Run the model on ``text`` at ``dial``. Bad text, what the dial clamped
+    (``dial.notices``) or a rule that cannot run give notices (and, for no text, an empty
+    Analysis), never an exception. ``partition`` and ``block_size`` re-block the text at
+    inference (None keeps the trained partition); ``rule`` (a Rule, or the plain values
+    ``make_rule`` takes) adds its score bias and reports its fidelity."""
     ids, notices = prepare_text(tokenizer, text, model.cfg.n_ctx)
-    dial, dial_notes = safe_dial(locality, attn_temperature, rule_strength)
-    notices += dial_notes
+    notices += dial.notices
     if not ids:
         return Analysis([], [], np.zeros((0, 0, 0, 0)), np.zeros(0, int), np.zeros(0, bool),
                         np.zeros((0, 0), bool), np.zeros((0, 0, 0)), {}, None, np.zeros(0),
-                        np.zeros((0, model.cfg.d_model), np.float32), dial.__dict__, notices,
+                        np.zeros((0, model.cfg.d_model), np.float32), dial, notices,
                         partition=partition or model.cfg.partition)
     part = inference_partition(model, tokenizer, partition, block_size)
     labels = tokenizer.labels(ids)
@@ -165,32 +143,29 @@ def analyze(model, tokenizer, text: str, locality: float = 0.0, attn_temperature
                                f"this text, so it changes nothing.")
     tokens = torch.tensor([ids])
     hidden, cache = model.run_with_cache(
-        tokens, dial.locality, dial.attn_temperature, dial.rule_strength,
-        names_filter=lambda n: n.endswith("hook_pattern"), partition=part,
+        tokens, dial, names_filter=lambda n: n.endswith("hook_pattern"), partition=part,
         return_type="hidden", score_bias=bias)
+    info = model.partition_info(tokens, part)
     pats = [cache[f"blocks.{i}.attn.hook_pattern"] for i in range(model.cfg.n_layers)]
-    per_layer = attention_summary(model, tokens, pats, cache["block_ids"],
+    per_layer = attention_summary(model, tokens, pats, info.block_ids,
                                   block_size or model.cfg.block_size)
-    metrics = {}
-    for name in per_layer[0]:
-        per_head = torch.stack([m[name][0].mean(-1) for m in per_layer])   # (L, H)
-        metrics[name] = {"mean": float(per_head.mean()), "per_layer": per_head.mean(1).tolist(),
-                         "per_head": per_head.tolist()}
+    metrics = {name: head_summary(torch.stack([m[name][0].mean(-1) for m in per_layer]))
+               for name in per_layer[0]}                  # each [layer, head], mean over queries
     nll = (model.token_nll(hidden[:, :-1], tokens[:, 1:])[0] if len(ids) > 1
            else torch.zeros(0))                                            # (T-1,)
     patterns = torch.stack([p[0] for p in pats])
     return Analysis(
         labels=labels, token_ids=ids,
         patterns=patterns.half().numpy(),   # half the cache memory
-        block_ids=cache["block_ids"][0].numpy(),
-        block_anchors=cache["block_anchors"][0].numpy(),
-        anchor_mask=cache["anchor_mask"][0].numpy(),
+        block_ids=info.block_ids[0].numpy(),
+        block_anchors=info.block_anchors[0].numpy(),
+        anchor_mask=info.anchor_mask[0].numpy(),
         entropy=torch.stack([m["entropy_bits"][0] for m in per_layer]).numpy(),
         metrics=metrics,
         perplexity=float(nll.mean().exp()) if len(ids) > 1 else None,
         token_nll=nll.numpy(),
         hidden=hidden[0].numpy(),
-        dial=dict(dial.__dict__), notices=notices,
+        dial=dial, notices=notices,
         partition=partition or model.cfg.partition,
         rule=rule.describe() if rule is not None else None,
         rule_pairs=pairs,
@@ -242,16 +217,23 @@ def next_words(model, tokenizer, a: Analysis, pos: int, k: int = TOP_K
     return tokenizer.labels(ids[0].tolist()), lp[0].exp().numpy()
 
 
+def reduce_heads(values: np.ndarray, layer: int | None, head: int | None) -> np.ndarray:
+    """The one head reduction of what a page draws: ``[layer, head, ...]`` → ``[...]`` float32
+    of one head, a layer's head mean, or the mean over layers (of one head index, or of all
+    heads). None means "the mean"."""
+    v = values.mean(0, dtype=np.float32) if layer is None else values[layer]
+    return (v.mean(0, dtype=np.float32) if head is None else v[head]).astype(np.float32)
+
+
 def reduce_pattern(patterns: np.ndarray, layer: int | None, head: int | None) -> np.ndarray:
-    """``[layer, head, T, T]`` → the ``[query, key]`` matrix to draw: one head, a layer's head
-    mean, or the mean over layers (of one head index, or of all heads)."""
-    p = patterns.mean(0, dtype=np.float32) if layer is None else patterns[layer]
-    return (p.mean(0, dtype=np.float32) if head is None else p[head]).astype(np.float32)
+    """``[layer, head, T, T]`` (an analysis's or a stored map) → the ``[query, key]`` matrix
+    to draw."""
+    return reduce_heads(patterns, layer, head)
 
 
 def pattern_view(a: Analysis, layer: int | None, head: int | None) -> np.ndarray:
     """The ``[query, key]`` matrix of an analysis to draw."""
-    return reduce_pattern(a.patterns, layer, head)
+    return reduce_heads(a.patterns, layer, head)
 
 
 def difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -260,9 +242,9 @@ def difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def entropy_view(a: Analysis, layer: int | None, head: int | None) -> np.ndarray:
-    """Per-query entropy (bits) of one head, a layer's head mean, or the overall mean."""
-    e = a.entropy if layer is None else a.entropy[layer:layer + 1]
-    return e.mean((0, 1)) if head is None else e[:, head].mean(0)
+    """Per-query entropy ``[query]`` (bits) of one head, a layer's head mean, or the overall
+    mean."""
+    return reduce_heads(a.entropy, layer, head)
 
 
 def attention_table(a: Analysis) -> list[dict]:
@@ -285,16 +267,16 @@ def attention_table(a: Analysis) -> list[dict]:
 
 def metrics_json(a: Analysis, checkpoint: str) -> dict:
     """The live metrics as a JSON-ready dict (finite numbers only)."""
-    return {"checkpoint": checkpoint, "dial": a.dial, "tokens": a.labels,
+    return {"checkpoint": checkpoint, "dial": a.dial.as_dict(), "tokens": a.labels,
             "perplexity": a.perplexity, "metrics": a.metrics,
             "entropy_per_query_bits": a.entropy.tolist(), "notices": a.notices}
 
 
-def theory_report(model, tokenizer, text: str, locality: float, layer: int,
-                  temperatures: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 10.0)
-                  ) -> dict | None:
-    """Estimated threshold-formula inputs and the τ sweep of measured vs bounded cross-block
-    mass, as plain numbers; None when the text is too short to have two blocks."""
+def theory_report(model, tokenizer, text: str, dial: Dial, layer: int,
+                  temperatures: tuple[float, ...] = THEORY_TEMPERATURES) -> dict | None:
+    """Estimated threshold-formula inputs at ``dial`` and the sweep over ``temperatures``
+    (in place of the dial's τ) of measured vs bounded cross-block mass, as plain numbers;
+    None when the text is too short to have two blocks."""
     from .theory import estimate_threshold_inputs, predicted_vs_measured
 
     ids, _ = prepare_text(tokenizer, text, model.cfg.n_ctx)
@@ -303,7 +285,6 @@ def theory_report(model, tokenizer, text: str, locality: float, layer: int,
     tokens = torch.tensor([ids])
     if int(model.partition_of(tokens).max()) < 1:      # one block: nothing crosses a boundary
         return None
-    inputs = estimate_threshold_inputs(model, tokens, layer=layer, locality=locality)
-    rows = predicted_vs_measured(model, tokens, list(temperatures), layer=layer,
-                                 locality=locality)
+    inputs = estimate_threshold_inputs(model, tokens, dial, layer=layer)
+    rows = predicted_vs_measured(model, tokens, dial, list(temperatures), layer=layer)
     return {"inputs": inputs.as_dict(), "rows": rows}

@@ -1,4 +1,4 @@
-"""Attention and language-model metrics (DESIGN §3).
+"""Attention and language-model metrics (docs/design.md, "Metrics and their controls").
 
 Attention metrics take per-head patterns ``[batch, head, query, key]`` and return per-query values
 ``[batch, head, query]``; the caller reduces. Masked (future) keys carry weight exactly 0.

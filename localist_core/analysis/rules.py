@@ -1,4 +1,5 @@
-"""User-defined attention rules: "tokens matching X attend to tokens matching Y" (DESIGN §6).
+"""User-defined attention rules: "tokens matching X attend to tokens matching Y"
+(docs/design.md, "Theory, rules and inspection").
 
 A rule adds a bias to the attention score of every (query, key) pair where the query matches X
 and the key matches Y, inside the causal mask, so a rule can never reveal a later token. X and Y

@@ -1,19 +1,21 @@
 """The papers' threshold formula and the cross-block-mass bound, with estimators for their inputs
-(DESIGN §3, "Theory"). The estimators are our readings of the symbols; each docstring says which.
+(docs/design.md, "Theory, rules and inspection"). The estimators are our readings of the
+symbols; each docstring says which.
 
     λᵢ⁽ʰ⁾(τ, δ) = 2·L_ℓ·R_x·σ_X·√|Xᵢ| / (τ·(1−ρ_max)) · exp(−δ/τ)
     cross-block mass ≤ n_x·e^{−δ/τ} / (n_in + n_x·e^{−δ/τ})
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor
 
-from ..model.attention import resolve_dial
 from ..model.blocks import same_block
+from ..model.dial import Dial
 
 
 def threshold_locality(lipschitz: float, r_x: float, sigma_x: float, block_len: float,
@@ -83,16 +85,16 @@ class ThresholdInputs:
 
 
 @torch.no_grad()
-def estimate_threshold_inputs(model, tokens: Tensor, layer: int = 0,
-                              locality: float = 0.0) -> ThresholdInputs:
-    """Estimate L, R_x, σ_X, |X|, ρ_max and δ for ``layer`` from a model and a token batch."""
+def estimate_threshold_inputs(model, tokens: Tensor, dial: Dial = Dial(),
+                              layer: int = 0) -> ThresholdInputs:
+    """Estimate L, R_x, σ_X, |X|, ρ_max and δ for ``layer`` from a model and a token batch at
+    ``dial`` (δ comes from the scores before τ, so τ does not change it)."""
     tokens = model.check_tokens(tokens)
     names = [f"blocks.{layer}.hook_resid_pre", f"blocks.{layer}.attn.hook_attn_scores"]
-    _, cache = model.run_with_cache(tokens, locality=locality, names_filter=names,
-                                    return_type=None)
+    _, cache = model.run_with_cache(tokens, dial, names_filter=names, return_type=None)
     attn = model.blocks[layer].attn
     x = model.blocks[layer].ln1(cache[names[0]])                               # (B, T, d)
-    ids = cache["block_ids"]
+    ids = model.partition_info(tokens).block_ids                               # (B, T)
     heads, dh = model.cfg.n_heads, model.cfg.d_head
     w = attn.channel_weights()
     wq = w["W_Q_x"].reshape(heads, dh, -1)
@@ -122,22 +124,22 @@ def estimate_threshold_inputs(model, tokens: Tensor, layer: int = 0,
 
 
 @torch.no_grad()
-def predicted_vs_measured(model, tokens: Tensor, temperatures: list[float], layer: int = 0,
-                          locality: float = 0.0) -> list[dict]:
-    """For each τ: measured cross-block mass and the per-query bound, both averaged over queries
-    and heads of ``layer``. The bound must never fall below the measurement."""
+def predicted_vs_measured(model, tokens: Tensor, dial: Dial, temperatures: list[float],
+                          layer: int = 0) -> list[dict]:
+    """For each τ in ``temperatures`` (in place of the dial's): measured cross-block mass and
+    the per-query bound, both averaged over queries and heads of ``layer``. The bound must
+    never fall below the measurement."""
     rows = []
+    ids = model.partition_info(tokens).block_ids                               # (B, T)
+    names = [f"blocks.{layer}.attn.hook_attn_scores", f"blocks.{layer}.attn.hook_pattern"]
     for tau in temperatures:
-        dial, _ = resolve_dial(locality, tau)
-        names = [f"blocks.{layer}.attn.hook_attn_scores", f"blocks.{layer}.attn.hook_pattern"]
-        _, cache = model.run_with_cache(tokens, return_type=None, locality=dial.locality,
-                                        attn_temperature=dial.attn_temperature, names_filter=names)
-        ids = cache["block_ids"]
-        pattern = cache[names[1]]
+        at_tau = dataclasses.replace(dial, attn_temperature=tau)
+        _, cache = model.run_with_cache(tokens, at_tau, names_filter=names, return_type=None)
+        pattern = cache[names[1]]                                              # (B, H, T, T)
         measured = (pattern * (~same_block(ids)).unsqueeze(1)).sum(-1)
         m = query_margins(cache[names[0]], ids)
-        bound = cross_block_mass_bound(m["n_in"], m["n_x"], m["margin"], dial.attn_temperature)
-        rows.append({"attn_temperature": dial.attn_temperature,
+        bound = cross_block_mass_bound(m["n_in"], m["n_x"], m["margin"], at_tau.attn_temperature)
+        rows.append({"attn_temperature": at_tau.attn_temperature,
                      "measured_cross_mass": float(measured.mean()),
                      "bound_cross_mass": float(bound.mean())})
     return rows

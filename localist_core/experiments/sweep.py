@@ -1,4 +1,4 @@
-"""λ-sweeps with a resumable, atomic result cache (DESIGN §2 protocols, §9 reliability).
+"""λ-sweeps with a resumable, atomic result cache (docs/design.md, "Experiments").
 
 Each run trains one model (or resumes it), evaluates it on a grid of dial settings and writes one
 JSON file into the cache, atomically, with a schema version. Running the same sweep again skips
@@ -45,11 +45,13 @@ from ..model.config import (
     is_finite_number,
     is_integer,
 )
+from ..model.dial import Dial
 from ..paths import REPO
 from .data import Corpus
 from .train import train
 
 SCHEMA_VERSION = 1
+# The grid `sweep` runs when --lambdas / --taus are not given (read by localist_core.cli).
 DEFAULT_LAMBDAS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 DEFAULT_TAUS = (0.25, 0.5, 1.0, 2.0)
 PROTOCOL_NAMES = {"attention": ("penalty", "attention"), "weights": ("penalty", "weights"),
@@ -85,7 +87,7 @@ class RunSpec:
     train: TrainConfig
     settings: tuple[tuple[float, float], ...]   # (λ_f, τ) pairs
     # β used at evaluation when it differs from training (the dial's sharpness is an
-    # inference-time choice, DESIGN §2); None evaluates with the trained β.
+    # inference-time choice, docs/design.md); None evaluates with the trained β.
     eval_barrier_sharpness: float | None = None
     train_id: str = ""   # the run whose trained model this evaluates ("" = run_id)
 
@@ -397,7 +399,7 @@ def attention_maps(model, tokenizer, prompts: list[dict], settings) -> dict[str,
     for p in prompts:
         ids = tokenizer.encode(p["text"])[: model.cfg.n_ctx]
         for lam, tau in settings:
-            _, cache = model.run_with_cache(ids, locality=lam, attn_temperature=tau,
+            _, cache = model.run_with_cache(ids, Dial(lam, tau),
                                             names_filter=lambda n: n.endswith("hook_pattern"),
                                             return_type=None)
             pats = torch.stack([cache[f"blocks.{i}.attn.hook_pattern"][0]
@@ -451,11 +453,13 @@ def run_sweep(runs: list[RunSpec], corpus: Corpus, cache_dir: str | Path, runs_d
         valid = []
         bar = tqdm(spec.settings, disable=not progress, desc=f"eval {spec.run_id}")
         for lam, tau in bar:
-            valid.append(evaluate_stream(model, corpus.valid, lam, tau, max_tokens=eval_tokens))
+            valid.append(evaluate_stream(model, corpus.valid, Dial(lam, tau),
+                                         max_tokens=eval_tokens))
         metrics = {"valid": valid}
         if test_eval:
-            metrics["test"] = [evaluate_stream(model, corpus.test, lam, 1.0, max_tokens=eval_tokens,
-                                               with_attention=False, by_position_in_block=True)
+            metrics["test"] = [evaluate_stream(model, corpus.test, Dial(lam),
+                                               max_tokens=eval_tokens, with_attention=False,
+                                               by_position_in_block=True)
                                for lam in sorted({s[0] for s in spec.settings})]
         probe = corpus.valid[: 2 * model.cfg.n_ctx].view(2, -1)
         leak = leak_test(model, probe)

@@ -1,5 +1,5 @@
-"""Training (DESIGN §2 protocols): the *penalty* protocol (one model per λ, λ_f = 0 in training)
-and the *dial* protocol (λ_f drawn per batch, one model for the whole dial).
+"""Training (docs/design.md, "Training protocols"): the *penalty* protocol (one model per λ,
+λ_f = 0 in training) and the *dial* protocol (λ_f drawn per batch, one model for the whole dial).
 
 Every step draws its batch, its dial value and its dropout from generators seeded by
 (seed, step), and the trainer state (weights, AdamW moments, step, wall time) is saved as
@@ -20,7 +20,6 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ..analysis.evaluate import evaluate_stream
-from ..model.attention import Dial
 from ..model.blocks import local_entropy_table
 from ..model.checkpoint import (
     _atomic_write,
@@ -30,6 +29,7 @@ from ..model.checkpoint import (
     save_checkpoint,
 )
 from ..model.config import ModelConfig, TrainConfig, config_to_dict
+from ..model.dial import Dial
 from ..model.transformer import LocalistLM, autocast_ctx
 from .data import Corpus, random_windows
 

@@ -1,22 +1,24 @@
-"""Locality-dial attention (DESIGN §2): two query/key channels per head, a monotone cross-block
-barrier b(λ_f) = β·log(1−λ_f), a temperature τ and an anchor bias γ.
+"""Locality-dial attention (docs/design.md, "The model"): two query/key channels per head, a
+monotone cross-block barrier b(λ_f) = β·log(1−λ_f), a temperature τ and an anchor bias γ.
 
-    s(t,j) = q_in(t)·k_in(j)/√d_h                 if blk(j) = blk(t)
+    s(t,j) = q(t)·k(j)/√d_h                       if blk(j) = blk(t)
     s(t,j) = q_x(t)·k_x(j)/√d_h + b(λ_f)          otherwise (masked outright at λ_f = 1)
     s(t,j) += γ·[j is an anchor of blk(t)]
     α(t,·) = softmax(s(t,·)/τ) over the visible keys j ≤ t
+
+q, k are the within-block channel and q_x, k_x the cross-block one; the hooks carry
+TransformerLens's shapes (``hook_q`` is ``[batch, pos, head_index, d_head]``).
 """
 from __future__ import annotations
 
 import math
-import warnings
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from .blocks import same_block
-from .config import RULE_STRENGTH_RANGE, TEMPERATURE_RANGE, ModelConfig
+from .config import ModelConfig
+from .dial import Dial
 
 
 class HookPoint(nn.Module):
@@ -24,48 +26,6 @@ class HookPoint(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return x
-
-
-class DialNotice(UserWarning):
-    """A dial value was out of range and has been clamped."""
-
-
-@dataclass(frozen=True)
-class Dial:
-    """The inference-time settings: locality λ_f, temperature τ and rule strength γ."""
-
-    locality: float = 0.0
-    attn_temperature: float = 1.0
-    rule_strength: float = 0.0
-
-
-def resolve_dial(locality: float = 0.0, attn_temperature: float = 1.0,
-                 rule_strength: float = 0.0) -> tuple[Dial, list[str]]:
-    """Validate and clamp dial values; return the dial and the notices a user should see.
-
-    NaN is refused (there is no sensible value to clamp it to); ±inf and out-of-range values
-    are clamped to the nearest edge, each with a notice.
-    """
-    notices: list[str] = []
-    values = {}
-    spec = {
-        "locality": ("λ", locality, (0.0, 1.0)),
-        "attn_temperature": ("τ", attn_temperature, TEMPERATURE_RANGE),
-        "rule_strength": ("γ", rule_strength, RULE_STRENGTH_RANGE),
-    }
-    for key, (sym, raw, (lo, hi)) in spec.items():
-        try:
-            v = float(raw)
-        except (TypeError, ValueError):
-            raise ValueError(f"{sym} must be a number, got {raw!r}") from None
-        if math.isnan(v):
-            raise ValueError(f"{sym} is NaN; give a number in [{lo}, {hi}]")
-        if v < lo or v > hi:
-            clamped = min(max(v, lo), hi)
-            notices.append(f"{sym}={raw} is outside [{lo}, {hi}]; using {sym}={clamped}.")
-            v = clamped
-        values[key] = v
-    return Dial(**values), notices
 
 
 def cross_block_barrier(locality: float, sharpness: float) -> float:
@@ -126,8 +86,10 @@ class LocalityAttention(nn.Module):
         self.qkv = nn.Linear(d, 5 * d, bias=False)
         self.out = nn.Linear(d, d)
         self.dropout = nn.Dropout(cfg.dropout)
-        self.hook_q_in, self.hook_k_in = HookPoint(), HookPoint()
-        self.hook_q_x, self.hook_k_x, self.hook_v = HookPoint(), HookPoint(), HookPoint()
+        # TransformerLens's names and shapes. q, k are the within-block channel; q_x, k_x the
+        # cross-block channel, our addition.
+        self.hook_q, self.hook_k, self.hook_v = HookPoint(), HookPoint(), HookPoint()
+        self.hook_q_x, self.hook_k_x = HookPoint(), HookPoint()
         self.hook_attn_scores, self.hook_pattern = HookPoint(), HookPoint()
         self.hook_z = HookPoint()
         self.equalize_channels()
@@ -152,28 +114,31 @@ class LocalityAttention(nn.Module):
         cfg = self.cfg
         batch, n, d = x.shape
         heads, dh = cfg.n_heads, cfg.d_head
-        # One projection, unbound into its five channels, each (B, H, T, dh). The scores are
-        # computed from the hook points' outputs, so a forward hook that edits a channel
-        # (an intervention) changes the pattern. unbind's backward writes the five gradients
-        # into one tensor; the step time is the same as with strided views (BENCHMARKS.md).
-        q_in, k_in, q_x, k_x, v = self.qkv(x).view(batch, n, 5, heads, dh).permute(
-            2, 0, 3, 1, 4).unbind(0)
-        q_in, k_in = self.hook_q_in(q_in), self.hook_k_in(k_in)
-        q_x, k_x, v = self.hook_q_x(q_x), self.hook_k_x(k_x), self.hook_v(v)
+        # One projection, unbound into its five channels. The scores are computed from the hook
+        # points' outputs, so a forward hook that edits a channel (an intervention) changes the
+        # pattern. unbind's backward writes the five gradients into one tensor; the step time is
+        # the same as with strided views (BENCHMARKS.md).
+        q, k, q_x, k_x, v = self.qkv(x).view(batch, n, 5, heads, dh).unbind(2)  # (B, T, H, dh)
+        # [batch, pos, head_index, d_head] each, as in TransformerLens
+        q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
+        q_x, k_x = self.hook_q_x(q_x), self.hook_k_x(k_x)                 # the cross-block channel
         scale = 1.0 / math.sqrt(dh)
-        s_in = (q_in * scale) @ k_in.transpose(-1, -2)          # (B, H, T, T), scale on q
+        k_t = k.permute(0, 2, 3, 1)                                       # (B, H, dh, T)
+        s_in = (q.transpose(1, 2) * scale) @ k_t                          # (B, H, T, T)
         sb, bias = self._score_masks(block_ids, dial, anchors, s_in.dtype, score_bias)
         if dial.locality >= 1.0:
             scores = s_in + bias        # cross-block keys are −inf in the bias: exact, never 0·∞
         else:
-            s_x = (q_x * scale) @ k_x.transpose(-1, -2)
+            s_x = (q_x.transpose(1, 2) * scale) @ k_x.permute(0, 2, 3, 1)  # (B, H, T, T)
             scores = torch.where(sb, s_in, s_x) + bias
+        # [batch, head_index, query_pos, key_pos]: the scores before τ (masked keys −inf), then
+        # the pattern (rows sum to 1)
         scores = self.hook_attn_scores(scores)
         logits = scores if dial.attn_temperature == 1.0 else scores / dial.attn_temperature
         pattern = self.hook_pattern(torch.softmax(logits, dim=-1, dtype=torch.float32))
-        z = self.dropout(pattern).to(v.dtype) @ v                                 # (B, H, T, dh)
-        z = self.hook_z(z.transpose(1, 2).reshape(batch, n, d))
-        return self.out(z), pattern
+        z = self.dropout(pattern).to(v.dtype) @ v.transpose(1, 2)         # (B, H, T, dh)
+        z = self.hook_z(z.transpose(1, 2))              # [batch, pos, head_index, d_head]
+        return self.out(z.reshape(batch, n, d)), pattern                  # (B, T, d)
 
     def _score_masks(self, block_ids: Tensor, dial: Dial, anchors: Tensor | None,
                      dtype: torch.dtype, score_bias: Tensor | None = None
@@ -200,8 +165,3 @@ class LocalityAttention(nn.Module):
             bias = bias + score_bias.unsqueeze(1).float()
         return sb, bias.masked_fill(~keep, float("-inf")).to(dtype)
 
-
-def clamp_warning(notices: list[str]) -> None:
-    """Emit each dial notice as a DialNotice warning (library callers see them too)."""
-    for note in notices:
-        warnings.warn(note, DialNotice, stacklevel=3)

@@ -125,7 +125,8 @@ def zipf_log2_prior(vocab_size: int) -> Tensor:
 
 
 class RecruitedPartition:
-    """Blocks recruited left to right by a description-length test (DESIGN §6; the third paper).
+    """Blocks recruited left to right by a description-length test (the third paper;
+    docs/design.md, "Blocks, partitions and anchors").
 
     Reading a sequence, the current block is "the one block" so far, from its start b to s − 1.
     Token s either continues it or is split off to recruit a new block. The gain of the split, in
@@ -138,7 +139,7 @@ class RecruitedPartition:
       concentration α whose base measure is the prior p. n = s − b is the block's length so far
       and c the number of times x_s already occurs in it. This is "the model" the split is
       measured under: a block is cheap when its words repeat. It is a stand-in for the
-      language model of DESIGN §6, chosen because it is exact, needs no forward pass and
+      language model of the design, chosen because it is exact, needs no forward pass and
       cannot see later tokens; REPRODUCTION.md discusses what it misses.
     - **L_new(x_s) = −log2 p(x_s)**: the bits to code x_s as the first token of a fresh block,
       where the urn is empty and codes with its base measure alone.
@@ -245,7 +246,7 @@ def same_block(block_ids: Tensor) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------------------
-# Anchors (DESIGN §2, "our reading of lowest local entropy")
+# Anchors (our reading of "lowest local entropy", docs/design.md)
 # ---------------------------------------------------------------------------------------------
 
 def local_entropy_table(ids: np.ndarray | Tensor, vocab_size: int, add_k: float = 0.01) -> Tensor:

@@ -1,4 +1,5 @@
-"""Frozen configuration dataclasses and the named presets (DESIGN §2, "Configurations").
+"""Frozen configuration dataclasses and the named presets (docs/design.md, "Configs, limits and
+checkpoints").
 
 Every config validates itself in ``__post_init__`` so that a bad value fails where it is made,
 with a message that names the field, not deep inside a forward pass.
@@ -15,8 +16,16 @@ PARTITIONS = ("fixed", "punctuation", "recruited")
 PENALTY_FORMS = ("none", "weights", "attention")
 PROTOCOLS = ("penalty", "dial")
 
-TEMPERATURE_RANGE = (0.05, 10.0)  # DESIGN §2: clamp τ to [0.05, 10] with a notice
-RULE_STRENGTH_RANGE = (0.0, 20.0)
+# Every limit of the dial, in one place. ``dial.Dial`` clamps a value outside its range to the
+# nearest edge, with a notice; the sidebar, deep links, training and benchmarks import these.
+LOCALITY_RANGE = (0.0, 1.0)          # λ_f: 0 is plain attention, 1 keeps each query in its block
+TEMPERATURE_RANGE = (0.05, 10.0)     # τ; the models were trained at τ = 1
+ANCHOR_STRENGTH_RANGE = (0.0, 20.0)  # γ, added to the score of each block's anchors
+# The sidebar's γ slider shows only [0, 5] of that range, in steps of 0.25. A deep link may not ask
+# for more than 5: a slider cannot hold a value past its maximum.
+ANCHOR_STRENGTH_SLIDER_MAX = 5.0
+# Not a dial limit: the strength of a user's rule (analysis.rules.RULE_STRENGTH_MAX) is its own
+# knob, a bias on the pairs a rule names.
 
 
 # Limits (README "Limits"): the largest model this server builds or loads. ModelConfig refuses
@@ -92,7 +101,7 @@ class ModelConfig:
     # The defaults give both adaptive partitions a mean block length near the fixed default (5), so
     # a sweep compares where blocks fall, not how long they are (REPRODUCTION.md).
     max_block_size: int = 8
-    # recruited (DESIGN §6): α of the block code and C, the bits one new boundary costs. With α=1,
+    # recruited: α of the block code and C, the bits one new boundary costs. With α=1,
     # C=2.5 a block of new words ends after 5 tokens; repeated words extend it.
     recruit_alpha: float = 1.0
     boundary_bits: float = 2.5
@@ -167,7 +176,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     max_steps: int = 100_000
-    time_budget_s: float = 720.0     # DESIGN §8: one cpu-ref run ≤ 12 minutes of training
+    time_budget_s: float = 720.0     # one cpu-ref run ≤ 12 minutes of training
     # Let the cosine schedule follow the time budget when it runs out before max_steps (real runs
     # on a shared CPU); off by default, so step-bounded runs are exactly reproducible.
     lr_by_time: bool = False
@@ -187,8 +196,9 @@ class TrainConfig:
                f"protocol must be one of {PROTOCOLS}, got {_r(self.protocol)}")
         _check(self.penalty_form in PENALTY_FORMS,
                f"penalty_form must be one of {PENALTY_FORMS}, got {_r(self.penalty_form)}")
-        _check(0.0 <= self.locality <= 1.0,
-               f"locality (λ) must be in [0, 1], got {_r(self.locality)}")
+        lo, hi = LOCALITY_RANGE      # λ of the penalty: refused, not clamped (a config fails)
+        _check(lo <= self.locality <= hi,
+               f"locality (λ) must be in [{lo:g}, {hi:g}], got {_r(self.locality)}")
         for name in ("penalty_scale", "value_l2", "weight_decay", "grad_clip"):
             v = getattr(self, name)
             _check(math.isfinite(v) and v >= 0, f"{name} must be a finite number ≥ 0, got {_r(v)}")

@@ -1,8 +1,11 @@
-"""The localist decoder (DESIGN §2): word embeddings + learned positions, pre-LN blocks with
-locality-dial attention and a GELU MLP, and an adaptive-softmax output over the full vocabulary.
+"""The localist decoder (docs/design.md, "The model"): word embeddings + learned positions, pre-LN
+blocks with locality-dial attention and a GELU MLP, and an adaptive-softmax output over the full
+vocabulary.
 
-``run_with_cache`` follows TransformerLens: it returns ``(log_probs, cache)`` and the cache is keyed
-by hook name, e.g. ``blocks.0.attn.hook_pattern`` of shape ``[batch, head, query_pos, key_pos]``.
+``run_with_cache`` follows TransformerLens: it returns ``(log_probs, cache)``, the cache keyed by
+hook name with TransformerLens's shapes (``blocks.0.attn.hook_pattern`` is
+``[batch, head_index, query_pos, key_pos]``) and holding activations only. Block ids and anchors
+come from ``partition_info``.
 """
 from __future__ import annotations
 
@@ -14,24 +17,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attention import (
-    Dial,
-    HookPoint,
-    LocalityAttention,
-    clamp_warning,
-    off_block_attention_penalty,
-    resolve_dial,
-)
+from .attention import HookPoint, LocalityAttention, off_block_attention_penalty
 from .blocks import anchor_mask, block_anchors, boundary_mask, make_partition
 from .config import ModelConfig
+from .dial import Dial
 
 
-class ActivationCache(dict):
-    """Hook name → tensor, plus ``notices``: what was clamped or truncated on the way."""
+@dataclass(frozen=True)
+class PartitionInfo:
+    """Where the blocks and anchors of a batch fall (``LocalistLM.partition_info``)."""
 
-    def __init__(self, *args, notices: list[str] | None = None, **kw):
-        super().__init__(*args, **kw)
-        self.notices = list(notices or [])
+    block_ids: Tensor       # (B, T) long, from 0, non-decreasing along a sequence
+    anchor_mask: Tensor     # (B, T, T) bool: key j anchors query t's block, as t can see it
+    block_anchors: Tensor   # (B, T) bool: each whole block's anchors (for display)
 
 
 @dataclass
@@ -48,9 +46,12 @@ class MLP(nn.Module):
         self.fc = nn.Linear(cfg.d_model, cfg.d_ff)
         self.proj = nn.Linear(cfg.d_ff, cfg.d_model)
         self.dropout = nn.Dropout(cfg.dropout)
+        self.hook_pre, self.hook_post = HookPoint(), HookPoint()
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.dropout(self.proj(F.gelu(self.fc(x))))
+        pre = self.hook_pre(self.fc(x))                    # [batch, pos, d_mlp], before GELU
+        post = self.hook_post(F.gelu(pre))                 # [batch, pos, d_mlp]
+        return self.dropout(self.proj(post))
 
 
 class TransformerBlock(nn.Module):
@@ -67,6 +68,7 @@ class TransformerBlock(nn.Module):
         self.hook_resid_post = HookPoint()
 
     def forward(self, x, block_ids, dial, anchors, score_bias=None):
+        # Every residual hook is [batch, pos, d_model].
         x = self.hook_resid_pre(x)
         a, pattern = self.attn(self.ln1(x), block_ids, dial, anchors, score_bias)
         x = self.hook_resid_mid(x + self.hook_attn_out(a))
@@ -136,8 +138,10 @@ class LocalistLM(nn.Module):
                              f"got [{int(t.min())}, {int(t.max())}]")
         return t
 
-    def partition_of(self, tokens: Tensor) -> Tensor:
-        """``[batch, pos]`` block ids of the trained partition for ``tokens``."""
+    def partition_of(self, tokens: Tensor, partition=None) -> Tensor:
+        """``[batch, pos]`` block ids of ``tokens`` under ``partition``, or the trained one."""
+        if partition is not None:
+            return partition.block_ids(tokens)
         if self.cfg.partition == "punctuation":
             self.partition.boundary = self.boundary_token   # follows .to() and load_state_dict
         return self.partition.block_ids(tokens)
@@ -147,12 +151,23 @@ class LocalistLM(nn.Module):
         return anchor_mask(block_ids, self.local_entropy[tokens], self.cfg.anchors_per_block,
                            causal=not self.cfg.noncausal_diagnostic)
 
+    def partition_info(self, tokens, partition=None) -> PartitionInfo:
+        """Block ids and anchors of ``tokens`` under the trained partition, or under
+        ``partition`` (as in ``run_with_cache``)."""
+        tokens = self.check_tokens(tokens)
+        block_ids = self.partition_of(tokens, partition)
+        k = self.cfg.anchors_per_block
+        return PartitionInfo(block_ids, self.anchors_for(tokens, block_ids),
+                             block_anchors(block_ids, self.local_entropy[tokens], k))
+
     def forward(self, tokens: Tensor, dial: Dial = Dial(), attention_penalty: bool = False,
                 partition=None, score_bias: Tensor | None = None) -> ForwardOutput:
-        """Run the decoder. ``dial`` must already be resolved (see ``resolve_dial``);
-        ``partition`` overrides the trained one (an inference-time experiment); ``score_bias``
-        ``[B or 1, T, T]`` is added to every layer's and head's attention scores (a rule, see
-        ``rules.rule_bias``), inside the causal mask."""
+        """Run the decoder at ``dial``. ``partition`` overrides the trained one (an
+        inference-time experiment); ``score_bias`` ``[B or 1, T, T]`` is added to every layer's
+        and head's attention scores (a rule, see ``rules.rule_bias``), inside the causal
+        mask."""
+        if not isinstance(dial, Dial):
+            raise TypeError(f"dial must be a Dial, e.g. Dial(locality=0.6), got {dial!r}")
         batch, n = tokens.shape
         if score_bias is not None:
             if score_bias.dim() != 3 or score_bias.shape[-2:] != (n, n) or \
@@ -161,11 +176,11 @@ class LocalistLM(nn.Module):
                                  f"{tuple(score_bias.shape)}")
             if not bool(torch.isfinite(score_bias).all()):
                 raise ValueError("score_bias holds NaN or inf")
-        block_ids = (partition.block_ids(tokens) if partition is not None
-                     else self.partition_of(tokens))
+        block_ids = self.partition_of(tokens, partition)
         anchors = self.anchors_for(tokens, block_ids) if dial.rule_strength != 0.0 else None
-        pos = torch.arange(n, device=tokens.device)
-        x = self.hook_embed(self.tok_emb(tokens)) + self.hook_pos_embed(self.pos_emb(pos))
+        pos_emb = self.pos_emb(torch.arange(n, device=tokens.device)).expand(batch, n, -1)
+        # [batch, pos, d_model] each (the positions a broadcast view of the [pos, d_model] rows)
+        x = self.hook_embed(self.tok_emb(tokens)) + self.hook_pos_embed(pos_emb)
         x = self.drop(x)
         patterns, penalty = [], x.new_zeros((), dtype=torch.float32)
         for blk in self.blocks:
@@ -176,7 +191,7 @@ class LocalistLM(nn.Module):
         return ForwardOutput(self.ln_final(x), patterns, block_ids, penalty)
 
     def _head_ctx(self):
-        # DESIGN §2: torch's adaptive forward fails under CPU bf16 autocast, so the exact paths
+        # torch's adaptive forward fails under CPU bf16 autocast, so the exact paths
         # run it in fp32 (training's bf16 head goes through adaptive_nll instead).
         return torch.autocast("cpu", enabled=False)
 
@@ -201,41 +216,19 @@ class LocalistLM(nn.Module):
         return lp.view(*hidden.shape[:-1], -1)
 
     def predict(self, hidden: Tensor, chunk: int = 2048) -> Tensor:
-        """Most likely next token ``[B, T]``: the exact argmax of the full distribution.
-
-        Each cluster's best word has log-prob = head cluster log-prob + max logit − logsumexp of
-        its tail, so the full ``[N, V]`` log-probs are never built (torch's ``predict`` builds
-        them for every token whose argmax is a cluster, which made evaluation 5× slower).
-        """
-        head = self.head
-        short = head.shortlist_size
-        flat = hidden.float().reshape(-1, hidden.shape[-1])
-        out = []
-        with self._head_ctx():
-            for h in flat.split(chunk):
-                head_lp = torch.log_softmax(head.head(h), dim=-1)     # (n, shortlist + clusters)
-                best_lp, best_id = head_lp[:, :short].max(-1)
-                for i, tail in enumerate(head.tail):
-                    # A word's log-prob never exceeds its cluster's, so a cluster whose head
-                    # log-prob is already below the best word cannot win: skip those rows.
-                    rows = (head_lp[:, short + i] > best_lp).nonzero().squeeze(-1)
-                    if rows.numel() == 0:
-                        continue
-                    logits = tail(h[rows])                              # (rows, cluster size)
-                    top, arg = logits.max(-1)
-                    lp = head_lp[rows, short + i] + top - torch.logsumexp(logits, dim=-1)
-                    better = lp > best_lp[rows]
-                    best_lp[rows] = torch.where(better, lp, best_lp[rows])
-                    best_id[rows] = torch.where(better, head.cutoffs[i] + arg, best_id[rows])
-                out.append(best_id)
-        return torch.cat(out).view(hidden.shape[:-1])
+        """Most likely next token ``[B, T]``: the exact argmax of the full distribution
+        (``top_k`` with k = 1, which never builds the full ``[N, V]`` log-probs)."""
+        return self.top_k(hidden, 1, chunk)[1].squeeze(-1)
 
     def top_k(self, hidden: Tensor, k: int = 5, chunk: int = 2048) -> tuple[Tensor, Tensor]:
         """The exact ``k`` most likely next tokens: ``(log_probs, ids)``, each ``[..., k]``,
-        best first, without building the full ``[N, V]`` log-probs.
+        best first: the adaptive head's one top-k scan (``predict`` is k = 1).
 
-        As in ``predict``, a cluster is scored only for rows where its head log-prob beats the
-        current k-th best word (no word of a cluster can exceed its cluster's log-prob).
+        A word's log-prob is its cluster's head log-prob + its logit − the logsumexp of the
+        cluster's tail, and never exceeds its cluster's. So a cluster is scored only for rows
+        where its head log-prob beats the current k-th best word, and the full ``[N, V]``
+        log-probs are never built (torch's ``predict`` builds them for every token whose argmax
+        is a cluster, which made evaluation 5× slower).
         """
         head = self.head
         short = head.shortlist_size
@@ -284,26 +277,23 @@ class LocalistLM(nn.Module):
     # -- public analysis API -----------------------------------------------------------------
 
     @torch.no_grad()
-    def run_with_cache(self, tokens, locality: float = 0.0, attn_temperature: float = 1.0,
-                       rule_strength: float = 0.0, names_filter=None, partition=None,
-                       return_type: str | None = "log_probs", score_bias: Tensor | None = None
-                       ) -> tuple[Tensor | None, ActivationCache]:
-        """Run in eval mode and return ``(log_probs [B, T, V], cache)``.
+    def run_with_cache(self, tokens, dial: Dial = Dial(), *, names_filter=None,
+                       partition=None, return_type: str | None = "log_probs",
+                       score_bias: Tensor | None = None) -> tuple[Tensor | None, dict]:
+        """Run in eval mode at ``dial`` (default ``Dial()``: plain attention) and return
+        ``(log_probs [B, T, V], cache)``.
 
         ``return_type="hidden"`` returns the final hidden states ``[B, T, d_model]`` instead
         (feed them to ``token_nll``, ``top_k`` or ``predict``: much cheaper than the full
         ``[B, T, V]`` log-probs) and ``None`` returns nothing but the cache.
 
-        The cache holds every hook point's output by name, plus ``block_ids`` ``[B, T]``,
-        ``anchor_mask`` ``[B, query, key]`` (the anchors of each query's block it can see) and
-        ``block_anchors`` ``[B, T]`` (each whole block's anchors, for display). Out-of-range dial
-        values are clamped; ``cache.notices`` says so.
+        The cache maps each hook name (``hook_names()``; ``names_filter`` picks some: a name, a
+        list or a predicate) to its activation, and holds nothing else. Block ids and anchors
+        are ``partition_info(tokens, partition)``; what the dial clamped is ``dial.notices``.
         """
         if return_type not in ("log_probs", "hidden", None):
             raise ValueError(f"return_type must be 'log_probs', 'hidden' or None, got "
                              f"{return_type!r}")
-        dial, notices = resolve_dial(locality, attn_temperature, rule_strength)
-        clamp_warning(notices)
         tokens = self.check_tokens(tokens)
         if names_filter is None:
             keep = lambda name: True  # noqa: E731
@@ -312,7 +302,7 @@ class LocalistLM(nn.Module):
         else:
             wanted = {names_filter} if isinstance(names_filter, str) else set(names_filter)
             keep = wanted.__contains__
-        cache = ActivationCache(notices=notices)
+        cache: dict[str, Tensor] = {}
         handles = []
         with self._run_lock:
             was_training = self.training
@@ -333,11 +323,6 @@ class LocalistLM(nn.Module):
                     h.remove()
                 if was_training:
                     self.train()
-        ent = self.local_entropy[tokens]
-        cache["block_ids"] = out.block_ids
-        cache["anchor_mask"] = anchor_mask(out.block_ids, ent, self.cfg.anchors_per_block,
-                                           causal=not self.cfg.noncausal_diagnostic)
-        cache["block_anchors"] = block_anchors(out.block_ids, ent, self.cfg.anchors_per_block)
         return result, cache
 
     def hook_names(self) -> list[str]:
