@@ -1,6 +1,6 @@
-"""``python -m localist_core``: see localist_core.cli."""
+"""``python -m localist_core``: the command line of localist_core.cli (installed: ``localist``)."""
 import sys
 
 from .cli import main
 
-sys.exit(main())
+sys.exit(main(prog="python -m localist_core"))

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # this checkout's localist_core
 
 from localist_core.analysis.evaluate import eval_windows  # noqa: E402
-from localist_core.experiments.data import load_corpus  # noqa: E402
+from localist_core.experiments.data import DataNotFound, load_corpus  # noqa: E402
 from localist_core.model.blocks import make_partition  # noqa: E402
 from localist_core.model.config import PARTITIONS, ModelConfig  # noqa: E402
 from localist_core.model.tokenizer import Tokenizer  # noqa: E402
@@ -25,12 +25,18 @@ from localist_core.model.tokenizer import Tokenizer  # noqa: E402
 VOCAB = Path(__file__).resolve().parents[1] / "assets" / "checkpoints" / "dial" / "vocab.json"
 
 
-def main() -> None:
+def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--data-dir", default=None,
+                    help="WikiText-2 folder (default: $LOCALIST_DATA_DIR, then "
+                         "../shared/data/wikitext-2)")
     args = ap.parse_args()
     tok = Tokenizer.load(VOCAB)
-    corpus = load_corpus(args.data_dir, tokenizer=tok)
+    try:
+        corpus = load_corpus(args.data_dir, tokenizer=tok)
+    except DataNotFound as e:       # one line, as the CLI says it
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 1
     cfg = ModelConfig(vocab_size=len(tok))
     print("| partition | settings | blocks | mean length | median | longest | share at the cap |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
@@ -48,7 +54,8 @@ def main() -> None:
         share = f"{float((lens == cap).double().mean()):.0%}" if cap else "—"
         print(f"| {kind} | {settings} | {len(lens):,} | {float(lens.mean()):.2f} | "
               f"{float(lens.median()):.0f} | {int(lens.max())} | {share} |")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every cpu-ref run of the reproduction (issue 3), in priority order: shipped models first.
 # Safe to re-run: finished runs are skipped and an interrupted run resumes from its checkpoint.
-#   nohup bash scripts/reproduce.sh > logs/reproduce.log 2>&1 &
+#   mkdir -p logs && nohup bash scripts/reproduce.sh > logs/reproduce.log 2>&1 &
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}

@@ -8,13 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from localist_core import cli
-from localist_core.cli import main
+from localist_core.cli import build_parser, main
+from localist_core.cli.args import finite_float, float_list, positive_int
+from localist_core.cli.export import EXPORT_TMP_SUFFIX
+from localist_core.experiments.sweep import DEFAULT_LAMBDAS, DEFAULT_TAUS
 
 
 def test_train_then_eval_end_to_end(tmp_path, tiny_data_dir, capsys, monkeypatch):
     calls = []
-    monkeypatch.setattr("localist_core.cli.keep_freed_memory", lambda: calls.append(1))
+    monkeypatch.setattr("localist_core.cli.commands.keep_freed_memory", lambda: calls.append(1))
     out = tmp_path / "ckpt"
     assert main(["train", "--config", "tiny", "--out", str(out), "--data-dir", str(tiny_data_dir),
                  "max_steps=12", "eval_interval=6", "locality=0.6", "penalty_form=attention"]) == 0
@@ -192,10 +194,10 @@ def test_export_failing_at_the_final_move_keeps_the_old_checkpoint(
     rename = os.rename
 
     def failing_rename(src, dst):
-        if str(src).endswith(cli.EXPORT_TMP_SUFFIX):      # the new copy's move into place
+        if str(src).endswith(EXPORT_TMP_SUFFIX):      # the new copy's move into place
             raise PermissionError(13, "Permission denied", str(src), None, str(dst))
         rename(src, dst)
-    monkeypatch.setattr(cli.os, "rename", failing_rename)
+    monkeypatch.setattr(os, "rename", failing_rename)
     line = _one_error_line(capsys, _export(tiny_ckpt, dest, tiny_data_dir, "--force"))
     assert line.startswith("error: cannot move") and "Permission denied" in line
     assert _tree(tmp_path) == before                # the old checkpoint back, no temp folders
@@ -203,8 +205,8 @@ def test_export_failing_at_the_final_move_keeps_the_old_checkpoint(
 
 def test_sweep_default_cache_is_under_runs_not_the_shipped_one(tmp_path, tiny_data_dir,
                                                                monkeypatch, capsys):
-    assert cli.build_parser().parse_args(["sweep"]).cache == "runs/sweep"
-    assert cli.build_parser().parse_args(["report"]).cache == "assets/sweep"   # read-only
+    assert build_parser().parse_args(["sweep"]).cache == "runs/sweep"
+    assert build_parser().parse_args(["report"]).cache == "assets/sweep"   # read-only
     shipped = _digests(REPO / "assets" / "sweep")
     monkeypatch.chdir(tmp_path)        # defaults are relative to the current folder
     assert main(["sweep", "--config", "tiny", "--lambdas", "0", "--taus", "1", "--prompts", "",
@@ -359,11 +361,26 @@ def test_bad_numbers_are_refused_by_argparse(capsys, argv, option):
 
 
 def test_argparse_number_types():
-    assert cli.positive_int("3") == 3
-    assert cli.finite_float(0.0, 1.0)("1") == 1.0
-    assert cli.finite_float(0.0, lo_open=True)("1e-9") == 1e-9
-    assert cli.float_list(0.0, 1.0)("0, 0.5,1") == [0.0, 0.5, 1.0]
-    for parse, text in [(cli.positive_int, "1.5"), (cli.finite_float(), "-inf"),
-                        (cli.finite_float(0.0, lo_open=True), "0"), (cli.float_list(), "1,x")]:
+    assert positive_int("3") == 3
+    assert finite_float(0.0, 1.0)("1") == 1.0
+    assert finite_float(0.0, lo_open=True)("1e-9") == 1e-9
+    assert float_list(0.0, 1.0)("0, 0.5,1") == [0.0, 0.5, 1.0]
+    for parse, text in [(positive_int, "1.5"), (finite_float(), "-inf"),
+                        (finite_float(0.0, lo_open=True), "0"), (float_list(), "1,x")]:
         with pytest.raises(argparse.ArgumentTypeError):
             parse(text)
+
+
+def test_sweep_grid_defaults_are_the_sweep_modules():
+    """One home for the default grid: experiments.sweep, which the parser reads."""
+    args = build_parser().parse_args(["sweep"])
+    assert args.lambdas == list(DEFAULT_LAMBDAS) and args.taus == list(DEFAULT_TAUS)
+
+
+def test_usage_names_the_program_it_was_called_as(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert capsys.readouterr().out.startswith("usage: localist ")
+    with pytest.raises(SystemExit):
+        main(["--help"], prog="python -m localist_core")
+    assert capsys.readouterr().out.startswith("usage: python -m localist_core ")

@@ -1,0 +1,68 @@
+"""Every script in scripts/ runs as its docstring says, from a fresh clone: no install and no
+PYTHONPATH, from the repository root."""
+import ast
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = sorted((ROOT / "scripts").glob("*.py"))
+# An indented line of a docstring that runs the script: optional VAR=value words, then python.
+COMMAND = re.compile(r"^\s+((?:\w+=\S+\s+)*python\s+scripts/\S+\.py)", re.M)
+
+
+def _documented_command(script: Path) -> list[str]:
+    """The docstring's command line for ``script``, up to the script's path."""
+    doc = ast.get_docstring(ast.parse(script.read_text(encoding="utf-8"))) or ""
+    found = [shlex.split(m) for m in COMMAND.findall(doc)]
+    found = [words for words in found if words[-1] == f"scripts/{script.name}"]
+    assert found, f"{script.name}: its docstring shows no `python scripts/{script.name}` line"
+    return found[0]
+
+
+def _run(words: list[str], *extra: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    """Run a documented command line: its VAR=value words go to the environment, ``python`` is
+    this interpreter, and PYTHONPATH is dropped, as in a fresh shell on a fresh clone."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    while "=" in words[0]:
+        key, value = words[0].split("=", 1)
+        env[key] = value
+        words = words[1:]
+    assert words[0] == "python"
+    return subprocess.run([sys.executable, *words[1:], *extra], cwd=cwd, env=env, text=True,
+                          capture_output=True, timeout=120)
+
+
+def test_there_are_scripts_to_check():
+    assert {p.name for p in SCRIPTS} >= {"block_lengths.py", "calibrate_beta.py"}
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+def test_help_runs_as_the_docstring_says(script):
+    out = _run(_documented_command(script), "--help")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.startswith("usage: ")
+
+
+@pytest.mark.parametrize("given", [[], ["{tmp}/runs/dial-*", "{tmp}/runs/attention-l0.0-*"]],
+                         ids=["no checkpoints", "unexpanded globs"])
+def test_calibrate_beta_names_what_it_needs_in_one_line(tmp_path, given):
+    words = _documented_command(ROOT / "scripts" / "calibrate_beta.py")
+    out = _run(words, *(g.format(tmp=tmp_path) for g in given))
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), out.stderr
+    assert "reproduce.sh" in lines[0] and "not shipped" in lines[0]
+    if given:
+        assert "no such folder" in lines[0] and "dial-*" in lines[0]
+
+
+def test_reproduce_sh_parses():
+    out = subprocess.run(["bash", "-n", str(ROOT / "scripts" / "reproduce.sh")],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
