@@ -3,9 +3,7 @@ with the difference B − A."""
 import streamlit as st
 
 import ui
-from localist_core.analysis.inspection import difference, reduce_pattern
-from localist_core.experiments import results as tr
-from localist_core.experiments.sweep import SweepCacheError
+from ui import views
 from ui.figures import attention_heatmap
 
 s = ui.page_setup("Compare")
@@ -36,12 +34,13 @@ if source == "Another setting or checkpoint":
     d1, d2, d3 = st.columns(3)
     key_b = d1.selectbox("Checkpoint B", keys, format_func=labels.get,
                          **ui.keep("cmp_ckpt", s.checkpoint_key, keys))
-    lam_b = d2.slider("λ (B)", 0.0, 1.0, step=0.05, **ui.keep("cmp_lam", 1.0))
-    tau_b = d3.slider("τ (B)", 0.05, 10.0, step=0.05, **ui.keep("cmp_tau", s.attn_temperature))
+    lam_b = d2.slider("λ (B)", *ui.LOCALITY_RANGE, step=0.05, **ui.keep("cmp_lam", 1.0))
+    tau_b = d3.slider("τ (B)", *ui.TEMPERATURE_RANGE, step=0.05,
+                      **ui.keep("cmp_tau", s.attn_temperature))
     path_b = next(c.path for c in infos if c.key == key_b)
     b = ui.get_analysis(s, lam=lam_b, tau=tau_b, path=path_b)
     if b is not None and b.labels:
-        b_view = reduce_pattern(b.patterns, L, H)
+        b_view = views.reduce_pattern(b.patterns, L, H)
         b_title, b_metrics = f"B · {key_b} · λ={lam_b:g} τ={tau_b:g}", b.metrics
 else:
     runs, problems, _ = ui.sweep_results(ui.sweep_cache())
@@ -58,29 +57,27 @@ else:
         ids = [str(r.get("run_id")) for r in runs]
         run_id = d1.selectbox("Sweep run", ids, **ui.keep("cmp_run", ids[0], ids))
         run = next(r for r in runs if str(r.get("run_id")) == run_id)
-        settings = tr.dial_settings(run)
+        settings = views.dial_settings(run)
         if not settings:
             st.info("This run holds no usable evaluation.")
             st.stop()
         lam_b, tau_b = d2.selectbox("Stored setting (λ_f, τ)", settings,
                                     format_func=lambda x: f"λ_f={x[0]:g}, τ={x[1]:g}")
-        try:
-            stored = ui.cached_map(ui.sweep_cache(), run_id, prompt, lam_b, tau_b)
-        except SweepCacheError as e:
-            stored = None
-            st.warning(f"Refused cache file: {ui.plain(e)}", icon="⚠️")
+        stored = ui.stored_map(run_id, prompt, lam_b, tau_b)
         if stored is None or stored.shape[-1] != len(a.labels):
             st.warning("This run has no stored attention for this text and setting.")
         else:
-            b_view = reduce_pattern(stored, L, H)
+            b_view = views.reduce_pattern(stored, L, H)
             b_title = f"B · {run_id} (stored) · λ_f={lam_b:g} τ={tau_b:g}"
-            point = tr.make_point(run, lam_b, lam_b, tau_b) or {}
+            point = views.make_point(run, lam_b, lam_b, tau_b) or {}
             ppl, inblock = point.get("perplexity"), point.get("in_block_mass")
             st.caption(ui.plain(f"{run_id} on the validation split at this setting: perplexity "
                                 f"{'—' if ppl is None else f'{ppl:.1f}'}, in-block mass "
                                 f"{'—' if inblock is None else f'{inblock:.3f}'}."))
 
-a_view = reduce_pattern(a.patterns, L, H)
+a_view = views.reduce_pattern(a.patterns, L, H)
+if a_view is None:
+    st.stop()
 left, right = st.columns(2)
 left.plotly_chart(attention_heatmap(a_view, a.labels, a.block_ids, a.anchor_mask,
                                     a.block_anchors, log_scale=log_scale,
@@ -92,11 +89,11 @@ if b_view is None:
 right.plotly_chart(attention_heatmap(b_view, a.labels, a.block_ids, a.anchor_mask,
                                      a.block_anchors, log_scale=log_scale, title=b_title),
                    key="cmp_b")
-st.plotly_chart(attention_heatmap(difference(a_view, b_view), a.labels, a.block_ids,
+diff = views.difference(a_view, b_view)
+if diff is None:
+    st.stop()
+st.plotly_chart(attention_heatmap(diff, a.labels, a.block_ids,
                                   title="Difference B − A (red: B attends more)",
                                   diverging=True), key="cmp_diff")
 if b_metrics:
-    rows = {name: {"A": a.metrics[name]["mean"], "B": b_metrics[name]["mean"]}
-            for name in ("entropy_bits", "in_block_mass", "recent_b_mass", "shifted_block_mass",
-                         "pointer_fidelity_mass", "mean_attention_distance")}
-    st.dataframe(rows)
+    st.dataframe(views.metric_table(a.metrics, b_metrics))

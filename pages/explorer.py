@@ -1,16 +1,8 @@
 """Explorer: attention heatmaps per layer and head, entropy per query, live metrics, top-5."""
-import json
-
-import pandas as pd
 import streamlit as st
 
 import ui
-from localist_core.analysis.inspection import (
-    attention_table,
-    entropy_view,
-    metrics_json,
-    pattern_view,
-)
+from ui import views
 from ui.figures import attention_heatmap, entropy_strip, top_tokens_bar
 
 s = ui.page_setup("Explorer")
@@ -26,13 +18,13 @@ if not a.labels:
 n_layers, n_heads = a.patterns.shape[:2]
 m = a.metrics
 base = ui.get_analysis(s, lam=0.0) if s.locality > 0 else None
-delta = (lambda k: m[k]["mean"] - base.metrics[k]["mean"]) if base and base.metrics else None
+d_entropy, d_inblock = (views.change(a, base, k) for k in ("entropy_bits", "in_block_mass"))
 cols = st.columns(5)
 cols[0].metric("Entropy (bits)", f"{m['entropy_bits']['mean']:.2f}",
-               delta=f"{delta('entropy_bits'):+.2f} vs λ=0" if delta else None,
+               delta=None if d_entropy is None else f"{d_entropy:+.2f} vs λ=0",
                delta_color="inverse", help="Mean over queries, heads and layers.")
 cols[1].metric("In-block mass", f"{m['in_block_mass']['mean']:.3f}",
-               delta=f"{delta('in_block_mass'):+.3f} vs λ=0" if delta else None,
+               delta=None if d_inblock is None else f"{d_inblock:+.3f} vs λ=0",
                help=f"Controls — recent-b: {m['recent_b_mass']['mean']:.3f}, shifted blocks: "
                     f"{m['shifted_block_mass']['mean']:.3f}, uniform: "
                     f"{m['uniform_in_block_mass']['mean']:.3f}")
@@ -56,7 +48,10 @@ head = c2.selectbox("Head", head_opts, format_func=lambda h: "mean of heads"
 log_scale = c3.toggle("Log colour scale", **ui.keep("log_scale", False))
 ui.write_deep_link(s, layer, head)
 
-view = pattern_view(a, None if layer == "mean" else layer, None if head == "mean" else head)
+L, H = (None if layer == "mean" else layer), (None if head == "mean" else head)
+view, ent = views.pattern_view(a, L, H), views.entropy_view(a, L, H)
+if view is None or ent is None:
+    st.stop()
 title = (f"layer {layer}" if layer != "mean" else "all layers") + " · " + (
     f"head {head}" if head != "mean" else "mean of heads")
 fig = attention_heatmap(view, a.labels, a.block_ids, a.anchor_mask, a.block_anchors,
@@ -67,7 +62,6 @@ st.caption("Rows are queries, columns keys. White lines: block boundaries. ★ a
            "circles: anchors of each query's block. Grey: the masked future. Use the camera "
            "button for a PNG/SVG.")
 
-ent = entropy_view(a, None if layer == "mean" else layer, None if head == "mean" else head)
 st.subheader("Entropy per query")
 st.plotly_chart(entropy_strip(ent, a.labels), key="entropy")
 
@@ -82,9 +76,7 @@ st.plotly_chart(top_tokens_bar(words, probs, title=f"top-5 after “{a.labels[po
 d1, d2 = st.columns(2)
 # Callables: the files are built only when a button is clicked, not on every rerun (the CSV
 # has one row per visible weight, ~66k at T = 128).
-d1.download_button("Attention (CSV)",
-                   lambda: pd.DataFrame(attention_table(a)).to_csv(index=False),
+d1.download_button("Attention (CSV)", lambda: views.attention_csv(a),
                    file_name="attention.csv", mime="text/csv", on_click="ignore")
-d2.download_button("Metrics (JSON)",
-                   lambda: json.dumps(metrics_json(a, s.checkpoint_key), indent=1),
+d2.download_button("Metrics (JSON)", lambda: views.metrics_file(a, s.checkpoint_key),
                    file_name="metrics.json", mime="application/json", on_click="ignore")

@@ -1,11 +1,9 @@
 """Rules & blocks: inject a rule ("tokens matching X attend to tokens matching Y") and watch its
 effect live; see where the recruited partition starts blocks and the bits each boundary saved."""
-import pandas as pd
 import streamlit as st
 
 import ui
-from localist_core.analysis.inspection import pattern_view
-from localist_core.analysis.rules import RULE_STRENGTH_MAX, RuleError, make_rule
+from ui import views
 from ui.figures import attention_heatmap, recruitment_chart
 
 s = ui.page_setup("Rules & blocks")
@@ -28,14 +26,10 @@ with c2:
     tgt_kind = st.radio("attend to keys", list(KINDS), format_func=KINDS.get, horizontal=True,
                         **ui.keep("rule_tgt_kind", "regex"))
     tgt = st.text_input("that match ", max_chars=200, **ui.keep("rule_tgt", r"[A-Z][a-z]+"))
-strength = st.slider("Rule strength (added to the score)", 0.0, RULE_STRENGTH_MAX, step=0.25,
+strength = st.slider("Rule strength (added to the score)", 0.0, views.RULE_STRENGTH_MAX, step=0.25,
                      **ui.keep("rule_strength", 3.0))
 
-rule = None
-try:
-    rule = make_rule(src_kind, src, tgt_kind, tgt, strength)
-except RuleError as e:
-    ui.show_notices([f"The rule is not applied: {e}."])
+key = views.rule_key(src_kind, src, tgt_kind, tgt, strength)   # None: a notice says why
 
 off = ui.get_analysis(s)
 if off is None:
@@ -43,9 +37,7 @@ if off is None:
 ui.show_notices(off.notices)
 if not off.labels:
     st.stop()
-if rule is not None:
-    key = (rule.source.kind, rule.source.spec, rule.target.kind, rule.target.spec,
-           rule.strength)
+if key is not None:
     zero = ui.get_analysis(s, rule=key[:4] + (0.0,))     # the same pairs, no bias: the baseline
     on = ui.get_analysis(s, rule=key)
     if zero is None or on is None:
@@ -64,10 +56,11 @@ if rule is not None:
     if on.perplexity is not None and off.perplexity is not None:
         m2.metric("Perplexity of the text", f"{on.perplexity:.1f}",
                   delta=f"{on.perplexity - off.perplexity:+.1f} vs no rule", delta_color="inverse")
-    n_pairs = int(on.rule_pairs.sum()) if on.rule_pairs is not None else 0
-    m3.metric("Rule pairs in the text", f"{n_pairs:,}",
+    m3.metric("Rule pairs in the text", f"{views.pair_count(on):,}",
               help="(query, key) pairs the rule biases; keys after the query never count.")
-    view = pattern_view(on, None, None)
+    view = views.pattern_view(on, None, None)
+    if view is None:
+        st.stop()
     fig = attention_heatmap(view, on.labels, on.block_ids, on.rule_pairs, on.block_anchors,
                             title=f"with the rule · mean of layers and heads · λ={s.locality:g} "
                                   f"τ={s.attn_temperature:g}")
@@ -77,8 +70,8 @@ if rule is not None:
                "boundaries. Grey: the masked future.")
 
 st.subheader("Block recruitment trace")
-trace = ui.cached_trace(s.checkpoint_path, s.text)
-if trace.labels:
+trace = ui.recruitment_trace(s)
+if trace is not None and trace.labels:
     st.plotly_chart(recruitment_chart(trace.labels, trace.gain_bits, trace.block_ids,
                                       title=f"split test per position · α={trace.alpha:g}, "
                                             f"C={trace.boundary_bits:g} bits"),
@@ -90,9 +83,8 @@ if trace.labels:
         "−log₂ p codes it as a fresh block's first word, p is a Zipf prior over the "
         "frequency-ranked vocabulary and C is the cost of the boundary. Solid bars (gain > 0) "
         "started a block; the About page explains each term.")
-    rows = trace.boundaries()
+    rows = views.boundary_rows(trace)
     if rows:
-        st.dataframe(pd.DataFrame(rows, columns=["position", "word", "bits saved"]),
-                     hide_index=True)
+        st.dataframe(rows, hide_index=True)
     else:
         st.caption("No boundary saved bits in this text: it is one block.")

@@ -1,24 +1,23 @@
 """Sweeps: browse the cached runs and follow every sweep's progress (read from its cache's
 progress.json, so it survives a page reload). When the operator allows it
 (LOCALIST_APP_SWEEPS_ENABLED=1), visitors may also start a bounded λ-sweep under the app-sweeps
-folder and stop a running one (README "Security"); the checks live in ui/launcher.py."""
+folder and stop a running one (README "Security"); the checks live in ui/launch_root.py (the
+operator's switches), ui/launch_limits.py (the request) and ui/launcher.py (start and stop)."""
 import time
 from pathlib import Path
 
-import pandas as pd
 import streamlit as st
 
 import ui
-from localist_core.experiments import results as tr
-from localist_core.model.config import PARTITIONS
+from ui import launch_limits, launch_root, views
 from ui import launcher as launch
 
 s = ui.page_setup("Sweeps")
 shipped = ui.sweep_cache()
 protected = (shipped, str(ui.SHIPPED_SWEEP))
-enabled = launch.sweeps_enabled()
-root = launch.app_root()
-misplaced = launch.root_problems(root, protected)
+enabled = launch_root.sweeps_enabled()
+root = launch_root.app_root()
+misplaced = launch_root.root_problems(root, protected)
 # A misplaced root (an operator's mistake) is neither listed nor written.
 caches = {} if misplaced else launch.app_caches(root)
 ss = st.session_state
@@ -26,21 +25,15 @@ ss = st.session_state
 
 def shown(folder) -> str:
     """A folder as visitors see it: never an absolute server path."""
-    return launch.shown_path(folder, root)
-
-
-@st.cache_resource(max_entries=1)
-def launched() -> dict:
-    """Sweep processes this server started (name → Popen), so finished ones are reaped."""
-    return {}
+    return launch_root.shown_path(folder, root)
 
 
 def stop(name: str, pid: int) -> None:
-    """The Stop button: launch.stop_sweep re-checks everything (enabled, pid, cmdline)."""
+    """The Stop button: launcher.stop_sweep re-checks everything (enabled, pid, cmdline)."""
     try:
         launch.stop_sweep(name, pid)
     except (launch.LaunchError, OSError, ValueError) as e:
-        ss["_stop_notice"] = ("error", launch.redact(str(e), root))
+        ss["_stop_notice"] = ("error", launch_root.redact(str(e), root))
     else:
         ss["_stop_notice"] = ("success", f"Sent a stop signal to sweep {name} (pid {pid}). "
                                          f"Start the same sweep again to resume it.")
@@ -55,7 +48,7 @@ def when(stamp: float | None) -> str:
 
 
 def show_log(label: str, folder) -> None:
-    """The tail of a sweep's log (server paths already replaced by launch.log_tail)."""
+    """The tail of a sweep's log (server paths already replaced by launcher.log_tail)."""
     tail = launch.log_tail(folder)
     if tail:
         with st.expander(f"Log of {ui.plain(label)}", expanded=False):
@@ -65,7 +58,7 @@ def show_log(label: str, folder) -> None:
 @st.fragment(run_every=3)
 def progress() -> None:
     """Every sweep's progress, re-read every few seconds without blocking the page."""
-    for proc in launched().values():
+    for proc in ui.launched_sweeps().values():
         proc.poll()
     # Shown until a run of this fragment completes: a stop often ends in st.rerun below.
     kind, text = ss.get("_stop_notice", (None, ""))
@@ -111,25 +104,25 @@ if not Path(folder).is_dir():
 else:
     runs, problems, _ = ui.sweep_results(folder)
     # A visitor's sweep folder is named by its sweep, not its server path.
-    ui.show_notices([f"Refused cache file: {launch.redact(p, root) if is_app else p}"
+    ui.show_notices([f"Refused cache file: {launch_root.redact(p, root) if is_app else p}"
                      for p in problems])
     if not runs:
         st.info(f"The sweep cache {ui.plain(shown(folder))} holds no finished runs yet.")
     else:
-        st.dataframe(pd.DataFrame(tr.runs_table(runs)), hide_index=True, key="runs_table")
+        st.dataframe(views.runs_table(runs), hide_index=True, key="runs_table")
         st.caption("Headline figures at λ_f = 0, τ = 1 (valid split). In-block mass sits beside "
                    "its controls (recent-b, shifted blocks, uniform); a flagged run leaks the "
                    "future and is never part of a causal curve. The Tradeoff page plots them.")
         for run in runs:
-            if tr.leak_flag(run):
-                st.warning(ui.plain(f"{run.get('run_id')}: {tr.leak_flag(run)}"), icon="⚠️")
+            if views.leak_flag(run):
+                st.warning(ui.plain(f"{run.get('run_id')}: {views.leak_flag(run)}"), icon="⚠️")
 
 st.subheader("Start a sweep")
 if not enabled:
     st.info(f"**Starting sweeps is turned off on this server**: visitors can browse the cached "
             f"runs and follow progress here, but cannot start or stop training jobs. An operator "
-            f"turns it on by starting the app with `{launch.ENABLED_VAR}=1` (and "
-            f"`{launch.MAX_JOBS_VAR}=N` to allow more than one sweep at a time). On the "
+            f"turns it on by starting the app with `{launch_root.ENABLED_VAR}=1` (and "
+            f"`{launch_root.MAX_JOBS_VAR}=N` to allow more than one sweep at a time). On the "
             f"server's command line, `python -m localist_core sweep` works regardless.",
             icon="🔒")
     st.stop()
@@ -138,7 +131,7 @@ if misplaced:
         st.error(ui.plain(f"Starting sweeps is unavailable: {p}"), icon="🚫")
     st.stop()
 
-limits = launch.APP_LIMITS
+limits = launch_limits.APP_LIMITS
 st.caption(f"A sweep trains one model per (penalty protocol, λ) plus one dial model, evaluates "
            f"each on the λ/τ grid and writes one JSON per finished run into "
            f"{ui.plain(shown(root) + '/<name>/cache')} (its checkpoints into "
@@ -147,32 +140,32 @@ st.caption(f"A sweep trains one model per (penalty protocol, λ) plus one dial m
            f"minutes per run on this CPU; `paper` is for the command line. It trains on the "
            f"server's corpus, in the background at low priority: you can leave or reload this "
            f"page. Stopped or killed, the same sweep started again resumes. At most "
-           f"{launch.max_jobs()} sweep(s) run at once on this server.")
+           f"{launch_root.max_jobs()} sweep(s) run at once on this server.")
 with st.expander("Limits on this server"):
     st.caption(f"At most {limits['lambdas']} λ values, {limits['taus']} τ values, "
                f"{limits['eval_tokens']:,} evaluation tokens, {limits['overrides']} overrides "
                f"of at most {limits['override_chars']} characters, runs × time_budget_s ≤ "
                f"{limits['budget_hours']} h, max_steps / eval_interval ≤ "
                f"{limits['evals_per_run']}, {limits['sweeps']} sweeps kept. Other override "
-               f"keys: {', '.join(launch.FREE_OVERRIDES)}.")
-    st.dataframe(pd.DataFrame([{"override": k, "min": lo, "max": hi}
-                               for k, (lo, hi) in launch.OVERRIDE_BOUNDS.items()]),
-                 hide_index=True)
+               f"keys: {', '.join(launch_limits.FREE_OVERRIDES)}.")
+    st.dataframe([{"override": k, "min": lo, "max": hi}
+                  for k, (lo, hi) in launch_limits.OVERRIDE_BOUNDS.items()], hide_index=True)
 with st.form("sweep_form"):
     c1, c2, c3 = st.columns(3)
     name = c1.text_input("Sweep name", "my-sweep",
                          help=f"Letters, digits and - _ . (at most {limits['name_chars']}). "
                               f"The same name again resumes that sweep.")
-    protocols = c2.multiselect("Protocols", list(tr.PROTOCOL_NAMES), default=["attention", "dial"],
+    protocols = c2.multiselect("Protocols", list(views.PROTOCOL_NAMES),
+                               default=["attention", "dial"],
                                help="attention/weights: the penalty protocol, one model per λ. "
                                     "dial: one model for every λ.")
-    config = c3.selectbox("Config", list(launch.APP_CONFIGS), index=0)
+    config = c3.selectbox("Config", list(launch_limits.APP_CONFIGS), index=0)
     lambdas = c1.text_input("λ values", "0, 0.5, 1.0")
     taus = c2.text_input("τ values", "0.5, 1, 2")
     eval_tokens = c3.number_input("Evaluate the first N valid tokens", 1, limits["eval_tokens"],
-                                  launch.DEFAULT_EVAL_TOKENS, step=10_000)
+                                  launch_limits.DEFAULT_EVAL_TOKENS, step=10_000)
     overrides = c1.text_input("Overrides (key=value …)", "", placeholder="max_steps=200 lr=0.002")
-    partition = c2.selectbox("Partition", PARTITIONS,
+    partition = c2.selectbox("Partition", views.PARTITIONS,
                              help="How the models cut text into blocks: fixed windows, "
                                   "punctuation or recruited (About explains each).")
     submitted = st.form_submit_button("Start sweep", type="primary")
@@ -180,20 +173,20 @@ with st.form("sweep_form"):
 if submitted:
     if partition != "fixed" and "partition=" not in overrides:
         overrides = f"{overrides} partition={partition}".strip()
-    req, errors = launch.check_request(name, protocols, lambdas, taus, config, overrides,
+    req, errors = launch_limits.check_request(name, protocols, lambdas, taus, config, overrides,
                                        int(eval_tokens), protected=protected)
     for e in errors:
-        st.error(ui.plain(launch.redact(e, root)), icon="🚫")
+        st.error(ui.plain(launch_root.redact(e, root)), icon="🚫")
     if req is not None:
         try:
             proc = launch.start_sweep(req)
         except launch.SweepBusy as e:
             st.error(ui.plain(str(e)), icon="⏳")
         except (launch.LaunchError, OSError, ValueError) as e:
-            st.error(ui.plain(f"Could not start the sweep: {launch.redact(str(e), root)}"),
+            st.error(ui.plain(f"Could not start the sweep: {launch_root.redact(str(e), root)}"),
                      icon="🚫")
         else:
-            launched()[req.name] = proc
+            ui.launched_sweeps()[req.name] = proc
             ss["_sweep_states"] = {**ss.get("_sweep_states", {}), req.name: "starting"}
             st.success(ui.plain(f"Started sweep {req.name}: {req.n_runs} run(s) as pid "
                                 f"{proc.pid}, roughly {req.minutes():.0f} min. Its progress, log "

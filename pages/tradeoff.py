@@ -2,13 +2,12 @@
 the cached sweeps, with the papers' reported figures beside ours (never in place of them)."""
 from pathlib import Path
 
-import pandas as pd
 import streamlit as st
 
 import ui
-from localist_core.experiments import results as tr
 from ui import figures as fig
 from ui import launcher as launch
+from ui import views
 
 s = ui.page_setup("Tradeoff")
 
@@ -36,8 +35,8 @@ status = launch.sweep_status(folder, launch_dir=launch_dir)
 if status and status["state"] in ("running", "starting"):
     st.caption(f"A sweep is still writing into this cache: {ui.plain(status['text'])}")
 
-curves, leaks, papers = tr.curve_points(runs), tr.leak_points(runs), tr.paper_points()
-ent_refs = tr.entropy_references(curves + leaks)
+curves, leaks, papers = views.curve_points(runs), views.leak_points(runs), views.paper_points()
+ent_refs = views.entropy_references(curves + leaks)
 norm_refs = [{"value": 1.0, "label": "causal ceiling (normalised = 1)", "kind": "ceiling"}]
 lam_axis = "λ (trained penalty λ, or dial λ_f)"
 chart = {"config": {"toImageButtonOptions": {"format": "svg"}}}
@@ -50,7 +49,7 @@ entropy_panels = [{"y": "entropy_bits", "title": "attention entropy (bits)", "hl
                   {"y": "normalised_entropy", "title": "normalised entropy H / log₂(#visible)",
                    "hlines": norm_refs}]
 st.plotly_chart(fig.panel_figure(curves + leaks, "perplexity", "valid perplexity (log)",
-                                entropy_panels, vlines=tr.perplexity_references(baselines),
+                                entropy_panels, vlines=views.perplexity_references(baselines),
                                 log_x=True), key="tradeoff_ent_ppl", **chart)
 ceil = ", ".join(f"{r['value']:.2f}" for r in ent_refs if r["kind"] == "ceiling")
 st.caption(f"Causal attention cannot exceed mean log₂ t bits ({ceil} here), so raw entropy is "
@@ -90,7 +89,7 @@ st.caption("Penalty protocol: one model per λ, trained with the penalty (λ_f =
            "protocol: one model trained with λ_f drawn per batch, evaluated at each λ_f.")
 
 st.subheader("Where blocks fall: fixed, punctuation and recruited")
-strategies = tr.strategy_points(runs)
+strategies = views.strategy_points(runs)
 if len({p["series"] for p in strategies}) < 2:
     st.caption("This cache has no runs with another partition. `bash scripts/reproduce.sh` "
                "trains them (partition=punctuation and partition=recruited at λ = 0.2, 0.6, "
@@ -118,34 +117,34 @@ st.plotly_chart(fig.panel_figure(curves + leaks, "locality", lam_axis, [
     {"y": "test_perplexity", "title": "test perplexity (log)", "log_y": True},
     {"y": "test_accuracy", "title": "test accuracy"}], papers=papers),
     key="tradeoff_test", **chart)
-for run in (r for r in runs if tr.leak_flag(r)):
-    with st.expander(f"⚠️ {ui.plain(run.get('run_id'))}: {tr.leak_flag(run)}", expanded=False):
+for run in (r for r in runs if views.leak_flag(r)):
+    with st.expander(f"⚠️ {ui.plain(run.get('run_id'))}: {views.leak_flag(run)}", expanded=False):
         st.write("Attention that sees later tokens of its block sees its targets: positions "
                  "before a block's last token are predicted almost perfectly. Per position in "
                  "block (test):")
-        st.dataframe(pd.DataFrame(tr.position_rows(run)), hide_index=True)
+        st.dataframe(views.position_rows(run), hide_index=True)
 if not leaks:
-    st.caption("No non-causal diagnostic run in this cache. DESIGN §4 explains how figures like "
-               "the papers' arise from attention that sees the target.")
+    st.caption("No non-causal diagnostic run in this cache. docs/design.md explains how "
+               "figures like the papers' arise from attention that sees the target.")
 
 st.subheader("τ family")
 ids = [str(r.get("run_id")) for r in runs]
-default = next((i for i, r in enumerate(runs) if tr.protocol_of(r) == "dial"), 0)
+default = next((i for i, r in enumerate(runs) if views.protocol_of(r) == "dial"), 0)
 run_id = st.selectbox("Run", ids, index=default, key="tau_run")
-fam = tr.tau_family(runs, run_id)
+fam = views.tau_family(runs, run_id)
 if not fam:
     st.info("This run has no usable evaluations.")
 else:
     st.plotly_chart(fig.panel_figure(fam, "attn_temperature", "τ (log)", [
         {"y": "entropy_bits", "title": "entropy (bits)",
-         "hlines": [r for r in tr.entropy_references(fam) if r["kind"] == "ceiling"]},
+         "hlines": [r for r in views.entropy_references(fam) if r["kind"] == "ceiling"]},
         {"y": "normalised_entropy", "title": "normalised entropy"},
         {"y": "perplexity", "title": "valid perplexity (log)", "log_y": True}], log_x=True),
         key="tradeoff_tau", **chart)
     st.caption("Lower τ sharpens attention (lower entropy); τ = 1 is how the model was trained.")
 
 st.subheader("Every point")
-table = pd.DataFrame(curves + leaks + fam)
+table = curves + leaks + fam
 st.dataframe(table, hide_index=True)
-st.download_button("Points (CSV)", table.to_csv(index=False), file_name="tradeoff_points.csv",
+st.download_button("Points (CSV)", views.csv_text(table), file_name="tradeoff_points.csv",
                    mime="text/csv")

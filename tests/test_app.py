@@ -6,12 +6,12 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+import ui
 from localist_core import save_checkpoint
 from localist_core.model.config import TrainConfig
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
-PAGES = ["pages/explorer.py", "pages/tradeoff.py", "pages/compare.py", "pages/rules.py",
-         "pages/theory.py", "pages/sweeps.py", "pages/about.py"]
+PAGES = [p.file for p in ui.PAGES]
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +44,36 @@ def _metric(at, label):
 
 def _ok(at):
     assert not at.exception, [e.value for e in at.exception]
+
+
+def _guarded_script():
+    """A page whose computations fail: one with a message for the visitor, one without."""
+    import streamlit as st
+
+    from localist_core.experiments.sweep import SweepCacheError
+    from ui.notices import guarded
+
+    @guarded("draw the thing", fallback=[])
+    def broken():
+        raise RuntimeError("/srv/secret/model.bin exploded")
+
+    @guarded("read the map")
+    def refused():
+        raise SweepCacheError("/tmp/sweep/cache/run.json: corrupt JSON")
+
+    st.text(f"{broken()!r} {refused()!r}")
+
+
+def test_the_error_guard_turns_a_failure_into_a_notice_and_a_logged_trace(caplog):
+    at = AppTest.from_function(_guarded_script).run()
+    _ok(at)
+    assert at.text[0].value == "[] None"                       # each call got its fallback
+    errors = [e.value.replace("\\", "") for e in at.error]
+    assert errors == ["Could not draw the thing; the server log has the details."]
+    warnings = [w.value.replace("\\", "") for w in at.warning]
+    assert warnings == ["Refused cache file: …/cache/run.json: corrupt JSON"]
+    traced = [r for r in caplog.records if r.name == "ui" and r.exc_info]
+    assert traced and "secret" in str(traced[0].exc_info[1])   # the operator sees everything
 
 
 def test_every_page_renders_without_exception(app_env):

@@ -1,5 +1,7 @@
 """End-to-end: the dashboard in headless Chromium. Moving the λ slider redraws the attention
-heatmap and updates the deep link. Screenshots and the server log go to test-artifacts/."""
+heatmap and updates the deep link, and the sidebar's settings stay as they were when the app's
+menu switches pages (AppTest's switch_page cannot show this: it resets the sidebar's widgets).
+Screenshots and the server log go to test-artifacts/."""
 from __future__ import annotations
 
 import hashlib
@@ -53,11 +55,12 @@ HEATMAP_STATE = """() => {
 REDRAWN = """([z, lam]) => { const s = (%s)();
     return s && s.z !== z && s.title.includes('λ=' + lam + ' '); }""" % HEATMAP_STATE
 LAM_IN_URL = "lam => new URLSearchParams(location.search).get('lam') === lam"
-# Settled: no script running, and no stale element left from the previous run (during a rerun
-# Streamlit shows the new heatmap beside the faded old one until the run ends).
-SETTLED = """() => !document.querySelector('[data-testid=stStatusWidget]')
-    && !document.querySelector('[data-stale=true]')
-    && document.querySelectorAll('.st-key-heatmap').length === 1"""
+# Idle: no script running, and no stale element left from the previous run (during a rerun
+# Streamlit shows the new heatmap beside the faded old one until the run ends). Settled: idle on
+# the Explorer, with its one heatmap.
+IDLE = """() => !document.querySelector('[data-testid=stStatusWidget]')
+    && !document.querySelector('[data-stale=true]')"""
+SETTLED = IDLE + "\n    && document.querySelectorAll('.st-key-heatmap').length === 1"
 
 
 def _free_port() -> int:
@@ -84,9 +87,11 @@ def _tiny_checkpoint_root(request, tmp_path: Path) -> Path:
     return root
 
 
-@pytest.fixture()
-def server(request, tmp_path):
-    """A Streamlit server for app.py on a free port; yields its base URL and stops it after."""
+@pytest.fixture(scope="module")
+def server(request, tmp_path_factory):
+    """A Streamlit server for app.py on a free port, shared by this file's tests (each opens its
+    own browser session); yields its base URL and stops it after."""
+    tmp_path = tmp_path_factory.mktemp("e2e")
     env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
     # The checkpoints the app finds by default (assets/checkpoints, plus any folders already in
     # $LOCALIST_CHECKPOINT_DIRS); only without a usable one, a tiny one trained here.
@@ -179,3 +184,54 @@ def test_lambda_slider_redraws_heatmap_and_deep_link(server):
     assert not errors, errors
     print(url)
     print("artefacts:", ", ".join(sorted(p.name for p in ARTIFACTS.glob("e2e-*"))))
+
+
+def _sidebar_state(page) -> dict:
+    """The sidebar as the visitor sees it: λ and τ, the text radio and the sample's name."""
+    bar = page.locator("[data-testid=stSidebar]")
+    return {"lam": float(bar.get_by_role("slider", name="λ — locality").input_value()),
+            "tau": float(bar.get_by_role("slider", name="τ — temperature").input_value()),
+            "sample text": bar.get_by_role("radio", name="Sample text").is_checked(),
+            "sample": bar.get_by_role("combobox", name="Sample").input_value()}
+
+
+TITLE = "title => [...document.querySelectorAll('h2')].some(h => h.innerText.trim() === title)"
+
+
+def test_the_sidebar_keeps_its_settings_across_pages(server):
+    """λ moved on the Explorer, τ and a sample text from a link: the app's own menu leads to
+    Compare and Rules & blocks, and each shows the same λ, τ and text in its sidebar."""
+    messages: list[str] = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1400})
+            page.on("pageerror", lambda e: messages.append(f"pageerror: {e}"))
+            page.goto(server + "/?lam=0.3&tau=0.5&prompt=storm", wait_until="domcontentloaded")
+            page.wait_for_function(HEATMAP_STATE, timeout=HEATMAP_WAIT_MS)
+            page.wait_for_function(SETTLED, timeout=HEATMAP_WAIT_MS)
+            slider = page.locator("[data-testid=stSidebar]").get_by_role(
+                "slider", name="λ — locality")
+            slider.focus()
+            page.keyboard.press("ArrowRight")       # moved here, not by the link: 0.3 → 0.35
+            page.wait_for_function(LAM_IN_URL, arg="0.35", timeout=REDRAW_WAIT_MS)
+            page.wait_for_function(SETTLED, timeout=REDRAW_WAIT_MS)
+            seen = {"Explorer": _sidebar_state(page)}
+            nav = page.locator("[data-testid=stSidebarNav]")
+            for title in ("Compare", "Rules & blocks"):
+                nav.get_by_text(title, exact=True).click()
+                page.wait_for_function(TITLE, arg=title, timeout=REDRAW_WAIT_MS)
+                page.wait_for_function(IDLE, timeout=REDRAW_WAIT_MS)
+                seen[title] = _sidebar_state(page)
+                page.screenshot(path=ARTIFACTS / f"e2e-kept-{title.split()[0].lower()}.png",
+                                full_page=True)
+            url = page.url
+        finally:
+            browser.close()
+    want = {"lam": pytest.approx(0.35), "tau": pytest.approx(0.5), "sample text": True,
+            "sample": "storm"}
+    for title, state in seen.items():
+        assert state == want, (title, seen)
+    query = parse_qs(urlparse(url).query)
+    assert (query["lam"], query["tau"], query["prompt"]) == (["0.35"], ["0.5"], ["storm"]), url
+    assert not messages, messages

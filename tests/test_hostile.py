@@ -1,6 +1,7 @@
-"""DESIGN §9 hostile input. Each case goes through the tokenizer, the live analysis (run_with_cache
-underneath) and the app (AppTest). Every case ends with a clear notice (none at a valid edge), a
-finite heatmap whose rows sum to 1, no exception, and no user HTML or Markdown rendered."""
+"""Hostile input (README "Security"). Each case goes through the tokenizer, the live analysis
+(run_with_cache underneath) and the app (AppTest). Every case ends with a clear notice (none at a
+valid edge), a finite heatmap whose rows sum to 1, no exception, and no user HTML or Markdown
+rendered."""
 import base64
 import json
 import math
@@ -17,11 +18,11 @@ import ui
 from localist_core import save_checkpoint
 from localist_core.analysis.inspection import MAX_TEXT_CHARS, analyze, next_words
 from localist_core.experiments.train import make_model
-from localist_core.model.attention import DialNotice
 from localist_core.model.config import TrainConfig
+from localist_core.model.dial import Dial, DialNotice
 from localist_core.model.tokenizer import UNK
 
-APP = str(ui.Path(__file__).resolve().parents[1] / "app.py")
+APP = str(ui.REPO / "app.py")
 CKPT = "tiny-hostile"
 HOSTILE_NAME = '<img src=x onerror="alert(1)"> **ckpt**'   # a folder name is user input too
 # Markdown elements may hold no unescaped tag at all; chart text none of these (plotly's own
@@ -63,19 +64,20 @@ EVERY_PAGE = {"100k-one-word", "script-tag", "img-onerror", "markdown-injection"
 
 # name → (deep-link parameter, raw link value, value for the library or None, the library's
 # notice words, whether the link is refused). None as notice words: a valid edge, no notice.
+# The library clamps with a notice, except NaN, which ``Dial`` refuses (the words: its error).
 NUMBERS = {
     "tau-near-zero": ("tau", "1e-12", 1e-12, "τ=1e-12 is outside", True),
     "tau-negative": ("tau", "-3", -3.0, "τ=-3.0 is outside", True),
     "tau-huge": ("tau", "1e300", 1e300, "is outside [0.05, 10.0]; using τ=10.0", True),
     "tau-inf": ("tau", "+inf", math.inf, "τ=inf is outside", True),
-    "tau-nan": ("tau", "NaN", math.nan, "τ=nan is not a number", True),
+    "tau-nan": ("tau", "NaN", math.nan, "τ is NaN", True),
     "lam-negative": ("lam", "-0.5", -0.5, "λ=-0.5 is outside", True),
     "lam-above-one": ("lam", "1.0001", 1.0001, "λ=1.0001 is outside", True),
     "lam-minus-inf": ("lam", "-inf", -math.inf, "λ=-inf is outside", True),
-    "lam-nan": ("lam", "-NaN", math.nan, "λ=nan is not a number", True),
+    "lam-nan": ("lam", "-NaN", math.nan, "λ is NaN", True),
     "gamma-negative": ("gamma", "-0.001", -0.001, "γ=-0.001 is outside", True),
     "gamma-huge": ("gamma", "1e6", 1e6, "using γ=20.0", True),
-    "gamma-nan": ("gamma", "nan", math.nan, "γ=nan is not a number", True),
+    "gamma-nan": ("gamma", "nan", math.nan, "γ is NaN", True),
     "gamma-above-slider": ("gamma", "7", 7.0, None, True),
     "lam-overflow": ("lam", "1e999", None, None, True),
     "lam-hex": ("lam", "0x1p-2", None, None, True),
@@ -128,7 +130,7 @@ def _assert_rows_are_distributions(patterns: np.ndarray, atol: float) -> None:
 @pytest.mark.parametrize("name", list(TEXTS))
 def test_analysis_of_hostile_text(model, tiny_corpus, name):
     text, notice, _ = TEXTS[name]
-    a = analyze(model, tiny_corpus.tokenizer, text, 0.5, 0.5, 1.0)
+    a = analyze(model, tiny_corpus.tokenizer, text, Dial(0.5, 0.5, 1.0))
     assert any(notice in n for n in a.notices), a.notices
     assert len(a.labels) <= model.cfg.n_ctx
     if a.labels:
@@ -140,38 +142,41 @@ def test_analysis_of_hostile_text(model, tiny_corpus, name):
 
 
 @pytest.mark.parametrize("name", [n for n, c in NUMBERS.items() if c[2] is not None])
-def test_run_with_cache_at_and_past_every_dial_edge(model, tokens, name):
+def test_a_dial_at_and_past_every_edge_runs(model, tokens, name):
     key, _, value, notice, _ = NUMBERS[name]
-    kwargs = {LIB_KEYS[key]: value}
-    if math.isnan(value):
-        with pytest.raises(ValueError, match="NaN"):
-            model.run_with_cache(tokens, **kwargs)
+    if math.isnan(value):           # refused where it is made: no NaN ever reaches a model
+        with pytest.raises(ValueError, match=notice):
+            Dial(**{LIB_KEYS[key]: value})
         return
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        _, cache = model.run_with_cache(tokens, **kwargs)
+        dial = Dial(**{LIB_KEYS[key]: value})
     caught = [w for w in caught if issubclass(w.category, DialNotice)]
+    _, cache = model.run_with_cache(tokens, dial)
     for layer in range(model.cfg.n_layers):
         _assert_rows_are_distributions(cache[f"blocks.{layer}.attn.hook_pattern"].numpy(), 1e-5)
-    if notice:                      # a clamp: in cache.notices and as a DialNotice warning
-        assert any(notice in n for n in cache.notices), cache.notices
+    if notice:                      # a clamp: in dial.notices and as a DialNotice warning
+        assert any(notice in n for n in dial.notices), dial.notices
         assert any(notice in str(w.message) for w in caught)
     else:
-        assert not cache.notices and not caught
+        assert not dial.notices and not caught
 
 
-@pytest.mark.parametrize("name", [n for n, c in NUMBERS.items() if c[2] is not None])
-def test_analysis_turns_every_bad_dial_value_into_a_notice(model, tiny_corpus, name):
+@pytest.mark.parametrize("name", [n for n, c in NUMBERS.items()
+                                  if c[2] is not None and not math.isnan(c[2])])
+def test_analysis_turns_every_clamped_dial_value_into_a_notice(model, tiny_corpus, name):
     key, _, value, notice, _ = NUMBERS[name]
     defaults = {"locality": 0.3, "attn_temperature": 1.0, "rule_strength": 0.0}
-    a = analyze(model, tiny_corpus.tokenizer, "the cat sees the bridge .",
-                **{**defaults, LIB_KEYS[key]: value})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DialNotice)
+        dial = Dial(**{**defaults, LIB_KEYS[key]: value})
+    a = analyze(model, tiny_corpus.tokenizer, "the cat sees the bridge .", dial)
     if notice:
         assert any(notice in n for n in a.notices), a.notices
     else:
         assert not a.notices
     _assert_rows_are_distributions(a.patterns, atol=5e-3)
-    assert all(math.isfinite(v) for v in a.dial.values())
+    assert all(math.isfinite(v) for v in a.dial.as_dict().values())
 
 
 # -- the app ---------------------------------------------------------------------------------
@@ -316,8 +321,7 @@ def test_a_link_to_a_layer_the_model_lacks_says_so(app_env):
     assert at.selectbox(key="layer").value == "mean"
 
 
-PAGES = ("pages/explorer.py", "pages/tradeoff.py", "pages/compare.py", "pages/rules.py",
-         "pages/theory.py", "pages/sweeps.py", "pages/about.py")
+PAGES = [p.file for p in ui.PAGES]
 
 
 def _visible_text(at: AppTest) -> list[str]:

@@ -20,6 +20,8 @@ import pytest
 
 from localist_core.experiments.sweep import REPO, load_cache
 from localist_core.model.config import ModelConfig, TrainConfig
+from ui import launch_limits as limits
+from ui import launch_root
 from ui import launcher as launch
 
 SLEEP = ("import sys, time, subprocess\n"
@@ -31,9 +33,9 @@ SLEEP = ("import sys, time, subprocess\n"
 @pytest.fixture()
 def root(monkeypatch, tmp_path):
     """Sweeps on, the root in tmp, one job at a time, no extra checkpoint folders."""
-    monkeypatch.setenv(launch.ENABLED_VAR, "1")
-    monkeypatch.setenv(launch.ROOT_VAR, str(tmp_path / "root"))
-    monkeypatch.delenv(launch.MAX_JOBS_VAR, raising=False)
+    monkeypatch.setenv(launch_root.ENABLED_VAR, "1")
+    monkeypatch.setenv(launch_root.ROOT_VAR, str(tmp_path / "root"))
+    monkeypatch.delenv(launch_root.MAX_JOBS_VAR, raising=False)
     monkeypatch.delenv("LOCALIST_CHECKPOINT_DIRS", raising=False)
     return (tmp_path / "root").resolve()
 
@@ -72,10 +74,10 @@ def fake(monkeypatch, tmp_path):
 def request(name="my-sweep", **kw):
     args = dict(protocols=["attention", "dial"], lambdas="0, 0.5 1", taus="1", config="tiny",
                 overrides="max_steps=5", eval_tokens=500)
-    return launch.check_request(name, **{**args, **kw})
+    return limits.check_request(name, **{**args, **kw})
 
 
-def good(name="my-sweep", **kw) -> launch.SweepRequest:
+def good(name="my-sweep", **kw) -> limits.SweepRequest:
     req, errors = request(name, **kw)
     assert req is not None and not errors, errors
     return req
@@ -121,16 +123,16 @@ def test_only_the_operator_turns_sweeps_on(monkeypatch, value, on):
         monkeypatch.delenv("LOCALIST_APP_SWEEPS_ENABLED", raising=False)
     else:
         monkeypatch.setenv("LOCALIST_APP_SWEEPS_ENABLED", value)
-    assert launch.sweeps_enabled() is on
+    assert launch_root.sweeps_enabled() is on
 
 
 def test_a_visitor_request_is_refused_by_default(root, fake, monkeypatch):
     req = good()
-    monkeypatch.delenv(launch.ENABLED_VAR)
+    monkeypatch.delenv(launch_root.ENABLED_VAR)
     none, errors = request()
     assert none is None and len(errors) == 1
-    assert "turned off" in errors[0] and launch.ENABLED_VAR in errors[0]
-    with pytest.raises(launch.SweepsDisabled, match=launch.ENABLED_VAR):
+    assert "turned off" in errors[0] and launch_root.ENABLED_VAR in errors[0]
+    with pytest.raises(launch.SweepsDisabled, match=launch_root.ENABLED_VAR):
         launch.start_sweep(req)
     with pytest.raises(launch.SweepsDisabled):
         launch.stop_sweep("my-sweep")
@@ -172,12 +174,12 @@ def test_every_accepted_name_stays_inside_the_root(root):
     for _ in range(500):
         name = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 70)))
         try:
-            folder = launch.sweep_folder(name, root)
+            folder = limits.sweep_folder(name, root)
         except ValueError as e:
             assert str(e).startswith("Sweep name")
             continue
         assert folder.parent == root and folder.resolve().parent == root, name
-        assert launch._NAME.fullmatch(folder.name) and len(folder.name) <= 64
+        assert limits.NAME.fullmatch(folder.name) and len(folder.name) <= 64
 
 
 def test_the_derived_folders_are_under_the_root(root):
@@ -192,16 +194,16 @@ def test_a_misplaced_root_is_refused(root, monkeypatch, tmp_path, where):
     if where == "ckpt-parent":   # its checkpoints would be in every visitor's Checkpoint menu
         monkeypatch.setenv("LOCALIST_CHECKPOINT_DIRS", str(root / "a" / "runs"))
     elif where != "shipped-parent":
-        monkeypatch.setenv(launch.ROOT_VAR, str(REPO / where))
-    req, errors = launch.check_request("a", ["dial"], "0", "1", "tiny",
+        monkeypatch.setenv(launch_root.ROOT_VAR, str(REPO / where))
+    req, errors = limits.check_request("a", ["dial"], "0", "1", "tiny",
                                        protected=(str(root / "s"),))
-    assert req is None and errors and all(launch.ROOT_VAR in e for e in errors), errors
+    assert req is None and errors and all(launch_root.ROOT_VAR in e for e in errors), errors
     assert not any(str(REPO) in e or str(tmp_path) in e for e in errors)
 
 
 def test_the_visitor_cannot_name_a_data_folder(root):
     import inspect
-    assert "data_dir" not in inspect.signature(launch.check_request).parameters
+    assert "data_dir" not in inspect.signature(limits.check_request).parameters
     assert "--data-dir" not in launch.sweep_command(good())
 
 
@@ -220,27 +222,27 @@ def _show(v) -> str:
 
 
 def test_every_bound_names_a_config_key_and_the_shipped_presets_fit():
-    for key, (lo, hi) in launch.OVERRIDE_BOUNDS.items():
+    for key, (lo, hi) in limits.OVERRIDE_BOUNDS.items():
         assert _kind(key) in (int, float) and lo <= hi, key
-    assert "vocab_size" not in launch.OVERRIDE_BOUNDS
-    for config in launch.APP_CONFIGS:
-        assert launch.check_overrides(config, "") == ((), [])
-    assert "paper" not in launch.APP_CONFIGS
+    assert "vocab_size" not in limits.OVERRIDE_BOUNDS
+    for config in limits.APP_CONFIGS:
+        assert limits.check_overrides(config, "") == ((), [])
+    assert "paper" not in limits.APP_CONFIGS
 
 
 def test_every_config_field_is_bounded_free_or_refused():
     """A field added to ModelConfig or TrainConfig is refused from the app until a bound (or a
     reason it costs nothing) is decided here."""
     kinds = {f.name for cls in (ModelConfig, TrainConfig) for f in dataclasses.fields(cls)}
-    known = (set(launch.OVERRIDE_BOUNDS) | set(launch.FREE_OVERRIDES)
-             | set(launch.RESERVED_OVERRIDES) | set(launch.REFUSED_OVERRIDES))
-    assert kinds - known == set(), "decide a bound in launch.OVERRIDE_BOUNDS"
+    known = (set(limits.OVERRIDE_BOUNDS) | set(limits.FREE_OVERRIDES)
+             | set(limits.RESERVED_OVERRIDES) | set(limits.REFUSED_OVERRIDES))
+    assert kinds - known == set(), "decide a bound in limits.OVERRIDE_BOUNDS"
 
 
-@pytest.mark.parametrize("key", sorted(launch.OVERRIDE_BOUNDS))
+@pytest.mark.parametrize("key", sorted(limits.OVERRIDE_BOUNDS))
 @pytest.mark.parametrize("side", ["above", "below"])
 def test_each_override_beyond_its_bound_is_refused(root, key, side):
-    lo, hi = launch.OVERRIDE_BOUNDS[key]
+    lo, hi = limits.OVERRIDE_BOUNDS[key]
     kind = _kind(key)
     if kind is int:
         value = int(hi) + 1 if side == "above" else int(lo) - 1
@@ -304,7 +306,7 @@ def test_eleven_lambdas_and_eight_taus_are_fine(root):
 
 
 def test_the_shipped_cache_is_never_a_target(root):
-    req, errors = launch.check_request("a", ["dial"], "0", "1", "tiny",
+    req, errors = limits.check_request("a", ["dial"], "0", "1", "tiny",
                                        protected=(str(root / "a" / "cache"),))
     assert req is None and errors
 
@@ -318,7 +320,7 @@ def test_max_jobs_reads_the_operator_setting(monkeypatch, value, jobs):
         monkeypatch.delenv("LOCALIST_APP_SWEEPS_MAX_JOBS", raising=False)
     else:
         monkeypatch.setenv("LOCALIST_APP_SWEEPS_MAX_JOBS", value)
-    assert launch.max_jobs() == jobs
+    assert launch_root.max_jobs() == jobs
 
 
 def test_the_global_job_limit_refuses_a_second_sweep(root, fake, monkeypatch):
@@ -328,7 +330,7 @@ def test_the_global_job_limit_refuses_a_second_sweep(root, fake, monkeypatch):
         fake.start(good("a"))
     with pytest.raises(launch.SweepBusy, match=r"1 sweep\(s\) already running"):
         fake.start(good("b"))
-    monkeypatch.setenv(launch.MAX_JOBS_VAR, "2")
+    monkeypatch.setenv(launch_root.MAX_JOBS_VAR, "2")
     fake.start(good("b"))
     with pytest.raises(launch.SweepBusy, match=r"2 sweep\(s\) already running"):
         fake.start(good("c"))
@@ -365,7 +367,7 @@ def test_the_job_limit_holds_under_concurrent_starts(root, fake, monkeypatch):
 
 
 def test_the_number_of_sweep_folders_is_bounded(root, fake, monkeypatch):
-    monkeypatch.setitem(launch.APP_LIMITS, "sweeps", 2)
+    monkeypatch.setitem(limits.APP_LIMITS, "sweeps", 2)
     for name in ("a", "b"):
         (root / name).mkdir(parents=True)
     with pytest.raises(launch.LaunchError, match="at most 2 sweeps"):
@@ -411,7 +413,7 @@ def test_stop_refuses_a_stale_pid_a_stranger_and_a_bad_name(root, fake, monkeypa
         record(root, "lookalike", lookalike.pid)   # localist_core in its cmdline, no "sweep"
         with pytest.raises(launch.LaunchError, match="not a localist_core sweep"):
             launch.stop_sweep("lookalike", lookalike.pid)
-        monkeypatch.delenv(launch.ENABLED_VAR)
+        monkeypatch.delenv(launch_root.ENABLED_VAR)
         with pytest.raises(launch.SweepsDisabled):
             launch.stop_sweep("a", proc.pid)
         assert stranger.poll() is None and lookalike.poll() is None and proc.poll() is None
@@ -434,7 +436,7 @@ def test_the_shown_command_holds_no_server_path(root, fake, monkeypatch):
     log = (root / "a" / launch.LOG_FILE).read_text()
     assert not (root / "a" / "cache").exists()   # the cache holds only what run_sweep writes
     assert shown in log and str(root) not in log and sys.executable not in log
-    monkeypatch.delenv(launch.ROOT_VAR)   # the default root lies inside the repository
+    monkeypatch.delenv(launch_root.ROOT_VAR)   # the default root lies inside the repository
     shown = launch.shown_command(good("a"))
     assert "--cache runs/app-sweeps/a/cache --runs-dir runs/app-sweeps/a/runs" in shown
     assert str(REPO) not in shown and " /" not in shown

@@ -54,12 +54,18 @@ def synthetic_runs() -> list[dict]:
                         run_id="attention-l0.6-noncausal_diagnostictrue")])
 
 
-def test_penalty_curve_has_one_point_per_lambda_per_form_as_trained():
-    pts = tr.penalty_curve(synthetic_runs())
-    by_series = {}
-    for p in pts:
-        by_series.setdefault(p["series"], []).append(p)
-        assert p["dial_locality"] == 0.0 and p["attn_temperature"] == 1.0
+def _by_series(points: list[dict], word: str) -> dict[str, list[dict]]:
+    out = {}
+    for p in points:
+        if word in p["series"]:
+            out.setdefault(p["series"], []).append(p)
+    return out
+
+
+def test_penalty_runs_as_trained_give_one_point_per_lambda_per_form():
+    by_series = _by_series(tr.curve_points(synthetic_runs()), "as trained")
+    assert all(p["dial_locality"] == 0.0 and p["attn_temperature"] == 1.0
+               for pts in by_series.values() for p in pts)
     assert len(by_series) == 2 and all("penalty" in s for s in by_series)
     att = next(v for s, v in by_series.items() if s.startswith("attention"))
     assert [p["locality"] for p in att] == [0.0, 0.5, 1.0]
@@ -95,15 +101,15 @@ def test_strategy_points_compare_partitions_at_equal_settings_only():
     assert not [p for p in tr.curve_points(runs) if "partition" in p["run_id"]]
 
 
-def test_dial_curve_and_dialled_penalties():
-    runs = synthetic_runs()
-    dial = tr.dial_curve(runs)
+def test_the_dial_curve_and_the_dialled_penalties():
+    pts = tr.curve_points(synthetic_runs())
+    (dial,) = _by_series(pts, "dial protocol").values()
     assert [p["locality"] for p in dial] == [0.0, 0.5, 1.0]          # τ = 0.5 evals not repeated
     assert all(p["dial_locality"] == p["locality"] and p["attn_temperature"] == 1.0 for p in dial)
-    dialled = tr.dialled_penalty_curve(runs)
+    dialled = [p for pts in _by_series(pts, "dialled").values() for p in pts]
     assert {(p["run_id"], p["dial_locality"]) for p in dialled} == {
         ("attention-l0.5", 0.5), ("attention-l1.0", 1.0), ("weights-l1.0", 1.0)}
-    pairs = [(p["series"], p["locality"]) for p in tr.curve_points(runs)]
+    pairs = [(p["series"], p["locality"]) for p in pts]
     assert len(pairs) == len(set(pairs))                              # one point per (series, λ)
 
 

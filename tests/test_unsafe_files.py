@@ -1,8 +1,8 @@
-"""DESIGN §9, unsafe and broken files: each broken checkpoint or sweep-cache file is refused with a
-message naming the file and the problem, nothing in it is executed, and the app keeps serving the
-good checkpoints and runs beside it. Every file is checked once, cheaply, before it is trusted:
-sizes with stat() before reading, JSON depth and types before use, and a folder is checked again
-only when its files change."""
+"""Unsafe and broken files (README "Security"): each broken checkpoint or sweep-cache file is
+refused with a message naming the file and the problem, nothing in it is executed, and the app keeps
+serving the good checkpoints and runs beside it. Every file is checked once, cheaply, before it is
+trusted: sizes with stat() before reading, JSON depth and types before use, and a folder is checked
+again only when its files change."""
 import importlib.util
 import json
 import math
@@ -19,6 +19,7 @@ import streamlit as st
 from safetensors.torch import load_file, save_file
 from streamlit.testing.v1 import AppTest
 
+import ui
 from localist_core import save_checkpoint
 from localist_core.analysis.inspection import MAX_TOKENS
 from localist_core.experiments import results as tr
@@ -48,8 +49,7 @@ from ui.catalogue import describe_checkpoint, list_checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "app.py")
-PAGES = ["pages/explorer.py", "pages/tradeoff.py", "pages/compare.py", "pages/rules.py",
-         "pages/theory.py", "pages/sweeps.py", "pages/about.py"]
+PAGES = [p.file for p in ui.PAGES]
 MARKER = "PWNED"   # a pickle payload below would create this file if it were ever unpickled
 
 

@@ -1,6 +1,6 @@
 """Plotly figure builders for the dashboard: attention heatmaps, entropy strips, top-k bars, the
-recruitment trace and the Tradeoff page's sweep-result panels (no streamlit here; pages only
-display them).
+recruitment trace, the Theory page's curves and the Tradeoff page's sweep-result panels (no
+streamlit here; pages only display them).
 
 Heatmaps put tokens on integer positions (so repeated words stay distinct), fix the colour scale
 to [0, 1] (or a log scale), grey the masked future, draw block boundaries and mark anchors.
@@ -40,7 +40,7 @@ def attention_heatmap(pattern: np.ndarray, labels: list[str], block_ids: np.ndar
                       title: str = "", diverging: bool = False) -> go.Figure:
     """Heatmap of a ``[query, key]`` pattern; masked (future) cells are grey, not zero.
 
-    Built for speed at T = 128 (DESIGN §8: ≤ 30 ms): the axes are categories named
+    Built for speed at T = 128 (the bar in BENCHMARKS.md: ≤ 30 ms): the axes are categories named
     ``"pos·word"`` (unique, so repeated words stay apart, and hover reads them directly), the
     exact weight rides along as a numeric ``customdata`` array (sent to the browser as a typed
     array, not as 16k strings), and the block lines go into ``layout.shapes`` in one call.
@@ -118,30 +118,6 @@ def top_tokens_bar(words: list[str], probs: np.ndarray, title: str = "") -> go.F
     return fig
 
 
-def tradeoff_figure(points: list[dict], paper_points: list[dict] | None = None,
-                    x: str = "perplexity", y: str = "entropy_bits",
-                    x_title: str = "valid perplexity", y_title: str = "attention entropy (bits)",
-                    log_x: bool = True) -> go.Figure:
-    """One labelled marker per point, one line per series; the papers' reports drawn apart.
-
-    ``points``: dicts with ``series``, ``label``, and the ``x``/``y`` keys.
-    """
-    fig = go.Figure()
-    for series in dict.fromkeys(p["series"] for p in points):
-        pts = [p for p in points if p["series"] == series]
-        fig.add_trace(go.Scatter(x=[p[x] for p in pts], y=[p[y] for p in pts],
-                                 mode="lines+markers+text", name=series,
-                                 text=[p["label"] for p in pts], textposition="top center"))
-    for p in paper_points or []:
-        fig.add_trace(go.Scatter(x=[p[x]], y=[p[y]], mode="markers+text", name=p["series"],
-                                 text=[p["label"]], textposition="bottom center",
-                                 marker=dict(symbol="x", size=12, color="crimson")))
-    fig.update_layout(height=440, margin=dict(l=10, r=10, t=30, b=10),
-                      xaxis=dict(title=x_title, type="log" if log_x else "linear"),
-                      yaxis=dict(title=y_title), legend=dict(orientation="h", y=-0.2))
-    return fig
-
-
 def recruitment_chart(labels: list[str], gain_bits: np.ndarray, block_ids: np.ndarray,
                       title: str = "") -> go.Figure:
     """The recruited partition's split test at every position: bars of bits gained, solid where
@@ -166,6 +142,22 @@ def recruitment_chart(labels: list[str], gain_bits: np.ndarray, block_ids: np.nd
                          for b in _boundaries(block_ids)],
         xaxis=dict(type="category", tickangle=-60), yaxis=dict(title="gain (bits)"),
         showlegend=False)
+    return fig
+
+
+def theory_figure(rows: list[dict]) -> go.Figure:
+    """The Theory page's curves against τ (log axis): the measured cross-block mass and the
+    papers' bound, from ``theory_report``'s rows."""
+    taus = [r["attn_temperature"] for r in rows]
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=taus, y=[r["measured_cross_mass"] for r in rows],
+                             mode="lines+markers", name="measured cross-block mass"))
+    fig.add_trace(go.Scatter(x=taus, y=[r["bound_cross_mass"] for r in rows],
+                             mode="lines+markers", name="bound n_x·e^(−δ/τ)/(n_in + n_x·e^(−δ/τ))",
+                             line=dict(dash="dash")))
+    fig.update_layout(xaxis=dict(title="τ", type="log"), yaxis=dict(title="mass", range=[0, 1]),
+                      height=380, margin=dict(l=10, r=10, t=30, b=10),
+                      legend=dict(y=-0.25, orientation="h"))
     return fig
 
 

@@ -1,28 +1,27 @@
 """Starting, listing and stopping the sweeps that the Sweeps page runs as background processes,
 and reading their progress and logs. No streamlit here.
 
-Anyone who can open the dashboard can reach this module's entry points, so they are guarded
-(README "Security"):
+Anyone who can open the dashboard can reach these entry points, so they are guarded (README
+"Security"), each guard in one place:
 
 - off unless the operator sets ``LOCALIST_APP_SWEEPS_ENABLED=1``, checked here as well as on
-  the page;
+  the page (``ui.launch_root.sweeps_enabled``);
 - a visitor names a sweep; its cache and checkpoints go to ``<root>/<name>/cache`` and
   ``<root>/<name>/runs`` under one root folder (``$LOCALIST_APP_SWEEPS``, else
-  ``runs/app-sweeps``), and a folder that resolves outside the root (a link) is refused;
+  ``runs/app-sweeps``), and a folder that resolves outside the root (a link) is refused
+  (``ui.launch_limits.sweep_folder``, checked again here under the lock);
 - the sweep reads the server's own corpus, never a folder a visitor names;
-- every override, list and count has an upper bound, all in ``APP_LIMITS`` and
-  ``OVERRIDE_BOUNDS``;
+- every override, list and count has an upper bound, all in ``ui.launch_limits.APP_LIMITS``
+  and ``OVERRIDE_BOUNDS``;
 - at most ``$LOCALIST_APP_SWEEPS_MAX_JOBS`` (default 1) sweeps run under the root at once,
-  checked and started under one file lock;
-- nothing shown to a visitor holds a server path (``shown_path``, ``redact``).
+  checked and started here under one file lock;
+- nothing shown to a visitor holds a server path (``ui.launch_root.shown_path``, ``redact``).
 """
 from __future__ import annotations
 
-import dataclasses
 import fcntl
 import math
 import os
-import re
 import shlex
 import shutil
 import signal
@@ -30,99 +29,35 @@ import subprocess
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 from localist_core.experiments.sweep import (
     MAX_SMALL_JSON_BYTES,
     PROGRESS_FILE,
-    PROTOCOL_NAMES,
     SweepCacheError,
     write_json_atomic,
 )
 from localist_core.model.checkpoint import read_json_file
-from localist_core.model.config import (
-    TEMPERATURE_RANGE,
-    ConfigError,
-    ModelConfig,
-    TrainConfig,
-    apply_overrides,
-    preset,
-)
 from localist_core.paths import REPO
+from ui.launch_limits import APP_LIMITS, NAME, SweepRequest, sweep_folder
+from ui.launch_root import (
+    ROOT_VAR,
+    app_root,
+    disabled_message,
+    max_jobs,
+    redact,
+    root_problems,
+    shown_path,
+    sweeps_enabled,
+)
 
-APP_SWEEPS = REPO / "runs" / "app-sweeps"     # default root; never the shipped assets/sweep
-ENABLED_VAR = "LOCALIST_APP_SWEEPS_ENABLED"
-ROOT_VAR = "LOCALIST_APP_SWEEPS"
-MAX_JOBS_VAR = "LOCALIST_APP_SWEEPS_MAX_JOBS"
-TRUE_WORDS = ("1", "true", "yes", "on")
 # Beside the cache, in <root>/<name>/, never inside it: the cache holds only what run_sweep
 # writes (the CLI refuses a --cache folder holding anything else).
 LAUNCH_FILE = "app-launch.info"               # JSON, but not *.json: load_cache would refuse it
 LOG_FILE = "sweep.log"
 LOCK_FILE = ".app-sweeps.lock"                # at the root: one lock for every app sweep
 PROMPTS = "assets/prompts.json"               # relative: the sweep runs with cwd=REPO
-CONFIG_COST = {"tiny": 0.5, "cpu-ref": 15.0, "paper": 360.0}   # minutes per run on this CPU
-APP_CONFIGS = ("tiny", "cpu-ref")             # paper takes hours per run: CLI only
-RESERVED_OVERRIDES = ("protocol", "penalty_form", "locality")  # set by the form itself
-REFUSED_OVERRIDES = ("vocab_size",)           # taken from the corpus, never from a visitor
-DEFAULT_EVAL_TOKENS = 20_000
-
-# Every bound on what a visitor may ask for, in one place, sized for the 2-core CPU server.
-APP_LIMITS: dict[str, int] = {
-    "lambdas": 11,            # λ values: 0, 0.1, …, 1 (one model per λ and penalty protocol)
-    "taus": 8,                # τ values: each multiplies every evaluation
-    "eval_tokens": 250_000,   # valid tokens per evaluation (WikiText-2's valid split is ~217k)
-    "overrides": 20,          # key=value items
-    "override_chars": 100,    # characters per item
-    "name_chars": 64,         # characters of a sweep name
-    "cutoffs": 4,             # adaptive-softmax cluster boundaries
-    "sweeps": 20,             # sweep folders kept under the root (disk); resuming one is free
-    "budget_hours": 8,        # runs × time_budget_s: the longest training a sweep may ask for
-    "evals_per_run": 100,     # max_steps / eval_interval: training-time evaluations (not in
-                              # time_budget_s, which counts training steps only)
-}
-
-# Inclusive (low, high) of every numeric override a visitor may give. A key that is not here,
-# in FREE_OVERRIDES, or in RESERVED_OVERRIDES is refused. The high ends bound the cost (model
-# size, steps, threads); the low ends are those of the config itself, or keep an evaluation
-# or a checkpoint from running on every step.
-OVERRIDE_BOUNDS: dict[str, tuple[float, float]] = {
-    # ModelConfig: size and cost of every step
-    "d_model": (8, 512),
-    "n_layers": (1, 4),
-    "n_heads": (1, 8),
-    "d_ff": (8, 2048),
-    "n_ctx": (8, 256),
-    "block_size": (1, 64),
-    "max_block_size": (1, 64),
-    "anchors_per_block": (1, 5),
-    "dropout": (0.0, 0.9),
-    "recruit_alpha": (0.01, 100.0),
-    "boundary_bits": (0.0, 100.0),
-    "barrier_sharpness": (0.01, 100.0),
-    "div_value": (1.0, 16.0),
-    "cutoffs": (1, 30_000),   # each boundary (WikiText-2 has ~33k words); how many: APP_LIMITS
-    # TrainConfig: how long and how hard the server works
-    "max_steps": (1, 5000),
-    "time_budget_s": (1.0, 3600.0),
-    "batch_size": (1, 64),
-    "threads": (1, 2),
-    "eval_interval": (10, 5000),
-    "ckpt_interval": (10, 5000),
-    "warmup_steps": (0, 5000),
-    "lr": (1e-6, 1.0),
-    "min_lr_ratio": (0.0, 1.0),
-    "penalty_scale": (0.0, 100.0),
-    "value_l2": (0.0, 1.0),
-    "weight_decay": (0.0, 1.0),
-    "grad_clip": (0.0, 100.0),
-    "seed": (0, 2**31 - 1),
-}
-# Overrides without a cost to bound: a choice among PARTITIONS, or a switch.
-FREE_OVERRIDES = ("partition", "bf16", "lr_by_time", "noncausal_diagnostic")
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 class LaunchError(RuntimeError):
@@ -137,351 +72,7 @@ class SweepBusy(LaunchError):
     """A live sweep already writes into this folder, or the server runs all it may."""
 
 
-# -- the operator's switches ------------------------------------------------------------------
-
-def sweeps_enabled() -> bool:
-    """Whether the operator let visitors start and stop sweeps (``$LOCALIST_APP_SWEEPS_ENABLED``
-    is 1, true, yes or on, in any case)."""
-    return os.environ.get(ENABLED_VAR, "").strip().lower() in TRUE_WORDS
-
-
-def disabled_message() -> str:
-    """Why starting is refused, and how an operator turns it on."""
-    return (f"Starting sweeps from the app is turned off on this server. An operator turns it "
-            f"on by starting the app with {ENABLED_VAR}=1. The command line "
-            f"(python -m localist_core sweep) works regardless.")
-
-
-def max_jobs() -> int:
-    """How many app-started sweeps may run at once: ``$LOCALIST_APP_SWEEPS_MAX_JOBS``, default
-    1; a value that is not a whole number ≥ 1 counts as 1 (the safe side)."""
-    try:
-        return max(1, int(os.environ.get(MAX_JOBS_VAR, "1").strip()))
-    except ValueError:
-        return 1
-
-
-def app_root() -> Path:
-    """The one folder app-started sweeps write into, resolved (links and ``..`` followed):
-    ``$LOCALIST_APP_SWEEPS`` (relative to the repository), else ``runs/app-sweeps``."""
-    raw = os.environ.get(ROOT_VAR, "").strip()
-    return _real(raw or APP_SWEEPS)
-
-
-def _real(path: str | Path) -> Path:
-    """``path`` made absolute (relative to the repository) with links and ``..`` resolved; as
-    given when it cannot be resolved (a link loop), so a check never raises."""
-    p = Path(path).expanduser()
-    p = p if p.is_absolute() else REPO / p
-    try:
-        return p.resolve()
-    except (OSError, RuntimeError):
-        return p
-
-
-def _inside(path: Path, folder: Path) -> bool:
-    return path == folder or folder in path.parents
-
-
-def _checkpoint_dirs() -> list[Path]:
-    extra = os.environ.get("LOCALIST_CHECKPOINT_DIRS", "")
-    return [_real(REPO / "assets" / "checkpoints")] + [_real(p) for p in extra.split(os.pathsep)
-                                                        if p]
-
-
-def root_problems(root: Path | None = None, protected: tuple = ()) -> list[str]:
-    """What is wrong with the root folder for visitors' sweeps (an operator's setting).
-
-    The root must be a folder of its own: not the repository or above it, not the shipped
-    ``assets`` (nor holding it), not a folder whose checkpoints every visitor's Checkpoint menu
-    lists, and not overlapping a ``protected`` sweep cache (the shipped results).
-    """
-    root = app_root() if root is None else _real(root)
-    problems = []
-    assets = _real(REPO / "assets")
-    if root == REPO or root in REPO.parents:
-        problems.append(f"{ROOT_VAR} must name a folder of its own, not the repository or a "
-                        f"folder above it.")
-    elif _inside(root, assets) or _inside(assets, root):
-        problems.append(f"{ROOT_VAR} must not overlap the shipped assets folder.")
-    if any(_inside(d, root) for d in _checkpoint_dirs()):
-        problems.append(f"{ROOT_VAR} must not hold a folder of LOCALIST_CHECKPOINT_DIRS: the "
-                        f"checkpoints of visitors' sweeps would appear in everyone's "
-                        f"Checkpoint menu.")
-    for shipped in map(_real, protected):
-        if _inside(root, shipped) or _inside(shipped, root):
-            problems.append(f"{ROOT_VAR} must not overlap the shipped sweep cache.")
-    if root.exists() and not root.is_dir():
-        problems.append(f"{ROOT_VAR} exists and is not a folder.")
-    return problems
-
-
-# -- what a visitor may see -------------------------------------------------------------------
-
-def shown_path(path: str | Path, root: Path | None = None) -> str:
-    """``path`` without server detail: relative to the repository when inside it, else relative
-    to the root as ``$LOCALIST_APP_SWEEPS/…``, else only its last part."""
-    p = _real(path)
-    root = app_root() if root is None else root
-    if _inside(p, REPO):
-        return str(p.relative_to(REPO)) if p != REPO else "."
-    if _inside(p, root):
-        rest = p.relative_to(root)
-        return f"${ROOT_VAR}" + (f"/{rest}" if str(rest) != "." else "")
-    return p.name or "."
-
-
-def redact(text: str, root: Path | None = None) -> str:
-    """``text`` (a log, an error) with the server's folders replaced by placeholders."""
-    root = app_root() if root is None else root
-    pairs = [] if _inside(root, REPO) else [(str(root), f"${ROOT_VAR}")]
-    pairs += [(str(REPO) + os.sep, ""), (str(REPO), "."), (sys.prefix, "<python>"),
-              (sys.base_prefix, "<python>"), (str(REPO.parent), "<server>"),
-              (str(Path.home()), "~")]
-    for old, new in pairs:
-        if len(old) > 1:   # never replace "/" alone
-            text = text.replace(old, new)
-    return text
-
-
-# -- the request ------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class SweepRequest:
-    """A validated sweep a visitor may start: a name under ``root`` and bounded settings."""
-
-    name: str
-    protocols: tuple[str, ...]
-    lambdas: tuple[float, ...]
-    taus: tuple[float, ...]
-    config: str
-    root: Path
-    overrides: tuple[str, ...] = ()
-    eval_tokens: int = DEFAULT_EVAL_TOKENS
-
-    @property
-    def folder(self) -> Path:
-        """The sweep's own folder under the root."""
-        return self.root / self.name
-
-    @property
-    def cache_dir(self) -> Path:
-        return self.folder / "cache"
-
-    @property
-    def runs_dir(self) -> Path:
-        return self.folder / "runs"
-
-    @property
-    def n_runs(self) -> int:
-        return sum(1 if p == "dial" else len(self.lambdas) for p in self.protocols)
-
-    def minutes(self) -> float:
-        """A rough wall-clock estimate on this CPU."""
-        return self.n_runs * CONFIG_COST.get(self.config, 15.0)
-
-
-def parse_numbers(text: str, name: str, lo: float, hi: float,
-                  most: int | None = None) -> tuple[float, ...]:
-    """Comma- or space-separated numbers in [lo, hi], sorted and deduplicated; at most
-    ``most`` distinct values."""
-    text = str(text)
-    if most is not None and len(text) > 32 * most:   # refuse a huge paste before parsing it
-        raise ValueError(f"{name}: {len(text):,} characters; at most {most} values are allowed")
-    items = [t for t in re.split(r"[,\s;]+", text.strip()) if t]
-    if not items:
-        raise ValueError(f"{name}: give at least one number, e.g. 0, 0.5, 1")
-    vals = set()
-    for t in items:
-        try:
-            v = float(t)
-        except ValueError:
-            shown = t if len(t) <= 20 else t[:20] + "…"
-            raise ValueError(f"{name}: {shown!r} is not a number") from None
-        if not math.isfinite(v) or not lo <= v <= hi:
-            raise ValueError(f"{name}: {t} is outside [{lo:g}, {hi:g}]")
-        vals.add(v)
-    if most is not None and len(vals) > most:
-        raise ValueError(f"{name}: {len(vals)} values given; at most {most} are allowed")
-    return tuple(sorted(vals))
-
-
-def check_name(name: str) -> str:
-    """A sweep name: letters, digits and ``-_.``, starting with a letter or digit, at most
-    ``APP_LIMITS["name_chars"]`` characters (so never ``.``, ``..`` or a path)."""
-    name = str(name or "").strip()
-    most = APP_LIMITS["name_chars"]
-    if not name:
-        raise ValueError("Sweep name: give a name, e.g. my-sweep")
-    if len(name) > most:
-        raise ValueError(f"Sweep name: {len(name)} characters; at most {most}")
-    if not _NAME.fullmatch(name):
-        shown = name if len(name) <= 40 else name[:40] + "…"
-        raise ValueError(f"Sweep name: {shown!r} is not allowed; use letters, digits and - _ . "
-                         f"(starting with a letter or digit), not a path")
-    return name
-
-
-def sweep_folder(name: str, root: Path | None = None) -> Path:
-    """``<root>/<name>``, refused (ValueError) when the name is not valid or when the folder,
-    its cache or its runs folder resolves outside the root (a link leading out)."""
-    root = app_root() if root is None else root
-    folder = root / check_name(name)
-    for path in (folder, folder / "cache", folder / "runs"):
-        try:
-            real = path.resolve()
-        except (OSError, RuntimeError):   # a link loop
-            raise ValueError(f"Sweep name: the folder of {name!r} cannot be resolved (a link "
-                             f"loop); refused") from None
-        if not _inside(real, root) or real == root:
-            raise ValueError(f"Sweep name: the folder of {name!r} leads outside the app-sweeps "
-                             f"folder (a link); refused")
-        if path.exists() and not path.is_dir():
-            raise ValueError(f"Sweep name: {shown_path(path, root)} exists and is not a folder")
-    return folder
-
-
-def _num(v: float) -> str:
-    return str(v) if isinstance(v, int) else f"{v:g}"
-
-
-def _bound_problem(key: str, value) -> str | None:
-    """Why ``key=value`` is outside OVERRIDE_BOUNDS (naming key, value and bound), or None."""
-    lo, hi = OVERRIDE_BOUNDS[key]
-    values = value if isinstance(value, tuple) else (value,)
-    if key == "cutoffs" and len(values) > APP_LIMITS["cutoffs"]:
-        return f"cutoffs: {len(values)} boundaries; at most {APP_LIMITS['cutoffs']}"
-    for v in values:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            return f"{key}={v!r} is not a number"
-        if v > hi:
-            return f"{key}={_num(v)} is above the limit {_num(hi)} on this server"
-        if v < lo:
-            return f"{key}={_num(v)} is below the minimum {_num(lo)}"
-    return None
-
-
-def check_overrides(config: str, overrides: str) -> tuple[tuple[str, ...], list[str]]:
-    """Split and bound ``key=value`` overrides; returns them and every problem found.
-
-    Each key must be in OVERRIDE_BOUNDS (and within its bounds) or FREE_OVERRIDES; then the
-    whole config, preset plus overrides, is built and must also fit the bounds and the
-    sweep-wide limits.
-    """
-    text = str(overrides or "")
-    if len(text) > APP_LIMITS["overrides"] * (APP_LIMITS["override_chars"] + 1):
-        return (), [f"Overrides: {len(text):,} characters; at most {APP_LIMITS['overrides']} "
-                    f"items of {APP_LIMITS['override_chars']} characters"]
-    items = tuple(text.split())
-    if len(items) > APP_LIMITS["overrides"]:
-        return (), [f"Overrides: {len(items)} given; at most {APP_LIMITS['overrides']}"]
-    problems = []
-    for item in items:
-        shown = item if len(item) <= 40 else item[:40] + "…"
-        key = item.split("=", 1)[0].strip()
-        if len(item) > APP_LIMITS["override_chars"]:
-            problems.append(f"Overrides: {shown!r} is longer than "
-                            f"{APP_LIMITS['override_chars']} characters")
-        elif key in RESERVED_OVERRIDES:
-            problems.append(f"Overrides: {shown}: set protocol and λ with the form")
-        elif key in REFUSED_OVERRIDES:
-            problems.append(f"Overrides: {key} comes from the corpus and cannot be set here")
-        elif key not in OVERRIDE_BOUNDS and key not in FREE_OVERRIDES:
-            allowed = ", ".join(sorted([*OVERRIDE_BOUNDS, *FREE_OVERRIDES]))
-            problems.append(f"Overrides: unknown key {key[:40]!r}; allowed keys: {allowed}")
-        else:
-            try:
-                m, t = apply_overrides({}, {}, [item])
-            except ConfigError as e:
-                problems.append(f"Overrides: {e}")
-                continue
-            value = {**m, **t}[key]
-            problem = _bound_problem(key, value) if key in OVERRIDE_BOUNDS else None
-            if problem:
-                problems.append(f"Overrides: {problem}")
-    if problems:
-        return items, problems
-    try:
-        p = preset(config)
-        m, t = apply_overrides(p.model, p.train, list(items))
-        model = ModelConfig(**{"vocab_size": 50_000, **m})
-        train = TrainConfig(**t)
-    except (ConfigError, TypeError, ValueError) as e:
-        return items, [f"Overrides: {e}"]
-    values = {**dataclasses.asdict(model), **dataclasses.asdict(train)}
-    problems = [f"Config {config}: {pr}" for k in OVERRIDE_BOUNDS
-                if (pr := _bound_problem(k, values[k]))]
-    evals = train.max_steps / train.eval_interval
-    if evals > APP_LIMITS["evals_per_run"]:
-        problems.append(f"Overrides: max_steps/eval_interval = {evals:g} evaluations during "
-                        f"training; at most {APP_LIMITS['evals_per_run']} (raise eval_interval)")
-    return items, problems
-
-
-def _time_budget(config: str, overrides: tuple[str, ...]) -> float:
-    p = preset(config)
-    _, t = apply_overrides(p.model, p.train, list(overrides))
-    return float(TrainConfig(**t).time_budget_s)
-
-
-def check_request(name: str, protocols: list[str], lambdas: str, taus: str, config: str,
-                  overrides: str = "", eval_tokens: int = DEFAULT_EVAL_TOKENS,
-                  protected: tuple = ()) -> tuple[SweepRequest | None, list[str]]:
-    """Validate the Sweeps form; returns the request, or None and every problem found.
-
-    Refused outright while sweeps are off (``sweeps_enabled``) or the root is misplaced
-    (``root_problems``). ``protected`` names sweep caches that must never be written.
-    """
-    if not sweeps_enabled():
-        return None, [disabled_message()]
-    root = app_root()
-    problems = root_problems(root, protected)
-    if problems:
-        return None, problems
-    errors, lam, tau, over = [], (), (), ()
-    try:
-        name = sweep_folder(name, root).name
-    except ValueError as e:
-        errors.append(str(e))
-    protocols = [p for p in protocols or []]
-    bad = [p for p in protocols if p not in PROTOCOL_NAMES]
-    if not protocols or bad:
-        errors.append(f"Protocols: choose from {', '.join(PROTOCOL_NAMES)}"
-                      + (f" ({', '.join(str(b)[:20] for b in bad)} is unknown)" if bad else ""))
-    try:
-        lam = parse_numbers(lambdas, "λ values", 0.0, 1.0, APP_LIMITS["lambdas"])
-    except ValueError as e:
-        errors.append(str(e))
-    try:
-        tau = parse_numbers(taus, "τ values", *TEMPERATURE_RANGE, APP_LIMITS["taus"])
-    except ValueError as e:
-        errors.append(str(e))
-    if config not in APP_CONFIGS:
-        errors.append(f"Config: {str(config)[:20]!r} is not offered here; choose "
-                      f"{' or '.join(APP_CONFIGS)} (paper takes hours per run: use the CLI)")
-    else:
-        over, problems = check_overrides(config, overrides)
-        errors += problems
-    most = APP_LIMITS["eval_tokens"]
-    if (not isinstance(eval_tokens, int) or isinstance(eval_tokens, bool)
-            or not 1 <= eval_tokens <= most):
-        errors.append(f"Evaluation tokens must be a whole number in 1..{most:,}, "
-                      f"got {str(eval_tokens)[:20]}")
-    if errors:
-        return None, errors
-    req = SweepRequest(name, tuple(dict.fromkeys(protocols)), lam, tau, config, root, over,
-                       eval_tokens)
-    hours = req.n_runs * _time_budget(config, over) / 3600
-    if hours > APP_LIMITS["budget_hours"]:
-        return None, [f"This sweep may train for {req.n_runs} runs × time_budget_s = "
-                      f"{hours:.1f} h; at most {APP_LIMITS['budget_hours']} h on this server "
-                      f"(fewer λ values or protocols, or a smaller time_budget_s)"]
-    for shipped in map(_real, protected):
-        if any(_inside(_real(p), shipped) or _inside(shipped, _real(p))
-               for p in (req.cache_dir, req.runs_dir)):
-            return None, [f"Sweep name: {name!r} would write into the shipped results"]
-    return req, []
-
+# -- the command ------------------------------------------------------------------------------
 
 def sweep_command(req: SweepRequest, python: str = sys.executable,
                   shown: bool = False) -> list[str]:
@@ -619,7 +210,7 @@ def app_sweeps(root: Path | None = None) -> dict[str, Path]:
     except OSError:
         return {}
     for child in children:
-        if not _NAME.fullmatch(child.name) or len(child.name) > APP_LIMITS["name_chars"]:
+        if not NAME.fullmatch(child.name) or len(child.name) > APP_LIMITS["name_chars"]:
             continue
         try:
             folder = sweep_folder(child.name, root)

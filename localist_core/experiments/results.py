@@ -16,7 +16,7 @@ from .sweep import (
 )
 
 PAPERS = "papers' report"
-# The papers' reported figures (DESIGN §1), shown beside ours, never in place of ours.
+# The papers' reported figures (REPRODUCTION.md), shown beside ours, never in place of ours.
 PAPER = {"entropy_bits_l1": 5.36, "entropy_bits_l0": 7.18, "test_perplexity_l06": 4.65,
          "test_accuracy_l06": 0.847}
 LEAK = "LEAK"
@@ -151,7 +151,7 @@ def partition_of(run: dict) -> str:
 
 
 def strategy_points(runs: list[dict], block_size: int = 5) -> list[dict]:
-    """Issue 7's comparison: causal attention-penalty runs as trained (λ_f = 0, τ = 1), one
+    """Where blocks fall: causal attention-penalty runs as trained (λ_f = 0, τ = 1), one
     series per partition. Fixed runs count only at the default ``block_size``, and no run with
     another shape change enters, so the series differ in where blocks fall and nothing else."""
     pts = []
@@ -176,24 +176,11 @@ def _fixed_only(runs: list[dict]) -> list[dict]:
     return [r for r in runs if partition_of(r) == "fixed"]
 
 
-def penalty_curve(runs: list[dict]) -> list[dict]:
-    """One point per causal penalty run as trained (λ_f = 0, τ = 1); a series per form."""
-    return _collect(runs, False, ("trained",))
-
-
-def dialled_penalty_curve(runs: list[dict]) -> list[dict]:
-    """Causal penalty models dialled at inference to λ_f = λ (τ = 1): "no retraining"."""
-    return _collect(runs, False, ("dialled",))
-
-
-def dial_curve(runs: list[dict]) -> list[dict]:
-    """The dial-protocol model at each λ_f it was evaluated at (τ = 1)."""
-    return _collect(runs, False, ("dial",))
-
-
 def curve_points(runs: list[dict]) -> list[dict]:
-    """Every causal curve of fixed-block runs: penalty as trained, penalty dialled, dial
-    protocol (other partitions have their own comparison, ``strategy_points``)."""
+    """Every causal curve of fixed-block runs at τ = 1, one series each: a penalty form as
+    trained (one point per λ, λ_f = 0), the same models dialled at inference to λ_f = λ ("no
+    retraining"), and the dial-protocol model at each λ_f. Other partitions have their own
+    comparison (``strategy_points``)."""
     return _collect(_fixed_only(runs), False, ("trained", "dialled", "dial"))
 
 
@@ -214,7 +201,7 @@ def tau_family(runs: list[dict], run_id: str) -> list[dict]:
 
 
 def paper_points() -> list[dict]:
-    """The papers' reported figures (DESIGN §1), each labelled as the papers' report."""
+    """The papers' reported figures (REPRODUCTION.md), each labelled as the papers' report."""
     tag = {"series": PAPERS, "source": PAPERS}
     ppl, acc = PAPER["test_perplexity_l06"], PAPER["test_accuracy_l06"]
     return [{**tag, "locality": lam, "entropy_bits": PAPER[key],
