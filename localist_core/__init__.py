@@ -5,13 +5,15 @@ Three layers, each importing only from those below it (docs/design.md, "Layers")
 ``analysis`` (metrics, evaluation, theory, rules, inspection) ← ``experiments`` (data, training,
 sweeps, results, report) ← ``cli``. Nothing here imports streamlit or plotly.
 
-The names below are the model layer's public face: ``load_model``, ``LocalistLM.run_with_cache``
-and ``Tokenizer.encode/decode``; the metrics are ``localist_core.analysis.metrics``.
+The names below are the model layer's public face: ``load_model``, ``Dial``,
+``LocalistLM.run_with_cache`` and ``Tokenizer.encode/decode``; the metrics are
+``localist_core.analysis.metrics``.
 """
 from .model.checkpoint import CheckpointError, load_model, save_checkpoint
 from .model.config import ModelConfig, TrainConfig, preset
+from .model.dial import Dial
 from .model.tokenizer import Tokenizer
 from .model.transformer import LocalistLM
 
-__all__ = ["CheckpointError", "LocalistLM", "ModelConfig", "Tokenizer", "TrainConfig",
+__all__ = ["CheckpointError", "Dial", "LocalistLM", "ModelConfig", "Tokenizer", "TrainConfig",
            "load_model", "preset", "save_checkpoint"]

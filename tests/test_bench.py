@@ -1,5 +1,5 @@
 """Every benchmark runs in its --quick mode and prints its tables. No timing is asserted: speed
-bars are checked by the benchmarks themselves and recorded in BENCHMARKS.md (DESIGN §8)."""
+bars are checked by the benchmarks themselves and recorded in BENCHMARKS.md."""
 import os
 import subprocess
 import sys

@@ -1,4 +1,4 @@
-"""WikiText-2 (word level) through Hugging Face ``datasets`` (DESIGN §5).
+"""WikiText-2 (word level) through Hugging Face ``datasets`` (docs/design.md, "Experiments").
 
 Sources, first found wins: an explicit ``data_dir``, ``$LOCALIST_DATA_DIR``, the development copy
 at ``../shared/data/wikitext-2`` beside the repository, then the Hub where a network exists. With

@@ -2,7 +2,7 @@
 
 glibc serves every allocation over 32 MiB with a fresh ``mmap`` and gives it back on free, so
 a training step pays again, in page faults, for each big tensor it makes (the adaptive head's
-log-probs, the embedding gradient). On this project's 2-core VM a fresh 43 MB tensor costs
+log-probs, the embedding gradient). On a 2-core AMD EPYC (BENCHMARKS.md) a fresh 43 MB tensor costs
 about 14 ms that way and about 1 ms from memory glibc kept, and a 200-step ``cpu-ref`` run took
 55–58 s instead of 63–64 s, at a peak RSS of 3.1–3.2 GB instead of 2.8–3.1 (BENCHMARKS.md).
 

@@ -97,7 +97,7 @@ def _history_ppl(run: dict, step: int) -> float | None:
 
 
 def strategy_table(runs: list[dict]) -> str:
-    """Issue 7: fixed, punctuation and recruited partitions per λ (attention penalty, λ_f = 0,
+    """Fixed, punctuation and recruited partitions per λ (attention penalty, λ_f = 0,
     τ = 1), with the step-1000 validation perplexity from training (32k-token prefix)."""
     by_id = {r["run_id"]: r for r in runs}
     head = ["partition", "λ", "steps", "valid ppl", "test ppl", "test acc", "H (bits)",
