@@ -4,6 +4,7 @@ menu switches pages (AppTest's switch_page cannot show this: it resets the sideb
 Screenshots and the server log go to test-artifacts/."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import socket
@@ -134,47 +135,56 @@ def _lam_in_url(url: str) -> str | None:
     return parse_qs(urlparse(url).query).get("lam", [None])[0]
 
 
-def test_lambda_slider_redraws_heatmap_and_deep_link(server):
-    messages: list[str] = []
+@contextlib.contextmanager
+def _browser_page(messages: list[str], console: bool = False):
+    """A page in Debian's chromium that records page errors (and console lines) in
+    ``messages``; the browser closes when the block ends."""
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1400})
-            page.on("console", lambda m: messages.append(f"console.{m.type}: {m.text}"))
+            if console:
+                page.on("console", lambda m: messages.append(f"console.{m.type}: {m.text}"))
             page.on("pageerror", lambda e: messages.append(f"pageerror: {e}"))
-            t0 = time.monotonic()
-            page.goto(server + "/", wait_until="domcontentloaded")
-            page.wait_for_function(HEATMAP_STATE, timeout=HEATMAP_WAIT_MS)
-            print(f"\nheatmap drawn {time.monotonic() - t0:.1f} s after opening the page")
-            page.wait_for_function(SETTLED, timeout=HEATMAP_WAIT_MS)
-            before = page.evaluate(HEATMAP_STATE)
-            heatmap = page.locator(".st-key-heatmap")
-            page.screenshot(path=ARTIFACTS / "e2e-before.png", full_page=True)
-            png_before = heatmap.screenshot(path=ARTIFACTS / "e2e-heatmap-before.png")
-
-            # Streamlit's slider is a visually hidden <input type=range> (role slider).
-            slider = page.locator("[data-testid=stSidebar]").get_by_role(
-                "slider", name="λ — locality")
-            start = float(slider.input_value())
-            slider.focus()
-            t1 = time.monotonic()
-            # One step at a time, each awaited: a key pressed while a rerun is under way can be
-            # lost (the rerun sends the slider its previous value back).
-            for i in range(1, LAM_PRESSES + 1):
-                want = f"{min(1.0, round(start + LAM_STEP * i, 2)):g}"
-                page.keyboard.press("ArrowRight")
-                page.wait_for_function(LAM_IN_URL, arg=want, timeout=REDRAW_WAIT_MS)
-                page.wait_for_function(SETTLED, timeout=REDRAW_WAIT_MS)
-            assert float(slider.input_value()) == pytest.approx(float(want))
-            page.wait_for_function(REDRAWN, arg=[before["z"], want], timeout=REDRAW_WAIT_MS)
-            print(f"heatmap redrawn at λ={want} {time.monotonic() - t1:.1f} s after the first key")
-            after, url = page.evaluate(HEATMAP_STATE), page.url
-            page.screenshot(path=ARTIFACTS / "e2e-after.png", full_page=True)
-            png_after = heatmap.screenshot(path=ARTIFACTS / "e2e-heatmap-after.png")
+            yield page
         finally:
             browser.close()
-            (ARTIFACTS / "e2e-browser-console.log").write_text("\n".join(messages) + "\n",
-                                                              encoding="utf-8")
+
+
+def test_lambda_slider_redraws_heatmap_and_deep_link(server):
+    messages: list[str] = []
+    with _browser_page(messages, console=True) as page:
+        t0 = time.monotonic()
+        page.goto(server + "/", wait_until="domcontentloaded")
+        page.wait_for_function(HEATMAP_STATE, timeout=HEATMAP_WAIT_MS)
+        print(f"\nheatmap drawn {time.monotonic() - t0:.1f} s after opening the page")
+        page.wait_for_function(SETTLED, timeout=HEATMAP_WAIT_MS)
+        before = page.evaluate(HEATMAP_STATE)
+        heatmap = page.locator(".st-key-heatmap")
+        page.screenshot(path=ARTIFACTS / "e2e-before.png", full_page=True)
+        png_before = heatmap.screenshot(path=ARTIFACTS / "e2e-heatmap-before.png")
+
+        # Streamlit's slider is a visually hidden <input type=range> (role slider).
+        slider = page.locator("[data-testid=stSidebar]").get_by_role(
+            "slider", name="λ — locality")
+        start = float(slider.input_value())
+        slider.focus()
+        t1 = time.monotonic()
+        # One step at a time, each awaited: a key pressed while a rerun is under way can be
+        # lost (the rerun sends the slider its previous value back).
+        for i in range(1, LAM_PRESSES + 1):
+            want = f"{min(1.0, round(start + LAM_STEP * i, 2)):g}"
+            page.keyboard.press("ArrowRight")
+            page.wait_for_function(LAM_IN_URL, arg=want, timeout=REDRAW_WAIT_MS)
+            page.wait_for_function(SETTLED, timeout=REDRAW_WAIT_MS)
+        assert float(slider.input_value()) == pytest.approx(float(want))
+        page.wait_for_function(REDRAWN, arg=[before["z"], want], timeout=REDRAW_WAIT_MS)
+        print(f"heatmap redrawn at λ={want} {time.monotonic() - t1:.1f} s after the first key")
+        after, url = page.evaluate(HEATMAP_STATE), page.url
+        page.screenshot(path=ARTIFACTS / "e2e-after.png", full_page=True)
+        png_after = heatmap.screenshot(path=ARTIFACTS / "e2e-heatmap-after.png")
+        (ARTIFACTS / "e2e-browser-console.log").write_text("\n".join(messages) + "\n",
+                                                          encoding="utf-8")
 
     assert after["z"] != before["z"]
     assert f"λ={want} " in after["title"] and f"λ={want} " not in before["title"]
@@ -202,32 +212,26 @@ def test_the_sidebar_keeps_its_settings_across_pages(server):
     """λ moved on the Explorer, τ and a sample text from a link: the app's own menu leads to
     Compare and Rules & blocks, and each shows the same λ, τ and text in its sidebar."""
     messages: list[str] = []
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1400})
-            page.on("pageerror", lambda e: messages.append(f"pageerror: {e}"))
-            page.goto(server + "/?lam=0.3&tau=0.5&prompt=storm", wait_until="domcontentloaded")
-            page.wait_for_function(HEATMAP_STATE, timeout=HEATMAP_WAIT_MS)
-            page.wait_for_function(SETTLED, timeout=HEATMAP_WAIT_MS)
-            slider = page.locator("[data-testid=stSidebar]").get_by_role(
-                "slider", name="λ — locality")
-            slider.focus()
-            page.keyboard.press("ArrowRight")       # moved here, not by the link: 0.3 → 0.35
-            page.wait_for_function(LAM_IN_URL, arg="0.35", timeout=REDRAW_WAIT_MS)
-            page.wait_for_function(SETTLED, timeout=REDRAW_WAIT_MS)
-            seen = {"Explorer": _sidebar_state(page)}
-            nav = page.locator("[data-testid=stSidebarNav]")
-            for title in ("Compare", "Rules & blocks"):
-                nav.get_by_text(title, exact=True).click()
-                page.wait_for_function(TITLE, arg=title, timeout=REDRAW_WAIT_MS)
-                page.wait_for_function(IDLE, timeout=REDRAW_WAIT_MS)
-                seen[title] = _sidebar_state(page)
-                page.screenshot(path=ARTIFACTS / f"e2e-kept-{title.split()[0].lower()}.png",
-                                full_page=True)
-            url = page.url
-        finally:
-            browser.close()
+    with _browser_page(messages) as page:
+        page.goto(server + "/?lam=0.3&tau=0.5&prompt=storm", wait_until="domcontentloaded")
+        page.wait_for_function(HEATMAP_STATE, timeout=HEATMAP_WAIT_MS)
+        page.wait_for_function(SETTLED, timeout=HEATMAP_WAIT_MS)
+        slider = page.locator("[data-testid=stSidebar]").get_by_role(
+            "slider", name="λ — locality")
+        slider.focus()
+        page.keyboard.press("ArrowRight")       # moved here, not by the link: 0.3 → 0.35
+        page.wait_for_function(LAM_IN_URL, arg="0.35", timeout=REDRAW_WAIT_MS)
+        page.wait_for_function(SETTLED, timeout=REDRAW_WAIT_MS)
+        seen = {"Explorer": _sidebar_state(page)}
+        nav = page.locator("[data-testid=stSidebarNav]")
+        for title in ("Compare", "Rules & blocks"):
+            nav.get_by_text(title, exact=True).click()
+            page.wait_for_function(TITLE, arg=title, timeout=REDRAW_WAIT_MS)
+            page.wait_for_function(IDLE, timeout=REDRAW_WAIT_MS)
+            seen[title] = _sidebar_state(page)
+            page.screenshot(path=ARTIFACTS / f"e2e-kept-{title.split()[0].lower()}.png",
+                            full_page=True)
+        url = page.url
     want = {"lam": pytest.approx(0.35), "tau": pytest.approx(0.5), "sample text": True,
             "sample": "storm"}
     for title, state in seen.items():

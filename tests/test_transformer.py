@@ -118,16 +118,21 @@ def test_bad_tokens_give_clear_errors(tiny_model):
         tiny_model.run_with_cache([0, tiny_model.cfg.vocab_size])
 
 
+def _cluster_winning_hidden(model) -> torch.Tensor:
+    """``[3, 50, d]`` hidden states pointed at the head's cluster rows, so tail words often win
+    over the shortlist (where a scan that stops at the shortlist would go wrong)."""
+    g = torch.Generator().manual_seed(1)
+    rows = model.head.head.weight[model.head.shortlist_size:].detach()     # (clusters, d)
+    pick = torch.randint(0, len(rows), (150,), generator=g)
+    scale = torch.rand(150, 1, generator=g) * 30
+    return (scale * rows[pick] / rows[pick].norm(dim=-1, keepdim=True)
+            + torch.randn(150, rows.shape[1], generator=g)).view(3, 50, -1)
+
+
 def test_predict_is_the_exact_argmax_even_when_clusters_win(trained_tiny):
     """Hidden states pointed at the head's cluster rows make tail words win; predict must
     still agree with the argmax of the full distribution."""
-    g = torch.Generator().manual_seed(1)
-    head = trained_tiny.head
-    rows = head.head.weight[head.shortlist_size:].detach()              # (clusters, d)
-    pick = torch.randint(0, len(rows), (150,), generator=g)
-    scale = torch.rand(150, 1, generator=g) * 30
-    hidden = (scale * rows[pick] / rows[pick].norm(dim=-1, keepdim=True)
-              + torch.randn(150, rows.shape[1], generator=g)).view(3, 50, -1)
+    hidden = _cluster_winning_hidden(trained_tiny)
     full = trained_tiny.log_probs(hidden).argmax(-1)
     assert (full >= trained_tiny.cfg.cutoffs[0]).float().mean() > 0.2
     assert (full < trained_tiny.cfg.cutoffs[0]).float().mean() > 0.05
@@ -138,17 +143,12 @@ def test_predict_is_the_exact_argmax_even_when_clusters_win(trained_tiny):
 def test_top_k_is_the_exact_top_k_even_when_clusters_win(trained_tiny, k):
     """The hidden states of the predict test (pointed at the cluster rows) make tail words
     win; top_k must still equal the top-k of the full distribution."""
-    g = torch.Generator().manual_seed(1)
-    head = trained_tiny.head
-    rows = head.head.weight[head.shortlist_size:].detach()              # (clusters, d)
-    pick = torch.randint(0, len(rows), (150,), generator=g)
-    scale = torch.rand(150, 1, generator=g) * 30
-    hidden = (scale * rows[pick] / rows[pick].norm(dim=-1, keepdim=True)
-              + torch.randn(150, rows.shape[1], generator=g)).view(3, 50, -1)
+    hidden = _cluster_winning_hidden(trained_tiny)
     with torch.no_grad():
         full = trained_tiny.log_probs(hidden).topk(k, dim=-1)
         lp, ids = trained_tiny.top_k(hidden, k, chunk=13)
-    assert (ids[..., 0] >= head.shortlist_size).float().mean() > 0.2   # tail words do win
+    tail = ids[..., 0] >= trained_tiny.head.shortlist_size
+    assert tail.float().mean() > 0.2                                   # tail words do win
     assert torch.equal(ids, full.indices)
     torch.testing.assert_close(lp, full.values, atol=1e-5, rtol=1e-5)
 
