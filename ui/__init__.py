@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 import streamlit as st
 
-from localist_core.analysis.inspection import MAX_TEXT_CHARS, analyze, theory_report
+from localist_core.analysis.inspection import MAX_TEXT_CHARS, analyze, cut_text, theory_report
 from localist_core.analysis.inspection import next_words as next_words_after
 from localist_core.model.config import (
     ANCHOR_STRENGTH_RANGE,
@@ -178,11 +178,7 @@ def sidebar() -> Settings:
                             "characters are read.",
                             **keep("free_text", next(iter(prompts.values()))))
         source = "free"
-    notices = []
-    if len(text) > MAX_TEXT_CHARS:
-        notices.append(f"The text has {len(text):,} characters; only the first "
-                       f"{MAX_TEXT_CHARS:,} were read.")
-        text = text[:MAX_TEXT_CHARS]
+    text, notices = cut_text(text)
     partition = None if blocks == "as trained" else blocks
     return Settings(key, info.path, info.label, info.protocol, info.locality, dial,
                     int(block) if partition == "fixed" else None, text, source, problems,

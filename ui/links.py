@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import streamlit as st
 
-from localist_core.analysis.inspection import MAX_TEXT_CHARS
+from localist_core.analysis.inspection import cut_text
 from localist_core.model.config import (
     ANCHOR_STRENGTH_RANGE,
     ANCHOR_STRENGTH_SLIDER_MAX,
@@ -157,12 +157,10 @@ def apply_deep_link(usable_keys: list[str], prompts: dict[str, str]) -> None:
     if "prompt" in values:
         ss[PERSIST + "text_mode"], ss[PERSIST + "prompt"] = "Sample text", values["prompt"]
     elif "text" in values:
-        text = values["text"]
-        if len(text) > MAX_TEXT_CHARS:
-            notices.append(f"The linked text has {len(text):,} characters; only the first "
-                           f"{MAX_TEXT_CHARS:,} were read.")
+        text, cut = cut_text(values["text"], "The linked text")
+        notices += cut
         ss[PERSIST + "text_mode"] = "Your own text"
-        ss[PERSIST + "free_text"] = text[:MAX_TEXT_CHARS]
+        ss[PERSIST + "free_text"] = text
 
 
 def fit_choice(key: str, options: list, name: str) -> None:

@@ -63,18 +63,26 @@ def analysis_bytes_bound(cfg) -> int:
     return lh * t * t * 2 + 2 * t * t + lh * t * 4 + t * (4 * cfg.d_model + 64)
 
 
+def cut_text(text: str, what: str = "The text") -> tuple[str, list[str]]:
+    """``text`` cut to MAX_TEXT_CHARS, with the notice that says so (none when it fits). The app
+    cuts before the text reaches any cache; ``prepare_text`` cuts again for other callers.
+
+    >>> cut_text("abc")
+    ('abc', [])
+    """
+    if len(text) <= MAX_TEXT_CHARS:
+        return text, []
+    return text[:MAX_TEXT_CHARS], [f"{what} has {len(text):,} characters; only the first "
+                                   f"{MAX_TEXT_CHARS:,} were read."]
+
+
 def prepare_text(tokenizer, text: str, n_ctx: int) -> tuple[list[int], list[str]]:
     """Token ids of ``text`` for the live view, with notices for what was cut or is missing:
     at most MAX_TEXT_CHARS characters are read and min(n_ctx, MAX_TOKENS) tokens kept."""
-    notices = []
     n_ctx = min(n_ctx, MAX_TOKENS)
     if text is None or not str(text).strip():
         return [], ["The text is empty: type or pick a text to see its attention."]
-    text = str(text)
-    if len(text) > MAX_TEXT_CHARS:
-        notices.append(f"The text has {len(text):,} characters; only the first "
-                       f"{MAX_TEXT_CHARS:,} were read.")
-        text = text[:MAX_TEXT_CHARS]
+    text, notices = cut_text(str(text))
     dropped = dropped_characters(text)
     if dropped:
         notices.append(f"{dropped} control or invisible character(s) (zero-width, direction "
