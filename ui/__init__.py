@@ -71,9 +71,6 @@ class Settings:
 
     checkpoint_key: str | None
     checkpoint_path: str | None
-    checkpoint_label: str
-    protocol: str
-    trained_locality: float | None
     dial: Dial                     # λ, τ, γ as one checked value; dial.notices: what was clamped
     block_size: int | None
     text: str
@@ -131,7 +128,7 @@ def sidebar() -> Settings:
     sb = st.sidebar
     if not usable:
         sb.error("No usable checkpoint in assets/checkpoints.")
-        return Settings(None, None, "none", "none", None, Dial(), None, "", "none", problems)
+        return Settings(None, None, Dial(), None, "", "none", problems)
     keys = [c.key for c in usable]
     if ss.get(PERSIST + "ckpt") not in keys:
         ss[PERSIST + "ckpt"] = keys[0]
@@ -180,9 +177,8 @@ def sidebar() -> Settings:
         source = "free"
     text, notices = cut_text(text)
     partition = None if blocks == "as trained" else blocks
-    return Settings(key, info.path, info.label, info.protocol, info.locality, dial,
-                    int(block) if partition == "fixed" else None, text, source, problems,
-                    notices, partition)
+    return Settings(key, info.path, dial, int(block) if partition == "fixed" else None, text,
+                    source, problems, notices, partition)
 
 
 def page_setup(title: str) -> Settings:
