@@ -15,7 +15,7 @@ import torch
 from bench.common import machine, parser, print_table, run
 from localist_core import load_model
 from localist_core.analysis.evaluate import evaluate_stream
-from localist_core.experiments.sweep import load_cache
+from localist_core.experiments.cache import load_cache
 from localist_core.model.config import ModelConfig, preset
 from localist_core.model.dial import Dial
 from localist_core.model.transformer import LocalistLM

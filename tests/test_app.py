@@ -50,7 +50,7 @@ def _guarded_script():
     """A page whose computations fail: one with a message for the visitor, one without."""
     import streamlit as st
 
-    from localist_core.experiments.sweep import SweepCacheError
+    from localist_core.experiments.cache import SweepCacheError
     from ui.notices import guarded
 
     @guarded("draw the thing", fallback=[])

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from localist_core.experiments.sweep import REPO, load_cache
+from localist_core.experiments.cache import load_cache
 from localist_core.model.config import ModelConfig, TrainConfig
+from localist_core.paths import REPO
 from ui import launch_limits as limits
 from ui import launch_root
 from ui import launcher as launch

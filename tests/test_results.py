@@ -1,8 +1,8 @@
 """Tradeoff points from synthetic sweep results (one point per λ, the papers' points labelled, leaks
 kept apart, missing evals skipped); starting and watching sweeps is tests/test_launcher.py."""
 from localist_core.experiments import results as tr
+from localist_core.experiments.cache import SCHEMA_VERSION
 from localist_core.experiments.report import PAPER
-from localist_core.experiments.sweep import SCHEMA_VERSION
 
 
 def make_eval(lf: float, tau: float, lam: float = 0.0, attention: bool = True,

@@ -71,7 +71,7 @@ def test_a_kill_while_checkpointing_still_resumes_exactly(tmp_path, tiny_model_c
     mcfg = dataclasses.replace(tiny_model_cfg, dropout=0.1)
     cfg = _cfg(protocol="dial", penalty_form="none", threads=1)  # 1 thread: no OpenMP spinning
     straight = train(mcfg, cfg, tiny_corpus, tmp_path / "a", progress=False, eval_tokens=2048)
-    real, writes = trainer._atomic_write, []
+    real, writes = trainer.atomic_write, []
 
     def dying(path, write):
         if path.name == trainer.TRAINER_STATE:
@@ -80,10 +80,10 @@ def test_a_kill_while_checkpointing_still_resumes_exactly(tmp_path, tiny_model_c
                 raise _Killed
         real(path, write)
 
-    monkeypatch.setattr(trainer, "_atomic_write", dying)
+    monkeypatch.setattr(trainer, "atomic_write", dying)
     with pytest.raises(_Killed):
         train(mcfg, cfg, tiny_corpus, tmp_path / "b", progress=False, eval_tokens=2048)
-    monkeypatch.setattr(trainer, "_atomic_write", real)
+    monkeypatch.setattr(trainer, "atomic_write", real)
     stale = tmp_path / "b" / LAST / ".trainer.safetensors.x1y2_k9q.tmp"   # mkstemp-shaped
     stale.write_bytes(b"half a file")
     resumed = train(mcfg, cfg, tiny_corpus, tmp_path / "b", progress=False, eval_tokens=2048)

@@ -22,9 +22,9 @@ from streamlit.testing.v1 import AppTest
 import ui
 from localist_core import save_checkpoint
 from localist_core.analysis.inspection import MAX_TOKENS
+from localist_core.experiments import cache as cache_module
 from localist_core.experiments import results as tr
-from localist_core.experiments import sweep as sweep_module
-from localist_core.experiments.sweep import (
+from localist_core.experiments.cache import (
     MAX_RESULT_BYTES,
     MAX_SMALL_JSON_BYTES,
     SweepCacheError,
@@ -35,7 +35,6 @@ from localist_core.experiments.train import make_model
 from localist_core.model.checkpoint import (
     CONFIG,
     MAX_CONFIG_BYTES,
-    MAX_HEADER_BYTES,
     MAX_VOCAB_BYTES,
     VOCAB,
     WEIGHTS,
@@ -44,6 +43,7 @@ from localist_core.model.checkpoint import (
     load_model,
 )
 from localist_core.model.config import TrainConfig
+from localist_core.model.files import MAX_HEADER_BYTES
 from ui import catalogue
 from ui.catalogue import describe_checkpoint, list_checkpoints
 
@@ -659,6 +659,6 @@ def test_stored_maps_are_read_one_bounded_tensor_at_a_time(tmp_path, monkeypatch
         cached_run_pattern(tmp_path, "run", "castle", 0.5, 1.0)
     with pytest.raises(SweepCacheError, match="not a plain name"):
         cached_run_pattern(tmp_path, "../run", "castle", 0.0, 1.0)
-    monkeypatch.setattr(sweep_module, "MAX_MAP_BYTES", 100)
+    monkeypatch.setattr(cache_module, "MAX_MAP_BYTES", 100)
     with pytest.raises(SweepCacheError, match=re.escape("safetensors: 'castle|0|1' holds 512")):
         cached_run_pattern(tmp_path, "run", "castle", 0.0, 1.0)

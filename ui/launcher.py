@@ -20,7 +20,6 @@ Anyone who can open the dashboard can reach these entry points, so they are guar
 from __future__ import annotations
 
 import fcntl
-import math
 import os
 import shlex
 import shutil
@@ -32,13 +31,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from localist_core.experiments.sweep import (
+from localist_core.experiments.cache import (
     MAX_SMALL_JSON_BYTES,
     PROGRESS_FILE,
     SweepCacheError,
     write_json_atomic,
 )
-from localist_core.model.checkpoint import read_json_file
+from localist_core.experiments.results import finite
+from localist_core.model.files import read_json_file
 from localist_core.paths import REPO
 from ui.launch_limits import APP_LIMITS, NAME, SweepRequest, sweep_folder
 from ui.launch_root import (
@@ -100,11 +100,6 @@ def shown_command(req: SweepRequest) -> str:
 
 
 # -- reading a sweep's state ------------------------------------------------------------------
-
-def _finite(v) -> float | None:
-    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-    return float(v) if ok else None
-
 
 def _read_json(path: Path) -> dict | None:
     """A small JSON object (a progress or launch record), or None when it is absent, not a
@@ -178,8 +173,8 @@ def sweep_status(folder: str | Path, now: float | None = None,
     launch = _read_json(Path(launch_dir or folder) / LAUNCH_FILE)
     if prog is None and launch is None:
         return None
-    if prog is None or (launch and (_finite(launch.get("started")) or 0)
-                        > (_finite(prog.get("updated")) or 0)
+    if prog is None or (launch and (finite(launch.get("started")) or 0)
+                        > (finite(prog.get("updated")) or 0)
                         and prog.get("pid") != launch.get("pid")):
         state = "starting" if pid else "stopped"
         return {"state": state, "fraction": 0.0, "pid": pid,
@@ -188,7 +183,7 @@ def sweep_status(folder: str | Path, now: float | None = None,
     total = prog.get("runs_total") if isinstance(prog.get("runs_total"), int) else 0
     done = prog.get("runs_done") if isinstance(prog.get("runs_done"), int) else 0
     frac = min(max(done / total, 0.0), 1.0) if total > 0 else 0.0
-    age = max(0.0, (now or time.time()) - (_finite(prog.get("updated")) or 0.0))
+    age = max(0.0, (now or time.time()) - (finite(prog.get("updated")) or 0.0))
     if prog.get("phase") == "done":
         return {"state": "finished", "fraction": 1.0, "pid": None,
                 "text": f"Finished: {done} of {total} runs in the cache."}
@@ -238,7 +233,7 @@ def list_sweeps(root: Path | None = None) -> list[dict]:
         if view is None:
             continue
         launch = _read_json(folder / LAUNCH_FILE) or {}
-        rows.append({"name": name, **view, "started": _finite(launch.get("started"))})
+        rows.append({"name": name, **view, "started": finite(launch.get("started"))})
     return sorted(rows, key=lambda r: (r["pid"] is None, -(r["started"] or 0.0), r["name"]))
 
 

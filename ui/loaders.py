@@ -14,8 +14,8 @@ import streamlit as st
 
 from localist_core import load_model
 from localist_core.analysis.inspection import recruitment_trace as trace_text
+from localist_core.experiments.cache import cached_run_pattern, load_cache
 from localist_core.experiments.results import cache_stamp, read_baselines
-from localist_core.experiments.sweep import cached_run_pattern, load_cache
 from localist_core.paths import PROMPTS_FILE, SHIPPED_SWEEP
 from ui.catalogue import list_checkpoints
 from ui.notices import guarded
@@ -44,7 +44,7 @@ def cached_trace(path: str, text: str):
 @st.cache_data(show_spinner=False, max_entries=MAPS_KEPT)
 def cached_map(cache_dir: str, run_id: str, prompt: str, lam: float, tau: float):
     """A stored ``[layer, head, T, T]`` map, kept as float16 as it is stored (at most
-    sweep.MAX_MAP_BYTES each, so MAPS_KEPT of them at most 128 MiB)."""
+    cache.MAX_MAP_BYTES each, so MAPS_KEPT of them at most 128 MiB)."""
     arr = cached_run_pattern(cache_dir, run_id, prompt, lam, tau)
     return None if arr is None else arr.astype(np.float16)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import streamlit as st
 
 from localist_core.analysis.rules import RuleError
-from localist_core.experiments.sweep import SweepCacheError
+from localist_core.experiments.cache import SweepCacheError
 from localist_core.model.checkpoint import CheckpointError
 from localist_core.paths import REPO
 

@@ -159,8 +159,8 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     """Run one command (``argv``, default ``sys.argv[1:]``) and return its exit code; a failure
     the user caused is one ``error: …`` line on stderr."""
     args = build_parser(prog).parse_args(argv)
+    from ..experiments.cache import SweepCacheError
     from ..experiments.data import DataNotFound
-    from ..experiments.sweep import SweepCacheError
     from ..experiments.train import TrainingDiverged
     from ..model.checkpoint import CheckpointError
     try:

@@ -90,8 +90,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from ..analysis.inspection import inference_partition
     from ..experiments.data import load_corpus
     from ..experiments.sweep import baselines
-    from ..model.checkpoint import _atomic_write, load_model
+    from ..model.checkpoint import load_model
     from ..model.dial import Dial
+    from ..model.files import atomic_write
 
     if args.json:       # before the evaluation, which takes minutes on a real checkpoint
         check_output_file(Path(args.json), "--json")
@@ -126,7 +127,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         text = json.dumps(report, indent=1)
         # Atomic: a full disk or a kill leaves the previous file, never half a report.
-        _atomic_write(Path(args.json), lambda p: Path(p).write_text(text))
+        atomic_write(Path(args.json), lambda p: Path(p).write_text(text))
         print(f"wrote {args.json}")
     return 0
 
@@ -159,8 +160,8 @@ def _first_malformed_run(runs: list[dict]) -> str | None:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """``report``: the reproduction tables of a sweep cache, refused whole if any file is."""
+    from ..experiments.cache import BASELINES_FILE, SweepCacheError, load_cache
     from ..experiments.report import full_report
-    from ..experiments.sweep import BASELINES_FILE, SweepCacheError, load_cache
     cache = Path(args.cache)
     if not cache.is_dir():
         why = " (it is a file)" if cache.exists() else ""

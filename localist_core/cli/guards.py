@@ -58,7 +58,7 @@ def is_checkpoint(folder: Path) -> bool:
 
 def foreign_entries(folder: Path, ours: set[str]) -> list[str]:
     """Names in ``folder`` that this project did not write: anything but ``ours`` and the temp
-    files a killed writer of one of them leaves (checkpoint._atomic_write: ``.NAME.<random>.tmp``).
+    files a killed writer of one of them leaves (files.atomic_write: ``.NAME.<random>.tmp``).
     """
     temp_prefixes = tuple(f".{name}." for name in ours)
     return sorted(p.name for p in folder.iterdir()
@@ -100,7 +100,7 @@ def check_sweep_cache(cache: Path) -> None:
     """``sweep --cache``: a new or empty folder, or a sweep cache (it has baselines.json, the
     first file a sweep writes). A sweep writes result files into it, so an unrelated folder is
     refused. Temp files do not count: a sweep killed while writing baselines.json leaves one."""
-    from ..experiments.sweep import BASELINES_FILE, PROGRESS_FILE
+    from ..experiments.cache import BASELINES_FILE, PROGRESS_FILE
     check_can_make_folder(cache, "--cache")
     if not cache.is_dir() or (cache / BASELINES_FILE).is_file() or (
             cache / PROGRESS_FILE).is_file():

@@ -8,8 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..analysis.metrics import METRIC_LABELS
+from .cache import load_cache
 from .results import PAPER, find_eval, read_baselines, strategy_points  # noqa: F401 (PAPER re-exported)
-from .sweep import load_cache
 
 ATT_COLUMNS = list(METRIC_LABELS.items())
 

@@ -6,14 +6,14 @@ from pathlib import Path
 
 from ..analysis.metrics import METRIC_NAMES, causal_entropy_ceiling
 from ..model.config import is_finite_number
-from .sweep import (
+from .cache import (
     BASELINES_FILE,
     PROGRESS_FILE,
-    PROTOCOL_NAMES,
     SweepCacheError,
     cache_files,
     read_baselines_file,
 )
+from .sweep import PROTOCOL_NAMES
 
 PAPERS = "papers' report"
 # The papers' reported figures (REPRODUCTION.md), shown beside ours, never in place of ours.
@@ -232,7 +232,7 @@ def perplexity_references(baselines: dict | None, split: str = "valid") -> list[
 
 
 def read_baselines(folder: str | Path) -> dict | None:
-    """A cache's baselines.json, checked (size cap, types: ``sweep.read_baselines_file``), or
+    """A cache's baselines.json, checked (size cap, types: ``cache.read_baselines_file``), or
     None when it is absent or refused (``load_cache`` names why)."""
     try:
         return read_baselines_file(Path(folder) / BASELINES_FILE)

@@ -21,15 +21,10 @@ from tqdm.auto import tqdm
 
 from ..analysis.evaluate import evaluate_stream
 from ..model.blocks import local_entropy_table
-from ..model.checkpoint import (
-    _atomic_write,
-    load_model,
-    read_config,
-    remove_own_temps,
-    save_checkpoint,
-)
+from ..model.checkpoint import load_model, read_config, save_checkpoint
 from ..model.config import ModelConfig, TrainConfig, config_to_dict
 from ..model.dial import Dial
+from ..model.files import atomic_write, remove_own_temps
 from ..model.transformer import LocalistLM, autocast_ctx
 from .data import Corpus, random_windows
 
@@ -139,8 +134,8 @@ def _save_trainer(folder: Path, model, tok, cfg, opt, step, train_s, history, me
     # Resuming reads this one file only, and it is replaced in one atomic step: a kill at any
     # moment leaves the previous complete state or the new one, never the weights of one step
     # with the optimiser moments or step count of another.
-    _atomic_write(folder / TRAINER_STATE, lambda p: save_file(tensors, p, metadata=header))
-    _atomic_write(folder / TRAINER_META, lambda p: Path(p).write_text(json.dumps(state)))
+    atomic_write(folder / TRAINER_STATE, lambda p: save_file(tensors, p, metadata=header))
+    atomic_write(folder / TRAINER_META, lambda p: Path(p).write_text(json.dumps(state)))
 
 
 def _load_trainer(folder: Path, model, opt, cfg: TrainConfig) -> tuple[int, float, list]:

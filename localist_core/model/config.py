@@ -9,8 +9,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-import reprlib
 from dataclasses import dataclass, field
+
+from .files import short_repr as _r
 
 PARTITIONS = ("fixed", "punctuation", "recruited")
 PENALTY_FORMS = ("none", "weights", "attention")
@@ -44,11 +45,6 @@ class ConfigError(ValueError):
 def _check(cond: bool, msg: str) -> None:
     if not cond:
         raise ConfigError(msg)
-
-
-def _r(v) -> str:
-    """A short repr for messages: a hostile file's 60-KB string or 400-digit number stays short."""
-    return reprlib.repr(v)
 
 
 def is_integer(v) -> bool:

@@ -1,0 +1,228 @@
+"""Reading and writing this project's files safely: JSON and safetensors, never pickle.
+
+Every file is checked before it is parsed: its size with stat() before it is opened, a JSON
+value's depth, a safetensors header's structure against the file's length. A pickle is refused
+unread. Each refusal names the file and the problem and raises the ``error`` class the caller
+passes (``UnsafeFileError`` by default). Writes are atomic: a temporary file, then a rename.
+"""
+from __future__ import annotations
+
+import gc
+import json
+import math
+import os
+import re
+import reprlib
+import stat
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt")
+
+# Limits (README "Limits"): the most bytes of a file a check reads, compared with stat() before
+# the file is opened, so an oversized file is refused unread. The shipped checkpoints' safetensors
+# header is 3.3 KB (2 layers; ~1.5 KB more a layer).
+KiB, MiB = 2**10, 2**20
+MAX_HEADER_BYTES = 1 * MiB
+# The shipped JSON files nest at most 9 levels deep (a sweep result); deeper is refused, so no
+# reader, cache (pickle) or page that walks the data recursively can hit Python's recursion limit.
+MAX_JSON_DEPTH = 32
+# Bytes per element of each safetensors dtype (the header's shapes must account for the file).
+DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2,
+               "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+
+
+class UnsafeFileError(ValueError):
+    """A file is unsafe (a pickle), truncated, foreign, malformed or over its size limit."""
+
+
+def short_repr(v) -> str:
+    """A short repr for messages (a hostile value may be megabytes long)."""
+    return reprlib.repr(v)
+
+
+def refuse_pickle(path: Path, error: type[Exception] = UnsafeFileError) -> None:
+    """Raise ``error`` when ``path``'s suffix names a pickle-based format; nothing is read."""
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise error(f"{path}: {path.suffix} files are pickle-based and are refused unread; "
+                    f"this project reads safetensors + JSON only")
+
+
+def checked_size(path: Path, max_bytes: int, error: type[Exception] = UnsafeFileError) -> int:
+    """The size of the regular file ``path``, from one stat(); raises ``error`` naming the file
+    when it is missing, not a regular file (a FIFO would block a read forever) or bigger than
+    ``max_bytes``, so an oversized file is refused without being opened."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise error(f"{path}: missing") from None
+    except OSError as e:
+        raise error(f"{path}: cannot read ({e.strerror})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise error(f"{path}: not a regular file; refused unread")
+    if st.st_size > max_bytes:
+        raise error(f"{path}: {st.st_size:,} bytes, over the {max_bytes:,}-byte limit for this "
+                    f"file; refused unread")
+    return st.st_size
+
+
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def json_depth(raw: bytes) -> int:
+    """How deeply the valid JSON text ``raw`` nests ([] and {}), counted in C-speed passes: the
+    strings are cut out, every byte but the brackets dropped, and the running sum's maximum
+    taken. A recursive walk of the parsed value costs ~50× more on a 4-MiB file."""
+    brackets = _JSON_STRING.sub(b"", raw).translate(None, _NOT_BRACKETS)
+    if not brackets:
+        return 0
+    step = np.frombuffer(brackets, dtype=np.uint8)
+    step = np.where((step == ord("[")) | (step == ord("{")), 1, -1).astype(np.int32)
+    return int(np.cumsum(step).max())
+
+
+def parse_json(raw: bytes, where: Path, error: type[Exception] = UnsafeFileError,
+               invalid: str = "not valid JSON") -> Any:
+    """Parse ``raw`` (already size-capped) as JSON; raises ``error`` naming ``where`` when it is
+    not JSON (``invalid`` says how), nests more than MAX_JSON_DEPTH deep, or overflows Python's
+    recursion limit (json raises RecursionError, not ValueError, on ``[[[[…``)."""
+    # The cyclic garbage collector runs again and again while json allocates hundreds of
+    # thousands of containers, for nothing (a fresh parse holds no cycles): 0.5 s instead of
+    # 0.05 s for 4 MiB of ``[[],[],…]``. Re-enabled only if it was on.
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        data = json.loads(raw)
+    except RecursionError:
+        raise error(f"{where}: JSON nested too deeply; refused") from None
+    except ValueError as e:   # JSONDecodeError, UnicodeDecodeError, a 5000-digit integer
+        raise error(f"{where}: {invalid} ({e})") from None
+    finally:
+        if was_enabled:
+            gc.enable()
+    depth = json_depth(raw)
+    if depth > MAX_JSON_DEPTH:
+        raise error(f"{where}: JSON nested {depth} levels deep, over the limit of "
+                    f"{MAX_JSON_DEPTH}; refused")
+    return data
+
+
+def read_json_file(path: Path, max_bytes: int, error: type[Exception] = UnsafeFileError,
+                   invalid: str = "not valid JSON") -> Any:
+    """The JSON value in ``path``, read only after stat() shows at most ``max_bytes`` (see
+    ``checked_size`` and ``parse_json`` for what is refused; every refusal names the file)."""
+    checked_size(path, max_bytes, error)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(max_bytes + 1)   # the file may have grown since stat()
+    except OSError as e:
+        raise error(f"{path}: cannot read ({e.strerror})") from None
+    if len(raw) > max_bytes:
+        raise error(f"{path}: over the {max_bytes:,}-byte limit for this file; refused")
+    return parse_json(raw, path, error, invalid)
+
+
+def _header_problem(header) -> str | None:
+    """What is wrong with a parsed safetensors header, or None. Every tensor entry needs a known
+    dtype, a shape of non-negative integers and two offsets spanning exactly its bytes."""
+    if not isinstance(header, dict):
+        return "the header is not a JSON object"
+    meta = header.get("__metadata__", {})
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        return "__metadata__ is not an object of strings"
+    for name, v in header.items():
+        if name == "__metadata__":
+            continue
+        if not isinstance(v, dict):
+            return f"tensor {short_repr(name)} is not described by an object"
+        dtype, shape, offsets = v.get("dtype"), v.get("shape"), v.get("data_offsets")
+        if not isinstance(dtype, str) or dtype not in DTYPE_BYTES:
+            return f"tensor {short_repr(name)} has an unknown dtype {short_repr(dtype)}"
+        if not isinstance(shape, list) or len(shape) > 8 or not all(
+                type(d) is int and d >= 0 for d in shape):
+            return f"tensor {short_repr(name)} has a malformed shape {short_repr(shape)}"
+        if not isinstance(offsets, list) or len(offsets) != 2 or not all(
+                type(o) is int and o >= 0 for o in offsets) or offsets[0] > offsets[1]:
+            return f"tensor {short_repr(name)} has malformed data_offsets {short_repr(offsets)}"
+        need = math.prod(shape) * DTYPE_BYTES[dtype]
+        if offsets[1] - offsets[0] != need:
+            return (f"tensor {short_repr(name)}: dtype {dtype} and shape {shape} need "
+                    f"{need:,} bytes, its offsets span {offsets[1] - offsets[0]:,}")
+    return None
+
+
+def check_safetensors_file(path: Path, error: type[Exception] = UnsafeFileError) -> dict:
+    """Raise ``error`` unless ``path`` is a complete safetensors file; return its header (tensor
+    name → dtype, shape, offsets). Only the header is read, and only when it is at most
+    MAX_HEADER_BYTES; every tensor's shape and dtype must account for its bytes."""
+    refuse_pickle(path, error)
+    try:
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode):
+            raise error(f"{path}: not a regular file; refused unread")
+        size = st.st_size
+        with open(path, "rb") as f:
+            head = f.read(9)
+            n = int.from_bytes(head[:8], "little")
+            plausible = len(head) == 9 and 1 < n <= size - 8 and head[8:9] == b"{"
+            # A header length whose low byte is 0x80 looks like pickle's magic, so the magic
+            # only counts when the bytes are not a plausible safetensors header.
+            if not plausible and (head[:1] == b"\x80" or head[:2] == b"PK"):
+                raise error(f"{path}: this is a pickle / torch.save file, not safetensors; "
+                            f"refused unread")
+            if len(head) < 8:
+                raise error(f"{path}: truncated ({size} bytes; no safetensors header)")
+            if n <= 1 or n > size - 8:
+                raise error(f"{path}: not a safetensors file, or truncated (header length {n} "
+                            f"does not fit a {size}-byte file)")
+            if n > MAX_HEADER_BYTES:
+                raise error(f"{path}: safetensors header of {n:,} bytes, over the "
+                            f"{MAX_HEADER_BYTES:,}-byte limit; refused unread")
+            f.seek(8)
+            raw = f.read(n)
+    except OSError as e:
+        raise error(f"{path}: cannot read ({e.strerror})") from None
+    if not raw.lstrip().startswith(b"{"):
+        raise error(f"{path}: not a safetensors file (header is not JSON)")
+    header = parse_json(raw, path, error, invalid="not a safetensors file, or truncated "
+                                                  "(header is not valid JSON)")
+    problem = _header_problem(header)
+    if problem:
+        raise error(f"{path}: not a valid safetensors header: {problem}")
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"),
+              default=0)
+    if 8 + n + end != size:
+        raise error(f"{path}: truncated or padded: the header describes {8 + n + end} bytes, "
+                    f"the file has {size}")
+    return header
+
+
+# What atomic_write leaves behind when its writer is killed: mkstemp's ".<name>.<8 random>.tmp"
+# for one of the JSON or safetensors files this project writes.
+OWN_TEMP = re.compile(r"\..+\.(?:json|safetensors)\.[a-z0-9_]{8}\.tmp")
+
+
+def remove_own_temps(folder: Path) -> None:
+    """Delete the temporary files a killed ``atomic_write`` left in ``folder``, and nobody
+    else's: only names matching OWN_TEMP."""
+    for stale in Path(folder).glob(".*.tmp"):
+        if OWN_TEMP.fullmatch(stale.name):
+            stale.unlink(missing_ok=True)
+
+
+def atomic_write(path: Path, write) -> None:
+    """Write ``path`` by calling ``write(temp_path)`` on a temporary file beside it, then
+    renaming it over ``path``: a reader sees the old file or the new one, never half of one. A
+    failed or interrupted write removes its temporary file and leaves ``path`` as it was."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

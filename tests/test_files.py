@@ -1,0 +1,136 @@
+"""Reading and writing files safely: sizes checked before reading, JSON depth bounded, a
+safetensors header checked against its file, pickles refused unread, writes atomic."""
+import json
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from localist_core.model.files import (
+    MAX_JSON_DEPTH,
+    UnsafeFileError,
+    atomic_write,
+    check_safetensors_file,
+    checked_size,
+    json_depth,
+    parse_json,
+    read_json_file,
+    remove_own_temps,
+    short_repr,
+)
+
+
+class _Refused(ValueError):
+    """A caller's own error class."""
+
+
+def test_short_repr_cuts_a_long_value():
+    assert len(short_repr("x" * 10**6)) < 100
+    assert short_repr([1, 2]) == "[1, 2]"
+
+
+@pytest.mark.parametrize("text, depth", [("1", 0), ("[]", 1), ('{"a": [[1], {}]}', 3),
+                                         ('["[[[[", "]]"]', 1), (r'["\"[[["]', 1)])
+def test_json_depth_counts_brackets_outside_strings(text, depth):
+    assert json_depth(text.encode()) == depth
+
+
+def test_parse_json_refuses_deep_nesting_and_bad_json_with_the_callers_error(tmp_path):
+    where = tmp_path / "x.json"
+    deep = ("[" * (MAX_JSON_DEPTH + 1) + "]" * (MAX_JSON_DEPTH + 1)).encode()
+    assert parse_json(deep[1:-1], where) is not None            # exactly at the limit
+    with pytest.raises(_Refused, match=rf"x\.json: JSON nested {MAX_JSON_DEPTH + 1} levels"):
+        parse_json(deep, where, _Refused)
+    with pytest.raises(_Refused, match="x.json: JSON nested too deeply"):
+        parse_json(b"[" * 100_000 + b"]" * 100_000, where, _Refused)
+    with pytest.raises(UnsafeFileError, match="x.json: corrupt"):
+        parse_json(b"{not json", where, invalid="corrupt")
+
+
+def test_checked_size_refuses_missing_oversized_and_special_files_unread(tmp_path):
+    path = tmp_path / "a.json"
+    path.write_bytes(b"12345")
+    assert checked_size(path, 5) == 5
+    with pytest.raises(_Refused, match="a.json: 5 bytes, over the 4-byte limit"):
+        checked_size(path, 4, _Refused)
+    with pytest.raises(UnsafeFileError, match="b.json: missing"):
+        checked_size(tmp_path / "b.json", 5)
+    fifo = tmp_path / "fifo.json"
+    os.mkfifo(fifo)     # opening it would block forever
+    with pytest.raises(UnsafeFileError, match="not a regular file"):
+        read_json_file(fifo, 100)
+
+
+def test_read_json_file_reads_a_small_file(tmp_path):
+    path = tmp_path / "a.json"
+    path.write_text(json.dumps({"a": [1, 2]}))
+    assert read_json_file(path, 100) == {"a": [1, 2]}
+    with pytest.raises(_Refused, match="over the 5-byte limit"):
+        read_json_file(path, 5, _Refused)
+
+
+def test_a_header_length_that_looks_like_pickle_magic_is_still_read(tmp_path):
+    """Pickle files start with 0x80; so does a safetensors file whose header length ends in
+    0x80. Only the first is refused."""
+    path = tmp_path / "w.safetensors"
+    for k in range(400):
+        save_file({"x": torch.zeros(3)}, str(path), metadata={"pad": "p" * k})
+        if path.read_bytes()[0] == 0x80:
+            break
+    assert path.read_bytes()[0] == 0x80
+    assert "x" in check_safetensors_file(path)
+
+
+def test_pickles_are_refused_unread_by_suffix_and_by_magic(tmp_path):
+    by_suffix = tmp_path / "w.pt"
+    by_suffix.write_bytes(b"anything")
+    with pytest.raises(_Refused, match=r"w\.pt: \.pt files are pickle-based"):
+        check_safetensors_file(by_suffix, _Refused)
+    by_magic = tmp_path / "w.safetensors"
+    by_magic.write_bytes(pickle.dumps({"x": 1}))
+    with pytest.raises(UnsafeFileError, match="this is a pickle"):
+        check_safetensors_file(by_magic)
+
+
+def test_a_truncated_or_inconsistent_safetensors_file_is_named(tmp_path):
+    path = tmp_path / "w.safetensors"
+    save_file({"x": torch.zeros(3)}, str(path))
+    raw = path.read_bytes()
+    path.write_bytes(raw[:-1])
+    with pytest.raises(_Refused, match=r"w\.safetensors: truncated or padded"):
+        check_safetensors_file(path, _Refused)
+    header = json.loads(raw[8:8 + int.from_bytes(raw[:8], "little")])
+    header["x"]["shape"] = [4]
+    body = json.dumps(header).encode()
+    path.write_bytes(len(body).to_bytes(8, "little") + body + b"\0" * 12)
+    with pytest.raises(UnsafeFileError, match="shape \\[4\\] need 16 bytes, its offsets span 12"):
+        check_safetensors_file(path)
+
+
+def test_atomic_write_never_leaves_a_partial_file(tmp_path):
+    target = tmp_path / "r.json"
+    target.write_text('{"old": true}')
+
+    def failing(path):
+        Path(path).write_text('{"half": ')
+        raise RuntimeError("killed mid-write")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(target, failing)
+    assert json.loads(target.read_text()) == {"old": True}
+    assert list(tmp_path.iterdir()) == [target]
+    atomic_write(target, lambda p: Path(p).write_text('{"new": true}'))
+    assert json.loads(target.read_text()) == {"new": True}
+    assert list(tmp_path.iterdir()) == [target]
+
+
+def test_remove_own_temps_removes_only_a_killed_writers_temp_files(tmp_path):
+    ours = [".r.json.x1y2_k9q.tmp", ".model.safetensors.abcdefgh.tmp"]
+    theirs = [".r.json.tmp", ".notes.txt.abcdefgh.tmp", ".r.json.toolongname.tmp", "r.json"]
+    for name in ours + theirs:
+        (tmp_path / name).write_text("x")
+    remove_own_temps(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(theirs)
