@@ -36,7 +36,7 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     shape = dict(d_model=64, d_ff=128, n_ctx=32) if args.quick else {}
     cfg = ModelConfig(**{**preset("cpu-ref").model, "vocab_size": 33_278, **shape})
-    tcfg = TrainConfig(**{**preset("cpu-ref").train, "bf16": True, "locality": 0.6,
+    tcfg = TrainConfig(**{**preset("cpu-ref").train, "precision": "bf16", "locality": 0.6,
                           "penalty_form": "attention"})
     batch = 4 if args.quick else tcfg.batch_size
     rounds, per_round = (1, 1) if args.quick else (args.rounds, 3)

@@ -102,10 +102,10 @@ def stepper(model, loss_fn, tcfg: TrainConfig):
 
 def make_steps(cfg: ModelConfig, bf16: bool) -> dict:
     """name → (model, one optimiser step on (x, y)); all share the optimiser settings."""
-    tcfg = TrainConfig(**{**preset("cpu-ref").train, "bf16": bf16})
-    ours_cfg = TrainConfig(**{**preset("cpu-ref").train, "bf16": bf16, "locality": 0.6,
-                              "penalty_form": "attention"})
-    plain_cfg = TrainConfig(**{**preset("cpu-ref").train, "bf16": bf16, "penalty_form": "none"})
+    base = {**preset("cpu-ref").train, "precision": "bf16" if bf16 else "fp32"}
+    tcfg = TrainConfig(**base)
+    ours_cfg = TrainConfig(**{**base, "locality": 0.6, "penalty_form": "attention"})
+    plain_cfg = TrainConfig(**{**base, "penalty_form": "none"})
     torch.manual_seed(0)
     ours = LocalistLM(cfg)
     plain = plain_attention_model(cfg)
@@ -193,7 +193,8 @@ def bf16_quality(cfg: ModelConfig, batch: int, steps: int, eval_tokens: int, qui
         corpus = load_corpus(data_dir)
     rows, ppl = [], {}
     for bf16 in (False, True):
-        tcfg = TrainConfig(**{**preset("cpu-ref").train, "bf16": bf16, "max_steps": steps,
+        tcfg = TrainConfig(**{**preset("cpu-ref").train, "precision": "bf16" if bf16 else "fp32",
+                              "max_steps": steps,
                               "batch_size": batch, "lr_by_time": False,
                               "eval_interval": 10 ** 6, "time_budget_s": 10 ** 6})
         t0 = time.perf_counter()

@@ -384,3 +384,34 @@ def test_usage_names_the_program_it_was_called_as(capsys):
     with pytest.raises(SystemExit):
         main(["--help"], prog="python -m localist_core")
     assert capsys.readouterr().out.startswith("usage: python -m localist_core ")
+
+
+@pytest.mark.parametrize("flags,expected", [([], None), (["--precision", "fp32"], "fp32"),
+                                            (["--fp32"], "fp32"),
+                                            (["--precision", "bf16"], "bf16")])
+def test_eval_records_the_precision_it_chose(tmp_path, tiny_ckpt, tiny_data_dir, capsys, flags,
+                                             expected):
+    from localist_core.model.precision import resolve_precision
+    report = tmp_path / "report.json"
+    assert main(["eval", str(tiny_ckpt), "--data-dir", str(tiny_data_dir), "--splits", "valid",
+                 "--max-tokens", "256", "--json", str(report), *flags]) == 0
+    data = json.loads(report.read_text())
+    want = expected or resolve_precision("auto", "cpu")[0]        # auto: this machine's answer
+    assert data["precision"] == want and data["precision_reason"]
+    assert f"precision: {want}" in capsys.readouterr().out
+
+
+def test_eval_refuses_fp32_with_another_precision(tiny_ckpt, tiny_data_dir, capsys):
+    assert main(["eval", str(tiny_ckpt), "--data-dir", str(tiny_data_dir), "--fp32",
+                 "--precision", "bf16"]) == 2
+    assert "--fp32 contradicts" in capsys.readouterr().err
+
+
+def test_train_takes_a_precision_override_and_says_what_it_used(tmp_path, tiny_data_dir, capsys):
+    out = tmp_path / "ckpt"
+    assert main(["train", "--config", "tiny", "--out", str(out), "--data-dir",
+                 str(tiny_data_dir), "max_steps=2", "eval_interval=2", "precision=auto"]) == 0
+    assert "precision: " in capsys.readouterr().out
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["train"]["precision"] == "auto" and "bf16" not in cfg["train"]
+    assert cfg["meta"]["compute_precision"] in ("fp32", "bf16")

@@ -66,6 +66,9 @@ def test_sweep_writes_results_and_skips_finished_runs(tmp_path, tiny_model_cfg, 
         assert r["schema_version"] == SCHEMA_VERSION and r["leak_test"]["passed"]
         assert r["metrics"]["valid"][0]["attention"]["in_block_mass"]["per_head"]
         assert (tmp_path / "cache" / f"{r['run_id']}.maps.safetensors").is_file()
+        t = r["training"]   # what bounded the run and the precision it used are recorded
+        assert t["stopped"] == "max_steps" and t["steps"] == t["max_steps"]
+        assert t["precision"] == "fp32" and t["precision_reason"].startswith("asked for")
     stamp = {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").glob("*.json")}
     again = run_sweep(runs, tiny_corpus, tmp_path / "cache", tmp_path / "runs", progress=False)
     assert [stable(r) for r in again] == [stable(r) for r in first]

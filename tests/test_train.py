@@ -103,3 +103,54 @@ def test_training_removes_only_its_own_temp_files(tmp_path, tiny_model_cfg, tiny
     cfg = TrainConfig(**{**preset("tiny").train, "max_steps": 2})
     train(tiny_model_cfg, cfg, tiny_corpus, out, progress=False)
     assert sorted(p.name for p in out.glob(".*.tmp")) == sorted(others)
+
+
+class _FastClock:
+    """A stand-in for the ``time`` module train reads: every call to perf_counter is
+    ``per_call`` seconds after the last, as on a very slow machine."""
+
+    def __init__(self, per_call: float):
+        self.now, self.per_call = 0.0, per_call
+
+    def perf_counter(self) -> float:
+        self.now += self.per_call
+        return self.now
+
+    def time(self) -> float:
+        return self.perf_counter()
+
+
+def test_a_step_bounded_run_has_the_same_weights_at_any_speed(tiny_model_cfg, tiny_corpus,
+                                                              monkeypatch):
+    """max_steps bounds the run and the schedule follows steps: a slow clock changes nothing
+    as long as the time budget is not reached."""
+    import localist_core.experiments.train as trainer
+    mcfg = dataclasses.replace(tiny_model_cfg, dropout=0.1)
+    cfg = _cfg(protocol="dial", penalty_form="none", time_budget_s=1e9, max_steps=8,
+               eval_interval=4)
+    normal = train(mcfg, cfg, tiny_corpus, progress=False, eval_tokens=2048)
+    monkeypatch.setattr(trainer, "time", _FastClock(per_call=3600.0))   # an hour per call
+    slow = train(mcfg, cfg, tiny_corpus, progress=False, eval_tokens=2048)
+    assert normal.stopped == slow.stopped == "max_steps" and normal.steps == slow.steps == 8
+    assert slow.train_seconds >= 8 * 3600           # the fake clock was the one read
+    a, b = normal.model.state_dict(), slow.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [h["lr"] for h in slow.history] == [h["lr"] for h in normal.history]
+
+
+def test_the_reproduction_presets_are_step_bounded():
+    for name in ("cpu-ref", "paper"):
+        cfg = TrainConfig(**preset(name).train)
+        assert cfg.lr_by_time is False, name
+
+
+def test_a_run_stopped_by_the_time_budget_records_it(tmp_path, tiny_model_cfg, tiny_corpus,
+                                                     monkeypatch, capsys):
+    import localist_core.experiments.train as trainer
+    monkeypatch.setattr(trainer, "time", _FastClock(per_call=100.0))    # 100 s a step
+    cfg = _cfg(time_budget_s=250.0, max_steps=12)
+    res = train(tiny_model_cfg, cfg, tiny_corpus, tmp_path, progress=True, eval_tokens=2048)
+    assert res.stopped == "time_budget" and res.steps == 3
+    assert "stopped early" in capsys.readouterr().out
+    model, _ = load_model(tmp_path)
+    assert model.meta["stopped"] == "time_budget" and model.meta["step"] == 3

@@ -120,9 +120,12 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
                    help=f"anchor strength γ {_interval(ANCHOR_STRENGTH_RANGE)}")
     e.add_argument("--max-tokens", type=positive_int, default=None,
                    help="evaluate a prefix of this many tokens")
+    e.add_argument("--precision", default=None, choices=["auto", "fp32", "bf16"],
+                   help="compute precision (default auto: the decoder under bf16 autocast only "
+                        "where this machine runs bf16 natively, else exact fp32; BENCHMARKS.md "
+                        "measures bf16 at +0.00%% perplexity)")
     e.add_argument("--fp32", action="store_true",
-                   help="exact fp32 throughout (slower); the default runs the decoder under bf16 "
-                        "autocast, which BENCHMARKS.md measures at +0.00%% perplexity")
+                   help="the same as --precision fp32 (kept for old scripts)")
     e.add_argument("--partition", default=None, choices=list(PARTITIONS),
                    help="re-block the text at inference (default: as trained)")
     e.add_argument("--block-size", type=positive_int, default=None,

@@ -239,7 +239,10 @@ def run_sweep(runs: list[RunSpec], corpus: Corpus, cache_dir: str | Path, runs_d
             "penalty_form": spec.train.penalty_form,
             "locality": spec.train.locality,
             "config": spec.stored_config(),
-            "training": {"steps": res.steps, "tokens": res.tokens, "stopped": res.stopped,
+            # stopped: "max_steps" (the step-bounded run) or "time_budget" (ended early).
+            "training": {"steps": res.steps, "max_steps": spec.train.max_steps,
+                         "tokens": res.tokens, "stopped": res.stopped,
+                         "precision": res.precision, "precision_reason": res.precision_reason,
                          "history": res.history},
             "metrics": metrics,
             "leak_test": leak,

@@ -22,9 +22,10 @@ from tqdm.auto import tqdm
 from ..analysis.evaluate import evaluate_stream
 from ..model.blocks import local_entropy_table
 from ..model.checkpoint import load_model, read_config, save_checkpoint
-from ..model.config import ModelConfig, TrainConfig, config_to_dict
+from ..model.config import ModelConfig, TrainConfig, config_from_dict, config_to_dict
 from ..model.dial import Dial
 from ..model.files import atomic_write, remove_own_temps
+from ..model.precision import resolve_precision
 from ..model.transformer import LocalistLM, autocast_ctx
 from .data import Corpus, random_windows
 
@@ -46,7 +47,9 @@ class TrainResult:
     tokens: int
     train_seconds: float
     history: list[dict] = field(default_factory=list)
-    stopped: str = "max_steps"
+    stopped: str = "max_steps"      # "max_steps", "time_budget" (ended early) or "interrupted"
+    precision: str = "fp32"         # the compute precision used ("fp32" or "bf16")
+    precision_reason: str = ""      # why (model/precision.py)
 
 
 def make_model(model_cfg: ModelConfig, corpus: Corpus, seed: int = 1234) -> LocalistLM:
@@ -90,13 +93,24 @@ def make_optimizer(model: LocalistLM, cfg: TrainConfig) -> torch.optim.AdamW:
                              lr=cfg.lr, betas=(0.9, 0.98), eps=1e-8, fused=True)
 
 
-def training_loss(model: LocalistLM, cfg: TrainConfig, x, y, dial: Dial
-                  ) -> tuple[torch.Tensor, dict]:
-    """Mean NLL plus the configured penalty terms; returns the loss and its parts."""
+def uses_bf16(cfg: TrainConfig) -> bool:
+    """Whether ``cfg.precision`` resolves to bf16 on this machine (CPU training)."""
+    if cfg.precision != "auto":
+        return cfg.precision == "bf16"
+    return resolve_precision(cfg.precision, "cpu")[0] == "bf16"
+
+
+def training_loss(model: LocalistLM, cfg: TrainConfig, x, y, dial: Dial,
+                  bf16: bool | None = None) -> tuple[torch.Tensor, dict]:
+    """Mean NLL plus the configured penalty terms; returns the loss and its parts.
+
+    ``bf16`` is the resolved precision; None resolves ``cfg.precision`` here."""
+    if bf16 is None:
+        bf16 = uses_bf16(cfg)
     attn_pen = cfg.protocol == "penalty" and cfg.penalty_form == "attention" and cfg.locality > 0
-    with autocast_ctx(cfg.bf16):
+    with autocast_ctx(bf16):
         out = model(x, dial, attention_penalty=attn_pen)
-    nll = model.token_nll(out.hidden, y, bf16_matmuls=cfg.bf16).mean()
+    nll = model.token_nll(out.hidden, y, bf16_matmuls=bf16).mean()
     loss, parts = nll, {"nll": nll.item()}
     if cfg.protocol == "penalty" and cfg.locality > 0:
         if cfg.penalty_form == "attention":
@@ -128,7 +142,9 @@ def _save_trainer(folder: Path, model, tok, cfg, opt, step, train_s, history, me
             tensors[f"{n}::exp_avg"] = st["exp_avg"].contiguous()
             tensors[f"{n}::exp_avg_sq"] = st["exp_avg_sq"].contiguous()
             scalars[n] = float(st["step"])
-    state = {"step": step, "train_seconds": train_s, "history": history, "adam_steps": scalars}
+    state = {"step": step, "train_seconds": train_s, "history": history, "adam_steps": scalars,
+             "precision": meta.get("compute_precision"),
+             "precision_reason": meta.get("compute_precision_reason")}
     header = {"state": json.dumps(state), "model": json.dumps(config_to_dict(model.cfg)),
               "train": json.dumps(config_to_dict(cfg))}
     # Resuming reads this one file only, and it is replaced in one atomic step: a kill at any
@@ -138,7 +154,7 @@ def _save_trainer(folder: Path, model, tok, cfg, opt, step, train_s, history, me
     atomic_write(folder / TRAINER_META, lambda p: Path(p).write_text(json.dumps(state)))
 
 
-def _load_trainer(folder: Path, model, opt, cfg: TrainConfig) -> tuple[int, float, list]:
+def _load_trainer(folder: Path, model, opt, cfg: TrainConfig) -> tuple[int, float, list, dict]:
     tensors = load_file(str(folder / TRAINER_STATE))
     with safe_open(str(folder / TRAINER_STATE), "pt") as f:
         header = f.metadata() or {}
@@ -151,7 +167,11 @@ def _load_trainer(folder: Path, model, opt, cfg: TrainConfig) -> tuple[int, floa
         state = json.loads((folder / TRAINER_META).read_text())
         saved = read_config(folder)
         weights = load_model(folder)[0].state_dict()
-    if saved["model"] != config_to_dict(model.cfg) or saved["train"] != config_to_dict(cfg):
+    try:   # a state written before `precision` holds bf16=true/false: read it as precision
+        saved_train = config_to_dict(config_from_dict(TrainConfig, saved["train"]))
+    except (ValueError, TypeError):
+        saved_train = saved["train"]
+    if saved["model"] != config_to_dict(model.cfg) or saved_train != config_to_dict(cfg):
         raise ValueError(f"{folder} holds a run with another config; resume with the same "
                          f"config, or start again (--no-resume, or another --out)")
     model.load_state_dict(weights)
@@ -160,7 +180,7 @@ def _load_trainer(folder: Path, model, opt, cfg: TrainConfig) -> tuple[int, floa
         p = params[n]
         opt.state[p] = {"step": torch.tensor(s), "exp_avg": tensors[f"{n}::exp_avg"].clone(),
                         "exp_avg_sq": tensors[f"{n}::exp_avg_sq"].clone()}
-    return state["step"], state["train_seconds"], state["history"]
+    return state["step"], state["train_seconds"], state["history"], state
 
 
 def train(model_cfg: ModelConfig, train_cfg: TrainConfig, corpus: Corpus,
@@ -183,9 +203,17 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, corpus: Corpus,
             **(meta or {})}
     for folder in ([Path(out_dir), last] if last is not None else []):
         remove_own_temps(folder)   # a killed writer's temp files; never a checkpoint
+    precision, precision_reason = resolve_precision(cfg.precision, "cpu")
     if last is not None and resume and (last / TRAINER_STATE).is_file():
-        step, train_s, history = _load_trainer(last, model, opt, cfg)
+        step, train_s, history, state = _load_trainer(last, model, opt, cfg)
+        if cfg.precision == "auto" and state.get("precision") in ("fp32", "bf16"):
+            # "auto" is decided once per run: a run resumed on other hardware keeps its choice.
+            precision = state["precision"]
+            why, tag = str(state.get("precision_reason")), " (kept on resume)"
+            precision_reason = why if why.endswith(tag) else why + tag
     n_tokens_step = cfg.batch_size * model_cfg.n_ctx
+    bf16 = precision == "bf16"
+    meta = {**meta, "compute_precision": precision, "compute_precision_reason": precision_reason}
     stopped = "max_steps"
     bar = tqdm(total=cfg.max_steps, initial=step, disable=not progress, unit="step",
                dynamic_ncols=True, desc=f"train {cfg.protocol}/{cfg.penalty_form} λ={cfg.locality}")
@@ -209,17 +237,17 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, corpus: Corpus,
             lr = lr_at(cfg, frac, step)
             for g in opt.param_groups:
                 g["lr"] = lr
-            loss, parts = training_loss(model, cfg, x, y, Dial(locality=lam))
+            loss, parts = training_loss(model, cfg, x, y, Dial(locality=lam), bf16=bf16)
             if not math.isfinite(loss.item()):
                 raise TrainingDiverged(
                     f"loss became {loss.item()} at step {step} (lr {lr:.2e}); nothing was saved "
-                    f"past the last checkpoint. Lower lr or grad_clip, or turn bf16 off.")
+                    f"past the last checkpoint. Lower lr or grad_clip, or use precision=fp32.")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             if not math.isfinite(float(gnorm)):
                 raise TrainingDiverged(f"gradient norm became {float(gnorm)} at step {step}; "
-                                       f"lower lr or turn bf16 off.")
+                                       f"lower lr or use precision=fp32.")
             opt.step()
             step += 1
             dt = time.perf_counter() - t0
@@ -239,6 +267,9 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, corpus: Corpus,
                 _save_trainer(last, model, corpus.tokenizer, cfg, opt, step, train_s, history, meta)
     finally:
         bar.close()
+    if stopped == "time_budget" and progress:
+        print(f"stopped early: time_budget_s={cfg.time_budget_s:g} reached after {step} of "
+              f"{cfg.max_steps} steps; this run is not the step-bounded one")
     model.eval()
     if last is not None:
         _save_trainer(last, model, corpus.tokenizer, cfg, opt, step, train_s, history, meta)
@@ -246,4 +277,5 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, corpus: Corpus,
             save_checkpoint(out_dir, model, corpus.tokenizer, cfg,
                             meta={**meta, "step": step, "train_seconds": round(train_s, 2),
                                   "tokens": step * n_tokens_step, "stopped": stopped})
-    return TrainResult(model, step, step * n_tokens_step, train_s, history, stopped)
+    return TrainResult(model, step, step * n_tokens_step, train_s, history, stopped, precision,
+                       precision_reason)

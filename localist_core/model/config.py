@@ -9,13 +9,15 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 
 from .files import short_repr as _r
 
 PARTITIONS = ("fixed", "punctuation", "recruited")
 PENALTY_FORMS = ("none", "weights", "attention")
 PROTOCOLS = ("penalty", "dial")
+# Compute precision of training (model/precision.py decides what "auto" means on this machine).
+TRAIN_PRECISIONS = ("auto", "fp32", "bf16")
 
 # Every limit of the dial, in one place. ``dial.Dial`` clamps a value outside its range to the
 # nearest edge, with a notice; the sidebar, deep links, training and benchmarks import these.
@@ -172,22 +174,38 @@ class TrainConfig:
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     max_steps: int = 100_000
-    time_budget_s: float = 720.0     # one cpu-ref run ≤ 12 minutes of training
-    # Let the cosine schedule follow the time budget when it runs out before max_steps (real runs
-    # on a shared CPU); off by default, so step-bounded runs are exactly reproducible.
+    # A safety stop only: a run that reaches it ends early and records stopped="time_budget".
+    # max_steps is the bound of a reproducible run.
+    time_budget_s: float = 720.0
+    # Let the cosine schedule follow the time budget when it runs out before max_steps. Off in
+    # every preset: with it, the weights depend on the machine's speed.
     lr_by_time: bool = False
     eval_interval: int = 500
     ckpt_interval: int = 200
     seed: int = 1234
-    bf16: bool = True                # CPU autocast; head matmuls bf16, its softmax fp32
+    # "auto": bf16 autocast only where the hardware runs bf16 natively, else fp32
+    # (model/precision.py); "bf16": CPU autocast, head matmuls bf16, its softmax fp32.
+    precision: str = "auto"
     threads: int = 2
+    # Deprecated input, kept so configs written before `precision` load: bf16=true/false means
+    # precision="bf16"/"fp32". Not a field: it is never stored, `precision` is.
+    bf16: InitVar[bool | None] = None
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, bf16: bool | None = None) -> None:
+        if bf16 is not None:
+            _check(isinstance(bf16, bool), f"bf16 must be true or false, got {_r(bf16)}")
+            legacy = "bf16" if bf16 else "fp32"
+            _check(self.precision in ("auto", legacy),
+                   f"bf16={str(bf16).lower()} (deprecated) contradicts "
+                   f"precision={_r(self.precision)}; give precision only")
+            object.__setattr__(self, "precision", legacy)
         _check_types(self, ("batch_size", "max_steps", "eval_interval", "ckpt_interval", "threads",
                             "warmup_steps", "seed"),
                      ("locality", "penalty_scale", "value_l2", "lr", "min_lr_ratio", "weight_decay",
-                      "grad_clip", "time_budget_s"), ("lr_by_time", "bf16"),
-                     ("protocol", "penalty_form"))
+                      "grad_clip", "time_budget_s"), ("lr_by_time",),
+                     ("protocol", "penalty_form", "precision"))
+        _check(self.precision in TRAIN_PRECISIONS,
+               f"precision must be one of {TRAIN_PRECISIONS}, got {_r(self.precision)}")
         _check(self.protocol in PROTOCOLS,
                f"protocol must be one of {PROTOCOLS}, got {_r(self.protocol)}")
         _check(self.penalty_form in PENALTY_FORMS,
@@ -223,13 +241,14 @@ PRESETS: dict[str, Preset] = {
         model=dict(d_model=32, n_layers=2, n_heads=2, d_ff=64, n_ctx=32, dropout=0.0,
                    cutoffs=(20, 60)),
         train=dict(batch_size=8, max_steps=30, warmup_steps=5, eval_interval=10, ckpt_interval=10,
-                   time_budget_s=120.0, bf16=False, lr=3e-3),
+                   time_budget_s=120.0, precision="fp32", lr=3e-3),
     ),
-    # Shipped checkpoints and sweeps: ≤ 12 minutes of training on the 2-core CPU.
+    # Shipped checkpoints and sweeps: 2000 steps, a step-based schedule (the same weights on
+    # any machine); the time budget only stops a run early, and the run records it.
     "cpu-ref": Preset(
         model=dict(d_model=256, n_layers=2, n_heads=4, d_ff=1024, n_ctx=128, dropout=0.1,
                    cutoffs=(2000, 10000)),
-        train=dict(batch_size=32, time_budget_s=720.0, max_steps=2000, lr_by_time=True),
+        train=dict(batch_size=32, time_budget_s=720.0, max_steps=2000, lr_by_time=False),
     ),
     # The papers' size (≈23M parameters): a GPU or a patient CPU; not in CI.
     "paper": Preset(
@@ -284,7 +303,17 @@ def apply_overrides(model_kw: dict, train_kw: dict, overrides: list[str]) -> tup
             raise ConfigError(f"override {item!r} is not of the form key=value")
         key, raw = item.split("=", 1)
         key = key.strip()
-        if key in model_keys:
+        if key == "bf16":      # deprecated alias of precision=bf16|fp32
+            low = raw.strip().lower()
+            if low not in ("true", "false", "1", "0", "yes", "no"):
+                raise ConfigError(f"bad value for TrainConfig.bf16: {raw!r} is not a valid bool")
+            flag = low in ("true", "1", "yes")
+            train_kw.pop("precision", None)
+            train_kw["bf16"] = flag
+        elif key == "precision":
+            train_kw.pop("bf16", None)
+            train_kw[key] = _coerce(TrainConfig, key, raw)
+        elif key in model_keys:
             model_kw[key] = _coerce(ModelConfig, key, raw)
         elif key in train_keys:
             train_kw[key] = _coerce(TrainConfig, key, raw)
@@ -303,7 +332,7 @@ def config_from_dict(cls: type, data: dict):
     """Rebuild a config, refusing missing or unknown keys with a message that names them."""
     if not isinstance(data, dict):
         raise ConfigError(f"{cls.__name__}: expected a JSON object, got {type(data).__name__}")
-    names = {f.name for f in dataclasses.fields(cls)}
+    names = {f.name for f in dataclasses.fields(cls)} | _deprecated_keys(cls)
     required = {f.name for f in dataclasses.fields(cls)
                 if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
     extra = sorted(set(data) - names)
@@ -314,3 +343,8 @@ def config_from_dict(cls: type, data: dict):
         raise ConfigError(f"{cls.__name__}: missing keys {_r(missing)}")
     kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items()}
     return cls(**kw)
+
+
+def _deprecated_keys(cls: type) -> set[str]:
+    """Keys a stored config may hold that are inputs only (``TrainConfig.bf16``)."""
+    return {"bf16"} if cls is TrainConfig else set()
