@@ -90,10 +90,23 @@ def boundary_rows(trace) -> list[dict]:
 threshold_locality = guarded("compute the threshold", math.nan)(theory.threshold_locality)
 
 
+# What the Theory page says, in place of a number, when λ = 1 masks every cross-block key.
+EXACTLY_LOCAL = ("At λ = 1 cross-block keys are masked: attention is exactly block-local "
+                 "(threshold 0).")
+
+
+@guarded("read the estimated inputs", False)
+def exactly_local(report: dict) -> bool:
+    """Whether ``theory_report`` found no query that sees a cross-block key (λ = 1): the
+    cross-block mass is exactly 0 and the threshold 0, so the page prints no formula value."""
+    return bool(report.get("exactly_local", False))
+
+
 @guarded("read the estimated inputs", {})
 def threshold_inputs(report: dict) -> dict[str, float]:
     """The estimated formula inputs as the Theory page's fields start: rounded, ρ_max below 1
-    and a margin that is finite and not absurd (else 0)."""
+    and a margin that is finite and not absurd (else 0; an exactly local report's +∞ margin
+    is shown as ``EXACTLY_LOCAL`` by the page, not through this field)."""
     est = report["inputs"]
     margin = est["margin"]
     margin = margin if math.isfinite(margin) and abs(margin) < 1e6 else 0.0

@@ -283,8 +283,12 @@ def metrics_json(a: Analysis, checkpoint: str) -> dict:
 def theory_report(model, tokenizer, text: str, dial: Dial, layer: int,
                   temperatures: tuple[float, ...] = THEORY_TEMPERATURES) -> dict | None:
     """Estimated threshold-formula inputs at ``dial`` and the sweep over ``temperatures``
-    (in place of the dial's τ) of measured vs bounded cross-block mass, as plain numbers;
-    None when the text is too short to have two blocks."""
+    (in place of the dial's τ) of measured, bounded and estimated cross-block mass, as plain
+    numbers; None when the text is too short to have two blocks.
+
+    ``exactly_local`` is True when no query sees a cross-block key (λ = 1 masks them): the
+    cross-block mass is then exactly 0, the bound 0 and the threshold 0, whatever the
+    formula's other inputs."""
     from .theory import estimate_threshold_inputs, predicted_vs_measured
 
     ids, _ = prepare_text(tokenizer, text, model.cfg.n_ctx)
@@ -295,4 +299,4 @@ def theory_report(model, tokenizer, text: str, dial: Dial, layer: int,
         return None
     inputs = estimate_threshold_inputs(model, tokens, dial, layer=layer)
     rows = predicted_vs_measured(model, tokens, dial, list(temperatures), layer=layer)
-    return {"inputs": inputs.as_dict(), "rows": rows}
+    return {"inputs": inputs.as_dict(), "rows": rows, "exactly_local": inputs.exactly_local}
