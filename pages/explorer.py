@@ -30,7 +30,10 @@ cols[1].metric("In-block mass", f"{m['in_block_mass']['mean']:.3f}",
                     f"{m['uniform_in_block_mass']['mean']:.3f}")
 cols[2].metric("Pointer fidelity", f"{m['pointer_fidelity_mass']['mean']:.3f}",
                help=f"Mass on the block's anchors. Argmax hits an anchor "
-                    f"{m['pointer_argmax_hit']['mean']:.0%} of the time.")
+                    f"{m['pointer_argmax_hit']['mean']:.0%} of the time. Uniform attention "
+                    f"inside the block would give "
+                    f"{views.metric_mean(m, 'uniform_pointer_fidelity')}; the lift over it is "
+                    f"{views.metric_mean(m, 'pointer_fidelity_lift', '+.3f')}.")
 cols[3].metric("Perplexity of the text", f"{a.perplexity:.1f}" if a.perplexity else "—")
 cols[4].metric("Tokens", len(a.labels))
 st.caption(f"Controls for in-block mass — recent-b {m['recent_b_mass']['mean']:.3f} · "

@@ -42,7 +42,10 @@ lam_axis = "λ (trained penalty λ, or dial λ_f)"
 chart = {"config": {"toImageButtonOptions": {"format": "svg"}}}
 st.caption("Lines: our causal runs at τ = 1, one labelled point per λ. Red triangles: runs that "
            "leak the future (shown apart, never part of a curve). Crimson crosses and dashed "
-           "lines: the papers' reported figures, not ours. Dotted black: the causal ceiling.")
+           "lines: the papers' reported figures, not ours. Dotted black: the causal ceiling. "
+           "A point that averages several training seeds is their mean, with error bars of "
+           "± 1 sample standard deviation across seeds (not a confidence interval; the report's "
+           "tables give the 95% t-intervals); single-seed points have no bars.")
 
 st.subheader("Entropy vs perplexity")
 entropy_panels = [{"y": "entropy_bits", "title": "attention entropy (bits)", "hlines": ent_refs},

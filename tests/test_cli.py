@@ -351,6 +351,10 @@ def test_sweep_path_errors_are_one_line(tmp_path, tiny_data_dir, capsys):
     (["sweep", "--eval-tokens", "0"], "--eval-tokens"),
     (["sweep", "--lambdas", "0,1.5"], "--lambdas"),
     (["sweep", "--taus", ""], "--taus"),
+    (["sweep", "--seeds", "1,x"], "--seeds"),
+    (["sweep", "--seeds", "1,1"], "--seeds"),
+    (["sweep", "--seeds", "-1"], "--seeds"),
+    (["sweep", "--seeds", ""], "--seeds"),
 ])
 def test_bad_numbers_are_refused_by_argparse(capsys, argv, option):
     with pytest.raises(SystemExit) as exc:
@@ -415,3 +419,25 @@ def test_train_takes_a_precision_override_and_says_what_it_used(tmp_path, tiny_d
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["train"]["precision"] == "auto" and "bf16" not in cfg["train"]
     assert cfg["meta"]["compute_precision"] in ("fp32", "bf16")
+
+
+def test_sweep_seeds_default_to_the_config_seed():
+    assert build_parser().parse_args(["sweep"]).seeds is None       # plan_runs: config's seed
+    assert build_parser().parse_args(["sweep", "--seeds", "1,2,3"]).seeds == [1, 2, 3]
+    assert build_parser().parse_args(["sweep", "--seeds", "7"]).seeds == [7]
+
+
+def test_sweep_seeds_reach_the_plan(tmp_path, tiny_data_dir, monkeypatch, capsys):
+    from localist_core.experiments import sweep as sweep_mod
+    planned = []
+
+    def fake_run_sweep(runs, *args, **kwargs):
+        planned.extend(runs)
+        return []
+
+    monkeypatch.setattr(sweep_mod, "run_sweep", fake_run_sweep)
+    assert main(["sweep", "--config", "tiny", "--lambdas", "0.6", "--taus", "1", "--prompts", "",
+                 "--seeds", "1,2", "--cache", str(tmp_path / "c"), "--runs-dir",
+                 str(tmp_path / "r"), "--data-dir", str(tiny_data_dir)]) == 0
+    assert [(r.run_id, r.train.seed) for r in planned] == [("attention-l0.6-s1", 1),
+                                                           ("attention-l0.6-s2", 2)]

@@ -131,3 +131,32 @@ def test_theory_figure_draws_measured_and_bound_on_a_log_tau_axis():
     assert list(measured.x) == [0.1, 1.0, 10.0] and list(bound.y) == [0.05, 0.4, 0.9]
     assert bound.line.dash == "dash" and fig.layout.xaxis.type == "log"
     assert list(fig.layout.yaxis.range) == [0, 1]
+
+
+def test_error_bars_only_where_points_average_several_seeds():
+    ex = _results_examples()
+    base = ex.make_run("attention", 0.5)
+    runs = [ex.seeded(base, s, p, e) for s, p, e in ((1, 100.0, 1.0), (2, 102.0, 2.0),
+                                                     (3, 107.0, 4.0))]
+    pts = [p for p in tr.curve_points(runs) if "as trained" in p["series"]]
+    fig = points_figure(pts, "locality", "entropy_bits", "λ", "bits")
+    trace = fig.data[0]
+    assert trace.error_y.visible and list(trace.error_y.array) == [
+        pytest.approx(pts[0]["entropy_bits_sd"])]
+    assert trace.error_x.array is None                 # x (λ) carries no sd
+    # Single seed: the same figure, no error bars at all.
+    single = [p for p in tr.curve_points([base]) if "as trained" in p["series"]]
+    fig1 = points_figure(single, "locality", "entropy_bits", "λ", "bits")
+    assert all(t.error_y.array is None and t.error_x.array is None for t in fig1.data)
+    json.loads(fig.to_json())
+
+
+def test_the_shipped_cache_draws_no_error_bars():
+    from pathlib import Path
+
+    from localist_core.experiments.cache import load_cache
+    from ui.figures import panel_figure
+    runs, _ = load_cache(Path(__file__).resolve().parents[1] / "assets" / "sweep")
+    fig = panel_figure(tr.curve_points(runs), "locality", "λ", [
+        {"y": "perplexity", "title": "ppl", "log_y": True}, {"y": "entropy_bits", "title": "H"}])
+    assert fig.data and all(t.error_y.array is None for t in fig.data)

@@ -8,7 +8,7 @@ import torch
 
 from localist_core.analysis import metrics as M
 from localist_core.analysis.evaluate import attention_summary
-from localist_core.model.blocks import FixedPartition, same_block
+from localist_core.model.blocks import FixedPartition, anchor_mask, same_block
 from localist_core.model.dial import Dial
 
 LAMBDAS = [0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 0.99, 1.0]
@@ -145,3 +145,111 @@ def test_attention_metrics_returns_exactly_the_named_metrics():
     block_ids = torch.tensor([[0, 0, 0, 1, 1, 1]])
     anchors = torch.eye(6, dtype=torch.bool).unsqueeze(0)
     assert tuple(M.attention_metrics(pattern, block_ids, anchors, 3)) == M.METRIC_NAMES
+
+
+# -- the controls for pointer fidelity: visible in-block keys and the uniform baseline ----------
+
+def _fixed(b: int, n: int, batch: int = 1) -> torch.Tensor:
+    return FixedPartition(b).block_ids(torch.zeros(batch, n, dtype=torch.long))
+
+
+def _causal_anchors(ids: torch.Tensor, k: int = 3, seed: int = 0) -> torch.Tensor:
+    """Causal anchors (blocks.anchor_mask) for random local entropies: whichever tokens are
+    chosen, a query at position p of its block sees min(p + 1, k) of them."""
+    ent = torch.rand(ids.shape, generator=torch.Generator().manual_seed(seed))
+    return anchor_mask(ids, ent, k)
+
+
+def test_visible_in_block_keys_by_hand():
+    assert M.visible_in_block_keys(_fixed(3, 7))[0].tolist() == [1, 2, 3, 1, 2, 3, 1]
+    assert M.visible_in_block_keys(_fixed(5, 7))[0].tolist() == [1, 2, 3, 4, 5, 1, 2]
+    uneven = torch.tensor([[0, 0, 1, 1, 1, 1, 2]])
+    assert M.visible_in_block_keys(uneven)[0].tolist() == [1, 2, 1, 2, 3, 4, 1]
+    # The non-causal diagnostic sees its whole block.
+    assert M.visible_in_block_keys(uneven, True)[0].tolist() == [2, 2, 4, 4, 4, 4, 1]
+    # Whole blocks of b: mean (1 + … + b)/b = (b + 1)/2, e.g. (1 + 2 + 3)/3 = 2.
+    for b in (3, 5, 10):
+        assert M.visible_in_block_keys(_fixed(b, 30 * b)).mean() == (b + 1) / 2
+    # Over a 128-token window (the figures of the re-check: 1.99, 2.98, 5.44): every query,
+    # the block's first positions and the partial last block included.
+    for b, mean in ((3, (42 * 6 + 1 + 2) / 128), (5, (25 * 15 + 1 + 2 + 3) / 128),
+                    (10, (12 * 55 + 36) / 128)):
+        got = float(M.visible_in_block_keys(_fixed(b, 128)).mean())
+        assert math.isclose(got, mean, rel_tol=1e-6), b
+        assert round(got, 2) == {3: 1.99, 5: 2.98, 10: 5.44}[b]
+
+
+def test_uniform_pointer_fidelity_by_hand():
+    """3 anchors: the first 3 positions of a block score 1, position p ≥ 3 scores 3/(p + 1)."""
+    per_query = {3: [1.0] * 12,
+                 5: [1, 1, 1, 3 / 4, 3 / 5] * 2 + [1, 1],
+                 10: [1, 1, 1, 3 / 4, 3 / 5, 3 / 6, 3 / 7, 3 / 8, 3 / 9, 3 / 10, 1, 1]}
+    for b, want in per_query.items():
+        ids = _fixed(b, 12)
+        got = M.uniform_pointer_fidelity(ids, _causal_anchors(ids))[0]
+        assert torch.allclose(got, torch.tensor(want, dtype=torch.float32)), b
+    # The re-check's 1.0 / 0.873 / 0.634 are the mean over every query of a 128-token window,
+    # a block's first positions and the window's partial last block (3 and 8 tokens) included;
+    # over whole blocks the means are 1, 0.870 and 0.629.
+    whole = {3: 1.0, 5: (3 + 3 / 4 + 3 / 5) / 5,
+             10: (3 + sum(3 / p for p in range(4, 11))) / 10}
+    partial = {3: 2.0, 5: 3.0, 10: 3 + sum(3 / p for p in range(4, 9))}   # sums, not means
+    full_blocks = {3: 42, 5: 25, 10: 12}
+    for b, figure in ((3, 1.0), (5, 0.873), (10, 0.634)):
+        ids = _fixed(b, 128, batch=2)
+        got = float(M.uniform_pointer_fidelity(ids, _causal_anchors(ids)).mean())
+        want = (full_blocks[b] * b * whole[b] + partial[b]) / 128
+        assert math.isclose(got, want, rel_tol=1e-6) and round(got, 3) == figure, b
+        ids = _fixed(b, 100 * b)
+        got = float(M.uniform_pointer_fidelity(ids, _causal_anchors(ids)).mean())
+        assert math.isclose(got, whole[b], rel_tol=1e-6), b
+    assert round(whole[5], 3) == 0.870 and round(whole[10], 3) == 0.629
+
+
+def _uniform_over(keys: torch.Tensor, heads: int) -> torch.Tensor:
+    """Attention spread evenly over a ``[B, Q, K]`` key mask, ``[B, heads, Q, K]``."""
+    p = keys.float() / keys.float().sum(-1, keepdim=True)
+    return p.unsqueeze(1).expand(-1, heads, -1, -1)
+
+
+def test_fidelity_lift_is_zero_at_chance_and_positive_on_anchors():
+    ids = _fixed(5, 23, batch=2)
+    anchors = _causal_anchors(ids)
+    in_block = M.visible_in_block_mask(ids)
+    base = M.uniform_pointer_fidelity(ids, anchors)
+    uni = _uniform_over(in_block, heads=3)
+    lift = M.pointer_fidelity_lift(uni, ids, anchors)
+    assert lift.shape == (2, 3, 23) and lift.abs().max() < 1e-6
+    assert torch.allclose(M.pointer_fidelity_mass(uni, anchors), base.unsqueeze(1).expand(2, 3, 23))
+    # Half the mass leaves the block (to position 0's key, for queries outside block 0), the
+    # rest is uniform in-block: still chance, so still no lift.
+    leave = torch.zeros_like(uni)
+    leave[..., 0] = 1.0
+    mixed = torch.where((ids >= 1).view(2, 1, 23, 1), 0.5 * uni + 0.5 * leave, uni)
+    assert M.pointer_fidelity_lift(mixed, ids, anchors).abs().max() < 1e-6
+    # All in-block mass on the visible anchors: lift = 1 − baseline, > 0 wherever a
+    # non-anchor key is visible (block positions 3 and 4), 0 elsewhere.
+    on = M.pointer_fidelity_lift(_uniform_over(anchors, heads=3), ids, anchors)
+    assert torch.allclose(on, (1 - base).unsqueeze(1).expand(2, 3, 23), atol=1e-6)
+    pib = torch.arange(23) % 5
+    assert (on[..., pib >= 3] >= 0.25 - 1e-6).all() and (on[..., pib < 3].abs() < 1e-6).all()
+    # In-block attention that avoids the anchors where it can has a negative lift, −baseline.
+    avoid = torch.where((pib >= 3).view(1, 23, 1), in_block & ~anchors, in_block)
+    off = M.pointer_fidelity_lift(_uniform_over(avoid, heads=3), ids, anchors)
+    assert torch.allclose(off[..., pib >= 3], -base[:, pib >= 3].unsqueeze(1).expand(2, 3, -1))
+
+
+def test_attention_metrics_are_all_per_head_per_query():
+    ids = _fixed(5, 23, batch=2)
+    anchors = _causal_anchors(ids)
+    pattern = torch.softmax(torch.randn(2, 4, 23, 23).masked_fill(
+        torch.triu(torch.ones(23, 23, dtype=torch.bool), 1), float("-inf")), -1)
+    out = M.attention_metrics(pattern, ids, anchors, 5)
+    for name, v in out.items():
+        assert v.shape == (2, 4, 23), name
+    assert torch.equal(out["visible_in_block_keys"][:, 2], M.visible_in_block_keys(ids))
+    assert torch.allclose(out["pointer_fidelity_lift"],
+                          out["pointer_fidelity_mass"]
+                          - out["in_block_mass"] * out["uniform_pointer_fidelity"])
+    assert {"visible_in_block_keys", "uniform_pointer_fidelity",
+            "pointer_fidelity_lift"} <= set(M.METRIC_LABELS)

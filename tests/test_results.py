@@ -1,5 +1,11 @@
 """Tradeoff points from synthetic sweep results (one point per λ, the papers' points labelled, leaks
 kept apart, missing evals skipped); starting and watching sweeps is tests/test_launcher.py."""
+import copy
+import math
+from pathlib import Path
+
+import pytest
+
 from localist_core.experiments import results as tr
 from localist_core.experiments.cache import SCHEMA_VERSION
 from localist_core.experiments.report import PAPER
@@ -163,3 +169,130 @@ def test_tau_family_has_one_series_per_dial_value():
     fam = tr.tau_family(synthetic_runs(), "dial")
     assert {p["series"] for p in fam} == {"λ_f=0", "λ_f=0.5", "λ_f=1"}
     assert [p["attn_temperature"] for p in fam if p["series"] == "λ_f=0"] == [0.5, 1.0]
+
+
+# -- seeds: grouping, mean ± sd, t-intervals, paired differences -----------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def seeded(run: dict, seed: int, ppl: float, entropy: float | None = None,
+           partition: str = "fixed") -> dict:
+    """``run`` trained with ``seed`` (id ``…-s<seed>``), with valid perplexity ``ppl`` (and
+    entropy) at λ_f = 0, τ = 1."""
+    out = copy.deepcopy(run)
+    out["run_id"] = f"{run['run_id']}-s{seed}"
+    out["config"]["train"]["seed"] = seed
+    out["config"]["model"]["partition"] = partition
+    for ev in out["metrics"]["valid"]:
+        if ev["dial"]["locality"] == 0.0 and ev["dial"]["attn_temperature"] == 1.0:
+            ev["perplexity"] = ppl
+            if entropy is not None:
+                ev["attention"]["entropy_bits"]["mean"] = entropy
+    return out
+
+
+def test_student_t_table_and_summary_match_a_hand_computation():
+    assert tr.t975(1) == 12.706 and tr.t975(2) == 4.303 and tr.t975(30) == 2.042
+    assert tr.t975(31) == 1.96 and tr.t975(1000) == 1.96
+    s = tr.summary([100.0, 102.0, 107.0])       # mean 103, deviations -3, -1, 4: SS 26, var 13
+    assert s["n"] == 3 and s["mean"] == pytest.approx(103.0)
+    assert s["sd"] == pytest.approx(math.sqrt(13.0))
+    assert s["ci95"] == pytest.approx(4.303 * math.sqrt(13.0) / math.sqrt(3.0))
+    assert tr.summary([5.0]) == {"mean": 5.0, "sd": None, "n": 1, "ci95": None}
+    assert tr.summary([None, float("nan")])["n"] == 0
+
+
+def test_paired_difference_matches_a_hand_computation():
+    d = tr.paired_difference({1: 104.0, 2: 105.0, 3: 112.0, 9: 1.0}, {1: 100.0, 2: 102.0,
+                                                                      3: 107.0})
+    half = 4.303 * 1.0 / math.sqrt(3.0)            # diffs 4, 3, 5: mean 4, sd 1
+    assert d["seeds"] == [1, 2, 3] and d["n"] == 3     # seed 9 has no partner
+    assert d["mean"] == pytest.approx(4.0) and d["sd"] == pytest.approx(1.0)
+    assert d["ci95"] == pytest.approx(half)
+    assert (d["lo"], d["hi"]) == (pytest.approx(4.0 - half), pytest.approx(4.0 + half))
+    assert d["established"]
+    weak = tr.paired_difference({1: 1.0, 2: -1.0, 3: 2.0}, {1: 0.0, 2: 0.0, 3: 0.0})
+    assert weak["lo"] < 0 < weak["hi"] and not weak["established"]
+    one = tr.paired_difference({1: 3.0}, {1: 1.0})
+    assert one["n"] == 1 and one["sd"] is None and not one["established"]
+
+
+def test_curve_points_average_seeds_with_sd_and_interval():
+    base = make_run("attention", 0.5)
+    runs = [seeded(base, s, p, e) for s, p, e in ((1, 100.0, 1.0), (2, 102.0, 2.0),
+                                                  (3, 107.0, 4.0))]
+    pts = [p for p in tr.curve_points(runs) if "as trained" in p["series"]]
+    assert len(pts) == 1
+    p = pts[0]
+    assert p["n"] == 3 and p["seeds"] == "1,2,3" and p["variant"] == ""
+    assert p["perplexity"] == pytest.approx(103.0)
+    assert p["perplexity_sd"] == pytest.approx(math.sqrt(13.0))
+    assert p["perplexity_ci95"] == pytest.approx(4.303 * math.sqrt(13.0 / 3.0))
+    assert p["entropy_bits"] == pytest.approx(7.0 / 3.0)
+    assert p["entropy_bits_sd"] == pytest.approx(math.sqrt(7.0 / 3.0))   # SS 14/3, /2
+    for k in ("in_block_mass", "pointer_fidelity_mass"):
+        assert p[f"{k}_sd"] == pytest.approx(0.0) and p[f"{k}_ci95"] == pytest.approx(0.0)
+    # The same settings with one seed: n = 1, no sd.
+    single = [p for p in tr.curve_points([base]) if "as trained" in p["series"]]
+    assert single[0]["n"] == 1 and single[0]["perplexity_sd"] is None
+    assert single[0]["perplexity_ci95"] is None
+
+
+def test_grouping_ignores_the_seed_and_nothing_else():
+    base = make_run("attention", 0.5)
+    a, b = seeded(base, 1, 100.0), seeded(base, 2, 110.0)
+    other = seeded(base, 3, 200.0)
+    other["config"]["train"]["lr"] = 0.123        # another setting, not another seed
+    wider = seeded(base, 4, 300.0)
+    wider["config"]["model"]["block_size"] = 7
+    assert tr.group_key(a) == tr.group_key(b) != tr.group_key(other) != tr.group_key(wider)
+    groups = tr.group_by_seed([a, other, b, wider])
+    assert [[r["run_id"] for r in g] for g in groups] == [
+        ["attention-l0.5-s1", "attention-l0.5-s2"], ["attention-l0.5-s3"],
+        ["attention-l0.5-s4"]]
+    pts = [p for p in tr.curve_points([a, other, b]) if "as trained" in p["series"]]
+    assert sorted((p["n"], p["perplexity"]) for p in pts) == [(1, 200.0), (2, 105.0)]
+
+
+def test_partition_differences_pair_by_seed():
+    fixed = make_run("attention", 0.5)
+    punct = make_run("attention", 0.5, run_id="attention-l0.5-partitionpunctuation")
+    runs = ([seeded(fixed, s, p) for s, p in ((1, 100.0), (2, 102.0), (3, 107.0))]
+            + [seeded(punct, s, p, partition="punctuation")
+               for s, p in ((1, 104.0), (2, 105.0), (3, 112.0))])
+    series = {p["series"]: p for p in tr.strategy_points(runs)}
+    assert series["punctuation"]["n"] == 3 and series["fixed (b=5)"]["n"] == 3
+    rows = {r["metric"]: r for r in tr.partition_differences(runs)}
+    assert set(rows) == set(tr.DIFF_METRICS)
+    ppl = rows["perplexity"]
+    assert ppl["partition"] == "punctuation" and ppl["locality"] == 0.5
+    assert ppl["mean"] == pytest.approx(4.0) and ppl["sd"] == pytest.approx(1.0)
+    assert ppl["established"]
+    same = rows["in_block_mass"]                  # equal in every run: no difference
+    assert same["mean"] == pytest.approx(0.0) and not same["established"]
+
+
+def test_the_shipped_single_seed_cache_gives_the_same_points_as_before():
+    from localist_core.experiments.cache import load_cache
+    runs, problems = load_cache(REPO / "assets" / "sweep")
+    assert not problems
+    curves, strategies = tr.curve_points(runs), tr.strategy_points(runs)
+    assert len(curves) == 31 and len(strategies) == 12    # as before seeds existed
+    assert all(p["n"] == 1 and p["perplexity_sd"] is None and p["entropy_bits_ci95"] is None
+               for p in curves + strategies)
+    # Values recorded from curve_points before this change.
+    first = curves[:3]
+    assert [p["run_id"] for p in first] == ["attention-l0.0", "attention-l0.2", "attention-l0.4"]
+    assert first[0]["series"] == "attention penalty · as trained"
+    assert [p["perplexity"] for p in first] == [165.58981026147742, 218.2658029669996,
+                                                231.61011764026384]
+    assert first[0]["entropy_bits"] == 1.7003265080701668
+    assert first[0]["in_block_mass"] == 0.5200175556942389
+    assert [p["locality"] for p in first] == [0.0, 0.2, 0.4]
+    # Each point is still exactly its one run's point.
+    by_id = {r["run_id"]: r for r in runs}
+    for p in curves:
+        ref = tr.make_point(by_id[p["run_id"]], p["locality"], p["dial_locality"],
+                            p["attn_temperature"], series=p["series"], label=p["label"])
+        assert p == ref

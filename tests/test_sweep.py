@@ -213,3 +213,59 @@ def test_a_sweep_removes_only_its_own_temp_files(tmp_path, tiny_corpus):
         (cache / name).write_text("x")
     run_sweep([], tiny_corpus, cache, tmp_path / "runs", progress=False)
     assert sorted(p.name for p in cache.glob("*.tmp")) == sorted(others)
+
+
+def test_seeds_make_one_run_each_and_the_config_seed_keeps_its_id(tiny_model_cfg):
+    tcfg = TrainConfig(**preset("tiny").train)
+    runs = plan_runs(tiny_model_cfg, tcfg, ["attention", "dial"], [0.6], [1.0],
+                     seeds=[tcfg.seed, 2, 3])
+    assert [r.run_id for r in runs] == ["attention-l0.6", "attention-l0.6-s2",
+                                        "attention-l0.6-s3", "dial", "dial-s2", "dial-s3"]
+    assert [r.train.seed for r in runs] == [tcfg.seed, 2, 3] * 2
+    assert runs[1].stored_config()["train"]["seed"] == 2
+    # No --seeds: exactly today's plan (the config's seed, no suffix).
+    assert plan_runs(tiny_model_cfg, tcfg, ["attention"], [0.6], [1.0]) == [runs[0]]
+    beta = plan_runs(tiny_model_cfg, tcfg, ["dial"], [0.0, 1.0], [1.0], seeds=[5],
+                     eval_barrier_sharpness=64)[0]
+    assert beta.run_id == "dial-beta64-s5" and beta.train_id == "dial-s5"
+
+
+def test_a_killed_multi_seed_sweep_resumes_with_no_seed_lost(tmp_path, tiny_model_cfg,
+                                                             tiny_corpus, monkeypatch):
+    from localist_core.experiments import sweep as sweep_mod
+    tcfg = TrainConfig(**{**preset("tiny").train, "max_steps": 6, "eval_interval": 3,
+                          "ckpt_interval": 3})
+    runs = plan_runs(tiny_model_cfg, tcfg, ["attention"], [0.5], [1.0], seeds=[1, 2])
+    assert [r.run_id for r in runs] == ["attention-l0.5-s1", "attention-l0.5-s2"]
+    real_train, trained = sweep_mod.train, []
+
+    def killed_after_first(spec_model, spec_train, *args, **kwargs):
+        if trained:
+            raise RuntimeError("killed")    # the sweep dies after its first finished run
+        trained.append(spec_train.seed)
+        return real_train(spec_model, spec_train, *args, **kwargs)
+
+    monkeypatch.setattr(sweep_mod, "train", killed_after_first)
+    cache = tmp_path / "cache"
+    with pytest.raises(RuntimeError, match="killed"):
+        run_sweep(runs, tiny_corpus, cache, tmp_path / "runs", progress=False, test_eval=False)
+    first = (cache / "attention-l0.5-s1.json").read_bytes()
+    assert trained == [1] and not (cache / "attention-l0.5-s2.json").exists()
+
+    def counting(spec_model, spec_train, *args, **kwargs):
+        trained.append(spec_train.seed)
+        return real_train(spec_model, spec_train, *args, **kwargs)
+
+    monkeypatch.setattr(sweep_mod, "train", counting)
+    done = run_sweep(runs, tiny_corpus, cache, tmp_path / "runs", progress=False,
+                     test_eval=False)
+    assert trained == [1, 2]                       # the first seed was not trained again
+    assert (cache / "attention-l0.5-s1.json").read_bytes() == first
+    assert [r["run_id"] for r in done] == ["attention-l0.5-s1", "attention-l0.5-s2"]
+    assert [r["config"]["train"]["seed"] for r in done] == [1, 2]
+    loaded, problems = load_cache(cache)
+    assert {r["run_id"] for r in loaded} == {"attention-l0.5-s1", "attention-l0.5-s2"}
+    assert not problems
+    from localist_core.experiments.results import curve_points
+    pt = next(p for p in curve_points(loaded) if "as trained" in p["series"])
+    assert pt["n"] == 2 and pt["seeds"] == "1,2" and pt["perplexity_sd"] is not None

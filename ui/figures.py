@@ -176,11 +176,23 @@ _CONTROLS = (("recent_b_mass", "recent-b control", "dot"),
              ("shifted_block_mass", "shifted-block control", "dash"))
 
 
+def seed_error(pts: list[dict], key: str) -> dict | None:
+    """± 1 sample sd across seeds (``<key>_sd``) as a plotly error bar, for points that average
+    n > 1 seeds; None when no point does (a single-seed cache draws no bars)."""
+    sds = [finite(p.get(f"{key}_sd")) if (p.get("n") or 1) > 1 else None for p in pts]
+    if all(sd is None for sd in sds):
+        return None
+    return dict(type="data", array=[sd or 0.0 for sd in sds], visible=True, thickness=1.2,
+                width=3)
+
+
 def _add_series(fig, pts: list[dict], x: str, y: str, color: str, legend: bool, controls: bool,
                 **rc) -> None:
     series = pts[0]["series"]
     leak = series.startswith(LEAK)
     color = "#d62728" if leak else color
+    bars = {k: v for k, v in (("error_y", seed_error(pts, y)), ("error_x", seed_error(pts, x)))
+            if v is not None}
     fig.add_trace(go.Scatter(
         x=[p[x] for p in pts], y=[p[y] for p in pts], mode="lines+markers+text",
         name=inert(series), legendgroup=series, showlegend=legend,
@@ -188,7 +200,8 @@ def _add_series(fig, pts: list[dict], x: str, y: str, color: str, legend: bool, 
         textfont=dict(size=10, color=color), customdata=[inert(p["run_id"]) for p in pts],
         marker=dict(symbol="triangle-up" if leak else "circle", size=11 if leak else 7,
                     color=color), line=dict(dash="dot" if leak else "solid", color=color),
-        hovertemplate="%{customdata} · %{text}<br>%{x:.4g}, %{y:.4g}<extra></extra>"), **rc)
+        hovertemplate="%{customdata} · %{text}<br>%{x:.4g}, %{y:.4g}<extra></extra>", **bars),
+        **rc)
     for key, name, dash in _CONTROLS if controls else ():
         cp = [p for p in pts if finite(p.get(key)) is not None]
         fig.add_trace(go.Scatter(x=[p[x] for p in cp], y=[p[key] for p in cp], mode="lines",
@@ -223,7 +236,8 @@ def panel_figure(points: list[dict], x: str, x_title: str, panels: list[dict], *
     series, leaks as red triangles, the papers' reports as crimson crosses, reference lines
     (ceilings, baselines, the papers' figures) named in the legend.
 
-    ``panels``: dicts with ``y``, ``title`` and optional ``hlines`` and ``log_y``.
+    ``panels``: dicts with ``y``, ``title`` and optional ``hlines`` and ``log_y``. Points that
+    average n > 1 seeds carry error bars of ± 1 sd across seeds (``seed_error``).
     """
     from plotly.subplots import make_subplots
 

@@ -18,7 +18,13 @@ from ui.notices import guarded
 
 # The metrics the Compare page sets side by side.
 COMPARED = ("entropy_bits", "in_block_mass", "recent_b_mass", "shifted_block_mass",
-            "pointer_fidelity_mass", "mean_attention_distance")
+            "pointer_fidelity_mass", "pointer_fidelity_lift", "mean_attention_distance")
+
+
+def metric_mean(metrics: dict, name: str, fmt: str = ".3f") -> str:
+    """A metric's mean formatted for a caption, or "—" when an older analysis lacks it."""
+    m = metrics.get(name)
+    return format(m["mean"], fmt) if isinstance(m, dict) and "mean" in m else "—"
 
 # -- one analysis --------------------------------------------------------------------------------
 

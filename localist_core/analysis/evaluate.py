@@ -67,7 +67,9 @@ def attention_summary(model, tokens: Tensor, patterns: list[Tensor], block_ids: 
     ``block_size`` sets the width of the recent-b and shifted-block controls."""
     anchors = model.anchors_for(tokens, block_ids)
     b = block_size or model.cfg.block_size
-    return [attention_metrics(p.float(), block_ids, anchors, b) for p in patterns]
+    ncd = bool(model.cfg.noncausal_diagnostic)
+    return [attention_metrics(p.float(), block_ids, anchors, b, noncausal_diagnostic=ncd)
+            for p in patterns]
 
 
 @torch.no_grad()

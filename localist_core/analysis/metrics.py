@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..model.attention import visible_keys
 from ..model.blocks import block_starts, same_block
 
 LN2 = math.log(2.0)
@@ -98,6 +99,72 @@ def pointer_argmax_hit(pattern: Tensor, anchors: Tensor) -> Tensor:
     return a.gather(-1, top).squeeze(-1).to(pattern.dtype)
 
 
+def visible_in_block_mask(block_ids: Tensor, noncausal_diagnostic: bool = False) -> Tensor:
+    """``[B, Q, K]`` bool: the keys of query t's own block that t may attend to (j ≤ t; the
+    whole block in the non-causal diagnostic mode), as ``attention.visible_keys`` decides."""
+    return visible_keys(block_ids, noncausal_diagnostic) & same_block(block_ids)
+
+
+def visible_in_block_keys(block_ids: Tensor, noncausal_diagnostic: bool = False) -> Tensor:
+    """How many keys of its own block each query sees, ``[B, Q]`` (float): 1, 2, … from each
+    block's first token, causal unless the diagnostic mode is on.
+
+    What a block-local query sees is this count, not the block length: fixed blocks of 3, 5
+    and 10 give a mean of 2, 3 and 5.5 over whole blocks ((b + 1)/2); the partial last block
+    of a 128-token window brings them to 1.99, 2.98 and 5.44. Comparing partitions needs it.
+
+    >>> visible_in_block_keys(torch.tensor([[0, 0, 0, 1, 1]])).tolist()
+    [[1.0, 2.0, 3.0, 1.0, 2.0]]
+    """
+    return visible_in_block_mask(block_ids, noncausal_diagnostic).sum(-1).float()
+
+
+def uniform_pointer_fidelity(block_ids: Tensor, anchors: Tensor,
+                             noncausal_diagnostic: bool = False) -> Tensor:
+    """Pointer fidelity of uniform attention over the query's visible in-block keys, ``[B, Q]``:
+    #visible anchors / #visible in-block keys. The chance level of ``pointer_fidelity_mass``
+    for a query whose attention stays in its block.
+
+    With ``anchors_per_block`` = k (causal anchors, ``blocks.anchor_mask``) the first k
+    positions of a block score 1 and position p ≥ k scores k/(p + 1): fixed blocks of 3 give
+    1.0, of 5 give 0.870 (0.873 over 128-token windows), of 10 give 0.629 (0.634).
+
+    >>> ids = torch.tensor([[0, 0, 0, 0, 0]])
+    >>> a = torch.zeros(1, 5, 5, dtype=torch.bool)
+    >>> a[..., 0] = True                  # every query's one anchor is key 0
+    >>> [round(v, 3) for v in uniform_pointer_fidelity(ids, a)[0].tolist()]
+    [1.0, 0.5, 0.333, 0.25, 0.2]
+    """
+    vis = visible_in_block_mask(block_ids, noncausal_diagnostic)
+    if anchors.dim() == 2:
+        anchors = anchors.unsqueeze(0)
+    n_anchors = (vis & anchors).sum(-1).float()
+    return n_anchors / vis.sum(-1).clamp_min(1).float()
+
+
+def pointer_fidelity_lift(pattern: Tensor, block_ids: Tensor, anchors: Tensor,
+                          noncausal_diagnostic: bool = False) -> Tensor:
+    """How much more mass the anchors draw than chance, ``[B, H, Q]``:
+
+        lift = pointer_fidelity_mass − in_block_mass · uniform_pointer_fidelity
+
+    i.e. the anchor mass beyond what the query's own in-block mass would put on its visible
+    anchors if it were spread uniformly over the visible in-block keys. 0 for any attention
+    that is uniform inside the block (whatever leaves the block), > 0 when in-block mass leans
+    on the anchors, < 0 when it avoids them; always 0 where every visible in-block key is an
+    anchor (fixed blocks of 3 with 3 anchors).
+
+    A difference, not a ratio: it is defined when the baseline is 0 (no anchors), it averages
+    over queries, heads and layers without reweighting, and it is not capped at 1/baseline
+    (which is 1 for blocks of 3). It is scaled by the in-block mass, not taken against the
+    bare baseline, because anchors lie in the block: mass that leaves the block (λ < 1) would
+    otherwise count against the anchors, and "fidelity rises with λ" would be in-block mass
+    again. With every query's mass in-block (λ = 1) it is fidelity − uniform fidelity.
+    """
+    base = uniform_pointer_fidelity(block_ids, anchors, noncausal_diagnostic).unsqueeze(1)
+    return pointer_fidelity_mass(pattern, anchors) - in_block_mass(pattern, block_ids) * base
+
+
 def mean_attention_distance(pattern: Tensor) -> Tensor:
     """Σ_j α(t,j)·|t−j| in positions (as in ConViT), ``[B, H, Q]``."""
     n = pattern.shape[-1]
@@ -111,15 +178,24 @@ def mean_attention_distance(pattern: Tensor) -> Tensor:
 METRIC_LABELS = {"entropy_bits": "H (bits)", "normalised_entropy": "H/H_max",
                  "in_block_mass": "in-block", "recent_b_mass": "recent-b",
                  "shifted_block_mass": "shifted", "uniform_in_block_mass": "uniform",
-                 "pointer_fidelity_mass": "fidelity", "pointer_argmax_hit": "argmax hit",
+                 "visible_in_block_keys": "visible keys",
+                 "pointer_fidelity_mass": "fidelity",
+                 "uniform_pointer_fidelity": "fidelity (uniform)",
+                 "pointer_fidelity_lift": "fidelity lift", "pointer_argmax_hit": "argmax hit",
                  "mean_attention_distance": "distance"}
 METRIC_NAMES = tuple(METRIC_LABELS)
 
 
 def attention_metrics(pattern: Tensor, block_ids: Tensor, anchors: Tensor,
-                      block_size: int) -> dict[str, Tensor]:
-    """Every attention metric of §3 for one layer, each ``[B, H, Q]``, controls included."""
+                      block_size: int, noncausal_diagnostic: bool = False) -> dict[str, Tensor]:
+    """Every attention metric of §3 for one layer, each ``[B, H, Q]``, controls included.
+
+    ``visible_in_block_keys`` and ``uniform_pointer_fidelity`` do not depend on the pattern;
+    they are expanded over heads like ``uniform_in_block_mass``. ``noncausal_diagnostic``
+    follows the model's visibility (a query also sees the later keys of its block)."""
     uni = uniform_pattern(block_ids)
+    shape = pattern.shape[:-1]
+    ncd = noncausal_diagnostic
     return {
         "entropy_bits": attention_entropy(pattern),
         "normalised_entropy": normalised_entropy(pattern),
@@ -127,7 +203,11 @@ def attention_metrics(pattern: Tensor, block_ids: Tensor, anchors: Tensor,
         "recent_b_mass": recent_mass(pattern, block_size),
         "shifted_block_mass": in_block_mass(pattern, shifted_block_ids(block_ids, block_size)),
         "uniform_in_block_mass": in_block_mass(uni, block_ids).expand(pattern.shape[:-1]),
+        "visible_in_block_keys": visible_in_block_keys(block_ids, ncd).unsqueeze(1).expand(shape),
         "pointer_fidelity_mass": pointer_fidelity_mass(pattern, anchors),
+        "uniform_pointer_fidelity":
+            uniform_pointer_fidelity(block_ids, anchors, ncd).unsqueeze(1).expand(shape),
+        "pointer_fidelity_lift": pointer_fidelity_lift(pattern, block_ids, anchors, ncd),
         "pointer_argmax_hit": pointer_argmax_hit(pattern, anchors),
         "mean_attention_distance": mean_attention_distance(pattern),
     }

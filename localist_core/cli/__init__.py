@@ -55,6 +55,22 @@ from .export import cmd_export
 __all__ = ["build_parser", "main"]
 PROG = "localist"       # the console script (pyproject.toml); __main__ passes its own name
 
+MAX_SEED = 2**32 - 1
+
+
+def seed_list(text: str) -> list[int]:
+    """``--seeds 1,2,3``: distinct integers in [0, 2³²−1], in the order given."""
+    try:
+        seeds = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a comma-separated list of integers: {text!r}") from None
+    if not seeds or any(not 0 <= x <= MAX_SEED for x in seeds):
+        raise argparse.ArgumentTypeError(f"seeds must be integers in [0, {MAX_SEED}]: {text!r}")
+    if len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"a seed is repeated: {text!r}")
+    return seeds
+
 
 def _numbers(values) -> str:
     return ",".join(f"{v:g}" for v in values)
@@ -104,6 +120,10 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     s.add_argument("--eval-beta", type=finite_float(0.0, lo_open=True), default=None,
                    help="evaluate with this dial sharpness β > 0 instead of the trained one "
                         "(stored as a separate run, <id>-beta<β>)")
+    s.add_argument("--seeds", type=seed_list, default=None,
+                   help="comma-separated training seeds, one run per (protocol, λ, seed); "
+                        "every seed but the config's adds -s<seed> to the run id (default: "
+                        "the config's seed alone)")
     s.add_argument("overrides", nargs="*", metavar="key=value")
     common(s)
     s.set_defaults(func=cmd_sweep)

@@ -62,7 +62,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     mcfg, tcfg = configs(args.config, args.overrides, len(corpus.tokenizer))
     check_fits_in_memory(mcfg, tcfg)
     runs = plan_runs(mcfg, tcfg, protocols, args.lambdas, args.taus,
-                     args.overrides, eval_barrier_sharpness=args.eval_beta)
+                     args.overrides, eval_barrier_sharpness=args.eval_beta,
+                     seeds=getattr(args, "seeds", None))
     results = run_sweep(runs, corpus, args.cache, args.runs_dir, prompts=prompts,
                         eval_tokens=args.eval_tokens)
     for r in results:

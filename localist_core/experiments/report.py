@@ -9,7 +9,14 @@ from pathlib import Path
 
 from ..analysis.metrics import METRIC_LABELS
 from .cache import load_cache
-from .results import PAPER, find_eval, read_baselines, strategy_points  # noqa: F401 (PAPER re-exported)
+from .results import (  # noqa: F401 (PAPER re-exported)
+    PAPER,
+    curve_points,
+    find_eval,
+    partition_differences,
+    read_baselines,
+    strategy_points,
+)
 
 ATT_COLUMNS = list(METRIC_LABELS.items())
 
@@ -20,6 +27,14 @@ def _row(cells) -> str:
 
 def _fmt(v, digits=3) -> str:
     return "—" if v is None else f"{v:.{digits}f}"
+
+
+def _pm(p: dict, key: str, digits=3) -> str:
+    """A point's figure, as "mean ± sd (n)" where it averages n > 1 seeds."""
+    sd = p.get(f"{key}_sd")
+    if (p.get("n") or 1) > 1 and sd is not None and p.get(key) is not None:
+        return f"{p[key]:.{digits}f} ± {sd:.{digits}f} ({p['n']})"
+    return _fmt(p.get(key), digits)
 
 
 def run_table(runs: list[dict], dial_at: str = "trained") -> str:
@@ -101,17 +116,54 @@ def strategy_table(runs: list[dict]) -> str:
     τ = 1), with the step-1000 validation perplexity from training (32k-token prefix)."""
     by_id = {r["run_id"]: r for r in runs}
     head = ["partition", "λ", "steps", "valid ppl", "test ppl", "test acc", "H (bits)",
-            "in-block", "shifted", "uniform", "fidelity", "step-1000 ppl (32k prefix)"]
+            "in-block", "shifted", "uniform", "visible keys", "fidelity", "fidelity (uniform)",
+            "fidelity lift", "step-1000 ppl (32k prefix)"]
     lines = [_row(head), _row(["---"] * len(head))]
     for p in strategy_points(runs):
         run = by_id[p["run_id"]]
         lines.append(_row([p["series"], _fmt(p["locality"], 1),
                            f"{(run.get('training') or {}).get('steps', 0):,}",
-                           _fmt(p["perplexity"], 1), _fmt(p["test_perplexity"], 1),
-                           _fmt(p["test_accuracy"], 3), _fmt(p["entropy_bits"]),
-                           _fmt(p["in_block_mass"]), _fmt(p["shifted_block_mass"]),
-                           _fmt(p["uniform_in_block_mass"]), _fmt(p["pointer_fidelity_mass"]),
-                           _fmt(_history_ppl(run, 1000), 1)]))
+                           _pm(p, "perplexity", 1), _pm(p, "test_perplexity", 1),
+                           _pm(p, "test_accuracy", 3), _pm(p, "entropy_bits"),
+                           _pm(p, "in_block_mass"), _pm(p, "shifted_block_mass"),
+                           _pm(p, "uniform_in_block_mass"), _pm(p, "visible_in_block_keys", 2),
+                           _pm(p, "pointer_fidelity_mass"), _pm(p, "uniform_pointer_fidelity"),
+                           _pm(p, "pointer_fidelity_lift"), _fmt(_history_ppl(run, 1000), 1)]))
+    return "\n".join(lines)
+
+
+def seeds_table(runs: list[dict]) -> str | None:
+    """The curves' points that average several seeds, as mean ± sd (n) with the 95% t-interval
+    half-width of the perplexity; None when every point is a single seed."""
+    pts = [p for p in curve_points(runs) if (p.get("n") or 1) > 1]
+    if not pts:
+        return None
+    head = ["series", "λ", "seeds", "valid ppl", "± 95% CI (ppl)", "H (bits)", "in-block",
+            "fidelity"]
+    lines = [_row(head), _row(["---"] * len(head))]
+    for p in pts:
+        lines.append(_row([p["series"], _fmt(p["locality"], 1), p["seeds"],
+                           _pm(p, "perplexity", 1), _fmt(p.get("perplexity_ci95"), 1),
+                           _pm(p, "entropy_bits"), _pm(p, "in_block_mass"),
+                           _pm(p, "pointer_fidelity_mass")]))
+    return "\n".join(lines)
+
+
+def differences_table(runs: list[dict]) -> str | None:
+    """Each partition minus fixed at each λ, paired by seed: mean difference, sd, n and the 95%
+    t-interval; "established" only where the interval excludes zero. None when no pair of
+    settings shares two seeds (a single-seed cache)."""
+    rows = partition_differences(runs)
+    if not any(r["n"] > 1 for r in rows):
+        return None
+    head = ["partition − fixed", "λ", "metric", "n", "mean diff", "sd", "95% CI", "verdict"]
+    lines = [_row(head), _row(["---"] * len(head))]
+    for r in rows:
+        ci = "—" if r["lo"] is None else f"[{r['lo']:.3f}, {r['hi']:.3f}]"
+        verdict = "established" if r["established"] else (
+            "not established" + (" (n = 1)" if r["n"] < 2 else ""))
+        lines.append(_row([r["partition"], _fmt(r["locality"], 1), r["metric"], r["n"],
+                           _fmt(r["mean"]), _fmt(r["sd"]), ci, verdict]))
     return "\n".join(lines)
 
 
@@ -132,6 +184,11 @@ def full_report(cache_dir: str | Path) -> str:
     parts = ["## Baselines", baselines_table(cache_dir), "", "## Runs (τ = 1)", run_table(runs), "",
              "## Penalty models dialled at inference", dialled_table(runs), "",
              "## Partitions: fixed, punctuation, recruited", strategy_table(runs), ""]
+    seeds, diffs = seeds_table(runs), differences_table(runs)
+    if seeds:
+        parts += ["## Across seeds (τ = 1): mean ± sd (n)", seeds, ""]
+    if diffs:
+        parts += ["## Partitions minus fixed, paired by seed (95% t-interval)", diffs, ""]
     for run in runs:
         if run["protocol"] == "dial":
             parts += ["## τ family of the dial model", tau_table(run), ""]

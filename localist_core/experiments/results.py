@@ -2,6 +2,9 @@
 as plain dicts (the figures that draw them are ``ui.figures``)."""
 from __future__ import annotations
 
+import json
+import math
+import statistics
 from pathlib import Path
 
 from ..analysis.metrics import METRIC_NAMES, causal_entropy_ceiling
@@ -13,13 +16,23 @@ from .cache import (
     cache_files,
     read_baselines_file,
 )
-from .sweep import PROTOCOL_NAMES
+from .sweep import PROTOCOL_NAMES, normalized_config
 
 PAPERS = "papers' report"
 # The papers' reported figures (REPRODUCTION.md), shown beside ours, never in place of ours.
 PAPER = {"entropy_bits_l1": 5.36, "entropy_bits_l0": 7.18, "test_perplexity_l06": 4.65,
          "test_accuracy_l06": 0.847}
 LEAK = "LEAK"
+
+# Student-t 0.975 quantiles (two-sided 95%) for df = 1..30, from the NIST/SEMATECH e-Handbook of
+# Statistical Methods, §1.3.6.7.2 "Critical values of the Student's t distribution"; beyond 30
+# degrees of freedom the normal 1.96 is used (at most 4% narrower than t). The one table of the
+# project: every interval of the sweep results comes from ``t975``.
+T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+        2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
+        2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+# The numbers a point averages over seeds; each gets ``<key>_sd`` and ``<key>_ci95``.
+STAT_KEYS = ("perplexity", "accuracy", "test_perplexity", "test_accuracy", *METRIC_NAMES)
 
 
 def finite(v) -> float | None:
@@ -50,8 +63,94 @@ def trained_locality(run: dict) -> float:
 def variant(run: dict) -> str:
     """The model-shape tag of a run id (``attention-l0.4-block_size3`` → ``block_size3``)."""
     proto, rid = protocol_of(run), str(run.get("run_id", ""))
+    seed = seed_of(run)
+    if seed is not None and rid.endswith(f"-s{seed}"):   # a seed is not a variant
+        rid = rid[: -len(f"-s{seed}")]
     base = "dial" if proto == "dial" else f"{proto}-l{trained_locality(run):.1f}"
     return rid[len(base) + 1:] if rid.startswith(base + "-") else ""
+
+
+def seed_of(run: dict) -> int | None:
+    """The training seed in a run's stored config, or None when it names none."""
+    seed = _cfg(run, "train").get("seed")
+    return seed if isinstance(seed, int) and not isinstance(seed, bool) else None
+
+
+def group_key(run: dict) -> str:
+    """What a run is apart from its seed: protocol, variant and its whole stored config (every
+    default filled in) less ``train.seed``. Runs with equal keys are seeds of one setting."""
+    try:
+        cfg = normalized_config(run.get("config") if isinstance(run.get("config"), dict) else {})
+        cfg = {k: v for k, v in cfg.items()}
+        cfg["train"] = {k: v for k, v in (cfg.get("train") or {}).items() if k != "seed"}
+        blob = json.dumps(cfg, sort_keys=True, default=str)
+    except (TypeError, ValueError, AttributeError):
+        blob = str(run.get("run_id"))
+    return json.dumps([protocol_of(run), variant(run), trained_locality(run), blob])
+
+
+def group_by_seed(runs: list[dict]) -> list[list[dict]]:
+    """Runs that differ only by seed, together (first-seen order; each group by seed)."""
+    groups: dict[str, list[dict]] = {}
+    for run in runs:
+        groups.setdefault(group_key(run), []).append(run)
+    return [sorted(g, key=lambda r: (seed_of(r) is None, seed_of(r) or 0)) for g in groups.values()]
+
+
+def t975(df: int) -> float:
+    """The Student-t 0.975 quantile at ``df`` degrees of freedom (``T975``; 1.96 beyond 30)."""
+    if df < 1:
+        raise ValueError("a t-interval needs at least one degree of freedom")
+    return T975[df - 1] if df <= len(T975) else 1.96
+
+
+def summary(values) -> dict:
+    """Mean, sample sd, n and the 95% t-interval half-width of the mean of the finite values;
+    one value: sd and ci95 None; none: every figure None and n 0."""
+    vals = [float(v) for v in values if finite(v) is not None]
+    n = len(vals)
+    if n == 0:
+        return {"mean": None, "sd": None, "n": 0, "ci95": None}
+    if n == 1:
+        return {"mean": vals[0], "sd": None, "n": 1, "ci95": None}
+    sd = statistics.stdev(vals)
+    return {"mean": statistics.fmean(vals), "sd": sd, "n": n,
+            "ci95": t975(n - 1) * sd / math.sqrt(n)}
+
+
+def paired_difference(a: dict[int, float], b: dict[int, float]) -> dict:
+    """a − b over the seeds both hold (matched by seed): mean, sd, n, the 95% t-interval
+    (``lo``, ``hi``, ``ci95``) and ``established``: True only where the interval excludes 0."""
+    seeds = sorted(k for k in a if k in b and finite(a[k]) is not None
+                   and finite(b[k]) is not None)
+    s = summary([a[k] - b[k] for k in seeds])
+    lo = hi = None
+    if s["ci95"] is not None:
+        lo, hi = s["mean"] - s["ci95"], s["mean"] + s["ci95"]
+    return {**s, "seeds": seeds, "lo": lo, "hi": hi,
+            "established": lo is not None and (lo > 0 or hi < 0)}
+
+
+def aggregate_points(points: list[dict], keys: list[str]) -> list[dict]:
+    """Points that differ only by seed (equal ``keys`` values) merged into one: each of
+    ``STAT_KEYS`` the mean over seeds, with ``<key>_sd`` and ``<key>_ci95``; ``n`` the number of
+    seeds, ``seeds`` their list, ``run_id`` the first run's. A lone point is returned as is."""
+    groups: dict[tuple, list[dict]] = {}
+    for p in points:
+        groups.setdefault(tuple(json.dumps(p.get(k), default=str) for k in keys), []).append(p)
+    out = []
+    for group in groups.values():
+        if len(group) == 1:
+            out.append(group[0])
+            continue
+        merged = dict(group[0])
+        for k in STAT_KEYS:
+            st = summary(p.get(k) for p in group)
+            merged[k], merged[f"{k}_sd"], merged[f"{k}_ci95"] = st["mean"], st["sd"], st["ci95"]
+        merged["n"] = len(group)
+        merged["seeds"] = ",".join(str(p.get("seed")) for p in group)
+        out.append(merged)
+    return out
 
 
 def leak_flag(run: dict) -> str | None:
@@ -114,6 +213,9 @@ def make_point(run: dict, lam: float, dial_locality: float, tau: float = 1.0,
          "leak": leak_flag(run)}
     for k in METRIC_NAMES:
         p[k] = finite(att[k].get("mean")) if isinstance(att.get(k), dict) else None
+    seed = seed_of(run)
+    p.update({"n": 1, "seed": seed, "seeds": "" if seed is None else str(seed)})
+    p.update({f"{k}_{stat}": None for k in STAT_KEYS for stat in ("sd", "ci95")})
     return p
 
 
@@ -127,7 +229,19 @@ def _series(run: dict, kind: str) -> str:
     return f"{protocol_of(run)} penalty · {how}{tag}"
 
 
+_SAME = ["series", "locality", "dial_locality", "attn_temperature", "group"]
+
+
+def _grouped(run: dict, p: dict | None) -> dict | None:
+    return None if p is None else {**p, "group": group_key(run)}
+
+
+def _ungrouped(points: list[dict]) -> list[dict]:
+    return [{k: v for k, v in p.items() if k != "group"} for p in points]
+
+
 def _collect(runs: list[dict], want_leak: bool, kinds: tuple[str, ...]) -> list[dict]:
+    """Points per series and λ; runs that differ only by seed make one point (their mean)."""
     pts = []
     for run in runs:
         if bool(leak_flag(run)) != want_leak:
@@ -135,14 +249,16 @@ def _collect(runs: list[dict], want_leak: bool, kinds: tuple[str, ...]) -> list[
         if protocol_of(run) == "dial":
             if "dial" in kinds:
                 lams = sorted({lf for lf, t in dial_settings(run) if t == 1.0})
-                pts += [make_point(run, lf, lf, series=_series(run, "dial")) for lf in lams]
+                pts += [_grouped(run, make_point(run, lf, lf, series=_series(run, "dial")))
+                        for lf in lams]
             continue
         lam = trained_locality(run)
         if "trained" in kinds:
-            pts.append(make_point(run, lam, 0.0, series=_series(run, "trained")))
+            pts.append(_grouped(run, make_point(run, lam, 0.0, series=_series(run, "trained"))))
         if "dialled" in kinds and not want_leak and lam > 0:   # at λ=0 it is the trained point
-            pts.append(make_point(run, lam, lam, series=_series(run, "dialled")))
-    return sorted((p for p in pts if p), key=lambda p: (p["series"], p["locality"]))
+            pts.append(_grouped(run, make_point(run, lam, lam, series=_series(run, "dialled"))))
+    pts = _ungrouped(aggregate_points([p for p in pts if p], _SAME))
+    return sorted(pts, key=lambda p: (p["series"], p["locality"]))
 
 
 def partition_of(run: dict) -> str:
@@ -150,10 +266,7 @@ def partition_of(run: dict) -> str:
     return str(_cfg(run, "model").get("partition") or "fixed")
 
 
-def strategy_points(runs: list[dict], block_size: int = 5) -> list[dict]:
-    """Where blocks fall: causal attention-penalty runs as trained (λ_f = 0, τ = 1), one
-    series per partition. Fixed runs count only at the default ``block_size``, and no run with
-    another shape change enters, so the series differ in where blocks fall and nothing else."""
+def _strategy_raw(runs: list[dict], block_size: int) -> list[dict]:
     pts = []
     for run in runs:
         if leak_flag(run) or protocol_of(run) != "attention":
@@ -166,10 +279,43 @@ def strategy_points(runs: list[dict], block_size: int = 5) -> list[dict]:
             continue
         lam = trained_locality(run)
         name = f"{part} (b={block_size})" if part == "fixed" else part
-        pts.append(make_point(run, lam, 0.0, series=name, label=f"λ={lam:g}"))
+        pts.append(_grouped(run, make_point(run, lam, 0.0, series=name, label=f"λ={lam:g}")))
+    return [p for p in pts if p]
+
+
+def strategy_points(runs: list[dict], block_size: int = 5) -> list[dict]:
+    """Where blocks fall: causal attention-penalty runs as trained (λ_f = 0, τ = 1), one
+    series per partition. Fixed runs count only at the default ``block_size``, and no run with
+    another shape change enters, so the series differ in where blocks fall and nothing else.
+    Runs that differ only by seed make one point (their mean, ``n`` seeds)."""
     order = {"fixed": 0, "punctuation": 1, "recruited": 2}
-    return sorted((p for p in pts if p),
-                  key=lambda p: (order.get(p["series"].split()[0], 3), p["locality"]))
+    pts = _ungrouped(aggregate_points(_strategy_raw(runs, block_size), _SAME))
+    return sorted(pts, key=lambda p: (order.get(p["series"].split()[0], 3), p["locality"]))
+
+
+DIFF_METRICS = ("perplexity", "entropy_bits", "in_block_mass", "pointer_fidelity_mass")
+
+
+def partition_differences(runs: list[dict], metrics=DIFF_METRICS,
+                          block_size: int = 5) -> list[dict]:
+    """Each partition minus fixed at each λ (``strategy_points``' runs), paired by seed: one row
+    per (partition, λ, metric) with ``paired_difference``'s figures (a λ or partition with no
+    seed in common with fixed has no row)."""
+    by: dict[tuple[str, float], dict[int, dict]] = {}
+    for p in _strategy_raw(runs, block_size):
+        if p.get("seed") is not None:
+            by.setdefault((p["series"], p["locality"]), {}).setdefault(p["seed"], p)
+    fixed = {lam: pts for (series, lam), pts in by.items() if series.startswith("fixed")}
+    rows = []
+    for (series, lam), pts in sorted(by.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        if series.startswith("fixed") or lam not in fixed:
+            continue
+        for m in metrics:
+            d = paired_difference({k: p.get(m) for k, p in pts.items()},
+                                  {k: p.get(m) for k, p in fixed[lam].items()})
+            if d["n"]:
+                rows.append({"partition": series, "locality": lam, "metric": m, **d})
+    return rows
 
 
 def _fixed_only(runs: list[dict]) -> list[dict]:
@@ -275,7 +421,10 @@ def runs_table(runs: list[dict]) -> list[dict]:
             "causal ceiling": p.get("entropy_ceiling_bits"),
             "in-block": p.get("in_block_mass"), "recent-b": p.get("recent_b_mass"),
             "shifted": p.get("shifted_block_mass"), "uniform": p.get("uniform_in_block_mass"),
+            "visible keys": p.get("visible_in_block_keys"),
             "fidelity": p.get("pointer_fidelity_mass"),
+            "fidelity (uniform)": p.get("uniform_pointer_fidelity"),
+            "fidelity lift": p.get("pointer_fidelity_lift"),
             "leak test": "pass" if passed is True else "FAIL" if passed is False else "—",
             "evals": len(dial_settings(run)),
             "steps": steps if isinstance(steps, int) and not isinstance(steps, bool) else None,

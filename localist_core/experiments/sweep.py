@@ -88,14 +88,25 @@ def run_dir_for(spec: "RunSpec") -> str:
     return f"{spec.train_id or spec.run_id}-{hashlib.sha1(blob.encode()).hexdigest()[:8]}"
 
 
+def seed_tag(seed: int, config_seed: int) -> str:
+    """The run-id suffix of a seed: "" for the config's own seed (the id every single-seed
+    cache already uses, so those runs still count as finished), else ``-s<seed>``."""
+    return "" if int(seed) == int(config_seed) else f"-s{int(seed)}"
+
+
 def plan_runs(model_cfg: ModelConfig, train_cfg: TrainConfig, protocols: list[str],
               lambdas: list[float], taus: list[float], overrides: list[str] | None = None,
-              eval_barrier_sharpness: float | None = None) -> list[RunSpec]:
-    """The runs of a sweep: one per (penalty protocol, λ), one for the dial protocol.
+              eval_barrier_sharpness: float | None = None,
+              seeds: list[int] | None = None) -> list[RunSpec]:
+    """The runs of a sweep: one per (penalty protocol, λ, seed), one per seed for the dial
+    protocol.
 
     A penalty run is evaluated at λ_f ∈ {0, λ} × τ (dialling a penalty-trained model answers
-    the "no retraining" question); the dial run at every λ of the grid × τ.
+    the "no retraining" question); the dial run at every λ of the grid × τ. ``seeds`` (default:
+    the config's seed alone) go into ``TrainConfig.seed``; every seed but the config's own adds
+    ``-s<seed>`` to the run id (``attention-l0.6-s2``).
     """
+    seeds = list(dict.fromkeys(int(s) for s in seeds)) if seeds else [train_cfg.seed]
     runs = []
     for name in protocols:
         if name not in PROTOCOL_NAMES:
@@ -103,15 +114,18 @@ def plan_runs(model_cfg: ModelConfig, train_cfg: TrainConfig, protocols: list[st
         protocol, form = PROTOCOL_NAMES[name]
         grid = [0.0] if name == "dial" else list(lambdas)
         for lam in grid:
-            tcfg = dataclasses.replace(train_cfg, protocol=protocol, penalty_form=form,
-                                       locality=0.0 if name == "dial" else lam)
             dial_values = sorted(set(lambdas)) if name == "dial" else sorted({0.0, lam})
             settings = tuple((lf, tau) for lf in dial_values for tau in taus)
-            run_id = run_id_for(name, lam, overrides or [])
-            if eval_barrier_sharpness is not None:
-                run_id += f"-beta{eval_barrier_sharpness:g}"
-            runs.append(RunSpec(run_id, name, model_cfg, tcfg, settings, eval_barrier_sharpness,
-                                train_id=run_id_for(name, lam, overrides or [])))
+            base = run_id_for(name, lam, overrides or [])
+            for seed in seeds:
+                tcfg = dataclasses.replace(train_cfg, protocol=protocol, penalty_form=form,
+                                           locality=0.0 if name == "dial" else lam, seed=seed)
+                tag = seed_tag(seed, train_cfg.seed)
+                run_id = base
+                if eval_barrier_sharpness is not None:
+                    run_id += f"-beta{eval_barrier_sharpness:g}"
+                runs.append(RunSpec(run_id + tag, name, model_cfg, tcfg, settings,
+                                    eval_barrier_sharpness, train_id=base + tag))
     return runs
 
 
@@ -142,10 +156,10 @@ def _finished(cache_dir: Path, spec: RunSpec) -> bool:
         data = read_result(path)
     except SweepCacheError:
         return False
-    return _normalized(data["config"]) == _normalized(spec.stored_config())
+    return normalized_config(data["config"]) == normalized_config(spec.stored_config())
 
 
-def _normalized(stored: dict) -> dict:
+def normalized_config(stored: dict) -> dict:
     """A stored config with every default filled in, so a run cached before a config field was
     added (with its default) still counts as finished."""
     out = dict(stored)

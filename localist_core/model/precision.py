@@ -106,8 +106,8 @@ def resolve_precision(requested: str = "auto", device: str = "cpu") -> tuple[str
     else:
         native, why = cpu_has_native_bf16()
     if requested == "fp32":
-        return "fp32", f"asked for ({why})"
+        return "fp32", f"asked for; the hardware: {why}"
     if requested == "bf16":
-        return "bf16", f"asked for ({why}{'' if native else '; emulated, slow'})"
+        return "bf16", f"asked for; the hardware: {why}{'' if native else ' (emulated, slow)'}"
     return ("bf16" if native else "fp32"), f"auto: {why}"
 

@@ -1,0 +1,60 @@
+"""The report's seed figures: mean ± sd (n) where a point averages n > 1 seeds, and the paired
+partition-minus-fixed table, "established" only where the 95% t-interval excludes zero; a
+single-seed cache's report has neither."""
+import importlib.util
+from pathlib import Path
+
+from localist_core.experiments import report
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _examples():
+    """tests/test_results.py's synthetic sweep results."""
+    spec = importlib.util.spec_from_file_location("results_examples",
+                                                  Path(__file__).with_name("test_results.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _seeded_partitions(punct_ppl=(104.0, 105.0, 112.0)):
+    ex = _examples()
+    fixed = ex.make_run("attention", 0.5)
+    punct = ex.make_run("attention", 0.5, run_id="attention-l0.5-partitionpunctuation")
+    return ([ex.seeded(fixed, s, p) for s, p in zip((1, 2, 3), (100.0, 102.0, 107.0))]
+            + [ex.seeded(punct, s, p, partition="punctuation")
+               for s, p in zip((1, 2, 3), punct_ppl)])
+
+
+def test_strategy_table_shows_mean_sd_and_n():
+    table = report.strategy_table(_seeded_partitions())
+    assert "| fixed (b=5) | 0.5 | 5 | 103.0 ± 3.6 (3) |" in table
+    assert "| punctuation | 0.5 | 5 | 107.0 ± 4.4 (3) |" in table
+
+
+def test_differences_table_says_established_only_when_the_interval_excludes_zero():
+    table = report.differences_table(_seeded_partitions())
+    lines = table.splitlines()
+    ppl = next(line for line in lines if "| perplexity |" in line)
+    # diffs 4, 3, 5: mean 4, sd 1, half-width 4.303/√3 = 2.484
+    assert ppl == "| punctuation | 0.5 | perplexity | 3 | 4.000 | 1.000 | [1.516, 6.484] " \
+                  "| established |"
+    in_block = next(line for line in lines if "| in_block_mass |" in line)
+    assert in_block.endswith("| not established |")
+    noisy = report.differences_table(_seeded_partitions((110.0, 95.0, 108.0)))
+    ppl = next(line for line in noisy.splitlines() if "| perplexity |" in line)
+    assert ppl.endswith("| not established |")     # diffs 10, -7, 1: the interval spans 0
+
+
+def test_seeds_table_lists_only_multi_seed_points():
+    runs = _seeded_partitions()
+    table = report.seeds_table(runs)
+    assert "| attention penalty · as trained | 0.5 | 1,2,3 | 103.0 ± 3.6 (3) |" in table
+    assert report.seeds_table([_examples().make_run("attention", 0.5)]) is None
+
+
+def test_single_seed_report_has_no_seed_sections():
+    text = report.full_report(REPO / "assets" / "sweep")
+    assert "Across seeds" not in text and "paired by seed" not in text and "±" not in text
+    assert "## Partitions: fixed, punctuation, recruited" in text
