@@ -11,6 +11,7 @@ sweep() { $PY -m localist_core sweep --config cpu-ref --cache assets/sweep --run
 
 sweep --protocols attention --lambdas 0,1.0        # shipped: penalty λ=0 and λ=1
 sweep --protocols dial --lambdas $GRID             # shipped: the dial model
+sweep --protocols dial --lambdas $GRID --eval-beta 64   # the shipped dial's β (REPRODUCTION.md)
 sweep --protocols attention --lambdas 0.6 noncausal_diagnostic=true   # the leak, flagged
 sweep --protocols weights --lambdas 0.6,1.0        # the papers' literal penalty
 sweep --protocols attention --lambdas $GRID        # the rest of the attention-form sweep

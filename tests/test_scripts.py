@@ -62,7 +62,8 @@ def test_calibrate_beta_names_what_it_needs_in_one_line(tmp_path, given):
         assert "no such folder" in lines[0] and "dial-*" in lines[0]
 
 
-def test_reproduce_sh_parses():
-    out = subprocess.run(["bash", "-n", str(ROOT / "scripts" / "reproduce.sh")],
+@pytest.mark.parametrize("script", sorted(p.name for p in (ROOT / "scripts").glob("*.sh")))
+def test_every_shell_script_parses(script):
+    out = subprocess.run(["bash", "-n", str(ROOT / "scripts" / script)],
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr

@@ -41,8 +41,17 @@ def test_plan_has_one_run_per_penalty_lambda_and_one_dial(tiny_model_cfg):
     runs = _runs(tiny_model_cfg, lambdas=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0))
     ids = [r.run_id for r in runs]
     assert ids == [f"attention-l{x:.1f}" for x in (0, .2, .4, .6, .8, 1)] + ["dial"]
+
     assert runs[3].settings == ((0.0, 0.5), (0.0, 1.0), (0.6, 0.5), (0.6, 1.0))
     assert len(runs[-1].settings) == 12
+
+
+def test_a_fine_lambda_grid_gives_every_run_its_own_id():
+    """λ = 0.05 and 0.1 once shared the id attention-l0.1 (one decimal); the study's grid
+    needs them apart, and every id the shipped cache already holds stays as it was."""
+    ids = [run_id_for("attention", lam, []) for lam in (0, 0.05, 0.1, 0.2, 0.6, 1.0)]
+    assert len(set(ids)) == len(ids)
+    assert ids[1] == "attention-l0.05" and ids[2] == "attention-l0.1"
 
 
 def test_an_eval_beta_run_reuses_the_trained_model_folder(tiny_model_cfg):

@@ -16,7 +16,7 @@ from .cache import (
     cache_files,
     read_baselines_file,
 )
-from .sweep import PROTOCOL_NAMES, normalized_config
+from .sweep import PROTOCOL_NAMES, locality_tag, normalized_config
 
 PAPERS = "papers' report"
 # The papers' reported figures (REPRODUCTION.md), shown beside ours, never in place of ours.
@@ -66,7 +66,7 @@ def variant(run: dict) -> str:
     seed = seed_of(run)
     if seed is not None and rid.endswith(f"-s{seed}"):   # a seed is not a variant
         rid = rid[: -len(f"-s{seed}")]
-    base = "dial" if proto == "dial" else f"{proto}-l{trained_locality(run):.1f}"
+    base = "dial" if proto == "dial" else f"{proto}-l{locality_tag(trained_locality(run))}"
     return rid[len(base) + 1:] if rid.startswith(base + "-") else ""
 
 

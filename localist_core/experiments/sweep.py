@@ -66,13 +66,24 @@ class RunSpec:
         return cfg
 
 
+def locality_tag(locality: float) -> str:
+    """λ as it appears in a run id: one decimal where that is exact (``0.6``, as every cached
+    run has it), else every digit it needs (``0.05``), so two λ never share an id.
+
+    >>> locality_tag(0.6), locality_tag(0.0), locality_tag(0.05)
+    ('0.6', '0.0', '0.05')
+    """
+    short = f"{locality:.1f}"
+    return short if float(short) == locality else f"{locality:g}"
+
+
 def run_id_for(protocol_name: str, locality: float, overrides: list[str]) -> str:
     """A readable id: protocol, λ and any model-shape overrides (block_size=3 → block_size3).
 
     Training-procedure overrides (max_steps, lr, …) do not rename a run; its stored config
     tells them apart, and a changed config is trained again.
     """
-    base = "dial" if protocol_name == "dial" else f"{protocol_name}-l{locality:.1f}"
+    base = "dial" if protocol_name == "dial" else f"{protocol_name}-l{locality_tag(locality)}"
     model_keys = {f.name for f in dataclasses.fields(ModelConfig)}
     tags = sorted(o.replace("=", "") for o in overrides if o.split("=", 1)[0] in model_keys)
     if tags:
