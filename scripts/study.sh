@@ -9,6 +9,8 @@
 #     matched in visible in-block keys to punctuation (3.96 against 3.91; fixed-5 has 2.98 and
 #     recruited 3.04: `python scripts/block_lengths.py`);
 #   - the dial model, evaluated at its trained β and at β = 64.
+# No attention maps are stored (--prompts ''): the study's cache holds figures only, so it stays
+# small (the shipped checkpoints and sweep already use most of the assets budget).
 # Safe to re-run: finished runs are skipped and an interrupted run resumes from its checkpoint.
 #   mkdir -p logs && nohup bash scripts/study.sh > logs/study.log 2>&1 &
 set -euo pipefail
@@ -20,7 +22,7 @@ SEEDS=${STUDY_SEEDS:-1234,2,3}
 BUDGET="max_steps=1500 time_budget_s=86400 lr_by_time=false precision=fp32"
 sweep() {
   $PY -m localist_core sweep --config cpu-ref --cache "$CACHE" --runs-dir runs \
-    --seeds "$SEEDS" --taus 0.5,1,2 "$@" $BUDGET
+    --seeds "$SEEDS" --taus 0.5,1,2 --prompts '' "$@" $BUDGET
 }
 
 sweep --protocols attention --lambdas 0,0.05,0.1,0.2,0.6,1.0
