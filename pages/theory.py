@@ -6,7 +6,7 @@ import streamlit as st
 
 import ui
 from ui import views
-from ui.figures import theory_figure
+from ui.theory_figures import theory_figure
 
 s = ui.page_setup("Theory")
 st.markdown(r"""

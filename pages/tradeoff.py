@@ -5,8 +5,8 @@ from pathlib import Path
 import streamlit as st
 
 import ui
-from ui import figures as fig
 from ui import launcher as launch
+from ui import sweep_figures as fig
 from ui import views
 
 s = ui.page_setup("Tradeoff")

@@ -1,7 +1,6 @@
 """AppTest of the Tradeoff and Sweeps pages on a synthetic sweep cache and on a missing, empty or
 corrupt one: no exception, the papers' points labelled, leaks flagged, clear notices. The Sweeps
 page starts and stops sweeps only when the operator allows it (README "Security")."""
-import importlib.util
 import json
 import os
 import signal
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import streamlit as st
+import sweep_examples as examples
 from streamlit.testing.v1 import AppTest
 
 from localist_core import save_checkpoint
@@ -20,9 +20,6 @@ from ui import launcher as launch
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "app.py")
-_spec = importlib.util.spec_from_file_location("tradeoff_examples", ROOT / "tests/test_results.py")
-examples = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(examples)
 
 
 @pytest.fixture(scope="module")

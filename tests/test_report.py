@@ -1,25 +1,17 @@
 """The report's seed figures: mean ± sd (n) where a point averages n > 1 seeds, and the paired
 partition-minus-fixed table, "established" only where the 95% t-interval excludes zero; a
 single-seed cache's report has neither."""
-import importlib.util
 from pathlib import Path
+
+import sweep_examples
 
 from localist_core.experiments import report
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _examples():
-    """tests/test_results.py's synthetic sweep results."""
-    spec = importlib.util.spec_from_file_location("results_examples",
-                                                  Path(__file__).with_name("test_results.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _seeded_partitions(punct_ppl=(104.0, 105.0, 112.0)):
-    ex = _examples()
+    ex = sweep_examples
     fixed = ex.make_run("attention", 0.5)
     punct = ex.make_run("attention", 0.5, run_id="attention-l0.5-partitionpunctuation")
     return ([ex.seeded(fixed, s, p) for s, p in zip((1, 2, 3), (100.0, 102.0, 107.0))]
@@ -51,7 +43,7 @@ def test_seeds_table_lists_only_multi_seed_points():
     runs = _seeded_partitions()
     table = report.seeds_table(runs)
     assert "| attention penalty · as trained | 0.5 | 1,2,3 | 103.0 ± 3.6 (3) |" in table
-    assert report.seeds_table([_examples().make_run("attention", 0.5)]) is None
+    assert report.seeds_table([sweep_examples.make_run("attention", 0.5)]) is None
 
 
 def test_single_seed_report_has_no_seed_sections():

@@ -3,7 +3,6 @@ refused with a message naming the file and the problem, nothing in it is execute
 serving the good checkpoints and runs beside it. Every file is checked once, cheaply, before it is
 trusted: sizes with stat() before reading, JSON depth and types before use, and a folder is checked
 again only when its files change."""
-import importlib.util
 import json
 import math
 import os
@@ -16,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import streamlit as st
+import sweep_examples
 from safetensors.torch import load_file, save_file
 from streamlit.testing.v1 import AppTest
 
@@ -321,16 +321,7 @@ def test_a_deep_link_to_a_broken_checkpoint_falls_back_with_a_notice(ckpt_root, 
 
 # -- sweep caches ------------------------------------------------------------------------------
 
-def _load_examples():
-    """tests/test_results.py's synthetic sweep results, shaped like run_sweep's output."""
-    spec = importlib.util.spec_from_file_location("tradeoff_examples",
-                                                  ROOT / "tests/test_results.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-EXAMPLES = _load_examples()
+EXAMPLES = sweep_examples
 
 
 def _bad_run(change) -> str:

@@ -1,7 +1,8 @@
 """The dashboard's helpers as the pages see them (``import ui``): the page list, ``page_setup``
 (the shared sidebar, deep links, notices), the live analysis and theory report, and what pages
 need from ``ui.loaders`` (the other cached loaders) and ``ui.notices`` (plain text, the error
-guard). Views of the core's results are ``ui.views``; figures ``ui.figures``; sweeps started from
+guard). Views of the core's results are ``ui.views``; figures ``ui.figures``,
+``ui.sweep_figures`` and ``ui.theory_figures``; sweeps started from
 the app ``ui.launcher``.
 
 Pages hold no tensor maths. Every value that arrives by deep link is validated; a bad one falls
