@@ -138,6 +138,48 @@ def test_a_resumed_auto_run_keeps_its_first_choice(monkeypatch, tmp_path, tiny_m
     assert res.precision == "fp32" and "kept on resume" in res.precision_reason
 
 
+def test_training_records_its_device_and_cuda_without_one_is_refused(
+        monkeypatch, tmp_path, tiny_model_cfg, tiny_corpus):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = TrainConfig(**{**preset("tiny").train, "max_steps": 2, "eval_interval": 2,
+                         "ckpt_interval": 2})
+    res = train(tiny_model_cfg, cfg, tiny_corpus, tmp_path / "run", progress=False)
+    assert (res.device, res.device_reason) == ("cpu", "auto: no CUDA device")
+    assert load_model(tmp_path / "run")[0].meta["device"] == "cpu"
+    assert json.loads((tmp_path / "run" / "last" / "trainer.json").read_text())["device"] == "cpu"
+    with pytest.raises(ValueError, match="no CUDA"):
+        train(tiny_model_cfg, TrainConfig(**{**config_to_dict(cfg), "device": "cuda"}),
+              tiny_corpus, tmp_path / "other", progress=False)
+    with pytest.raises(ConfigError, match="device must be one of"):
+        TrainConfig(device="tpu")
+
+
+def test_where_a_run_is_computed_never_renames_or_invalidates_it(monkeypatch, tmp_path,
+                                                                 tiny_model_cfg, tiny_corpus):
+    """A run started on one device resumes (same folder, same trainer state) and counts as
+    finished on another: the device is where, not what."""
+    from localist_core.experiments.sweep import RunSpec, normalized_config, run_dir_for
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    base = TrainConfig(**{**preset("tiny").train, "max_steps": 4, "eval_interval": 4,
+                          "ckpt_interval": 2})
+    moved = TrainConfig(**{**config_to_dict(base), "device": "cpu"})
+    specs = [RunSpec("attention-l0", "attention", tiny_model_cfg, t, ((0.0, 1.0),))
+             for t in (base, moved)]
+    assert run_dir_for(specs[0]) == run_dir_for(specs[1])
+    assert normalized_config(specs[0].stored_config()) == normalized_config(
+        specs[1].stored_config())
+    # Another seed is another run.
+    seeded = TrainConfig(**{**config_to_dict(base), "seed": 7})
+    assert run_dir_for(RunSpec("attention-l0", "attention", tiny_model_cfg, seeded,
+                               ((0.0, 1.0),))) != run_dir_for(specs[0])
+    train(tiny_model_cfg, base, tiny_corpus, tmp_path / "run", progress=False, stop_after=2)
+    res = train(tiny_model_cfg, moved, tiny_corpus, tmp_path / "run", progress=False)
+    whole = train(tiny_model_cfg, base, tiny_corpus, tmp_path / "whole", progress=False)
+    assert res.steps == 4
+    for (name, a), b in zip(res.model.state_dict().items(), whole.model.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
 # --- old configs --------------------------------------------------------------------------
 
 @pytest.mark.parametrize("flag,expected", [(True, "bf16"), (False, "fp32")])

@@ -85,6 +85,7 @@ def evaluate_stream(model, stream: Tensor, dial: Dial = Dial(), *, max_tokens: i
     ``bench.evaluate`` measures what bf16 costs in perplexity. ``partition`` re-blocks the text
     at inference (see ``inspection.inference_partition``); None keeps the trained one.
     ``block_size`` sets the recent-b and shifted-block controls (default: the model's).
+    The windows go to the model's device; every figure comes back as a plain number.
     """
     if max_tokens is not None:
         stream = stream[: max_tokens + 1]
@@ -94,9 +95,11 @@ def evaluate_stream(model, stream: Tensor, dial: Dial = Dial(), *, max_tokens: i
     pos_nll, pos_correct, pos_count = defaultdict(float), defaultdict(int), defaultdict(int)
     acc = _Accumulator()
     n_ctx = model.cfg.n_ctx
+    device = model.tok_emb.weight.device
     try:
         for x, y in eval_windows(stream, n_ctx, batch_size):
-            with autocast_ctx(bf16):
+            x, y = x.to(device), y.to(device)
+            with autocast_ctx(bf16, device.type):
                 out = model(x, dial, partition=partition)
             nll = model.token_nll(out.hidden, y)
             pred = model.predict(out.hidden)  # exact argmax; tails only where needed
@@ -139,7 +142,7 @@ def evaluate_stream(model, stream: Tensor, dial: Dial = Dial(), *, max_tokens: i
 def _position_in_block(block_ids: Tensor) -> Tensor:
     """0 for the first token of each block, 1 for the next, …, ``[B, T]``."""
     n = block_ids.shape[-1]
-    pos = torch.arange(n).expand_as(block_ids)
+    pos = torch.arange(n, device=block_ids.device).expand_as(block_ids)
     starts = block_starts(block_ids)
     start_pos = torch.where(starts, pos, torch.zeros_like(pos)).cummax(-1).values
     return pos - start_pos

@@ -25,6 +25,8 @@ import sys
 from ..experiments.sweep import DEFAULT_LAMBDAS, DEFAULT_TAUS
 from ..model.config import (
     ANCHOR_STRENGTH_RANGE,
+    COMPUTE_PRECISIONS,
+    DEVICES,
     LOCALITY_RANGE,
     PARTITIONS,
     TEMPERATURE_RANGE,
@@ -140,12 +142,15 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
                    help=f"anchor strength γ {_interval(ANCHOR_STRENGTH_RANGE)}")
     e.add_argument("--max-tokens", type=positive_int, default=None,
                    help="evaluate a prefix of this many tokens")
-    e.add_argument("--precision", default=None, choices=["auto", "fp32", "bf16"],
+    e.add_argument("--precision", default=None, choices=list(COMPUTE_PRECISIONS),
                    help="compute precision (default auto: the decoder under bf16 autocast only "
                         "where this machine runs bf16 natively, else exact fp32; BENCHMARKS.md "
                         "measures bf16 at +0.00%% perplexity)")
     e.add_argument("--fp32", action="store_true",
                    help="the same as --precision fp32 (kept for old scripts)")
+    e.add_argument("--device", default="auto", choices=list(DEVICES),
+                   help="where to evaluate (default auto: cuda when torch sees a CUDA device, "
+                        "else cpu); the report records what was chosen and why")
     e.add_argument("--partition", default=None, choices=list(PARTITIONS),
                    help="re-block the text at inference (default: as trained)")
     e.add_argument("--block-size", type=positive_int, default=None,

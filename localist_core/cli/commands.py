@@ -40,7 +40,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     res = train(mcfg, tcfg, corpus, args.out, resume=not args.no_resume,
                 meta={"config_name": args.config, "overrides": args.overrides})
     print(f"trained {res.steps} steps ({res.tokens:,} tokens, {res.train_seconds:.0f}s, "
-          f"stopped: {res.stopped}, precision: {res.precision}: {res.precision_reason}) "
+          f"stopped: {res.stopped}, device: {res.device}: {res.device_reason}, precision: "
+          f"{res.precision}: {res.precision_reason}) "
           f"→ {args.out}")
     return 0
 
@@ -95,21 +96,27 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from ..model.checkpoint import load_model
     from ..model.dial import Dial
     from ..model.files import atomic_write
-    from ..model.precision import resolve_precision
+    from ..model.precision import resolve_device, resolve_precision
 
     if args.fp32 and args.precision not in (None, "fp32"):
         raise UsageError(f"--fp32 contradicts --precision {args.precision}; give one of them")
+    try:
+        device, device_reason = resolve_device(args.device)
+    except ValueError as e:     # cuda asked for on a machine without one
+        raise UsageError(str(e)) from None
     precision, precision_reason = resolve_precision("fp32" if args.fp32
-                                                    else args.precision or "auto", "cpu")
+                                                    else args.precision or "auto", device)
     if args.json:       # before the evaluation, which takes minutes on a real checkpoint
         check_output_file(Path(args.json), "--json")
     model, tok = load_model(args.checkpoint)
+    model.to(device)
     corpus = load_corpus(args.data_dir, tokenizer=tok)
     partition = inference_partition(model, tok, args.partition, args.block_size)
     dial = Dial(args.locality, args.tau, args.rule_strength)   # in range: argparse checked it
     report = {"checkpoint": str(args.checkpoint), "splits": {},
               "partition": args.partition or model.cfg.partition,
               "block_size": args.block_size or model.cfg.block_size,
+              "device": device, "device_reason": device_reason,
               "precision": precision, "precision_reason": precision_reason,
               "precision_detail": ("exact fp32" if precision == "fp32"
                                    else "bf16 autocast (adaptive head fp32)")}
@@ -122,7 +129,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     report["leak_test"] = leak_test(model, corpus.valid[: 2 * model.cfg.n_ctx].view(2, -1))
     if model.cfg.noncausal_diagnostic:
         print("WARNING: this checkpoint uses the non-causal diagnostic mode (a leak).")
-    print(f"precision: {precision} ({precision_reason})")
+    print(f"device: {device} ({device_reason}); precision: {precision} ({precision_reason})")
     for split, res in report["splits"].items():
         d = res["dial"]
         print(f"{split} (λ_f={d['locality']}, τ={d['attn_temperature']}, γ={d['rule_strength']}, "

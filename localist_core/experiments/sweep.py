@@ -23,7 +23,14 @@ from tqdm.auto import tqdm
 from ..analysis.evaluate import evaluate_stream, leak_test
 from ..analysis.metrics import bigram_perplexity, unigram_perplexity
 from ..model.checkpoint import load_model
-from ..model.config import ConfigError, ModelConfig, TrainConfig, config_from_dict, config_to_dict
+from ..model.config import (
+    ConfigError,
+    ModelConfig,
+    TrainConfig,
+    config_from_dict,
+    config_to_dict,
+    what_is_computed,
+)
 from ..model.dial import Dial
 from ..model.files import atomic_write, remove_own_temps
 from ..paths import REPO
@@ -93,9 +100,10 @@ def run_id_for(protocol_name: str, locality: float, overrides: list[str]) -> str
 
 def run_dir_for(spec: "RunSpec") -> str:
     """The checkpoint folder name: the run id plus a hash of its whole config, so two configs
-    never resume from each other's checkpoints."""
-    blob = json.dumps({"model": config_to_dict(spec.model), "train": config_to_dict(spec.train)},
-                      sort_keys=True)
+    never resume from each other's checkpoints. Where a run is computed (``WHERE_FIELDS``: the
+    device) is not part of the hash: a run started on one device resumes on another."""
+    blob = json.dumps({"model": config_to_dict(spec.model),
+                       "train": what_is_computed(config_to_dict(spec.train))}, sort_keys=True)
     return f"{spec.train_id or spec.run_id}-{hashlib.sha1(blob.encode()).hexdigest()[:8]}"
 
 
@@ -172,11 +180,13 @@ def _finished(cache_dir: Path, spec: RunSpec) -> bool:
 
 def normalized_config(stored: dict) -> dict:
     """A stored config with every default filled in, so a run cached before a config field was
-    added (with its default) still counts as finished."""
+    added (with its default) still counts as finished; where it ran (the device) is left out, so
+    a run trained on a GPU counts as finished on a CPU and the other way round."""
     out = dict(stored)
     try:
         out["model"] = config_to_dict(config_from_dict(ModelConfig, stored.get("model") or {}))
-        out["train"] = config_to_dict(config_from_dict(TrainConfig, stored.get("train") or {}))
+        out["train"] = what_is_computed(config_to_dict(config_from_dict(TrainConfig,
+                                                             stored.get("train") or {})))
     except (ConfigError, TypeError):
         pass   # an unreadable config never matches a valid spec
     return out
@@ -268,6 +278,7 @@ def run_sweep(runs: list[RunSpec], corpus: Corpus, cache_dir: str | Path, runs_d
             "training": {"steps": res.steps, "max_steps": spec.train.max_steps,
                          "tokens": res.tokens, "stopped": res.stopped,
                          "precision": res.precision, "precision_reason": res.precision_reason,
+                         "device": res.device, "device_reason": res.device_reason,
                          "history": res.history},
             "metrics": metrics,
             "leak_test": leak,

@@ -22,10 +22,16 @@ from tqdm.auto import tqdm
 from ..analysis.evaluate import evaluate_stream
 from ..model.blocks import local_entropy_table
 from ..model.checkpoint import load_model, read_config, save_checkpoint
-from ..model.config import ModelConfig, TrainConfig, config_from_dict, config_to_dict
+from ..model.config import (
+    ModelConfig,
+    TrainConfig,
+    config_from_dict,
+    config_to_dict,
+    what_is_computed,
+)
 from ..model.dial import Dial
 from ..model.files import atomic_write, remove_own_temps
-from ..model.precision import resolve_precision
+from ..model.precision import resolve_device, resolve_precision
 from ..model.transformer import LocalistLM, autocast_ctx
 from .data import Corpus, random_windows
 
@@ -50,6 +56,8 @@ class TrainResult:
     stopped: str = "max_steps"      # "max_steps", "time_budget" (ended early) or "interrupted"
     precision: str = "fp32"         # the compute precision used ("fp32" or "bf16")
     precision_reason: str = ""      # why (model/precision.py)
+    device: str = "cpu"             # the device it ran on ("cpu" or "cuda")
+    device_reason: str = ""         # why
 
 
 def make_model(model_cfg: ModelConfig, corpus: Corpus, seed: int = 1234) -> LocalistLM:
@@ -93,11 +101,11 @@ def make_optimizer(model: LocalistLM, cfg: TrainConfig) -> torch.optim.AdamW:
                              lr=cfg.lr, betas=(0.9, 0.98), eps=1e-8, fused=True)
 
 
-def uses_bf16(cfg: TrainConfig) -> bool:
-    """Whether ``cfg.precision`` resolves to bf16 on this machine (CPU training)."""
+def uses_bf16(cfg: TrainConfig, device: str = "cpu") -> bool:
+    """Whether ``cfg.precision`` resolves to bf16 on ``device`` of this machine."""
     if cfg.precision != "auto":
         return cfg.precision == "bf16"
-    return resolve_precision(cfg.precision, "cpu")[0] == "bf16"
+    return resolve_precision(cfg.precision, device)[0] == "bf16"
 
 
 def training_loss(model: LocalistLM, cfg: TrainConfig, x, y, dial: Dial,
@@ -105,10 +113,11 @@ def training_loss(model: LocalistLM, cfg: TrainConfig, x, y, dial: Dial,
     """Mean NLL plus the configured penalty terms; returns the loss and its parts.
 
     ``bf16`` is the resolved precision; None resolves ``cfg.precision`` here."""
+    kind = x.device.type
     if bf16 is None:
-        bf16 = uses_bf16(cfg)
+        bf16 = uses_bf16(cfg, kind)
     attn_pen = cfg.protocol == "penalty" and cfg.penalty_form == "attention" and cfg.locality > 0
-    with autocast_ctx(bf16):
+    with autocast_ctx(bf16, kind):
         out = model(x, dial, attention_penalty=attn_pen)
     nll = model.token_nll(out.hidden, y, bf16_matmuls=bf16).mean()
     loss, parts = nll, {"nll": nll.item()}
@@ -130,7 +139,8 @@ def training_loss(model: LocalistLM, cfg: TrainConfig, x, y, dial: Dial,
 def _save_trainer(folder: Path, model, tok, cfg, opt, step, train_s, history, meta) -> None:
     # A loadable checkpoint of the current weights, for inspection (load_model(OUT/last)).
     save_checkpoint(folder, model, tok, cfg, meta={**meta, "step": step})
-    tensors = {f"{MODEL_PREFIX}{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
+    tensors = {f"{MODEL_PREFIX}{k}": v.detach().cpu().contiguous()
+               for k, v in model.state_dict().items()}
     scalars = {}
     names = {id(p): n for n, p in model.named_parameters()}
     for group in opt.param_groups:
@@ -139,12 +149,13 @@ def _save_trainer(folder: Path, model, tok, cfg, opt, step, train_s, history, me
             if not st:
                 continue
             n = names[id(p)]
-            tensors[f"{n}::exp_avg"] = st["exp_avg"].contiguous()
-            tensors[f"{n}::exp_avg_sq"] = st["exp_avg_sq"].contiguous()
+            tensors[f"{n}::exp_avg"] = st["exp_avg"].cpu().contiguous()
+            tensors[f"{n}::exp_avg_sq"] = st["exp_avg_sq"].cpu().contiguous()
             scalars[n] = float(st["step"])
     state = {"step": step, "train_seconds": train_s, "history": history, "adam_steps": scalars,
              "precision": meta.get("compute_precision"),
-             "precision_reason": meta.get("compute_precision_reason")}
+             "precision_reason": meta.get("compute_precision_reason"),
+             "device": meta.get("device"), "device_reason": meta.get("device_reason")}
     header = {"state": json.dumps(state), "model": json.dumps(config_to_dict(model.cfg)),
               "train": json.dumps(config_to_dict(cfg))}
     # Resuming reads this one file only, and it is replaced in one atomic step: a kill at any
@@ -171,15 +182,17 @@ def _load_trainer(folder: Path, model, opt, cfg: TrainConfig) -> tuple[int, floa
         saved_train = config_to_dict(config_from_dict(TrainConfig, saved["train"]))
     except (ValueError, TypeError):
         saved_train = saved["train"]
-    if saved["model"] != config_to_dict(model.cfg) or saved_train != config_to_dict(cfg):
+    if (saved["model"] != config_to_dict(model.cfg)
+            or what_is_computed(saved_train) != what_is_computed(config_to_dict(cfg))):
         raise ValueError(f"{folder} holds a run with another config; resume with the same "
                          f"config, or start again (--no-resume, or another --out)")
     model.load_state_dict(weights)
     params = dict(model.named_parameters())
     for n, s in state["adam_steps"].items():
         p = params[n]
-        opt.state[p] = {"step": torch.tensor(s), "exp_avg": tensors[f"{n}::exp_avg"].clone(),
-                        "exp_avg_sq": tensors[f"{n}::exp_avg_sq"].clone()}
+        opt.state[p] = {"step": torch.tensor(s),    # Adam keeps its step count on the CPU
+                        "exp_avg": tensors[f"{n}::exp_avg"].to(p.device, copy=True),
+                        "exp_avg_sq": tensors[f"{n}::exp_avg_sq"].to(p.device, copy=True)}
     return state["step"], state["train_seconds"], state["history"], state
 
 
@@ -195,7 +208,8 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, corpus: Corpus,
     """
     cfg = train_cfg
     torch.set_num_threads(cfg.threads)
-    model = make_model(model_cfg, corpus, cfg.seed)
+    device, device_reason = resolve_device(cfg.device)
+    model = make_model(model_cfg, corpus, cfg.seed).to(device)
     opt = make_optimizer(model, cfg)
     step, train_s, history = 0, 0.0, []
     last = Path(out_dir) / LAST if out_dir is not None else None
@@ -203,7 +217,7 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, corpus: Corpus,
             **(meta or {})}
     for folder in ([Path(out_dir), last] if last is not None else []):
         remove_own_temps(folder)   # a killed writer's temp files; never a checkpoint
-    precision, precision_reason = resolve_precision(cfg.precision, "cpu")
+    precision, precision_reason = resolve_precision(cfg.precision, device)
     if last is not None and resume and (last / TRAINER_STATE).is_file():
         step, train_s, history, state = _load_trainer(last, model, opt, cfg)
         if cfg.precision == "auto" and state.get("precision") in ("fp32", "bf16"):
@@ -213,7 +227,8 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, corpus: Corpus,
             precision_reason = why if why.endswith(tag) else why + tag
     n_tokens_step = cfg.batch_size * model_cfg.n_ctx
     bf16 = precision == "bf16"
-    meta = {**meta, "compute_precision": precision, "compute_precision_reason": precision_reason}
+    meta = {**meta, "compute_precision": precision, "compute_precision_reason": precision_reason,
+            "device": device, "device_reason": device_reason}
     stopped = "max_steps"
     bar = tqdm(total=cfg.max_steps, initial=step, disable=not progress, unit="step",
                dynamic_ncols=True, desc=f"train {cfg.protocol}/{cfg.penalty_form} λ={cfg.locality}")
@@ -229,6 +244,7 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, corpus: Corpus,
             t0 = time.perf_counter()
             gen = step_generator(cfg.seed, step)
             x, y = random_windows(corpus.train, cfg.batch_size, model_cfg.n_ctx, gen)
+            x, y = x.to(device), y.to(device)
             lam = sample_dial_locality(gen) if cfg.protocol == "dial" else 0.0
             torch.manual_seed(cfg.seed + 7919 * step)  # dropout
             frac = step / cfg.max_steps
@@ -278,4 +294,4 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, corpus: Corpus,
                             meta={**meta, "step": step, "train_seconds": round(train_s, 2),
                                   "tokens": step * n_tokens_step, "stopped": stopped})
     return TrainResult(model, step, step * n_tokens_step, train_s, history, stopped, precision,
-                       precision_reason)
+                       precision_reason, device, device_reason)

@@ -66,7 +66,7 @@ def _read_json(path: Path) -> dict:
 def _quantize(state: dict[str, torch.Tensor], precision: str) -> dict[str, torch.Tensor]:
     out = {}
     for name, t in state.items():
-        t = t.detach().contiguous()
+        t = t.detach().cpu().contiguous()     # a model trained on a GPU is stored from the CPU
         if precision == "fp32" or not t.is_floating_point():
             out[name] = t.float() if t.is_floating_point() else t
         elif precision == "int8" and t.dim() == 2 and name.startswith(INT8_PREFIXES):

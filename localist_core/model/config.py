@@ -16,8 +16,18 @@ from .files import short_repr as _r
 PARTITIONS = ("fixed", "punctuation", "recruited")
 PENALTY_FORMS = ("none", "weights", "attention")
 PROTOCOLS = ("penalty", "dial")
-# Compute precision of training (model/precision.py decides what "auto" means on this machine).
-TRAIN_PRECISIONS = ("auto", "fp32", "bf16")
+# Compute precision and device of training and evaluation (model/precision.py decides what
+# "auto" means on this machine).
+COMPUTE_PRECISIONS = ("auto", "fp32", "bf16")
+DEVICES = ("auto", "cpu", "cuda")
+# Train fields that say where a run is computed, not what: changing one never renames a run,
+# never moves its checkpoint folder and never makes a finished run count as unfinished.
+WHERE_FIELDS = ("device",)
+
+
+def what_is_computed(train: dict) -> dict:
+    """A stored train config less ``WHERE_FIELDS``: the part that decides the numbers."""
+    return {k: v for k, v in train.items() if k not in WHERE_FIELDS}
 
 # Every limit of the dial, in one place. ``dial.Dial`` clamps a value outside its range to the
 # nearest edge, with a notice; the sidebar, deep links, training and benchmarks import these.
@@ -186,6 +196,8 @@ class TrainConfig:
     # "auto": bf16 autocast only where the hardware runs bf16 natively, else fp32
     # (model/precision.py); "bf16": CPU autocast, head matmuls bf16, its softmax fp32.
     precision: str = "auto"
+    # "auto": cuda when torch sees a CUDA device, else cpu; the run records what it chose and why.
+    device: str = "auto"
     threads: int = 2
     # Deprecated input, kept so configs written before `precision` load: bf16=true/false means
     # precision="bf16"/"fp32". Not a field: it is never stored, `precision` is.
@@ -203,9 +215,10 @@ class TrainConfig:
                             "warmup_steps", "seed"),
                      ("locality", "penalty_scale", "value_l2", "lr", "min_lr_ratio", "weight_decay",
                       "grad_clip", "time_budget_s"), ("lr_by_time",),
-                     ("protocol", "penalty_form", "precision"))
-        _check(self.precision in TRAIN_PRECISIONS,
-               f"precision must be one of {TRAIN_PRECISIONS}, got {_r(self.precision)}")
+                     ("protocol", "penalty_form", "precision", "device"))
+        _check(self.precision in COMPUTE_PRECISIONS,
+               f"precision must be one of {COMPUTE_PRECISIONS}, got {_r(self.precision)}")
+        _check(self.device in DEVICES, f"device must be one of {DEVICES}, got {_r(self.device)}")
         _check(self.protocol in PROTOCOLS,
                f"protocol must be one of {PROTOCOLS}, got {_r(self.protocol)}")
         _check(self.penalty_form in PENALTY_FORMS,

@@ -191,9 +191,9 @@ class LocalistLM(nn.Module):
         return ForwardOutput(self.ln_final(x), patterns, block_ids, penalty)
 
     def _head_ctx(self):
-        # torch's adaptive forward fails under CPU bf16 autocast, so the exact paths
-        # run it in fp32 (training's bf16 head goes through adaptive_nll instead).
-        return torch.autocast("cpu", enabled=False)
+        # torch's adaptive forward fails under bf16 autocast, so the exact paths run it in
+        # fp32 (training's bf16 head goes through adaptive_nll instead).
+        return torch.autocast(self.tok_emb.weight.device.type, enabled=False)
 
     def token_nll(self, hidden: Tensor, targets: Tensor, bf16_matmuls: bool = False) -> Tensor:
         """Per-token negative log-likelihood (nats), shaped like ``targets``.
@@ -352,7 +352,8 @@ def adaptive_nll(head: nn.AdaptiveLogSoftmaxWithLoss, hidden: Tensor, targets: T
     cluster = torch.bucketize(targets, torch.tensor(head.cutoffs[:-1], device=targets.device),
                               right=True)                     # 0 = shortlist, i = tail i − 1
     head_target = torch.where(cluster == 0, targets, short + cluster - 1)
-    with torch.autocast("cpu", dtype=matmul_dtype, enabled=low):
+    kind = hidden.device.type
+    with torch.autocast(kind, dtype=matmul_dtype, enabled=low):
         head_logits = head.head(hidden)
     nll = -torch.log_softmax(head_logits, -1, dtype=torch.float32).gather(
         1, head_target.unsqueeze(1)).squeeze(1)
@@ -360,7 +361,7 @@ def adaptive_nll(head: nn.AdaptiveLogSoftmaxWithLoss, hidden: Tensor, targets: T
         rows = (cluster == i + 1).nonzero().squeeze(1)
         if rows.numel() == 0:
             continue
-        with torch.autocast("cpu", dtype=matmul_dtype, enabled=low):
+        with torch.autocast(kind, dtype=matmul_dtype, enabled=low):
             logits = tail(hidden.index_select(0, rows))
         local = (targets.index_select(0, rows) - head.cutoffs[i]).unsqueeze(1)
         inner = torch.log_softmax(logits, -1, dtype=torch.float32).gather(1, local).squeeze(1)
@@ -369,10 +370,10 @@ def adaptive_nll(head: nn.AdaptiveLogSoftmaxWithLoss, hidden: Tensor, targets: T
 
 
 @contextlib.contextmanager
-def autocast_ctx(bf16: bool):
-    """bf16 CPU autocast when asked for, a no-op otherwise."""
+def autocast_ctx(bf16: bool, device_type: str = "cpu"):
+    """bf16 autocast on ``device_type`` ("cpu" or "cuda") when asked for, a no-op otherwise."""
     if bf16:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast(device_type, dtype=torch.bfloat16):
             yield
     else:
         yield
