@@ -16,16 +16,21 @@ st.caption("A rule adds its strength to the attention score of every pair where 
            "inside the causal mask. Word lists are comma-separated and ignore case; a regular "
            "expression must match a whole word. The sidebar's γ does the same for each block's "
            "anchors.")
+st.caption("The example: words of four or more lower-case letters (mostly nouns and verbs) "
+           "attend to the articles before them. A word's own article usually shares its "
+           "block, where the rule acts at any λ. The articles of earlier blocks sit behind "
+           "the cross-block barrier β·log(1−λ): once the barrier outweighs the rule's "
+           "strength, the rule cannot lift them back to where they stood at λ = 0.")
 KINDS = {"words": "Word list", "regex": "Regular expression"}
 c1, c2 = st.columns(2)
 with c1:
     src_kind = st.radio("Queries", list(KINDS), format_func=KINDS.get, horizontal=True,
-                        **ui.keep("rule_src_kind", "words"))
-    src = st.text_input("that match", max_chars=200, **ui.keep("rule_src", "it, he, she, they"))
+                        **ui.keep("rule_src_kind", "regex"))
+    src = st.text_input("that match", max_chars=200, **ui.keep("rule_src", "[a-z]{4,}"))
 with c2:
     tgt_kind = st.radio("attend to keys", list(KINDS), format_func=KINDS.get, horizontal=True,
-                        **ui.keep("rule_tgt_kind", "regex"))
-    tgt = st.text_input("that match ", max_chars=200, **ui.keep("rule_tgt", r"[A-Z][a-z]+"))
+                        **ui.keep("rule_tgt_kind", "words"))
+    tgt = st.text_input("that match ", max_chars=200, **ui.keep("rule_tgt", "the, a, an"))
 strength = st.slider("Rule strength (added to the score)", 0.0, views.RULE_STRENGTH_MAX, step=0.25,
                      **ui.keep("rule_strength", 3.0))
 
@@ -58,6 +63,13 @@ if key is not None:
                   delta=f"{on.perplexity - off.perplexity:+.1f} vs no rule", delta_color="inverse")
     m3.metric("Rule pairs in the text", f"{views.pair_count(on):,}",
               help="(query, key) pairs the rule biases; keys after the query never count.")
+    reach = views.rule_reach(on, key[4], s.checkpoint_path)
+    split = views.rule_split(reach)
+    if split:
+        st.caption(split)
+    note = views.barrier_note(reach)
+    if note:
+        st.info(note)
     view = views.pattern_view(on, None, None)
     if view is None:
         st.stop()

@@ -1,27 +1,46 @@
-"""Theory: the papers' threshold formula as a calculator, its inputs estimated from the selected
-model, and the cross-block-mass bound against the measured mass as τ varies."""
+"""Theory: the papers' formulas rendered as mathematics, a cached λ-sweep set against the
+formula's prediction, and the threshold as a calculator whose inputs are measured on the selected
+model and text, each explained in one line."""
 import math
 
 import streamlit as st
 
 import ui
 from ui import views
-from ui.theory_figures import theory_figure
+from ui.theory_figures import formula_sweep_figure, theory_figure
 
 s = ui.page_setup("Theory")
-st.markdown(r"""
-The papers give a threshold for the locality parameter of head $h$ and block $i$:
+st.markdown("The papers give a threshold for the locality λ of head *h* on block *i*. As we "
+            "read them, a locality above it keeps the head's attention inside the block.")
+st.latex(views.THRESHOLD_LATEX)
+st.markdown("It rests on a **margin** δ: how far a query's scores for keys in its own block lie "
+            "above its scores for keys in other blocks. When every one of the n_x keys outside "
+            "the block scores δ below the n_in keys inside it, the share of attention that "
+            "leaves the block (m_cross) is at most")
+st.latex(views.BOUND_LATEX)
+st.markdown("A larger margin, or a lower temperature τ, shrinks that share: e^(−δ/τ) is the "
+            "amplification the papers speak of.")
 
-$$\lambda_i^{(h)}(\tau,\delta) =
-\frac{2\,L_\ell\,R_x\,\sigma_X\,\sqrt{|X_i|}}{\tau\,(1-\rho_{\max})}\,e^{-\delta/\tau}$$
+st.subheader("The formula against a cached λ-sweep")
+st.markdown("Our dial adds β·log(1 − λ_f) to every cross-block score, so it lowers every "
+            "margin by the same amount:")
+st.latex(views.DIAL_LATEX)
+st.markdown("With n_x/n_in taken from uniform attention and one margin δ₀ read off a run at "
+            "λ_f = 0 and τ = 1, the formula predicts the in-block mass at every λ_f and τ the "
+            "run was evaluated at. Nothing else is fitted.")
+runs, problems, _ = ui.sweep_results(ui.sweep_cache())
+ui.show_notices([f"Refused cache file: {p}" for p in problems])
+run_ids = views.formula_runs(runs)
+if not run_ids:
+    st.info("The sweep cache holds no causal run evaluated at λ_f = 0 and τ = 1, so there is "
+            "nothing to set the formula against yet.")
+else:
+    run_id = st.selectbox("Sweep run", run_ids, **ui.keep("th_run", run_ids[0], run_ids))
+    rows = views.formula_against_sweep(next(r for r in runs if r.get("run_id") == run_id))
+    st.plotly_chart(formula_sweep_figure(rows), key="theory_sweep")
+    st.caption(views.formula_caption(rows))
 
-and a bound on the attention that leaves a block when every cross-block score sits $\delta$
-below every in-block score: $n_x e^{-\delta/\tau} / (n_{in} + n_x e^{-\delta/\tau})$.
-The inputs below are **our estimates** from the selected model on the selected text
-(definitions in `localist_core/analysis/theory.py`); edit any of them to explore. Our δ is the
-median over queries of a *typical* margin: the log-mean-exp of a query's in-block scores minus
-that of its cross-block scores.
-""")
+st.subheader("The threshold on this model and text")
 if s.checkpoint_path is None:
     st.stop()
 n_layers = ui.n_layers(s)
@@ -39,33 +58,42 @@ local = views.exactly_local(report)
 est = views.threshold_inputs(report)
 if not est:
     st.stop()
+st.caption(f"Our estimates, measured on layer {model_layer} of the selected checkpoint at "
+           f"λ = {s.locality:g} (definitions in `localist_core/analysis/theory.py`). Edit any "
+           "value to explore.")
+fields = [("lipschitz", "L_ℓ (Lipschitz)", {"min_value": 0.0}),
+          ("r_x", "R_x", {"min_value": 0.0}),
+          ("sigma_x", "σ_X", {"min_value": 0.0}),
+          ("block_len", "|X_i|", {"min_value": 1.0}),
+          ("rho_max", "ρ_max", {"min_value": 0.0, "max_value": 0.999}),
+          ("margin", "δ (margin)", {"disabled": local}),
+          ("attn_temperature", "τ", {"min_value": ui.TEMPERATURE_RANGE[0],
+                                     "max_value": ui.TEMPERATURE_RANGE[1]})]
+x = {}
+for name, label, limits in fields:
+    left, right = st.columns([1, 3], vertical_alignment="center")
+    start = s.attn_temperature if name == "attn_temperature" else est[name]
+    x[name] = left.number_input(label, value=start, **limits)
+    right.caption(views.INPUT_MEANINGS[name])
+
 if local:
     st.success(views.EXACTLY_LOCAL, icon="✅")
-c = st.columns(4)
-L = c[0].number_input("L_ℓ (Lipschitz)", min_value=0.0, value=est["lipschitz"])
-R = c[1].number_input("R_x", min_value=0.0, value=est["r_x"])
-sig = c[2].number_input("σ_X", min_value=0.0, value=est["sigma_x"])
-size = c[3].number_input("|X_i|", min_value=1.0, value=est["block_len"])
-c = st.columns(3)
-rho = c[0].number_input("ρ_max", min_value=0.0, max_value=0.999, value=est["rho_max"])
-delta = c[1].number_input("δ (margin)", value=est["margin"], disabled=local,
-                          help="Median over queries of the typical margin (log-mean-exp of the "
-                               "in-block scores − log-mean-exp of the cross-block scores).")
-tau = c[2].number_input("τ", *ui.TEMPERATURE_RANGE, value=s.attn_temperature)
-if not local:
-    lam_star = views.threshold_locality(L, R, sig, size, tau, rho, delta)
-    if math.isinf(lam_star):
-        st.warning("At these inputs the formula overflows (e^(−δ/τ) or the product exceeds "
-                   "the largest float): the threshold is unbounded.", icon="⚠️")
-    if not math.isnan(lam_star):        # NaN: the error guard has already given its notice
-        underflow = lam_star == 0.0 and min(L, R, sig) > 0.0    # e^(−δ/τ) below 1e-308
+else:
+    lam_star = views.threshold_locality(x["lipschitz"], x["r_x"], x["sigma_x"], x["block_len"],
+                                        x["attn_temperature"], x["rho_max"], x["margin"])
+    words = [] if math.isnan(lam_star) else views.threshold_words(lam_star, x["margin"])
+    if words:              # NaN: the error guard has already given its notice
+        st.warning(" ".join(words), icon="⚠️")
+    elif not math.isnan(lam_star):
+        underflow = lam_star == 0.0 and min(x["lipschitz"], x["r_x"], x["sigma_x"]) > 0.0
         st.metric("Threshold λ from the formula",
                   "≈ 0 (below 1e-308)" if underflow else f"{lam_star:.4g}",
                   help="Read against the λ scale the papers use; our dial λ ∈ [0, 1] is a "
                        "different parametrisation (a barrier β·log(1−λ)), so compare trends, "
                        "not values.")
+        st.caption(views.threshold_reading(lam_star, x["margin"], x["attn_temperature"]))
 
-st.subheader(f"Predicted against measured, layer {model_layer}, λ={s.locality:g}")
+st.subheader(f"The bound against τ on this text, layer {model_layer}, λ={s.locality:g}")
 st.plotly_chart(theory_figure(report["rows"]), key="theory_curve")
 st.caption("The bound uses each query's own margin δ = (lowest visible in-block score) − "
            "(highest visible cross-block score), so it holds query by query; a negative margin "

@@ -1,6 +1,8 @@
 """Rules: bad or catastrophic patterns are refused quickly with a reason; a rule only biases
 the pairs it names, inside the causal mask; raising its strength raises fidelity to its
-targets on a fixed model; the anchor bias γ does the same for the anchors."""
+targets on a fixed model; the anchor bias γ does the same for the anchors; a rule's pairs split
+by block, and the barrier outweighs a rule exactly when it is larger than the strength."""
+import math
 import time
 
 import numpy as np
@@ -20,7 +22,9 @@ from localist_core.analysis.rules import (
     match_words,
     pattern_units,
     rule_bias,
+    rule_fidelity,
     rule_pairs,
+    rule_reach,
 )
 from localist_core.model.dial import Dial
 
@@ -141,6 +145,67 @@ def test_the_anchor_bias_raises_pointer_fidelity(trained_tiny, tiny_corpus, text
     fid = [analyze(trained_tiny, tok, text, Dial(1.0, 1.0, g))
            .metrics["pointer_fidelity_mass"]["mean"] for g in (0.0, 2.0, 5.0)]
     assert fid[0] < fid[1] < fid[2], fid
+
+
+# -- where a rule's pairs lie against the blocks, and the barrier ------------------------------
+
+# Two blocks of two tokens; the rule pairs (1, 0) and (3, 2) share a block, (3, 0) and (3, 1)
+# cross one. One layer, two heads; rows 0 and 2 have no pair, so their weights never count.
+REACH_BLOCKS = np.array([0, 0, 1, 1])
+REACH_PAIRS = np.zeros((4, 4), bool)
+REACH_PAIRS[1, 0] = REACH_PAIRS[3, 2] = REACH_PAIRS[3, 0] = REACH_PAIRS[3, 1] = True
+REACH_PATTERNS = np.array([[[[1, 0, 0, 0], [0.4, 0.6, 0, 0], [0.9, 0.05, 0.05, 0],
+                             [0.1, 0.2, 0.3, 0.4]],
+                            [[1, 0, 0, 0], [1.0, 0, 0, 0], [0, 0, 1.0, 0],
+                             [0, 0, 0.5, 0.5]]]])        # [layer, head, query, key]
+
+
+def test_rule_reach_splits_the_pairs_and_their_mass_by_block():
+    r = rule_reach(REACH_PATTERNS, REACH_PAIRS, REACH_BLOCKS, 3.0, 0.6, 64.0)
+    assert (r.in_block_pairs, r.cross_block_pairs) == (2, 2)
+    # By hand: in-block targets get 0.4 and 0.3 (head 0), 1.0 and 0.5 (head 1); cross-block
+    # ones 0 and 0.1 + 0.2 (head 0), 0 and 0 (head 1); each is the mean of four rows.
+    assert r.in_block_mass == pytest.approx((0.4 + 0.3 + 1.0 + 0.5) / 4)
+    assert r.cross_block_mass == pytest.approx(0.3 / 4)
+    assert r.in_block_mass + r.cross_block_mass == pytest.approx(
+        rule_fidelity(REACH_PATTERNS, REACH_PAIRS))
+
+
+@pytest.mark.parametrize("strength,locality,pairs,barrier,outweighs", [
+    (3.0, 0.6, REACH_PAIRS, 64 * math.log(0.4), True),         # −58.6 against +3
+    (3.0, 0.03, REACH_PAIRS, 64 * math.log(0.97), False),      # −1.95 against +3
+    (10.0, 0.2, REACH_PAIRS, 64 * math.log(0.8), True),        # −14.3: the largest rule loses
+    (3.0, 1.0, REACH_PAIRS, -math.inf, True),                  # masked outright
+    (0.0, 0.0, REACH_PAIRS, 0.0, False),                       # no barrier, no bias
+    (3.0, 0.6, REACH_PAIRS & (REACH_BLOCKS[:, None] == REACH_BLOCKS), 64 * math.log(0.4),
+     False),                                                   # every target in-block
+])
+def test_the_barrier_outweighs_a_rule_when_it_is_larger_than_the_strength(
+        strength, locality, pairs, barrier, outweighs):
+    r = rule_reach(REACH_PATTERNS, pairs, REACH_BLOCKS, strength, locality, 64.0)
+    assert r.barrier == pytest.approx(barrier)
+    assert r.net_cross == pytest.approx(strength + barrier)
+    assert r.barrier_outweighs is outweighs
+
+
+def test_rule_reach_without_pairs_has_no_mass():
+    r = rule_reach(REACH_PATTERNS, np.zeros((4, 4), bool), REACH_BLOCKS, 3.0, 0.6, 64.0)
+    assert (r.in_block_pairs, r.cross_block_pairs) == (0, 0)
+    assert r.in_block_mass is None and r.cross_block_mass is None and not r.barrier_outweighs
+
+
+def test_rule_reach_of_a_live_analysis_adds_up_to_its_fidelity(trained_tiny, tiny_corpus, text):
+    """On a real model the split covers every pair, and at λ = 1 a rule puts no attention on
+    targets in other blocks, however strong."""
+    rule = make_rule("regex", "[a-z]{4,}", "words", "the, a", 8.0)
+    for lam in (0.0, 0.5, 1.0):
+        a = analyze(trained_tiny, tiny_corpus.tokenizer, text, Dial(lam), rule=rule)
+        r = rule_reach(a.patterns, a.rule_pairs, a.block_ids, 8.0, lam,
+                       trained_tiny.cfg.barrier_sharpness)
+        assert r.in_block_pairs > 0 and r.cross_block_pairs > 0
+        assert r.in_block_pairs + r.cross_block_pairs == a.rule_pairs.sum()
+        assert r.in_block_mass + r.cross_block_mass == pytest.approx(a.rule_fidelity, abs=1e-3)
+    assert r.cross_block_mass == 0.0 and r.barrier_outweighs
 
 
 def test_a_rule_bias_keeps_the_model_causal(trained_tiny, tiny_corpus, tokens):

@@ -182,3 +182,91 @@ def test_the_theory_calculator_shows_a_message_not_a_number_when_exactly_local()
                                              "block_len": 5.0, "rho_max": 0.5,
                                              "margin": math.inf, "exactly_local": True}})
     assert est["margin"] == 0.0
+
+
+# -- what the threshold means, and the formula against a λ-sweep ------------------------------
+
+@pytest.mark.parametrize("threshold,margin,want", [
+    (2.4, 2.0, []), (0.0, 3.0, []), (2.4, 0.0, ["no_margin"]), (2.4, -1.0, ["no_margin"]),
+    (math.inf, -1e6, ["no_margin", "overflow"]), (math.inf, 1.0, ["overflow"]),
+    (1.776e17, 0.5, ["astronomical"]), (T.ASTRONOMICAL_THRESHOLD, 1.0, []),
+])
+def test_threshold_problems_name_every_failed_assumption(threshold, margin, want):
+    assert T.threshold_problems(threshold, margin) == want
+
+
+def test_the_sweep_prediction_by_hand():
+    """One margin from m₀ = 0.3 at τ = 1 against u_x = 0.9, then λ_f = 0.5, β = 2, τ = 0.5."""
+    logit = lambda p: math.log(p / (1 - p))                     # noqa: E731
+    delta0 = T.effective_margin(0.3, 0.9)
+    assert delta0 == pytest.approx(logit(0.9) - logit(0.3))
+    delta = delta0 - 2.0 * math.log(1 - 0.5)                    # the barrier lowers the margin
+    w = 0.9 * math.exp(-delta / 0.5)
+    assert T.predicted_cross_mass(delta0, 0.9, 0.5, 0.5, 2.0) == pytest.approx(w / (0.1 + w))
+    # at τ = 1 the count ratio cancels: the odds of m₀ times (1 − λ_f)^β
+    odds = 0.3 / 0.7 * 0.5 ** 2.0
+    assert T.predicted_cross_mass(delta0, 0.9, 0.5, 1.0, 2.0) == pytest.approx(odds / (1 + odds))
+    assert T.predicted_cross_mass(delta0, 0.9, 0.0, 1.0, 2.0) == pytest.approx(0.3)
+    assert T.predicted_cross_mass(delta0, 0.9, 1.0, 0.5, 2.0) == 0.0      # masked
+    assert T.predicted_cross_mass(-math.inf, 0.9, 1.0, 1.0, 2.0) == 0.0   # no ∞ − ∞
+    assert T.effective_margin(0.0, 0.9) == math.inf and T.effective_margin(1.0, 0.9) == -math.inf
+    lams = [T.predicted_cross_mass(delta0, 0.9, lam, 1.0, 2.0) for lam in (0, .2, .5, .8, .99)]
+    assert all(a > b for a, b in zip(lams, lams[1:]))
+    with pytest.raises(ValueError):
+        T.effective_margin(0.3, 1.0)
+    with pytest.raises(ValueError):
+        T.predicted_cross_mass(delta0, 0.9, 1.5, 1.0, 2.0)
+
+
+@pytest.mark.parametrize("lam", [0.2, 0.5, 0.9])
+def test_one_margin_never_predicts_more_cross_mass_than_the_model_has(trained_tiny, tokens, lam):
+    """Layer 0 (whose scores λ_f does not change) at τ = 1: read one margin at λ_f = 0 and
+    predict λ_f. Queries differ, and their mean responds more slowly than one logistic curve
+    (p(1−p) is concave), so the prediction is at most the measured cross-block mass."""
+    names = ["blocks.0.attn.hook_pattern", "blocks.0.attn.hook_attn_scores"]
+    ids = trained_tiny.partition_info(tokens).block_ids
+    cross_keys = (~same_block(ids)).unsqueeze(1)
+
+    def cross_mass(locality: float):
+        _, cache = trained_tiny.run_with_cache(tokens, Dial(locality), names_filter=names,
+                                               return_type=None)
+        return float((cache[names[0]].double() * cross_keys).sum(-1).mean()), cache
+
+    m0, cache = cross_mass(0.0)
+    counts = T.query_margins(cache[names[1]], ids)
+    u_x = float((counts["n_x"] / (counts["n_in"] + counts["n_x"])).mean())
+    delta0 = T.effective_margin(m0, u_x)
+    beta = trained_tiny.cfg.barrier_sharpness
+    assert T.predicted_cross_mass(delta0, u_x, 0.0, 1.0, beta) == pytest.approx(m0)
+    measured, _ = cross_mass(lam)
+    predicted = T.predicted_cross_mass(delta0, u_x, lam, 1.0, beta)
+    assert predicted <= measured + 1e-9 and measured < m0
+
+
+def test_the_sweep_against_the_formula_reads_a_cached_run():
+    from sweep_examples import make_run
+
+    from ui import views
+    run = make_run("dial", lambdas=(0.0, 0.5, 1.0), taus=(0.5, 1.0))    # in-block 0.5 + λ_f/2
+    rows = views.formula_against_sweep(run)
+    assert {(r["locality"], r["attn_temperature"]) for r in rows} == {
+        (lf, t) for lf in (0.0, 0.5, 1.0) for t in (0.5, 1.0)}
+    at = {(r["locality"], r["attn_temperature"]): r for r in rows}
+    assert [r for r in rows if r["calibration"]] == [at[0.0, 1.0]]
+    assert at[0.0, 1.0]["predicted_in_block"] == pytest.approx(0.5)       # read off here
+    assert at[1.0, 0.5]["predicted_in_block"] == at[1.0, 0.5]["measured_in_block"] == 1.0
+    w = 0.5 ** 4.0                                # odds 1 · (1 − 0.5)^β, β = 4 (the default)
+    assert at[0.5, 1.0]["predicted_in_block"] == pytest.approx(1 - w / (1 + w))
+    assert at[0.5, 1.0]["measured_in_block"] == pytest.approx(0.75)
+    caption = views.formula_caption(rows)
+    assert caption.startswith("They agree at λ_f = 0, τ = 1") and "at λ_f = 1, where" in caption
+    assert (f"off by {1 - w / (1 + w) - 0.75:.2f} along λ_f at τ = 1 (λ_f = 0.5: predicted "
+            f"{1 - w / (1 + w):.2f}, measured 0.75)") in caption
+    exact = [{**r, "predicted_in_block": r["measured_in_block"] + 0.01} for r in rows]
+    assert "is off by" not in views.formula_caption(exact)
+    assert "within 0.02 along λ_f at τ = 1 and within 0.02 along τ" in views.formula_caption(exact)
+    leaky = make_run("attention", 0.6, noncausal=True)
+    old = make_run("dial", taus=(0.5,))                                   # no τ = 1 to read off
+    assert views.formula_against_sweep(leaky) == views.formula_against_sweep(old) == []
+    penalty = make_run("attention", 0.5)
+    assert views.formula_runs([penalty, leaky, old, run]) == ["dial", "attention-l0.5"]

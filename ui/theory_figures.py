@@ -1,7 +1,8 @@
-"""The Theory page's figures: the measured cross-block mass against the papers' bound over τ (no
-streamlit here)."""
+"""The Theory page's figures: the measured cross-block mass against the papers' bound over τ,
+and a cached λ-sweep against the formula's prediction (no streamlit here)."""
 from __future__ import annotations
 
+import plotly.express as px
 import plotly.graph_objects as go
 
 
@@ -22,5 +23,37 @@ def theory_figure(rows: list[dict]) -> go.Figure:
                                  name="estimate at the typical margin (not a bound)"))
     fig.update_layout(xaxis=dict(title="τ", type="log"), yaxis=dict(title="mass", range=[0, 1]),
                       height=380, margin=dict(l=10, r=10, t=30, b=10),
+                      legend=dict(y=-0.25, orientation="h"))
+    return fig
+
+
+def formula_sweep_figure(rows: list[dict]) -> go.Figure:
+    """In-block mass against λ_f for one cached run, one colour per τ: measured (solid, filled
+    markers) and the formula's prediction (dashed, open markers), from
+    ``views.formula_against_sweep``'s rows. A star marks the point the margin is read off."""
+    palette = px.colors.qualitative.Plotly
+    fig = go.Figure()
+    taus = sorted({r["attn_temperature"] for r in rows})
+    for i, tau in enumerate(taus):
+        pts = sorted((r for r in rows if r["attn_temperature"] == tau),
+                     key=lambda r: r["locality"])
+        colour, lams = palette[i % len(palette)], [r["locality"] for r in pts]
+        fig.add_trace(go.Scatter(x=lams, y=[r["measured_in_block"] for r in pts],
+                                 mode="lines+markers", name=f"measured, τ = {tau:g}",
+                                 legendgroup=f"{tau:g}", line=dict(color=colour)))
+        fig.add_trace(go.Scatter(x=lams, y=[r["predicted_in_block"] for r in pts],
+                                 mode="lines+markers", name=f"formula, τ = {tau:g}",
+                                 legendgroup=f"{tau:g}",
+                                 line=dict(color=colour, dash="dash"),
+                                 marker=dict(symbol="circle-open", size=9)))
+    calib = [r for r in rows if r["calibration"]]
+    if calib:
+        fig.add_trace(go.Scatter(x=[calib[0]["locality"]], y=[calib[0]["measured_in_block"]],
+                                 mode="markers", name="margin read off here (λ_f = 0, τ = 1)",
+                                 marker=dict(symbol="star", size=14, color="black")))
+    fig.update_layout(xaxis=dict(title="dial λ_f", range=[-0.05, 1.05]),
+                      yaxis=dict(title="in-block mass (1 − cross-block mass)",
+                                 range=[0, 1.05]),
+                      height=420, margin=dict(l=10, r=10, t=30, b=10),
                       legend=dict(y=-0.25, orientation="h"))
     return fig

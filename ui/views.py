@@ -14,6 +14,7 @@ from localist_core.analysis.rules import RULE_STRENGTH_MAX  # noqa: F401 (for th
 from localist_core.experiments import results
 from localist_core.experiments.sweep import PROTOCOL_NAMES  # noqa: F401 (for the Sweeps page)
 from localist_core.model.config import PARTITIONS  # noqa: F401 (for the Sweeps page)
+from ui.loaders import load_checkpoint
 from ui.notices import guarded
 
 # The metrics the Compare page sets side by side.
@@ -85,6 +86,55 @@ def pair_count(a) -> int:
     return int(a.rule_pairs.sum()) if a.rule_pairs is not None else 0
 
 
+@guarded("weigh the rule against the barrier")
+def rule_reach(a, strength: float, checkpoint_path: str) -> rules.RuleReach | None:
+    """The analysis's rule pairs split by block, with the barrier of its checkpoint at its λ
+    (``rules.rule_reach``); None when the analysis has no rule pairs."""
+    if a.rule_pairs is None:
+        return None
+    sharpness = load_checkpoint(checkpoint_path)[0].cfg.barrier_sharpness
+    return rules.rule_reach(a.patterns, a.rule_pairs, a.block_ids, strength,
+                            a.dial.locality, sharpness)
+
+
+@guarded("split the rule's pairs by block")
+def rule_split(reach: rules.RuleReach | None) -> str | None:
+    """One sentence: how many of the rule's pairs lie inside their query's block and how many
+    cross a boundary, with the attention mass on each; None without pairs."""
+    if reach is None or reach.in_block_mass is None:
+        return None
+    n = reach.in_block_pairs + reach.cross_block_pairs
+    return (f"Of the rule's {n:,} pairs, {reach.in_block_pairs:,} have their target in the "
+            f"query's own block and {reach.cross_block_pairs:,} in another block; the rule's "
+            f"queries put {reach.in_block_mass:.3f} of their attention on the first and "
+            f"{reach.cross_block_mass:.3f} on the second.")
+
+
+@guarded("weigh the rule against the barrier")
+def barrier_note(reach: rules.RuleReach | None) -> str | None:
+    """What the Rules page says when the cross-block barrier outweighs the rule, with the
+    barrier, the strength and the pairs on each side; None when it does not."""
+    if reach is None or not reach.barrier_outweighs:
+        return None
+    n = reach.in_block_pairs + reach.cross_block_pairs
+    across = f"{reach.cross_block_pairs:,} of the rule's {n:,} pairs have their target in " \
+             "another block"
+    if math.isinf(reach.barrier):
+        head = (f"At λ = 1 cross-block keys are masked, so the rule (+{reach.strength:g}) "
+                f"cannot reach them: {across}.")
+    else:
+        head = (f"The barrier outweighs the rule: at λ = {reach.locality:g} every cross-block "
+                f"score gets β·log(1−λ) = {reach.sharpness:g}·log({1 - reach.locality:g}) = "
+                f"{reach.barrier:.1f}, and the rule adds only +{reach.strength:g} (net "
+                f"{reach.net_cross:.1f}). {across}, where the rule cannot make up the "
+                "barrier.")
+    if reach.in_block_pairs:
+        return head + (f" It acts on the {reach.in_block_pairs:,} pairs whose target shares "
+                       "the query's block.")
+    return head + (" No pair has its target in the query's block, so the rule cannot show: "
+                   "lower λ, or choose targets that share a block with their queries.")
+
+
 @guarded("list the block boundaries", [])
 def boundary_rows(trace) -> list[dict]:
     """The recruited block starts of a ``RecruitTrace``: position, word and bits saved."""
@@ -138,3 +188,140 @@ _one = guarded("read the sweep results")
 make_point = _one(results.make_point)
 leak_flag = _one(results.leak_flag)
 protocol_of = _one(results.protocol_of)
+
+
+# -- the papers' threshold, continued: the formulas, their words, and the sweep against them -----
+# The Theory page's formulas as KaTeX source (st.latex); the page's prose holds no LaTeX.
+THRESHOLD_LATEX = (r"\lambda_i^{(h)}(\tau,\delta) = \frac{2\,L_\ell\,R_x\,\sigma_X\,\sqrt{|X_i|}}"
+                   r"{\tau\,(1-\rho_{\max})}\;e^{-\delta/\tau}")
+BOUND_LATEX = (r"m_{\mathrm{cross}} \le \frac{n_x\,e^{-\delta/\tau}}"
+               r"{n_{\mathrm{in}} + n_x\,e^{-\delta/\tau}}")
+DIAL_LATEX = r"\delta(\lambda_f) = \delta_0 - \beta\,\log(1-\lambda_f)"
+
+# Each input's plain line (what it is, where it was measured), keyed like ``threshold_inputs``.
+INPUT_MEANINGS = theory.INPUT_MEANINGS
+
+# What the page says instead of the threshold, by ``theory.threshold_problems``' reason.
+THRESHOLD_WORDS = {
+    "no_margin": "The margin δ is {margin:.3g}, not above 0: on a typical query here, keys in "
+                 "earlier blocks score as high as keys in the query's own block, or higher. "
+                 "The formula assumes the opposite (own-block keys ahead by δ > 0), so at "
+                 "these inputs its threshold means nothing, and no number is shown.",
+    "overflow": "The formula overflows: e^(−δ/τ), or the product of the inputs, is larger "
+                "than the largest number a float can hold, so the threshold is unbounded.",
+    "astronomical": "The formula's threshold is above a million: no locality anyone sets comes "
+                    "near it, so at these inputs the formula says no penalty confines "
+                    "attention to its block. The figure itself means nothing and is not shown.",
+}
+
+
+@guarded("read the threshold", [])
+def threshold_words(threshold: float, margin: float) -> list[str]:
+    """The sentences the Theory page shows in place of the threshold (``THRESHOLD_WORDS``);
+    empty when the number means what the formula says."""
+    return [THRESHOLD_WORDS[k].format(margin=margin)
+            for k in theory.threshold_problems(threshold, margin)]
+
+
+def threshold_reading(threshold: float, margin: float, attn_temperature: float) -> str:
+    """One plain line under a threshold that means what the formula says."""
+    if threshold < 1e-3:
+        return (f"Practically zero: with a margin this large against the temperature "
+                f"(δ = {margin:.3g}, τ = {attn_temperature:g}), the formula says any locality "
+                f"at all keeps this head's attention inside its block.")
+    return (f"By the formula, a locality above {threshold:.3g} (on the papers' scale) keeps "
+            f"this head's attention inside its block; below it, attention may leave.")
+
+
+def _barrier_sharpness(run: dict) -> float:
+    """β of a run's evaluations: its eval override, else its model's, else the default."""
+    from localist_core.model.config import ModelConfig
+
+    cfg = run.get("config") if isinstance(run.get("config"), dict) else {}
+    for part in ("eval", "model"):
+        beta = results.finite((cfg.get(part) or {}).get("barrier_sharpness"))
+        if beta is not None and beta > 0:
+            return beta
+    return ModelConfig.barrier_sharpness
+
+
+def _in_block(run: dict, locality: float, tau: float, key: str = "in_block_mass") -> float | None:
+    ev = results.find_eval(run, locality, tau) or {}
+    m = (ev.get("attention") or {}).get(key)
+    return results.finite(m.get("mean")) if isinstance(m, dict) else None
+
+
+@guarded("set the sweep against the formula", [])
+def formula_against_sweep(run: dict) -> list[dict]:
+    """Every (λ_f, τ) a causal run was evaluated at: its measured in-block mass and the
+    formula's (``theory.predicted_cross_mass``), from one effective margin read at λ_f = 0,
+    τ = 1 and the uniform baseline there. Empty when the run leaks or lacks that evaluation."""
+    base, uniform = _in_block(run, 0.0, 1.0), _in_block(run, 0.0, 1.0, "uniform_in_block_mass")
+    if results.leak_flag(run) or base is None or uniform is None or not 0 < uniform < 1:
+        return []
+    cross0, u_x = min(max(1.0 - base, 0.0), 1.0), 1.0 - uniform
+    margin, beta = theory.effective_margin(cross0, u_x), _barrier_sharpness(run)
+    rows = []
+    for lf, tau in results.dial_settings(run):
+        measured = _in_block(run, lf, tau)
+        if measured is None or not 0.0 <= lf <= 1.0:
+            continue
+        rows.append({"run_id": str(run.get("run_id")), "locality": lf, "attn_temperature": tau,
+                     "measured_in_block": measured,
+                     "predicted_in_block": 1.0 - theory.predicted_cross_mass(margin, u_x, lf,
+                                                                             tau, beta),
+                     "calibration": lf == 0.0 and tau == 1.0, "margin": margin,
+                     "barrier_sharpness": beta})
+    return rows
+
+
+@guarded("set the sweep against the formula", [])
+def formula_runs(runs: list[dict]) -> list[str]:
+    """The runs ``formula_against_sweep`` can use, those evaluated at the most λ_f values (the
+    dial's) first, then the sharper barrier."""
+    scored = []
+    for run in runs:
+        rows = formula_against_sweep(run)
+        if rows:
+            n_lf = len({r["locality"] for r in rows})
+            scored.append((-n_lf, -rows[0]["barrier_sharpness"], rows[0]["run_id"]))
+    return [rid for *_, rid in sorted(scored)]
+
+
+def _worst(rows: list[dict]) -> dict | None:
+    return max(rows, key=lambda r: abs(r["predicted_in_block"] - r["measured_in_block"]),
+               default=None)
+
+
+def _gap(row: dict) -> float:
+    return abs(row["predicted_in_block"] - row["measured_in_block"])
+
+
+def formula_caption(rows: list[dict]) -> str:
+    """One sentence: where the formula and the sweep agree, and where they do not, along λ_f
+    (at τ = 1) and along τ (at λ_f = 0); in-block masses within 0.02 count as agreeing."""
+    if not rows:
+        return "This run has no evaluation the formula can be set against."
+    agree = [f"at λ_f = 0, τ = 1, where the one margin δ₀ = {rows[0]['margin']:.2f} is read off"]
+    if any(r["locality"] == 1.0 for r in rows):
+        agree.append("at λ_f = 1, where the barrier masks every cross-block key")
+    off = []
+    for along, key, fixed, where in (("λ_f", "locality", "τ = 1", ("attn_temperature", 1.0)),
+                                     ("τ", "attn_temperature", "λ_f = 0", ("locality", 0.0))):
+        part = [r for r in rows if r[where[0]] == where[1] and not r["calibration"]
+                and r["locality"] < 1.0]
+        worst = max(part, key=_gap, default=None)
+        if worst is None:
+            continue
+        if _gap(worst) < 0.02:
+            agree.append(f"within 0.02 along {along} at {fixed}")
+        else:
+            off.append(f"by {_gap(worst):.2f} along {along} at {fixed} ({along} = "
+                       f"{worst[key]:g}: predicted {worst['predicted_in_block']:.2f}, measured "
+                       f"{worst['measured_in_block']:.2f})")
+    said = "They agree " + (", ".join(agree[:-1]) + " and " if len(agree) > 1 else "") + agree[-1]
+    if not off:
+        return said + "."
+    return (f"{said}; elsewhere the in-block mass the formula predicts is off "
+            f"{' and '.join(off)}, because one margin stands for many queries whose margins "
+            f"differ widely.")

@@ -3,7 +3,9 @@
 
 A rule adds a bias to the attention score of every (query, key) pair where the query matches X
 and the key matches Y, inside the causal mask, so a rule can never reveal a later token. X and Y
-are each a word list or a regular expression over the tokens' words.
+are each a word list or a regular expression over the tokens' words. A pair whose key lies in
+another block also carries the cross-block barrier; ``rule_reach`` says which pairs do and
+whether the barrier outweighs the rule there.
 
 Rules come from users, so each is bounded and validated before it touches a model: word lists
 and patterns have a length cap, an invalid pattern is refused with the reason, and a pattern
@@ -28,6 +30,8 @@ import regex
 import torch
 from regex import _regex_core
 from torch import Tensor
+
+from ..model.attention import cross_block_barrier
 
 MATCHER_KINDS = ("words", "regex")
 MAX_PATTERN_CHARS = 200
@@ -272,10 +276,60 @@ def rule_fidelity(patterns: np.ndarray | Tensor, pairs: np.ndarray) -> float | N
     heads and every source query that can see at least one target; None if there is none.
 
     ``patterns`` is ``[L, H, T, T]`` (query rows sum to 1)."""
+    return _row_mass(patterns, pairs, pairs)
+
+
+def _row_mass(patterns: np.ndarray | Tensor, pairs: np.ndarray,
+              keys: np.ndarray) -> float | None:
+    """Mean mass on the ``keys`` pairs (a subset of ``pairs``), over layers, heads and the
+    queries that have at least one pair in ``pairs``; None if there is none."""
     p = torch.as_tensor(patterns, dtype=torch.float32)
-    mask = torch.as_tensor(pairs, dtype=torch.bool)
-    rows = mask.any(-1)                                     # queries the rule applies to
+    rows = torch.as_tensor(pairs, dtype=torch.bool).any(-1)   # queries the rule applies to
     if not bool(rows.any()):
         return None
-    mass = (p * mask).sum(-1)                               # [L, H, T]
+    mass = (p * torch.as_tensor(keys, dtype=torch.bool)).sum(-1)   # [L, H, T]
     return float(mass[..., rows].mean())
+
+
+@dataclass(frozen=True)
+class RuleReach:
+    """Where a rule's pairs lie against the blocks, and whether the cross-block barrier
+    outweighs it. A rule adds ``strength`` to a pair's score; a pair whose key lies in another
+    block also gets the barrier β·log(1−λ), so its net change against λ = 0 is
+    ``strength + barrier``. When that is negative the rule cannot lift a cross-block target
+    back to where it stood without the barrier: at β = 64, λ = 0.6 the barrier is −58.6 and
+    the largest rule adds 10."""
+
+    strength: float
+    locality: float
+    sharpness: float                  # β, the checkpoint's barrier_sharpness
+    barrier: float                    # β·log(1−λ) on every cross-block score; −inf at λ = 1
+    in_block_pairs: int               # (query, key) pairs whose key shares the query's block
+    cross_block_pairs: int            # ... whose key lies in another block
+    in_block_mass: float | None       # the rule's fidelity split by where its targets lie:
+    cross_block_mass: float | None    # in + cross = rule_fidelity (None: no pair at all)
+
+    @property
+    def net_cross(self) -> float:
+        """The rule's bias plus the barrier on a cross-block target's score."""
+        return self.strength + self.barrier
+
+    @property
+    def barrier_outweighs(self) -> bool:
+        """Some targets lie in other blocks and the barrier there is larger than the rule."""
+        return self.cross_block_pairs > 0 and self.net_cross < 0
+
+
+def rule_reach(patterns: np.ndarray | Tensor, pairs: np.ndarray, block_ids: np.ndarray,
+               strength: float, locality: float, sharpness: float) -> RuleReach:
+    """Split a rule's ``[query, key]`` ``pairs`` by whether the key shares the query's block
+    (``block_ids`` ``[T]``), with the attention mass ``patterns`` ``[L, H, T, T]`` puts on each
+    part, and weigh ``strength`` against the barrier β·log(1−λ) (β = ``sharpness``)."""
+    pairs = np.asarray(pairs, dtype=bool)
+    ids = np.asarray(block_ids)
+    same = ids[:, None] == ids[None, :]
+    inside, across = pairs & same, pairs & ~same
+    return RuleReach(float(strength), float(locality), float(sharpness),
+                     cross_block_barrier(locality, sharpness),
+                     int(inside.sum()), int(across.sum()),
+                     _row_mass(patterns, pairs, inside), _row_mass(patterns, pairs, across))

@@ -12,6 +12,10 @@ Two margins per query feed the second formula, and they mean different things:
 - the **typical margin** δ̂_q = log-mean-exp of the visible in-block scores − log-mean-exp of
   the visible cross-block scores. With it the formula is an *estimate*, not a bound: it equals
   the measured cross-block mass at τ = 1 and is our reading of the papers' δ.
+
+A cached sweep holds means, not scores: ``effective_margin`` reads one margin off a run's
+measured cross-block mass, and ``predicted_cross_mass`` turns it into the formula's prediction
+at any dial setting (λ_f, τ). ``threshold_problems`` says when the threshold means nothing.
 """
 from __future__ import annotations
 
@@ -206,3 +210,118 @@ def predicted_vs_measured(model, tokens: Tensor, dial: Dial, temperatures: list[
                      "bound_holds": bool((measured <= bound + 1e-6).all()),
                      "exactly_local": not bool((m["n_x"] > 0).any())})
     return rows
+
+
+# -- what the threshold means, in words, and when it means nothing ------------------------------
+
+# Above this the threshold is "astronomical": no λ anyone would set reaches it (the sweeps use
+# λ ≤ 1), so the page says what it means instead of printing a figure like 1.8e+17.
+ASTRONOMICAL_THRESHOLD = 1e6
+
+# Each input of the threshold formula in one plain line for a class: what it is and where it
+# was measured (``estimate_threshold_inputs``; ThresholdInputs' comments give the exact
+# definitions). The keys are ThresholdInputs' fields, plus τ.
+INPUT_MEANINGS = {
+    "lipschitz": "How sharply a head's cross-block score can change when a token's vector "
+                 "moves: the largest stretch of any head's cross-block query–key map, read "
+                 "from this layer's weights.",
+    "r_x": "How long the token vectors entering this layer's attention are: 95% of the "
+           "selected text's tokens are shorter than this.",
+    "sigma_x": "How far a token's vector sits, on average, from the mean vector of its own "
+               "block: the spread inside a block, on the selected text.",
+    "block_len": "How many tokens a block holds, on average, in the selected text.",
+    "rho_max": "How alike two blocks look: the largest cosine between two blocks' mean "
+               "vectors (0 unrelated, 1 the same direction), on the selected text.",
+    "margin": "How far a typical query's scores for keys in its own block lie above its "
+              "scores for keys in earlier blocks (median over queries and heads, on the "
+              "selected text at the sidebar's λ).",
+    "attn_temperature": "The softmax temperature from the sidebar: below 1 sharpens "
+                        "attention, above 1 flattens it; the formula divides δ by it.",
+}
+
+
+def threshold_problems(threshold: float, margin: float) -> list[str]:
+    """Why a threshold from ``threshold_locality`` should be read as words, not as a number
+    (empty when the number means what the formula says):
+
+    - ``"no_margin"``: δ ≤ 0, so cross-block keys score as high as in-block ones or higher,
+      against the formula's assumption that in-block keys lead by δ > 0;
+    - ``"overflow"``: the threshold is +∞ (past the largest float);
+    - ``"astronomical"``: finite but above ASTRONOMICAL_THRESHOLD.
+
+    >>> threshold_problems(0.8, 2.0)
+    []
+    >>> threshold_problems(math.inf, -3.0)
+    ['no_margin', 'overflow']
+    >>> threshold_problems(1.776e17, 0.5)
+    ['astronomical']
+    """
+    out = []
+    if not margin > 0:
+        out.append("no_margin")
+    if threshold == math.inf:
+        out.append("overflow")
+    elif threshold > ASTRONOMICAL_THRESHOLD:
+        out.append("astronomical")
+    return out
+
+
+# -- the cross-block formula against a λ-sweep ---------------------------------------------------
+# A sweep result holds means, not per-query scores, so the formula is fed aggregate figures:
+# n_x/n_in is read from uniform attention's cross-block mass, u_x = mean n_x/(n_in + n_x), and
+# one effective margin δ₀ from the measured cross-block mass at λ_f = 0, τ = 1. The dial adds
+# β·log(1−λ_f) to every cross-block score, so it lowers every margin by that much:
+#     δ(λ_f) = δ₀ − β·log(1 − λ_f),   predicted cross mass = the bound formula at δ(λ_f), τ.
+
+def effective_margin(cross_mass: float, uniform_cross_mass: float,
+                     attn_temperature: float = 1.0) -> float:
+    """The one margin δ with which the bound formula, at count ratio n_x/n_in = u_x/(1−u_x)
+    (``uniform_cross_mass`` u_x), gives the measured ``cross_mass`` m at τ:
+    δ = τ·(logit u_x − logit m). m = 0 gives +∞ and m = 1 gives −∞.
+
+    >>> round(effective_margin(0.5, 0.9), 6)    # a 50/50 split against 9 cross keys per in key
+    2.197225
+    >>> round(float(cross_block_mass_bound(0.1, 0.9, effective_margin(0.3, 0.9), 1.0)), 12)
+    0.3
+    """
+    if not 0.0 < uniform_cross_mass < 1.0:
+        raise ValueError(f"the uniform cross-block mass must lie in (0, 1), got "
+                         f"{uniform_cross_mass!r}")
+    if not 0.0 <= cross_mass <= 1.0:
+        raise ValueError(f"a cross-block mass must lie in [0, 1], got {cross_mass!r}")
+    if not 0 < attn_temperature < math.inf:
+        raise ValueError("τ must be > 0 and finite")
+    if cross_mass == 0.0:
+        return math.inf
+    if cross_mass == 1.0:
+        return -math.inf
+    logit = lambda p: math.log(p) - math.log1p(-p)          # noqa: E731
+    return attn_temperature * (logit(uniform_cross_mass) - logit(cross_mass))
+
+
+def predicted_cross_mass(margin: float, uniform_cross_mass: float, locality: float,
+                         attn_temperature: float, barrier_sharpness: float) -> float:
+    """The formula's cross-block mass at dial (λ_f, τ) for a model whose one effective margin
+    at λ_f = 0 is ``margin`` (``effective_margin``): the bound formula at
+    δ(λ_f) = δ − β·log(1−λ_f), with n_x/n_in from ``uniform_cross_mass``. λ_f = 1 masks the
+    cross-block keys: 0.
+
+    One margin stands for every query. Real queries have many, and the mean of their logistic
+    curves responds more slowly to the barrier than the curve at their mean (p(1−p) is
+    concave), so for λ_f > 0 this never predicts more cross-block mass than a model whose
+    queries differ, and usually predicts less.
+
+    >>> round(predicted_cross_mass(0.0, 0.5, 0.5, 1.0, 2.0), 6)    # odds 1 · (1−0.5)^2 = 0.25
+    0.2
+    >>> predicted_cross_mass(-math.inf, 0.9, 1.0, 1.0, 4.0)
+    0.0
+    """
+    if not 0.0 <= locality <= 1.0:
+        raise ValueError(f"λ_f must lie in [0, 1], got {locality!r}")
+    if not barrier_sharpness > 0:
+        raise ValueError(f"β must be > 0, got {barrier_sharpness!r}")
+    if locality == 1.0:
+        return 0.0
+    shifted = margin - barrier_sharpness * math.log1p(-locality)
+    return float(cross_block_mass_bound(1.0 - uniform_cross_mass, uniform_cross_mass, shifted,
+                                        attn_temperature))
