@@ -14,6 +14,7 @@ BENCHMARKS = {
                     "bf16 autocast vs fp32"],
     "bench.evaluate": ["One full-valid evaluation", "Sweep wall time"],
     "bench.head": ["the adaptive head, side by side", "time vs adaptive_nll"],
+    "bench.checks": ["Checkpoint checks", "Rule pattern verdicts"],
 }
 
 

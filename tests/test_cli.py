@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from localist_core.analysis.metrics import METRIC_LABELS
 from localist_core.cli import build_parser, main
 from localist_core.cli.args import finite_float, float_list, positive_int
 from localist_core.cli.export import EXPORT_TMP_SUFFIX
 from localist_core.experiments.sweep import DEFAULT_LAMBDAS, DEFAULT_TAUS
+from localist_core.model.config import TEMPERATURE_RANGE
 
 
 def test_train_then_eval_end_to_end(tmp_path, tiny_data_dir, capsys, monkeypatch):
@@ -375,6 +377,21 @@ def test_argparse_number_types():
             parse(text)
 
 
+def test_sweep_taus_take_the_dials_range_like_eval_tau(capsys):
+    """A τ the dial would clamp is refused, not silently merged with the range's end: two such
+    values would be one evaluation stored under two keys."""
+    lo, hi = TEMPERATURE_RANGE
+    ends = build_parser().parse_args(["sweep", "--taus", f"{lo!r},{hi!r}"]).taus
+    assert ends == [lo, hi]
+    for outside in (lo / 2, hi * 2):
+        for argv, option in ([["sweep", "--taus", f"1,{outside!r}"], "--taus"],
+                             [["eval", "c", "--tau", repr(outside)], "--tau"]):
+            with pytest.raises(SystemExit) as exc:
+                build_parser().parse_args(argv)
+            assert exc.value.code == 2
+            assert f"argument {option}:" in capsys.readouterr().err
+
+
 def test_sweep_grid_defaults_are_the_sweep_modules():
     """One home for the default grid: experiments.sweep, which the parser reads."""
     args = build_parser().parse_args(["sweep"])
@@ -441,3 +458,59 @@ def test_sweep_seeds_reach_the_plan(tmp_path, tiny_data_dir, monkeypatch, capsys
                  str(tmp_path / "r"), "--data-dir", str(tiny_data_dir)]) == 0
     assert [(r.run_id, r.train.seed) for r in planned] == [("attention-l0.6-s1", 1),
                                                            ("attention-l0.6-s2", 2)]
+
+
+def test_the_folder_checks_count_as_temp_files_what_training_removes(tmp_path):
+    """One temp-file rule (files.OWN_TEMP): every file the --out check lets through as a temp
+    file of ours is one that training's clean-up removes; a temp-looking name of another shape,
+    or the temp of a file that is not ours, is someone else's and refuses the folder."""
+    from localist_core.cli.guards import foreign_entries
+    from localist_core.model.files import remove_own_temps
+    ours = {"config.json", "model.safetensors"}
+    names = [".config.json.ab12_x9z.tmp", ".model.safetensors.k9q_1x2y.tmp",   # ours
+             ".config.json.tmp", ".config.json.draft.tmp", ".notes.json.ab12_x9z.tmp",
+             ".notes.tmp", ".x.txt.abcdefgh.tmp", "notes.txt"]                 # someone else's
+    for name in names:
+        (tmp_path / name).write_text("x")
+    foreign = foreign_entries(tmp_path, ours)
+    assert foreign == sorted(names[2:])
+    remove_own_temps(tmp_path)
+    assert not set(names[:2]) & {p.name for p in tmp_path.iterdir()}
+
+
+def test_report_prints_a_run_without_what_the_cache_check_lets_be_absent(tmp_path, capsys,
+                                                                         monkeypatch):
+    """A run that passes cache.read_result is reported, from one read of each file: no
+    protocol, no stored attention, a null model config and leak test are shown as "—" or
+    left out, not refused."""
+    from localist_core.experiments import cache as cache_module
+    from localist_core.experiments.cache import SCHEMA_VERSION
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    ev = {"dial": {"locality": 0.0, "attn_temperature": 1.0}, "perplexity": 3.0}
+    run = {"schema_version": SCHEMA_VERSION, "run_id": "r1", "locality": 0.5,
+           "config": {"model": None, "train": {}}, "leak_test": None,
+           "metrics": {"valid": [ev, {**ev, "dial": {"locality": 0.5, "attn_temperature": 1.0}}],
+                       "test": [{**ev, "by_position_in_block": {"0": {"tokens": 4}}}]}}
+    (cache / "r1.json").write_text(json.dumps(run))
+    reads = []
+    real = cache_module.read_result
+    monkeypatch.setattr(cache_module, "read_result", lambda p: reads.append(p) or real(p))
+    assert main(["report", "--cache", str(cache)]) == 0
+    out = capsys.readouterr().out
+    assert reads == [cache / "r1.json"]
+    row = next(line for line in out.splitlines() if line.startswith("| r1 | 0.5 | 0.0 | 3.0 |"))
+    assert row.count("—") >= len(METRIC_LABELS)           # every attention metric missing
+    assert "| r1 | — | — |" in out                          # no leak test recorded
+
+
+def test_export_stores_the_storage_precisions_only(capsys):
+    """``export --precision`` offers checkpoint.STORAGE_PRECISIONS, not the compute ones."""
+    from localist_core.model.checkpoint import STORAGE_PRECISIONS
+    from localist_core.model.config import COMPUTE_PRECISIONS
+    for p in STORAGE_PRECISIONS:
+        assert build_parser().parse_args(["export", "a", "b", "--precision", p]).precision == p
+    for p in set(COMPUTE_PRECISIONS) - set(STORAGE_PRECISIONS):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["export", "a", "b", "--precision", p])
+        assert "argument --precision:" in capsys.readouterr().err

@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from localist_core.analysis.evaluate import eval_windows, evaluate_stream
+from localist_core.analysis.evaluate import eval_windows, evaluate_stream, leak_test
 from localist_core.analysis.metrics import METRIC_NAMES
 from localist_core.model.dial import Dial
 
@@ -39,3 +39,25 @@ def test_evaluate_stream_records_the_fidelity_controls(trained_tiny, tiny_corpus
         sizes = [b] * (n // b) + ([n % b] if n % b else [])
         want = sum(s * (s + 1) / 2 for s in sizes) / n
         assert math.isclose(att["visible_in_block_keys"]["mean"], want, rel_tol=1e-6)
+
+
+def test_leak_test_runs_the_unchanged_tokens_once_per_setting(trained_tiny, tokens, monkeypatch):
+    """Each dial setting runs the original tokens once and each cut point's changed copy once;
+    a changed copy differs from the original only after its cut."""
+    inputs = []
+    real = trained_tiny.run_with_cache
+
+    def counting(toks, dial, **kwargs):
+        inputs.append(toks.clone())
+        return real(toks, dial, **kwargs)
+    monkeypatch.setattr(trained_tiny, "run_with_cache", counting)
+    settings, cuts = [Dial(), Dial(0.5, 0.25, 2.0)], [0, 7, 20]
+    res = leak_test(trained_tiny, tokens, settings, cuts)
+    assert res["passed"] and res["checked"] == len(settings) * len(cuts)
+    assert len(inputs) == len(settings) * (1 + len(cuts))
+    original = [x for x in inputs if torch.equal(x, tokens)]
+    assert len(original) == len(settings)
+    changed = [x for x in inputs if not torch.equal(x, tokens)]
+    for x, t in zip(changed, cuts * len(settings)):
+        assert torch.equal(x[:, : t + 1], tokens[:, : t + 1])
+        assert not torch.equal(x[:, t + 1:], tokens[:, t + 1:])

@@ -63,3 +63,49 @@ def test_partitions_at_inference_and_the_theory_report_count_real_blocks(tiny_mo
     assert [p for p, _, _ in trace.boundaries()] == [
         i for i in range(1, len(trace.labels)) if trace.block_ids[i] != trace.block_ids[i - 1]]
     assert all(bits > 0 for _, _, bits in trace.boundaries())
+
+
+def _counting(monkeypatch, owner, name):
+    """Replace ``owner.name`` by a wrapper that counts its calls; returns the count list."""
+    calls = []
+    real = getattr(owner, name)
+
+    def wrapper(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(owner, name, wrapper)
+    return calls
+
+
+@pytest.mark.parametrize("dial", [Dial(0.6, 0.7), Dial(0.6, 1.0, 2.0)])
+def test_one_analysis_partitions_once_and_finds_anchors_once(tiny_model_cfg, tiny_corpus,
+                                                             monkeypatch, dial):
+    """The recruited partition (a left-to-right scan) runs once per analysis and the anchor mask
+    is built once for the metrics (the forward builds its own only when γ ≠ 0), and the result
+    is what the forward pass and ``partition_info`` give separately."""
+    import dataclasses
+
+    from localist_core.analysis.evaluate import attention_summary
+    from localist_core.experiments.train import make_model
+    from localist_core.model import transformer
+    from localist_core.model.blocks import RecruitedPartition
+    model = make_model(dataclasses.replace(tiny_model_cfg, partition="recruited"),
+                       tiny_corpus).eval()
+    tok = tiny_corpus.tokenizer
+    scans = _counting(monkeypatch, RecruitedPartition, "block_ids")
+    anchors = _counting(monkeypatch, transformer, "anchor_mask")
+    a = analyze(model, tok, TEXT, dial)
+    assert len(scans) == 1
+    assert len(anchors) == 1 + (dial.rule_strength != 0.0)
+    # The same numbers as the separate calls.
+    ids = torch.tensor([a.token_ids])
+    _, cache = model.run_with_cache(ids, dial)
+    info = model.partition_info(ids)
+    pats = [cache[f"blocks.{i}.attn.hook_pattern"] for i in range(model.cfg.n_layers)]
+    assert np.array_equal(a.patterns, torch.stack([p[0] for p in pats]).half().numpy())
+    assert np.array_equal(a.block_ids, info.block_ids[0].numpy())
+    assert np.array_equal(a.anchor_mask, info.anchor_mask[0].numpy())
+    assert np.array_equal(a.block_anchors, info.block_anchors[0].numpy())
+    per_layer = attention_summary(model, ids, pats, info.block_ids)
+    assert a.metrics["pointer_fidelity_lift"]["per_head"] == [
+        m["pointer_fidelity_lift"][0].mean(-1).tolist() for m in per_layer]

@@ -202,6 +202,33 @@ def test_a_misplaced_root_is_refused(root, monkeypatch, tmp_path, where):
     assert not any(str(REPO) in e or str(tmp_path) in e for e in errors)
 
 
+@pytest.mark.parametrize("where", ["ckpt-parent", "assets", "shipped-parent"])
+def test_a_misplaced_root_lists_no_cache(root, monkeypatch, where):
+    """Every page's cache menu (Tradeoff as well as Sweeps) gets the root check from
+    app_caches itself: a misplaced root's caches are not listed."""
+    (root / "a" / "cache").mkdir(parents=True)
+    assert launch.app_caches() == {"a": root / "a" / "cache"}
+    if where == "shipped-parent":
+        shipped = (str(root / "a" / "cache"),)
+        assert launch.app_caches(protected=shipped) == launch.app_caches(root, shipped) == {}
+        return
+    if where == "ckpt-parent":
+        monkeypatch.setenv("LOCALIST_CHECKPOINT_DIRS", str(root / "a" / "runs"))
+    else:
+        monkeypatch.setattr(launch_root, "ASSETS", root / "a")
+    assert launch.app_caches() == launch.app_caches(root) == {}
+
+
+def test_the_launcher_takes_the_projects_paths_from_one_place(root):
+    """The prompts an app sweep caches and the folders the root must keep clear of are
+    localist_core.paths's."""
+    from localist_core.paths import ASSETS, CHECKPOINT_DIR, PROMPTS_FILE
+    assert REPO / launch.PROMPTS == PROMPTS_FILE
+    assert launch.sweep_command(good())[launch.sweep_command(good()).index("--prompts") + 1] \
+        == launch.PROMPTS
+    assert launch_root.root_problems(ASSETS / "x") and launch_root.root_problems(CHECKPOINT_DIR)
+
+
 def test_the_visitor_cannot_name_a_data_folder(root):
     import inspect
     assert "data_dir" not in inspect.signature(limits.check_request).parameters

@@ -8,6 +8,7 @@ import torch
 
 from localist_core.analysis import metrics as M
 from localist_core.analysis.evaluate import attention_summary
+from localist_core.model.attention import visible_keys
 from localist_core.model.blocks import FixedPartition, anchor_mask, same_block
 from localist_core.model.dial import Dial
 
@@ -53,6 +54,19 @@ def test_normalised_entropy_of_uniform_causal_is_one():
     assert h[0, 0, 0] == 0 and torch.allclose(h[0, 0, 1:], torch.ones(19), atol=1e-5)
     assert math.isclose(M.causal_entropy_ceiling(128), 5.60, abs_tol=0.01)
     assert math.isclose(M.causal_entropy_ceiling(256), 6.58, abs_tol=0.01)
+
+
+def test_normalised_entropy_of_uniform_attention_in_diagnostic_mode_is_one():
+    """The diagnostic mode's queries also see the later keys of their block, so uniform
+    attention over what they see has H = log₂(that count): normalised entropy 1, never above."""
+    ids = FixedPartition(5).block_ids(torch.zeros(1, 12, dtype=torch.long))
+    vis = visible_keys(ids, noncausal_diagnostic=True).float()            # (1, Q, K)
+    pattern = (vis / vis.sum(-1, keepdim=True)).unsqueeze(1)              # (1, 1, Q, K)
+    anchors = anchor_mask(ids, torch.zeros(1, 12), 1)
+    h = M.attention_metrics(pattern, ids, anchors, 5, noncausal_diagnostic=True)
+    assert torch.allclose(h["normalised_entropy"], torch.ones(1, 1, 12), atol=1e-5)
+    causal = M.attention_metrics(M.uniform_pattern(ids), ids, anchors, 5)
+    assert torch.equal(causal["normalised_entropy"], M.normalised_entropy(M.uniform_pattern(ids)))
 
 
 def test_entropy_does_not_rise_as_tau_falls(any_model, tokens):
@@ -130,12 +144,6 @@ def test_baselines_order_on_structured_corpus(tiny_corpus):
     # A corpus that is a fixed cycle is almost perfectly predictable by a bigram model.
     cyc = np.tile(np.arange(10), 500)
     assert M.bigram_perplexity(cyc, cyc, 10) < 1.5 < M.unigram_perplexity(cyc, cyc, 10)
-
-
-def test_accuracy_counts_hits():
-    lp = torch.log_softmax(torch.tensor([[[5.0, 0, 0], [0, 5.0, 0]]]), -1)
-    assert M.accuracy(lp, torch.tensor([[0, 2]])).tolist() == [[1.0, 0.0]]
-    assert math.isclose(M.perplexity(0.0), 1.0)
 
 
 def test_attention_metrics_returns_exactly_the_named_metrics():
@@ -253,3 +261,27 @@ def test_attention_metrics_are_all_per_head_per_query():
                           - out["in_block_mass"] * out["uniform_pointer_fidelity"])
     assert {"visible_in_block_keys", "uniform_pointer_fidelity",
             "pointer_fidelity_lift"} <= set(M.METRIC_LABELS)
+
+
+@pytest.mark.parametrize("noncausal_diagnostic", [False, True])
+def test_attention_metrics_computes_the_lifts_parts_once(monkeypatch, noncausal_diagnostic):
+    """The lift reuses the fidelity, in-block mass and baseline just computed for their own
+    entries (one call each), and equals ``pointer_fidelity_lift`` exactly."""
+    ids = _fixed(5, 23, batch=2)
+    anchors = _causal_anchors(ids)
+    pattern = torch.softmax(torch.randn(2, 4, 23, 23).masked_fill(
+        torch.triu(torch.ones(23, 23, dtype=torch.bool), 1), float("-inf")), -1)
+    want = M.pointer_fidelity_lift(pattern, ids, anchors, noncausal_diagnostic)
+    calls = {}
+    for name in ("pointer_fidelity_mass", "uniform_pointer_fidelity", "pointer_fidelity_lift"):
+        real = getattr(M, name)
+        calls[name] = 0
+
+        def counting(*args, _real=real, _name=name, **kwargs):
+            calls[_name] += 1
+            return _real(*args, **kwargs)
+        monkeypatch.setattr(M, name, counting)
+    out = M.attention_metrics(pattern, ids, anchors, 5, noncausal_diagnostic)
+    assert calls == {"pointer_fidelity_mass": 1, "uniform_pointer_fidelity": 1,
+                     "pointer_fidelity_lift": 0}
+    assert torch.equal(out["pointer_fidelity_lift"], want)

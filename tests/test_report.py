@@ -50,3 +50,27 @@ def test_single_seed_report_has_no_seed_sections():
     text = report.full_report(REPO / "assets" / "sweep")
     assert "Across seeds" not in text and "paired by seed" not in text and "±" not in text
     assert "## Partitions: fixed, punctuation, recruited" in text
+
+
+def test_metric_columns_take_their_labels_from_metric_labels(monkeypatch):
+    """One home for a metric's label (metrics.METRIC_LABELS): relabel every metric and each
+    table's metric columns follow, with no label typed again."""
+    from localist_core.analysis.metrics import METRIC_LABELS
+    from localist_core.experiments import results
+    relabelled = {k: f"<{k}>" for k in METRIC_LABELS}
+    monkeypatch.setattr(report, "METRIC_LABELS", relabelled)
+    monkeypatch.setattr(report, "ATT_COLUMNS", list(relabelled.items()))
+    monkeypatch.setattr(results, "METRIC_LABELS", relabelled, raising=False)
+    runs = _seeded_partitions() + [sweep_examples.make_run("attention", 0.5)]
+    dial = next(r for r in sweep_examples.synthetic_runs() if r["protocol"] == "dial")
+    heads = {name: table.splitlines()[0] for name, table in (
+        ("run", report.run_table(runs)), ("dialled", report.dialled_table(runs)),
+        ("tau", report.tau_table(dial)), ("strategy", report.strategy_table(runs)),
+        ("seeds", report.seeds_table(runs)))}
+    heads["runs_table"] = " | ".join(results.runs_table(runs)[0])
+    old_labels = set(METRIC_LABELS.values())
+    for name, head in heads.items():
+        cells = {c.strip() for c in head.strip("| ").split("|")}
+        assert any(c.startswith("<") for c in cells), name
+        assert not cells & old_labels, (name, cells & old_labels)
+        assert not any(c.startswith(label + " at") for c in cells for label in old_labels), name

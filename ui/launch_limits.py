@@ -87,9 +87,11 @@ OVERRIDE_BOUNDS: dict[str, tuple[float, float]] = {
     "grad_clip": (0.0, 100.0),
     "seed": (0, 2**31 - 1),
 }
-# Overrides without a cost to bound: a choice among PARTITIONS or PRECISIONS, or a switch (a
+# Overrides without a cost to bound: a choice among PARTITIONS, COMPUTE_PRECISIONS or DEVICES
+# (a cuda asked of a server without one fails the run with a message), or a switch (a
 # forced bf16 on a CPU without it is slow, but the time budget and the 8-hour cap still hold).
-FREE_OVERRIDES = ("partition", "precision", "bf16", "lr_by_time", "noncausal_diagnostic")
+FREE_OVERRIDES = ("partition", "precision", "device", "bf16", "lr_by_time",
+                  "noncausal_diagnostic")
 # A sweep name: never a path, never "." or "..".
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from localist_core.paths import REPO
+from localist_core.paths import ASSETS, CHECKPOINT_DIR, REPO
 
 APP_SWEEPS = REPO / "runs" / "app-sweeps"     # default root; never the shipped assets/sweep
 ENABLED_VAR = "LOCALIST_APP_SWEEPS_ENABLED"
@@ -65,8 +65,7 @@ def inside(path: Path, folder: Path) -> bool:
 
 def _checkpoint_dirs() -> list[Path]:
     extra = os.environ.get("LOCALIST_CHECKPOINT_DIRS", "")
-    return [resolved(REPO / "assets" / "checkpoints")] + [resolved(p) for p in
-                                                           extra.split(os.pathsep) if p]
+    return [resolved(CHECKPOINT_DIR)] + [resolved(p) for p in extra.split(os.pathsep) if p]
 
 
 def root_problems(root: Path | None = None, protected: tuple = ()) -> list[str]:
@@ -78,7 +77,7 @@ def root_problems(root: Path | None = None, protected: tuple = ()) -> list[str]:
     """
     root = app_root() if root is None else resolved(root)
     problems = []
-    assets = resolved(REPO / "assets")
+    assets = resolved(ASSETS)
     if root == REPO or root in REPO.parents:
         problems.append(f"{ROOT_VAR} must name a folder of its own, not the repository or a "
                         f"folder above it.")

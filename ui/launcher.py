@@ -39,7 +39,7 @@ from localist_core.experiments.cache import (
 )
 from localist_core.experiments.results import finite
 from localist_core.model.files import read_json_file
-from localist_core.paths import REPO
+from localist_core.paths import PROMPTS_FILE, REPO
 from ui.launch_limits import APP_LIMITS, NAME, SweepRequest, sweep_folder
 from ui.launch_root import (
     ROOT_VAR,
@@ -57,7 +57,7 @@ from ui.launch_root import (
 LAUNCH_FILE = "app-launch.info"               # JSON, but not *.json: load_cache would refuse it
 LOG_FILE = "sweep.log"
 LOCK_FILE = ".app-sweeps.lock"                # at the root: one lock for every app sweep
-PROMPTS = "assets/prompts.json"               # relative: the sweep runs with cwd=REPO
+PROMPTS = str(PROMPTS_FILE.relative_to(REPO))  # relative: the sweep runs with cwd=REPO
 
 
 class LaunchError(RuntimeError):
@@ -216,9 +216,13 @@ def app_sweeps(root: Path | None = None) -> dict[str, Path]:
     return out
 
 
-def app_caches(root: Path | None = None) -> dict[str, Path]:
+def app_caches(root: Path | None = None, protected: tuple = ()) -> dict[str, Path]:
     """Name → cache folder of every sweep under the root that has one (for the Tradeoff and
-    Sweeps pages' cache menus)."""
+    Sweeps pages' cache menus); none while the root is misplaced (``root_problems``, with the
+    ``protected`` sweep caches): an operator's mistake is neither listed nor written."""
+    root = app_root() if root is None else root
+    if root_problems(root, protected):
+        return {}
     return {name: folder / "cache" for name, folder in app_sweeps(root).items()
             if (folder / "cache").is_dir()}
 

@@ -1,5 +1,6 @@
-"""Evaluate a model at one dial setting: perplexity, accuracy and every attention metric of §3,
-averaged over all query positions, then over heads and layers, keeping per-layer/head values.
+"""Evaluate a model at one dial setting: perplexity, accuracy and every attention metric
+(docs/design.md, "Metrics and their controls"), averaged over all query positions, then over
+heads and layers, keeping per-layer/head values; and the leak test.
 """
 from __future__ import annotations
 
@@ -13,8 +14,6 @@ from ..model.blocks import block_starts
 from ..model.dial import Dial
 from ..model.transformer import autocast_ctx
 from .metrics import attention_metrics, causal_entropy_ceiling
-
-POSITION_KEYS = ("nll", "correct")
 
 
 def eval_windows(stream: Tensor, n_ctx: int, batch_size: int = 64):
@@ -62,10 +61,13 @@ class _Accumulator:
 
 
 def attention_summary(model, tokens: Tensor, patterns: list[Tensor], block_ids: Tensor,
-                      block_size: int | None = None) -> list[dict[str, Tensor]]:
-    """Per-layer metric dicts for one batch (anchors computed from the model's table).
-    ``block_size`` sets the width of the recent-b and shifted-block controls."""
-    anchors = model.anchors_for(tokens, block_ids)
+                      block_size: int | None = None,
+                      anchors: Tensor | None = None) -> list[dict[str, Tensor]]:
+    """Per-layer metric dicts for one batch. ``block_size`` sets the width of the recent-b and
+    shifted-block controls; ``anchors`` is ``model.anchors_for(tokens, block_ids)``, computed
+    here unless the caller has it already."""
+    if anchors is None:
+        anchors = model.anchors_for(tokens, block_ids)
     b = block_size or model.cfg.block_size
     ncd = bool(model.cfg.noncausal_diagnostic)
     return [attention_metrics(p.float(), block_ids, anchors, b, noncausal_diagnostic=ncd)
@@ -163,16 +165,19 @@ def leak_test(model, tokens: Tensor, settings: list[Dial] | None = None,
                             for tau in (0.25, 1.0, 4.0) for gam in (0.0, 2.0)]
     cut_points = cut_points or sorted({0, n // 3, n // 2, n - 2} - {-1})
     gen = torch.Generator().manual_seed(seed)
-    worst, checked = 0.0, 0
+    changed_after = []                      # (t, tokens with every one after t replaced)
     for t in cut_points:
         if not 0 <= t < n - 1:
             continue
         changed = tokens.clone()
         changed[:, t + 1:] = torch.randint(0, model.cfg.vocab_size, changed[:, t + 1:].shape,
                                            generator=gen)
-        for dial in settings:
-            only = lambda name: name.endswith("hook_pattern")
-            lp_a, ca = model.run_with_cache(tokens, dial, names_filter=only)
+        changed_after.append((t, changed))
+    only = lambda name: name.endswith("hook_pattern")  # noqa: E731
+    worst, checked = 0.0, 0
+    for dial in settings if changed_after else ():
+        lp_a, ca = model.run_with_cache(tokens, dial, names_filter=only)   # once per setting
+        for t, changed in changed_after:
             lp_b, cb = model.run_with_cache(changed, dial, names_filter=only)
             diffs = [(lp_a[:, : t + 1] - lp_b[:, : t + 1]).abs().max()]
             for name in ca:                                 # (B, H, T, T) each

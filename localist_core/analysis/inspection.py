@@ -118,6 +118,18 @@ def inference_partition(model, tokenizer, kind: str | None = None,
                           words=tokenizer.words)
 
 
+@dataclass(frozen=True)
+class _KnownBlocks:
+    """A partition whose block ids are already known, so one analysis partitions its text once
+    (the recruited partition is a left-to-right scan)."""
+
+    ids: torch.Tensor
+    name: str = "known"
+
+    def block_ids(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.ids
+
+
 @torch.no_grad()
 def analyze(model, tokenizer, text: str, dial: Dial = Dial(), *, block_size: int | None = None,
             partition: str | None = None, rule: Rule | tuple | None = None) -> Analysis:
@@ -150,13 +162,13 @@ def analyze(model, tokenizer, text: str, dial: Dial = Dial(), *, block_size: int
                 notices.append(f"The rule {rule.describe()} matches no (query, target) pair in "
                                f"this text, so it changes nothing.")
     tokens = torch.tensor([ids])
+    info = model.partition_info(tokens, part)       # the blocks once: the forward reuses them
     hidden, cache = model.run_with_cache(
-        tokens, dial, names_filter=lambda n: n.endswith("hook_pattern"), partition=part,
-        return_type="hidden", score_bias=bias)
-    info = model.partition_info(tokens, part)
+        tokens, dial, names_filter=lambda n: n.endswith("hook_pattern"),
+        partition=_KnownBlocks(info.block_ids), return_type="hidden", score_bias=bias)
     pats = [cache[f"blocks.{i}.attn.hook_pattern"] for i in range(model.cfg.n_layers)]
     per_layer = attention_summary(model, tokens, pats, info.block_ids,
-                                  block_size or model.cfg.block_size)
+                                  block_size or model.cfg.block_size, anchors=info.anchor_mask)
     metrics = {name: head_summary(torch.stack([m[name][0].mean(-1) for m in per_layer]))
                for name in per_layer[0]}                  # each [layer, head], mean over queries
     nll = (model.token_nll(hidden[:, :-1], tokens[:, 1:])[0] if len(ids) > 1

@@ -30,7 +30,10 @@ def visible_count(pattern: Tensor) -> Tensor:
 
 
 def normalised_entropy(pattern: Tensor, n_visible: Tensor | None = None) -> Tensor:
-    """H / log₂(#visible keys), in [0, 1]; a query that sees a single key scores 0."""
+    """H / log₂(#visible keys), in [0, 1]; a query that sees a single key scores 0.
+
+    ``n_visible`` (broadcast against ``[B, H, Q]``) defaults to the causal count,
+    ``visible_count``."""
     n = visible_count(pattern) if n_visible is None else n_visible.to(pattern.dtype)
     denom = torch.log2(n)
     h = attention_entropy(pattern)
@@ -162,7 +165,12 @@ def pointer_fidelity_lift(pattern: Tensor, block_ids: Tensor, anchors: Tensor,
     again. With every query's mass in-block (λ = 1) it is fidelity − uniform fidelity.
     """
     base = uniform_pointer_fidelity(block_ids, anchors, noncausal_diagnostic).unsqueeze(1)
-    return pointer_fidelity_mass(pattern, anchors) - in_block_mass(pattern, block_ids) * base
+    return _lift(pointer_fidelity_mass(pattern, anchors), in_block_mass(pattern, block_ids), base)
+
+
+def _lift(fidelity: Tensor, in_block: Tensor, base: Tensor) -> Tensor:
+    """``pointer_fidelity_lift`` from its three parts (``attention_metrics`` has them already)."""
+    return fidelity - in_block * base
 
 
 def mean_attention_distance(pattern: Tensor) -> Tensor:
@@ -188,42 +196,38 @@ METRIC_NAMES = tuple(METRIC_LABELS)
 
 def attention_metrics(pattern: Tensor, block_ids: Tensor, anchors: Tensor,
                       block_size: int, noncausal_diagnostic: bool = False) -> dict[str, Tensor]:
-    """Every attention metric of §3 for one layer, each ``[B, H, Q]``, controls included.
+    """Every attention metric for one layer (docs/design.md, "Metrics and their controls"),
+    each ``[B, H, Q]``, controls included.
 
     ``visible_in_block_keys`` and ``uniform_pointer_fidelity`` do not depend on the pattern;
     they are expanded over heads like ``uniform_in_block_mass``. ``noncausal_diagnostic``
-    follows the model's visibility (a query also sees the later keys of its block)."""
+    follows the model's visibility (a query also sees the later keys of its block), and so
+    does the entropy's normaliser."""
     uni = uniform_pattern(block_ids)
     shape = pattern.shape[:-1]
     ncd = noncausal_diagnostic
+    # Causal visibility is the default normaliser; the diagnostic mode counts its own keys.
+    n_visible = visible_keys(block_ids, True).sum(-1).unsqueeze(1) if ncd else None  # (B, 1, Q)
+    in_block = in_block_mass(pattern, block_ids)
+    fidelity = pointer_fidelity_mass(pattern, anchors)
+    base = uniform_pointer_fidelity(block_ids, anchors, ncd).unsqueeze(1)            # (B, 1, Q)
     return {
         "entropy_bits": attention_entropy(pattern),
-        "normalised_entropy": normalised_entropy(pattern),
-        "in_block_mass": in_block_mass(pattern, block_ids),
+        "normalised_entropy": normalised_entropy(pattern, n_visible),
+        "in_block_mass": in_block,
         "recent_b_mass": recent_mass(pattern, block_size),
         "shifted_block_mass": in_block_mass(pattern, shifted_block_ids(block_ids, block_size)),
         "uniform_in_block_mass": in_block_mass(uni, block_ids).expand(pattern.shape[:-1]),
         "visible_in_block_keys": visible_in_block_keys(block_ids, ncd).unsqueeze(1).expand(shape),
-        "pointer_fidelity_mass": pointer_fidelity_mass(pattern, anchors),
-        "uniform_pointer_fidelity":
-            uniform_pointer_fidelity(block_ids, anchors, ncd).unsqueeze(1).expand(shape),
-        "pointer_fidelity_lift": pointer_fidelity_lift(pattern, block_ids, anchors, ncd),
+        "pointer_fidelity_mass": fidelity,
+        "uniform_pointer_fidelity": base.expand(shape),
+        "pointer_fidelity_lift": _lift(fidelity, in_block, base),
         "pointer_argmax_hit": pointer_argmax_hit(pattern, anchors),
         "mean_attention_distance": mean_attention_distance(pattern),
     }
 
 
-# -- language model -------------------------------------------------------------------------
-
-def perplexity(mean_nll: float) -> float:
-    """exp(mean NLL per token), NLL in nats."""
-    return float(math.exp(mean_nll))
-
-
-def accuracy(log_probs: Tensor, targets: Tensor) -> Tensor:
-    """Top-1 next-token accuracy, per position (1.0 or 0.0)."""
-    return (log_probs.argmax(-1) == targets).float()
-
+# -- language model baselines ---------------------------------------------------------------
 
 def unigram_perplexity(train: np.ndarray | Tensor, evaluate: np.ndarray | Tensor, vocab_size: int,
                        add_k: float = 1.0) -> float:

@@ -34,8 +34,7 @@ from torch import Tensor
 from ..model.attention import cross_block_barrier
 
 MATCHER_KINDS = ("words", "regex")
-MAX_PATTERN_CHARS = 200
-MAX_WORDS = 100
+MAX_PATTERN_CHARS = 200    # a word list too: 200 characters hold at most 100 words
 MAX_WORD_CHARS = 64
 # A compiled pattern costs about 265 bytes per unit of its expanded size (a{100000}: 26 MB), so
 # these bound one pattern to ~0.1 MB and the MATCHERS_KEPT compiled ones to a few MB.
@@ -83,8 +82,6 @@ def _words(spec: str) -> frozenset[str]:
     words = [w for w in words if w]
     if not words:
         raise RuleError("the word list is empty; give words separated by commas")
-    if len(words) > MAX_WORDS:
-        raise RuleError(f"the word list has {len(words)} words; at most {MAX_WORDS} are allowed")
     long = [w for w in words if len(w) > MAX_WORD_CHARS]
     if long:
         raise RuleError(f"the word {long[0][:20]!r}… is longer than {MAX_WORD_CHARS} characters")

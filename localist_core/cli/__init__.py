@@ -23,6 +23,7 @@ import os
 import sys
 
 from ..experiments.sweep import DEFAULT_LAMBDAS, DEFAULT_TAUS
+from ..model.checkpoint import STORAGE_PRECISIONS
 from ..model.config import (
     ANCHOR_STRENGTH_RANGE,
     COMPUTE_PRECISIONS,
@@ -34,6 +35,7 @@ from ..model.config import (
 )
 from .args import finite_float, float_list, positive_int
 from .commands import (
+    DEFAULT_PROMPTS,
     DEFAULT_SWEEP_CACHE,
     SHIPPED_SWEEP_CACHE,
     cmd_eval,
@@ -107,15 +109,18 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
                    help="comma-separated: attention, weights, dial")
     s.add_argument("--lambdas", type=float_list(*LOCALITY_RANGE), default=list(DEFAULT_LAMBDAS),
                    help=f"comma-separated λ in [0, 1] (default: {_numbers(DEFAULT_LAMBDAS)})")
-    s.add_argument("--taus", type=float_list(0.0, lo_open=True), default=list(DEFAULT_TAUS),
-                   help=f"comma-separated τ > 0 (default: {_numbers(DEFAULT_TAUS)})")
+    # The dial's τ range, as for eval --tau: the dial would clamp a τ outside it, so two values
+    # would give one evaluation stored under two keys.
+    s.add_argument("--taus", type=float_list(*TEMPERATURE_RANGE), default=list(DEFAULT_TAUS),
+                   help=f"comma-separated τ {_interval(TEMPERATURE_RANGE)} "
+                        f"(default: {_numbers(DEFAULT_TAUS)})")
     s.add_argument("--cache", default=DEFAULT_SWEEP_CACHE,
                    help=f"sweep cache folder (default: {DEFAULT_SWEEP_CACHE}, relative to the "
                         f"current folder); the shipped cache is written only when named: "
                         f"--cache {SHIPPED_SWEEP_CACHE}")
     s.add_argument("--runs-dir", default="runs",
                    help="where the run checkpoints go (default: runs)")
-    s.add_argument("--prompts", default="assets/prompts.json",
+    s.add_argument("--prompts", default=DEFAULT_PROMPTS,
                    help="sample prompts whose attention maps are cached ('' for none)")
     s.add_argument("--eval-tokens", type=positive_int, default=None,
                    help="evaluate a prefix only")
@@ -165,7 +170,8 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     x.add_argument("source")
     x.add_argument("dest", help="a new (or empty) folder; an existing checkpoint only with "
                                 "--force; any other existing path is refused")
-    x.add_argument("--precision", default="int8", choices=["fp32", "fp16", "int8"])
+    x.add_argument("--precision", default="int8", choices=list(STORAGE_PRECISIONS),
+                   help="how the copy stores its weights (default: int8)")
     x.add_argument("--barrier-sharpness", type=finite_float(0.0, lo_open=True), default=None,
                    help="ship with this dial sharpness β > 0 (an inference-time choice)")
     x.add_argument("--tolerance", type=finite_float(0.0), default=0.005,

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 from ..model.config import ModelConfig, TrainConfig
+from ..model.files import own_temp_of
 from .errors import CannotAllocate, UsageError, bytes_text
 
 # --- folders and files -----------------------------------------------------------------------
@@ -58,12 +59,9 @@ def is_checkpoint(folder: Path) -> bool:
 
 def foreign_entries(folder: Path, ours: set[str]) -> list[str]:
     """Names in ``folder`` that this project did not write: anything but ``ours`` and the temp
-    files a killed writer of one of them leaves (files.atomic_write: ``.NAME.<random>.tmp``).
-    """
-    temp_prefixes = tuple(f".{name}." for name in ours)
+    files a killed writer of one of them leaves (``files.OWN_TEMP``)."""
     return sorted(p.name for p in folder.iterdir()
-                  if p.name not in ours and not (p.name.startswith(temp_prefixes)
-                                                 and p.name.endswith(".tmp")))
+                  if p.name not in ours and own_temp_of(p.name) not in ours)
 
 
 def _names(entries: list[str]) -> str:
@@ -99,13 +97,14 @@ def check_train_out(out: Path) -> None:
 def check_sweep_cache(cache: Path) -> None:
     """``sweep --cache``: a new or empty folder, or a sweep cache (it has baselines.json, the
     first file a sweep writes). A sweep writes result files into it, so an unrelated folder is
-    refused. Temp files do not count: a sweep killed while writing baselines.json leaves one."""
+    refused. Our temp files (``files.OWN_TEMP``) do not count: a sweep killed while writing
+    baselines.json leaves one."""
     from ..experiments.cache import BASELINES_FILE, PROGRESS_FILE
     check_can_make_folder(cache, "--cache")
     if not cache.is_dir() or (cache / BASELINES_FILE).is_file() or (
             cache / PROGRESS_FILE).is_file():
         return
-    if any(not (p.name.startswith(".") and p.name.endswith(".tmp")) for p in cache.iterdir()):
+    if any(own_temp_of(p.name) is None for p in cache.iterdir()):
         raise UsageError(f"--cache {cache} is a folder that is not a sweep cache (no "
                          f"{BASELINES_FILE}); give a new or empty folder")
 

@@ -1,7 +1,10 @@
 """Markdown tables for REPRODUCTION.md, built only from the sweep cache.
 
 ``python -m localist_core report --cache assets/sweep`` prints every table; each number in the
-report comes from a run in the cache, which names the command that produced it.
+report comes from a run in the cache, which names the command that produced it. The tables read
+a run only as ``cache.read_result`` checked it: what that check lets be absent (the protocol,
+the attention metrics, the model config, …) is shown as "—" or left out, never a KeyError.
+Metric columns take their labels from ``metrics.METRIC_LABELS``.
 """
 from __future__ import annotations
 
@@ -12,13 +15,34 @@ from .cache import load_cache
 from .results import (  # noqa: F401 (PAPER re-exported)
     PAPER,
     curve_points,
+    dial_settings,
     find_eval,
+    finite,
     partition_differences,
+    protocol_of,
     read_baselines,
     strategy_points,
+    trained_locality,
 )
 
 ATT_COLUMNS = list(METRIC_LABELS.items())
+# The metrics of the narrower tables, in METRIC_LABELS's order; their labels head the columns.
+TAU_METRICS = ("entropy_bits", "in_block_mass", "pointer_fidelity_mass")
+DIALLED_METRICS = ("in_block_mass", "entropy_bits")
+STRATEGY_METRICS = ("entropy_bits", "in_block_mass", "shifted_block_mass",
+                    "uniform_in_block_mass", "visible_in_block_keys", "pointer_fidelity_mass",
+                    "uniform_pointer_fidelity", "pointer_fidelity_lift")
+SEEDS_METRICS = TAU_METRICS
+DIGITS = {"visible_in_block_keys": 2}     # a count of keys; every other metric 3 digits
+
+
+def _labels(keys) -> list[str]:
+    return [METRIC_LABELS[k] for k in keys]
+
+
+def _mean(ev: dict, key: str) -> float | None:
+    """An eval's mean of one attention metric; None when the run stored no attention."""
+    return ((ev.get("attention") or {}).get(key) or {}).get("mean")
 
 
 def _row(cells) -> str:
@@ -45,51 +69,46 @@ def run_table(runs: list[dict], dial_at: str = "trained") -> str:
     head = ["run", "λ", "λ_f", "valid ppl", "test ppl", "test acc"] + [c for _, c in ATT_COLUMNS]
     lines = [_row(head), _row(["---"] * len(head))]
     for run in runs:
-        lams = sorted({ev["dial"]["locality"] for ev in run["metrics"]["valid"]})
-        points = lams if run["protocol"] == "dial" else [0.0]
+        lams = sorted({lf for lf, _ in dial_settings(run)})
+        points = lams if protocol_of(run) == "dial" else [0.0]
         for lf in points:
             ev = find_eval(run, lf)
             if ev is None:
                 continue
             test = find_eval(run, lf, split="test") or {}
-            att = ev.get("attention", {})
-            lines.append(_row([run["run_id"], _fmt(run["locality"], 1), _fmt(lf, 1),
+            lines.append(_row([run["run_id"], _fmt(trained_locality(run), 1), _fmt(lf, 1),
                                _fmt(ev["perplexity"], 1), _fmt(test.get("perplexity"), 1),
                                _fmt(test.get("accuracy"), 3)]
-                              + [_fmt(att.get(k, {}).get("mean")) for k, _ in ATT_COLUMNS]))
+                              + [_fmt(_mean(ev, k)) for k, _ in ATT_COLUMNS]))
     return "\n".join(lines)
 
 
 def dialled_table(runs: list[dict]) -> str:
     """Penalty runs dialled to λ_f = λ at inference (the "no retraining" question), τ = 1."""
-    head = ["run", "λ", "ppl at λ_f=0", "ppl at λ_f=λ", "in-block at λ_f=0", "in-block at λ_f=λ",
-            "H at λ_f=0", "H at λ_f=λ"]
+    head = ["run", "λ", "ppl at λ_f=0", "ppl at λ_f=λ"] + [
+        f"{label} at λ_f={at}" for label in _labels(DIALLED_METRICS) for at in ("0", "λ")]
     lines = [_row(head), _row(["---"] * len(head))]
     for run in runs:
-        if run["protocol"] == "dial" or run["locality"] == 0:
+        lam = trained_locality(run)
+        if protocol_of(run) == "dial" or lam == 0:
             continue
-        a, b = find_eval(run, 0.0), find_eval(run, run["locality"])
+        a, b = find_eval(run, 0.0), find_eval(run, lam)
         if a is None or b is None:
             continue
-        lines.append(_row([run["run_id"], _fmt(run["locality"], 1), _fmt(a["perplexity"], 1),
-                           _fmt(b["perplexity"], 1),
-                           _fmt(a["attention"]["in_block_mass"]["mean"]),
-                           _fmt(b["attention"]["in_block_mass"]["mean"]),
-                           _fmt(a["attention"]["entropy_bits"]["mean"]),
-                           _fmt(b["attention"]["entropy_bits"]["mean"])]))
+        lines.append(_row([run["run_id"], _fmt(lam, 1), _fmt(a["perplexity"], 1),
+                           _fmt(b["perplexity"], 1)]
+                          + [_fmt(_mean(ev, k)) for k in DIALLED_METRICS for ev in (a, b)]))
     return "\n".join(lines)
 
 
 def tau_table(run: dict) -> str:
     """The τ family of one run: entropy, in-block mass and perplexity per (λ_f, τ)."""
-    head = ["λ_f", "τ", "valid ppl", "H (bits)", "in-block", "fidelity"]
+    head = ["λ_f", "τ", "valid ppl"] + _labels(TAU_METRICS)
     lines = [_row(head), _row(["---"] * len(head))]
     for ev in run["metrics"]["valid"]:
-        att = ev["attention"]
         lines.append(_row([_fmt(ev["dial"]["locality"], 1), _fmt(ev["dial"]["attn_temperature"], 2),
-                           _fmt(ev["perplexity"], 1), _fmt(att["entropy_bits"]["mean"]),
-                           _fmt(att["in_block_mass"]["mean"]),
-                           _fmt(att["pointer_fidelity_mass"]["mean"])]))
+                           _fmt(ev["perplexity"], 1)]
+                          + [_fmt(_mean(ev, k)) for k in TAU_METRICS]))
     return "\n".join(lines)
 
 
@@ -100,14 +119,15 @@ def position_table(run: dict, locality: float = 0.0) -> str:
         return "(no per-position results in this run)"
     lines = [_row(["position in block", "tokens", "test ppl", "test acc"]), _row(["---"] * 4)]
     for pos, r in ev["by_position_in_block"].items():
-        lines.append(_row([pos, r["tokens"], _fmt(r["perplexity"], 2), _fmt(r["accuracy"], 3)]))
+        lines.append(_row([pos, r.get("tokens", "—"), _fmt(r.get("perplexity"), 2),
+                           _fmt(r.get("accuracy"), 3)]))
     return "\n".join(lines)
 
 
 def _history_ppl(run: dict, step: int) -> float | None:
     for h in (run.get("training") or {}).get("history") or []:
-        if h.get("step") == step:
-            return h.get("valid_ppl")
+        if isinstance(h, dict) and h.get("step") == step:
+            return finite(h.get("valid_ppl"))
     return None
 
 
@@ -115,20 +135,17 @@ def strategy_table(runs: list[dict]) -> str:
     """Fixed, punctuation and recruited partitions per λ (attention penalty, λ_f = 0,
     τ = 1), with the step-1000 validation perplexity from training (32k-token prefix)."""
     by_id = {r["run_id"]: r for r in runs}
-    head = ["partition", "λ", "steps", "valid ppl", "test ppl", "test acc", "H (bits)",
-            "in-block", "shifted", "uniform", "visible keys", "fidelity", "fidelity (uniform)",
-            "fidelity lift", "step-1000 ppl (32k prefix)"]
+    head = (["partition", "λ", "steps", "valid ppl", "test ppl", "test acc"]
+            + _labels(STRATEGY_METRICS) + ["step-1000 ppl (32k prefix)"])
     lines = [_row(head), _row(["---"] * len(head))]
     for p in strategy_points(runs):
         run = by_id[p["run_id"]]
         lines.append(_row([p["series"], _fmt(p["locality"], 1),
-                           f"{(run.get('training') or {}).get('steps', 0):,}",
+                           f"{(run.get('training') or {}).get('steps') or 0:,}",
                            _pm(p, "perplexity", 1), _pm(p, "test_perplexity", 1),
-                           _pm(p, "test_accuracy", 3), _pm(p, "entropy_bits"),
-                           _pm(p, "in_block_mass"), _pm(p, "shifted_block_mass"),
-                           _pm(p, "uniform_in_block_mass"), _pm(p, "visible_in_block_keys", 2),
-                           _pm(p, "pointer_fidelity_mass"), _pm(p, "uniform_pointer_fidelity"),
-                           _pm(p, "pointer_fidelity_lift"), _fmt(_history_ppl(run, 1000), 1)]))
+                           _pm(p, "test_accuracy", 3)]
+                          + [_pm(p, k, DIGITS.get(k, 3)) for k in STRATEGY_METRICS]
+                          + [_fmt(_history_ppl(run, 1000), 1)]))
     return "\n".join(lines)
 
 
@@ -138,14 +155,12 @@ def seeds_table(runs: list[dict]) -> str | None:
     pts = [p for p in curve_points(runs) if (p.get("n") or 1) > 1]
     if not pts:
         return None
-    head = ["series", "λ", "seeds", "valid ppl", "± 95% CI (ppl)", "H (bits)", "in-block",
-            "fidelity"]
+    head = ["series", "λ", "seeds", "valid ppl", "± 95% CI (ppl)"] + _labels(SEEDS_METRICS)
     lines = [_row(head), _row(["---"] * len(head))]
     for p in pts:
         lines.append(_row([p["series"], _fmt(p["locality"], 1), p["seeds"],
-                           _pm(p, "perplexity", 1), _fmt(p.get("perplexity_ci95"), 1),
-                           _pm(p, "entropy_bits"), _pm(p, "in_block_mass"),
-                           _pm(p, "pointer_fidelity_mass")]))
+                           _pm(p, "perplexity", 1), _fmt(p.get("perplexity_ci95"), 1)]
+                          + [_pm(p, k) for k in SEEDS_METRICS]))
     return "\n".join(lines)
 
 
@@ -179,8 +194,13 @@ def baselines_table(cache_dir: str | Path) -> str:
     return "\n".join(lines)
 
 
-def full_report(cache_dir: str | Path) -> str:
-    runs, problems = load_cache(cache_dir)
+def full_report(cache_dir: str | Path, runs: list[dict] | None = None) -> str:
+    """Every table of a sweep cache. ``runs``: the cache's runs when the caller has already
+    read them (``load_cache``, which checks each); otherwise they are read here and any file
+    it refused is listed at the end."""
+    problems: list[str] = []
+    if runs is None:
+        runs, problems = load_cache(cache_dir)
     parts = ["## Baselines", baselines_table(cache_dir), "", "## Runs (τ = 1)", run_table(runs), "",
              "## Penalty models dialled at inference", dialled_table(runs), "",
              "## Partitions: fixed, punctuation, recruited", strategy_table(runs), ""]
@@ -190,16 +210,17 @@ def full_report(cache_dir: str | Path) -> str:
     if diffs:
         parts += ["## Partitions minus fixed, paired by seed (95% t-interval)", diffs, ""]
     for run in runs:
-        if run["protocol"] == "dial":
+        if protocol_of(run) == "dial":
             parts += ["## τ family of the dial model", tau_table(run), ""]
-        causal_l0 = run["protocol"] == "attention" and run["locality"] == 0
-        if run["config"]["model"].get("noncausal_diagnostic") or causal_l0:
+        causal_l0 = protocol_of(run) == "attention" and trained_locality(run) == 0
+        if (run["config"].get("model") or {}).get("noncausal_diagnostic") or causal_l0:
             parts += [f"## {run['run_id']}: by position in block (test)", position_table(run), ""]
     leak = [_row(["run", "leak test", "max abs diff"]), _row(["---"] * 3)]
     for run in runs:
-        lt = run.get("leak_test", {})
-        leak.append(_row([run["run_id"], "pass" if lt.get("passed") else "FAIL",
-                          f"{lt.get('max_abs_diff', float('nan')):.1e}"]))
+        lt = run.get("leak_test") or {}
+        diff = finite(lt.get("max_abs_diff"))
+        verdict = {True: "pass", False: "FAIL"}.get(lt.get("passed"), "—")   # "—": not run
+        leak.append(_row([run["run_id"], verdict, "—" if diff is None else f"{diff:.1e}"]))
     parts += ["## Leak test", "\n".join(leak)]
     if problems:
         parts += ["", "Refused cache files:"] + [f"- {p}" for p in problems]

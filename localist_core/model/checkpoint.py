@@ -35,7 +35,9 @@ from .transformer import LocalistLM
 FORMAT = "localist-checkpoint"
 FORMAT_VERSION = 1
 WEIGHTS, CONFIG, VOCAB = "model.safetensors", "config.json", "vocab.json"
-PRECISIONS = ("fp32", "fp16", "int8")
+# How weights are stored (``export --precision``), not how they are computed
+# (config.COMPUTE_PRECISIONS).
+STORAGE_PRECISIONS = ("fp32", "fp16", "int8")
 # Tensors stored as int8 with one scale per row in the "int8" precision: the big embedding and
 # the adaptive-softmax tails.
 INT8_PREFIXES = ("tok_emb.weight", "head.tail.")
@@ -97,8 +99,8 @@ def save_checkpoint(path: str | os.PathLike, model: LocalistLM, tokenizer: Token
                     train_cfg: TrainConfig | None = None, meta: dict | None = None,
                     precision: str = "fp32") -> Path:
     """Write the checkpoint folder; each file is written atomically (temp file, then rename)."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision not in STORAGE_PRECISIONS:
+        raise ValueError(f"precision must be one of {STORAGE_PRECISIONS}, got {precision!r}")
     if len(tokenizer) != model.cfg.vocab_size:
         raise CheckpointError(f"vocabulary has {len(tokenizer)} words but the model "
                               f"{model.cfg.vocab_size}")
@@ -129,9 +131,9 @@ def read_config(path: str | os.PathLike) -> dict:
     if type(version) is not int or version != FORMAT_VERSION:
         raise CheckpointError(f"{where}: format_version {short_repr(version)} is not supported "
                               f"(this code reads {FORMAT_VERSION})")
-    if cfg.get("precision", "fp32") not in PRECISIONS:
+    if cfg.get("precision", "fp32") not in STORAGE_PRECISIONS:
         raise CheckpointError(f"{where}: precision {short_repr(cfg.get('precision'))} is not "
-                              f"one of {PRECISIONS}")
+                              f"one of {STORAGE_PRECISIONS}")
     if not isinstance(cfg.get("meta", {}), (dict, type(None))):
         raise CheckpointError(f"{where}: 'meta' must be an object")
     _train_config(where, cfg.get("train"))
@@ -265,8 +267,8 @@ def check_checkpoint(path: str | os.PathLike) -> dict:
     """Check a checkpoint folder without reading its weights: file sizes, config (types and
     MODEL_SIZE_LIMITS), the safetensors header against the shapes the config implies, and the
     vocabulary. Returns the config; raises CheckpointError naming the file and the problem.
-    Milliseconds for the shipped checkpoints; ``live.list_checkpoints`` re-runs it only when a
-    file changes."""
+    Milliseconds for the shipped checkpoints; ``ui.catalogue.list_checkpoints`` re-runs it only
+    when a file changes."""
     return _checked(_folder(path))[0]
 
 

@@ -202,8 +202,21 @@ def check_safetensors_file(path: Path, error: type[Exception] = UnsafeFileError)
 
 
 # What atomic_write leaves behind when its writer is killed: mkstemp's ".<name>.<8 random>.tmp"
-# for one of the JSON or safetensors files this project writes.
-OWN_TEMP = re.compile(r"\..+\.(?:json|safetensors)\.[a-z0-9_]{8}\.tmp")
+# for one of the JSON or safetensors files this project writes (group "of": that file's name).
+# The one rule for which temp files are ours: removed here, and not counted as a user's by the
+# CLI's folder checks (cli.guards).
+OWN_TEMP = re.compile(r"\.(?P<of>.+\.(?:json|safetensors))\.[a-z0-9_]{8}\.tmp")
+
+
+def own_temp_of(name: str) -> str | None:
+    """The name of the file whose ``atomic_write`` temp file ``name`` is, or None when ``name``
+    is not one (OWN_TEMP).
+
+    >>> own_temp_of(".config.json.ab12_x9z.tmp"), own_temp_of(".notes.tmp")
+    ('config.json', None)
+    """
+    m = OWN_TEMP.fullmatch(name)
+    return m["of"] if m else None
 
 
 def remove_own_temps(folder: Path) -> None:
