@@ -6,7 +6,4 @@ import ui
 
 st.set_page_config(page_title="Localist LM Studio", page_icon="🎛️", layout="wide")
 
-page = st.navigation([st.Page(p.file, title=p.title, icon=p.icon, default=i == 0)
-                      for i, p in enumerate(ui.PAGES)])
-st.session_state["_page"] = page.url_path  # ui.keep re-seeds widgets once per page visit
-page.run()
+ui.run_page(ui.navigation())

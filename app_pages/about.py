@@ -95,6 +95,6 @@ for col, (title, values, text) in zip(cols, STEPS):
         st.markdown(f"**{title}**")
         st.caption(text)
         if st.button("Show me", key=f"demo_{title}", on_click=_go, args=(values,)):
-            st.switch_page("pages/explorer.py")
+            st.switch_page("app_pages/explorer.py")
 
 st.caption(f"Current dials: λ={s.locality:g}, τ={s.attn_temperature:g}, γ={s.rule_strength:g}.")

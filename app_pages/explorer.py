@@ -1,9 +1,10 @@
-"""Explorer: attention heatmaps per layer and head, entropy per query, live metrics, top-5."""
+"""Explorer: attention heatmaps per layer and head, the grid of all heads, the dial in motion,
+entropy per query, live metrics, top-5."""
 import streamlit as st
 
 import ui
-from ui import views
-from ui.figures import attention_heatmap, entropy_strip, top_tokens_bar
+from ui import motion, views
+from ui.figures import head_grid, panel_name
 
 s = ui.page_setup("Explorer")
 if s.checkpoint_path is None:
@@ -40,7 +41,7 @@ st.caption(f"Controls for in-block mass — recent-b {m['recent_b_mass']['mean']
            f"shifted blocks {m['shifted_block_mass']['mean']:.3f} · uniform "
            f"{m['uniform_in_block_mass']['mean']:.3f}. Localist structure is what exceeds them.")
 
-c1, c2, c3 = st.columns([1, 1, 1])
+c1, c2, c3, c4 = st.columns([1, 1, 1, 1])
 layer_opts = ["mean"] + list(range(n_layers))
 head_opts = ["mean"] + list(range(n_heads))
 ui.fit_choice("layer", layer_opts, "layer")
@@ -49,31 +50,60 @@ layer = c1.selectbox("Layer", layer_opts, **ui.keep("layer", "mean"))
 head = c2.selectbox("Head", head_opts, format_func=lambda h: "mean of heads"
                     if h == "mean" else f"head {h}", **ui.keep("head", "mean"))
 log_scale = c3.toggle("Log colour scale", **ui.keep("log_scale", False))
+show_grid = c4.toggle("All heads at once", **ui.keep("head_grid", False),
+                      help="A small heatmap per layer × head, and the means: click one to open "
+                           "it here.")
 ui.write_deep_link(s, layer, head)
 
 L, H = (None if layer == "mean" else layer), (None if head == "mean" else head)
+grid = motion.head_panels(a.patterns) if show_grid else None
+if grid is not None:
+    # The key follows the open panel, so each click starts from an empty selection.
+    key = f"head_grid_{layer}_{head}"
+    st.plotly_chart(head_grid(grid.panels, grid.layers, grid.heads, log_scale, (layer, head)),
+                    key=key, on_select=motion.opener(key, n_layers, n_heads),
+                    selection_mode="points")
+    st.caption("Click a panel to open it below (orange: the one open)."
+               + (f" Each cell averages {grid.pool} × {grid.pool} weights." if grid.pool > 1
+                  else "")
+               + (f" The first {motion.GRID_MAX_SHOWN} layers and heads are drawn; the means "
+                  "cover all." if max(n_layers, n_heads) > motion.GRID_MAX_SHOWN else ""))
 view, ent = views.pattern_view(a, L, H), views.entropy_view(a, L, H)
 if view is None or ent is None:
     st.stop()
-title = (f"layer {layer}" if layer != "mean" else "all layers") + " · " + (
-    f"head {head}" if head != "mean" else "mean of heads")
-fig = attention_heatmap(view, a.labels, a.block_ids, a.anchor_mask, a.block_anchors,
-                        log_scale=log_scale, title=f"{title} · λ={s.locality:g} τ="
-                        f"{s.attn_temperature:g} γ={s.rule_strength:g}")
+fig = views.attention_heatmap(view, a.labels, a.block_ids, a.anchor_mask, a.block_anchors,
+                              log_scale=log_scale, title=f"{panel_name(layer, head)} · "
+                              f"λ={s.locality:g} τ={s.attn_temperature:g} γ={s.rule_strength:g}")
 st.plotly_chart(fig, key="heatmap", config={"toImageButtonOptions": {"format": "svg"}})
 st.caption("Rows are queries, columns keys. White lines: block boundaries. ★ and orange "
            "circles: anchors of each query's block. Grey: the masked future. Use the camera "
            "button for a PNG/SVG.")
 
+st.subheader("The dial in motion")
+if st.toggle("Play the dial", **ui.keep("motion", False),
+             help=f"{motion.FRAMES} frames, computed once for this checkpoint, text and the "
+                  "rest of the dial; then the browser plays them."):
+    axis = st.radio("Move", list(motion.AXES), horizontal=True,
+                    format_func=lambda k: f"{motion.SYMBOLS[k]} over {motion.AXES[k][0]:g} … "
+                                          f"{motion.AXES[k][-1]:g}",
+                    **ui.keep("motion_axis", "locality", list(motion.AXES)))
+    fig = motion.animation(s, axis, layer, head, log_scale)
+    if fig is not None:
+        st.plotly_chart(fig, key="motion_chart")
+        st.caption(f"Press ▶ or drag the slider: {motion.SYMBOLS[axis]} steps through "
+                   f"{motion.FRAMES} fixed values. Beside the heatmap: the mean entropy, "
+                   "in-block mass and perplexity at each value; the orange dot is the frame "
+                   "shown.")
+
 st.subheader("Entropy per query")
-st.plotly_chart(entropy_strip(ent, a.labels), key="entropy")
+st.plotly_chart(views.entropy_strip(ent, a.labels), key="entropy")
 
 st.subheader("Next-token predictions")
 pos = st.select_slider("After position", options=list(range(len(a.labels))),
                        value=len(a.labels) - 1,
                        format_func=lambda i: f"{i} · {a.labels[i]}")
-words, probs = ui.next_words(s, a, pos)
-st.plotly_chart(top_tokens_bar(words, probs, title=f"top-5 after “{a.labels[pos]}”"),
+words, probs = ui.next_words(s, pos)
+st.plotly_chart(views.top_tokens_bar(words, probs, title=f"top-5 after “{a.labels[pos]}”"),
                 key="topk")
 
 d1, d2 = st.columns(2)

@@ -14,12 +14,12 @@ from ui import launcher as launch
 
 s = ui.page_setup("Sweeps")
 shipped = ui.sweep_cache()
-protected = (shipped, str(ui.SHIPPED_SWEEP))
+protected = ui.project_caches()
 enabled = launch_root.sweeps_enabled()
 root = launch_root.app_root()
 misplaced = launch_root.root_problems(root, protected)
 # A misplaced root (an operator's mistake) is neither listed nor written.
-caches = {} if misplaced else launch.app_caches(root)
+caches = launch.app_caches(root, protected)
 ss = st.session_state
 
 

@@ -1,5 +1,6 @@
-"""Tradeoff: entropy vs perplexity, fidelity vs λ, the τ family and dial vs penalty protocols, from
-the cached sweeps, with the papers' reported figures beside ours (never in place of them)."""
+"""Tradeoff: what locality costs (valid perplexity against in-block mass or entropy, the penalty
+against the dial), then entropy, fidelity and in-block mass against λ, the partitions and the τ
+family, from a sweep cache; the papers' reported figures and the leak have a chart of their own."""
 from pathlib import Path
 
 import streamlit as st
@@ -11,15 +12,22 @@ from ui import views
 
 s = ui.page_setup("Tradeoff")
 
-shipped = ui.sweep_cache()
-folders = {f"Shipped sweeps ({ui.shown(shipped)})": Path(shipped)}
-folders.update({f"Sweep “{name}” from the Sweeps page": cache
-                for name, cache in launch.app_caches().items()})
-label = st.selectbox("Sweep cache", list(folders), key="tradeoff_cache") \
-    if len(folders) > 1 else next(iter(folders))
-folder = str(folders[label])
+shipped, study = ui.sweep_cache(), ui.study_cache()
+study_runs = ui.sweep_results(study)[0] if Path(study).is_dir() else []
+folders = {f"Multi-seed study ({ui.shown(study)})": study} if Path(study).is_dir() else {}
+shipped_label = f"Shipped sweeps ({ui.shown(shipped)})"
+folders[shipped_label] = shipped
+folders.update({f"Sweep “{name}” from the Sweeps page": str(cache)
+                for name, cache in launch.app_caches(protected=ui.project_caches()).items()})
+labels = list(folders)
+# The study is shown first once one of its points averages several seeds.
+study_first = fig.most_seeds(views.curve_points(study_runs)) > 1
+label = st.selectbox("Sweep cache", labels, key="tradeoff_cache",
+                     index=0 if study_first else labels.index(shipped_label)) \
+    if len(labels) > 1 else labels[0]
+folder = folders[label]
 # An app sweep keeps its launch record beside its cache, in <root>/<name>/.
-launch_dir = None if folder == str(shipped) else str(Path(folder).parent)
+launch_dir = None if folder in (shipped, study) else str(Path(folder).parent)
 
 if not Path(folder).is_dir():
     st.info(f"There is no sweep cache at {ui.plain(folder)} yet. Run `python -m localist_core "
@@ -36,60 +44,71 @@ if status and status["state"] in ("running", "starting"):
     st.caption(f"A sweep is still writing into this cache: {ui.plain(status['text'])}")
 
 curves, leaks, papers = views.curve_points(runs), views.leak_points(runs), views.paper_points()
-ent_refs = views.entropy_references(curves + leaks)
-norm_refs = [{"value": 1.0, "label": "causal ceiling (normalised = 1)", "kind": "ceiling"}]
+st.caption(f"Shown: {ui.plain(label)}, {len(runs)} runs; {fig.seeds_note(curves)}. The charts "
+           "down to the partitions draw only our causal runs at τ = 1, so their axes are ours.")
+
+headline = fig.headline_series(curves)
+others = [name for name in dict.fromkeys(p["series"] for p in curves) if name not in headline]
+st.session_state["tradeoff_series"] = [v for v in st.session_state.get("tradeoff_series", [])
+                                       if v in others]
+picked = st.multiselect("More series", others, key="tradeoff_series", disabled=not others,
+                        placeholder="the other curves of this cache",
+                        help="Other penalty forms, block sizes, the penalty models dialled at "
+                             "inference and the other dial evaluation; each one picked joins "
+                             "every chart of these curves.")
+ours = [p for p in curves if p["series"] in headline + picked]
 lam_axis = "λ (trained penalty λ, or dial λ_f)"
 chart = {"config": {"toImageButtonOptions": {"format": "svg"}}}
-st.caption("Lines: our causal runs at τ = 1, one labelled point per λ. Red triangles: runs that "
-           "leak the future (shown apart, never part of a curve). Crimson crosses and dashed "
-           "lines: the papers' reported figures, not ours. Dotted black: the causal ceiling. "
-           "A point that averages several training seeds is their mean, with error bars of "
-           "± 1 sample standard deviation across seeds (not a confidence interval; the report's "
-           "tables give the 95% t-intervals); single-seed points have no bars.")
 
-st.subheader("Entropy vs perplexity")
-entropy_panels = [{"y": "entropy_bits", "title": "attention entropy (bits)", "hlines": ent_refs},
-                  {"y": "normalised_entropy", "title": "normalised entropy H / log₂(#visible)",
-                   "hlines": norm_refs}]
-st.plotly_chart(fig.panel_figure(curves + leaks, "perplexity", "valid perplexity (log)",
-                                entropy_panels, vlines=views.perplexity_references(baselines),
-                                log_x=True), key="tradeoff_ent_ppl", **chart)
-ceil = ", ".join(f"{r['value']:.2f}" for r in ent_refs if r["kind"] == "ceiling")
-st.caption(f"Causal attention cannot exceed mean log₂ t bits ({ceil} here), so raw entropy is "
-           "always shown beside the normalised figure. The papers' 7.18 bits at λ = 0 lies above "
-           "the causal ceiling of their context length (6.58 bits at n_ctx 256). The papers' "
-           "test perplexity is drawn as a line: it comes with no entropy.")
+st.subheader("What locality costs")
+x = st.segmented_control("Locality measured by", list(fig.LOCALITY_MEASURES),
+                         default="in_block_mass", required=True, key="tradeoff_x",
+                         format_func=lambda k: fig.LOCALITY_MEASURES[k][0])
+st.plotly_chart(fig.points_figure(ours, x, "perplexity",
+                                  f"{fig.LOCALITY_MEASURES[x][0]} (valid, τ = 1)",
+                                  "valid perplexity", height=480),
+                key="tradeoff_headline", **chart)
+st.caption(fig.cost_caption(ours, headline, x))
 
 st.subheader("Entropy vs λ")
-st.plotly_chart(fig.panel_figure(curves + leaks, "locality", lam_axis, entropy_panels,
-                                papers=papers), key="tradeoff_ent_lam", **chart)
+ceil = ", ".join(f"{r['value']:.2f}" for r in views.entropy_references(ours)
+                 if r["kind"] == "ceiling")
+st.plotly_chart(fig.panel_figure(ours, "locality", lam_axis, [
+    {"y": "entropy_bits", "title": "attention entropy (bits)"},
+    {"y": "normalised_entropy", "title": "normalised entropy H / log₂(#visible)"}]),
+    key="tradeoff_ent_lam", **chart)
+st.caption("Lower entropy is sharper attention; read the right panel against 1, uniform "
+           "attention over the keys a query sees (raw entropy cannot exceed the causal ceiling, "
+           f"{ceil or '—'} bits here).")
 
 st.subheader("Pointer fidelity vs λ")
-st.plotly_chart(fig.panel_figure(curves + leaks, "locality", lam_axis, [
+st.plotly_chart(fig.panel_figure(ours, "locality", lam_axis, [
     {"y": "pointer_fidelity_mass", "title": "attention mass on the block's anchors"},
     {"y": "pointer_argmax_hit", "title": "argmax key is an anchor (rate)"}]),
     key="tradeoff_fid", **chart)
+st.caption("The anchors lie inside the block, so their mass rises with in-block mass alone: "
+           "compare it with the rise of in-block mass (next chart) before reading it as "
+           "anchoring.")
 
 st.subheader("In-block mass vs λ, with its controls")
-st.plotly_chart(fig.points_figure(curves, "locality", "in_block_mass", lam_axis, "attention mass",
-                                 controls=True, height=480),
+st.plotly_chart(fig.points_figure(ours, "locality", "in_block_mass", lam_axis, "attention mass",
+                                  controls=True, height=480),
                 key="tradeoff_inblock", **chart)
-st.caption("Causal attention is naturally recent, so in-block mass alone proves nothing: "
-           "localist structure is what exceeds the recent-b (sliding window), shifted-block and "
-           "uniform-attention controls.")
+st.caption("Block structure is the in-block mass above the shifted-block control (dashed); mass "
+           "that only matches the recent-b control (dotted) is recency, and grey ticks mark "
+           "uniform attention.")
 
-st.subheader("Dial protocol vs penalty protocol")
+st.subheader("Any metric vs λ")
 metric = st.selectbox("Metric", ["perplexity", "accuracy", "entropy_bits", "in_block_mass",
                                  "pointer_fidelity_mass", "mean_attention_distance"],
                       format_func=lambda k: k.replace("_", " "), key="tradeoff_metric")
-panels = entropy_panels if metric == "entropy_bits" else [
-    {"y": metric, "title": f"valid {metric.replace('_', ' ')}", "log_y": metric == "perplexity"}]
-st.plotly_chart(fig.panel_figure(curves, "locality", lam_axis, panels,
-                                controls=metric == "in_block_mass"),
+st.plotly_chart(fig.points_figure(ours, "locality", metric, lam_axis,
+                                  f"valid {metric.replace('_', ' ')}",
+                                  controls=metric == "in_block_mass"),
                 key="tradeoff_protocols", **chart)
-st.caption("Penalty protocol: one model per λ, trained with the penalty (λ_f = 0), and the same "
-           "model dialled to λ_f = λ at inference (the \"no retraining\" question). Dial "
-           "protocol: one model trained with λ_f drawn per batch, evaluated at each λ_f.")
+st.caption("A penalty model is trained at one λ and read at λ_f = 0 (\"as trained\") or dialled "
+           "to λ_f = λ; the dial model is one checkpoint read at each λ_f: compare the curves at "
+           "equal λ.")
 
 st.subheader("Where blocks fall: fixed, punctuation and recruited")
 strategies = views.strategy_points(runs)
@@ -99,27 +118,26 @@ if len({p["series"] for p in strategies}) < 2:
                "1.0); the shipped cache has them.")
 else:
     st.plotly_chart(fig.panel_figure(strategies, "locality", "λ (trained penalty)", [
-        {"y": "perplexity", "title": "valid perplexity (log)", "log_y": True},
+        {"y": "perplexity", "title": "valid perplexity"},
         {"y": "entropy_bits", "title": "attention entropy (bits)"},
         {"y": "in_block_mass", "title": "in-block mass"},
         {"y": "pointer_fidelity_mass", "title": "pointer fidelity (mass on anchors)"}],
         height=420), key="tradeoff_strategies", **chart)
-    st.plotly_chart(fig.points_figure(strategies, "perplexity", "entropy_bits",
-                                     "valid perplexity (log)", "attention entropy (bits)",
-                                     log_x=True, height=380),
-                    key="tradeoff_strategies_ppl", **chart)
-    st.caption("Attention-penalty models trained at each λ with each partition, as trained (λ_f "
-               "= 0, τ = 1), 1,500 steps for the adaptive ones. The partitions were set to a "
-               "mean block length near 5 (on WikiText-2 valid in 128-word windows: fixed 4.92, "
-               "punctuation 5.49 with 44% of its blocks at the 8-word cap, recruited 5.00), so "
-               "the curves compare where blocks fall, not how long they are. REPRODUCTION.md "
-               "has the table.")
+    st.caption("Attention-penalty models as trained (λ_f = 0, τ = 1) that differ only in where "
+               "their blocks fall: compare the partitions at equal λ (REPRODUCTION.md gives their "
+               "block lengths and the paired differences).")
 
-st.subheader("Test perplexity and accuracy: ours, the papers' report, and the leak")
-st.plotly_chart(fig.panel_figure(curves + leaks, "locality", lam_axis, [
-    {"y": "test_perplexity", "title": "test perplexity (log)", "log_y": True},
-    {"y": "test_accuracy", "title": "test accuracy"}], papers=papers),
+st.subheader("Beside the papers' report and the leak")
+st.plotly_chart(fig.panel_figure(ours + leaks, "locality", lam_axis, [
+    {"y": "entropy_bits", "title": "attention entropy (bits)",
+     "hlines": views.entropy_references(ours + leaks)},
+    {"y": "test_perplexity", "title": "test perplexity (log)", "log_y": True,
+     "hlines": views.perplexity_references(baselines, "test")},
+    {"y": "test_accuracy", "title": "test accuracy"}], papers=papers, height=480),
     key="tradeoff_test", **chart)
+st.caption("Crimson crosses and dashed lines are the papers' reported figures, not ours, and "
+           "red triangles are runs that leak the future: set both against our curves and the "
+           "causal ceiling (dotted), which no causal attention can exceed.")
 for run in (r for r in runs if views.leak_flag(r)):
     with st.expander(f"⚠️ {ui.plain(run.get('run_id'))}: {views.leak_flag(run)}", expanded=False):
         st.write("Attention that sees later tokens of its block sees its targets: positions "
@@ -139,12 +157,12 @@ if not fam:
     st.info("This run has no usable evaluations.")
 else:
     st.plotly_chart(fig.panel_figure(fam, "attn_temperature", "τ (log)", [
-        {"y": "entropy_bits", "title": "entropy (bits)",
-         "hlines": [r for r in views.entropy_references(fam) if r["kind"] == "ceiling"]},
+        {"y": "entropy_bits", "title": "entropy (bits)"},
         {"y": "normalised_entropy", "title": "normalised entropy"},
-        {"y": "perplexity", "title": "valid perplexity (log)", "log_y": True}], log_x=True),
+        {"y": "perplexity", "title": "valid perplexity"}], log_x=True),
         key="tradeoff_tau", **chart)
-    st.caption("Lower τ sharpens attention (lower entropy); τ = 1 is how the model was trained.")
+    st.caption("One line per λ_f: lower τ sharpens attention (lower entropy), and τ = 1 is how "
+               "the model was trained.")
 
 st.subheader("Every point")
 table = curves + leaks + fam

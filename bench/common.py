@@ -11,6 +11,8 @@ from collections.abc import Callable
 
 import torch
 
+from localist_core.model.precision import cpu_has_native_bf16
+
 
 def count(minimum: int) -> Callable[[str], int]:
     """An argparse type: an integer ≥ ``minimum``, or a one-line usage error."""
@@ -63,8 +65,9 @@ def machine() -> str:
         mem = f", {kb / 2**20:.0f} GB"
     except (OSError, StopIteration):
         pass
-    return (f"{cpu}, {os.cpu_count()} cores{mem}; torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads")
+    native, why = cpu_has_native_bf16()     # names torch's CPU capability and its bf16 flags
+    return (f"{cpu}, {os.cpu_count()} cores{mem}; {why}; bf16 {'native' if native else 'emulated'}"
+            f"; torch {torch.__version__}, {torch.get_num_threads()} threads")
 
 
 def fresh_tensor_ms(shape: tuple[int, ...], repeat: int = 5, warmup: int = 2) -> float:

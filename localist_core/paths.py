@@ -6,5 +6,6 @@ REPO = Path(__file__).resolve().parents[1]
 ASSETS = REPO / "assets"
 CHECKPOINT_DIR = ASSETS / "checkpoints"     # the shipped checkpoints
 SHIPPED_SWEEP = ASSETS / "sweep"            # the shipped sweep cache; written only when named
+STUDY_SWEEP = ASSETS / "study"              # the multi-seed study's cache (scripts/study.sh)
 PROMPTS_FILE = ASSETS / "prompts.json"      # the sample texts
 DEV_DATA_DIR = REPO.parent / "shared" / "data" / "wikitext-2"

@@ -41,6 +41,13 @@ def synthetic_lines(n_lines: int, seed: int) -> list[str]:
     return lines
 
 
+@pytest.fixture(autouse=True)
+def no_study_cache(monkeypatch, tmp_path):
+    """Pages offer the multi-seed study's cache beside the sweep cache; a test sees only the
+    caches it writes (a test that wants one sets $LOCALIST_STUDY_CACHE itself)."""
+    monkeypatch.setenv("LOCALIST_STUDY_CACHE", str(tmp_path / "no-study-cache"))
+
+
 @pytest.fixture(scope="session")
 def tiny_data_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny-wikitext")

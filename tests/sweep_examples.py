@@ -69,3 +69,17 @@ def seeded(run: dict, seed: int, ppl: float, entropy: float | None = None,
             if entropy is not None:
                 ev["attention"]["entropy_bits"]["mean"] = entropy
     return out
+
+
+def multi_seed_runs() -> list[dict]:
+    """A study-like cache: the attention penalty at λ = 0, 0.5 and 1 and the dial model, each
+    trained with seeds 1, 2 and 3 whose valid perplexity at λ_f = 0 (and penalty entropy)
+    differ, beside ``synthetic_runs``' single-seed weights runs and its leak."""
+    runs = []
+    for lam, ppl in ((0.0, 100.0), (0.5, 120.0), (1.0, 150.0)):
+        base = make_run("attention", lam)
+        runs += [seeded(base, s, ppl + d * (1 + lam), 3.0 - 2 * lam + d / 10)
+                 for s, d in ((1, 0.0), (2, 2.0), (3, 5.0))]
+    runs += [seeded(make_run("dial"), s, 110.0 + s) for s in (1, 2, 3)]
+    return runs + [r for r in synthetic_runs() if r["protocol"] == "weights"
+                   or r["config"]["model"]["noncausal_diagnostic"]]

@@ -1,5 +1,6 @@
 """AppTest: every page renders, the λ slider moves the in-block-mass tile, deep links
-round-trip, and bad text or bad link parameters give notices, not exceptions."""
+round-trip (a cold link to a page included), the sidebar keeps its settings across pages, and
+bad text or bad link parameters give notices, not exceptions."""
 import os
 from pathlib import Path
 
@@ -161,7 +162,7 @@ RULE_TEXT = ("the cat sees the bridge in 1990 . a dog follows the castle on Mond
 def _rules_page(**widgets) -> AppTest:
     at = AppTest.from_file(APP, default_timeout=180)
     at.query_params.update({"ckpt": "tiny-dial", "text": RULE_TEXT})
-    at.switch_page("pages/rules.py").run()      # the first run is on the page: the link holds
+    at.switch_page("app_pages/rules.py").run()  # the first run is on the page: the link holds
     for key, value in widgets.items():
         at.text_input(key=key).input(value) if key in ("rule_src", "rule_tgt") else \
             at.radio(key=key).set_value(value)
@@ -204,3 +205,26 @@ def test_an_old_block_link_still_reblocks_with_fixed_windows(app_env):
     _ok(at)
     assert at.selectbox(key="blocks").value == "fixed"
     assert at.number_input(key="block").value == 3
+
+
+def test_a_cold_link_to_a_page_runs_it_through_the_app(app_env):
+    """The first run of a session opened by a link to a page runs app.py (AppTest starts every
+    run as a fresh server would), which chooses the page and keeps the link's values."""
+    at = AppTest.from_file(APP, default_timeout=180)
+    at.query_params.update({"ckpt": "tiny-dial", "lam": "0.6", "tau": "0.5"})
+    at.switch_page("app_pages/theory.py").run()
+    _ok(at)
+    assert at.session_state["_page"] == "theory"       # app.py ran, and chose this page
+    assert at.header[0].value == "Theory"
+    assert at.sidebar.slider(key="lam").value == pytest.approx(0.6)
+    assert at.sidebar.slider(key="tau").value == pytest.approx(0.5)
+    assert (at.query_params["lam"], at.query_params["tau"]) == ("0.6", "0.5")
+
+
+def test_the_sidebar_keeps_its_settings_when_the_page_changes(app_env):
+    at = _app({"ckpt": "tiny-dial"})
+    at.sidebar.slider(key="lam").set_value(0.3).run()
+    for page in PAGES[1:]:
+        at.switch_page(page).run()
+        _ok(at)
+        assert at.sidebar.slider(key="lam").value == pytest.approx(0.3), page

@@ -36,7 +36,7 @@ def shipped_only(monkeypatch):
 
 def _rules_page(lam: float | None = None, prompt: str | None = None, **widgets) -> AppTest:
     at = AppTest.from_file(APP, default_timeout=180)
-    at.switch_page("pages/rules.py").run()
+    at.switch_page("app_pages/rules.py").run()
     assert not at.exception, [e.value for e in at.exception]
     if lam is not None:
         at.sidebar.slider(key="lam").set_value(lam)

@@ -18,7 +18,7 @@ from localist_core.model.config import TrainConfig
 from ui import views
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
-PAGE = "pages/theory.py"
+PAGE = "app_pages/theory.py"
 THRESHOLD = "Threshold λ from the formula"
 # Text Streamlit renders as Markdown, where raw LaTeX would show as source (or a red error).
 PROSE = ("markdown", "caption", "warning", "info", "success", "error")

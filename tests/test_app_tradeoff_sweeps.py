@@ -1,7 +1,10 @@
 """AppTest of the Tradeoff and Sweeps pages on a synthetic sweep cache and on a missing, empty or
-corrupt one: no exception, the papers' points labelled, leaks flagged, clear notices. The Sweeps
+corrupt one: no exception, the headline with its error bars and its own axes, the other series
+behind a picker, the papers' points labelled and leaks flagged in a chart of their own, a
+multi-seed study shown first, clear notices. The Sweeps
 page starts and stops sweeps only when the operator allows it (README "Security")."""
 import json
+import math
 import os
 import signal
 import subprocess
@@ -35,6 +38,7 @@ def env(monkeypatch, tmp_path, checkpoints):
     """The app pointed at a tiny checkpoint, a sweep cache and a user sweeps folder in tmp."""
     monkeypatch.setenv("LOCALIST_CHECKPOINT_DIRS", str(checkpoints))
     monkeypatch.setenv("LOCALIST_SWEEP_CACHE", str(tmp_path / "shipped"))
+    monkeypatch.setenv("LOCALIST_STUDY_CACHE", str(tmp_path / "study"))
     monkeypatch.setenv("LOCALIST_APP_SWEEPS", str(tmp_path / "mine"))
     monkeypatch.delenv("LOCALIST_APP_SWEEPS_ENABLED", raising=False)   # the default: sweeps off
     monkeypatch.delenv("LOCALIST_APP_SWEEPS_MAX_JOBS", raising=False)
@@ -63,23 +67,98 @@ def texts(at: AppTest) -> str:
     return "\n".join(map(str, parts)) + "\n".join(e.label for e in at.expander)
 
 
+BASELINES = json.dumps({"schema_version": 1, "valid": {
+    "unigram_perplexity": 900.0, "bigram_kn_perplexity": 300.0}, "test": {
+    "unigram_perplexity": 850.0, "bigram_kn_perplexity": 280.0}})
+
+
+def specs(at: AppTest) -> list[dict]:
+    """The page's charts in order: the headline first, the papers' and the leak's next to last."""
+    return [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+
+
+def names(spec: dict) -> list[str]:
+    return [t.get("name") for t in spec["data"]]
+
+
 def test_tradeoff_page_plots_the_synthetic_sweep(env):
-    write_cache(env / "shipped", examples.synthetic_runs(),
-                {"baselines.json": json.dumps({"schema_version": 1, "valid": {
-                    "unigram_perplexity": 900.0, "bigram_kn_perplexity": 300.0}})})
-    at = visit("pages/tradeoff.py")
+    write_cache(env / "shipped", examples.synthetic_runs(), {"baselines.json": BASELINES})
+    at = visit("app_pages/tradeoff.py")
     assert not at.warning and not at.error and not at.info
-    charts = at.get("plotly_chart")
+    charts = specs(at)
     assert len(charts) == 7
-    blob = json.dumps([json.loads(c.proto.spec) for c in charts], ensure_ascii=False)
+    blob = json.dumps(charts[-2], ensure_ascii=False)      # the papers' and the leak's chart
     assert "papers' report: 5.36 bits at λ=1.0" in blob and "causal ceiling" in blob
     assert "LEAK · attention-l0.6-noncausal_diagnostictrue" in blob
-    assert "unigram baseline" in blob
+    assert "unigram baseline (test)" in blob
+    others = json.dumps(charts[:-2], ensure_ascii=False)   # every chart of our curves
+    assert "papers' report" not in others and "LEAK" not in others
     assert any("non-causal diagnostic" in e.label for e in at.expander)
+    assert "every point is one training seed" in texts(at)
     at.selectbox(key="tau_run").set_value("attention-l0.5").run()
     assert not at.exception
     at.selectbox(key="tradeoff_metric").set_value("in_block_mass").run()
     assert not at.exception
+    at.segmented_control(key="tradeoff_x").set_value("entropy_bits").run()
+    assert not at.exception and specs(at)[0]["layout"]["xaxis"]["title"]["text"].startswith(
+        "attention entropy")
+
+
+def test_the_picker_is_off_by_default_and_a_picked_series_joins_the_charts(env):
+    write_cache(env / "shipped", examples.synthetic_runs())
+    at = visit("app_pages/tradeoff.py")
+    picker = at.multiselect(key="tradeoff_series")
+    assert picker.value == [] and "weights penalty · as trained" in picker.options
+    headline = ["attention penalty · as trained", "dial protocol"]
+    assert names(specs(at)[0]) == headline
+    picker.set_value(["weights penalty · as trained"]).run()
+    assert not at.exception
+    assert names(specs(at)[0]) == headline + ["weights penalty · as trained"]
+    assert "weights penalty · as trained" in names(specs(at)[1])    # entropy vs λ too
+
+
+def _leaky_study() -> list[dict]:
+    """multi_seed_runs with the leak's perplexity where the real one lies (3.3)."""
+    runs = examples.multi_seed_runs()
+    leak = next(r for r in runs if r["config"]["model"]["noncausal_diagnostic"])
+    for split in ("valid", "test"):
+        for ev in leak["metrics"][split]:
+            ev["perplexity"] = 3.3
+    return runs
+
+
+def test_a_multi_seed_study_is_shown_first_with_error_bars_and_its_own_axes(env):
+    write_cache(env / "shipped", examples.synthetic_runs())
+    write_cache(env / "study", _leaky_study(), {"baselines.json": BASELINES})
+    at = visit("app_pages/tradeoff.py")
+    assert at.selectbox(key="tradeoff_cache").value.startswith("Multi-seed study")
+    assert "a point averages up to 3 training seeds" in texts(at)
+    assert "established over 3 paired seeds" in texts(at)
+    head = specs(at)[0]
+    penalty = next(t for t in head["data"] if t["name"] == "attention penalty · as trained")
+    assert penalty["error_y"]["visible"] and min(penalty["error_y"]["array"]) > 0
+    # The headline's axes are ours: the leak (3.3) and the papers' 4.65 lie outside them, and
+    # the chart of their own reaches both.
+    lo, hi = head["layout"]["yaxis"]["range"]
+    ys = [y for t in head["data"] for y in t["y"]]
+    assert lo <= min(ys) and max(ys) <= hi and lo > 50
+    papers = specs(at)[-2]
+    assert papers["layout"]["yaxis2"]["range"][0] < math.log10(3.3)
+    # The shipped single-seed cache is one choice away, and says so.
+    at.selectbox(key="tradeoff_cache").set_value(
+        next(o for o in at.selectbox(key="tradeoff_cache").options if o.startswith("Shipped"))
+    ).run()
+    assert not at.exception and "every point is one training seed" in texts(at)
+
+
+def test_a_single_seed_study_is_offered_but_not_shown_first(env):
+    write_cache(env / "shipped", examples.synthetic_runs())
+    write_cache(env / "study", [examples.seeded(examples.make_run("attention", 0.0), 2, 170.0)])
+    at = visit("app_pages/tradeoff.py")
+    cache = at.selectbox(key="tradeoff_cache")
+    assert cache.value.startswith("Shipped") and cache.options[0].startswith("Multi-seed study")
+    cache.set_value(cache.options[0]).run()
+    assert not at.exception and "has only λ = 0" in texts(at)
 
 
 @pytest.mark.parametrize("setup,notice", [
@@ -92,7 +171,7 @@ def test_tradeoff_page_without_usable_results_explains_why(env, setup, notice):
         write_cache(env / "shipped", [], {"progress.json": "{}"} if setup == "empty" else
                     {"broken.json": "{not json", "old.json": json.dumps(
                         {"schema_version": 99, "run_id": "x", "config": {}, "metrics": {}})})
-    at = visit("pages/tradeoff.py")
+    at = visit("app_pages/tradeoff.py")
     assert notice in texts(at) and not at.get("plotly_chart")
     if setup == "corrupt":
         warned = " ".join(w.value for w in at.warning)
@@ -101,7 +180,7 @@ def test_tradeoff_page_without_usable_results_explains_why(env, setup, notice):
 
 def test_sweeps_page_lists_runs_and_flags_leaks(env):
     write_cache(env / "shipped", examples.synthetic_runs(), {"bad.json": "[]"})
-    at = visit("pages/sweeps.py")
+    at = visit("app_pages/sweeps.py")
     (table,) = at.dataframe
     assert len(table.value) == len(examples.synthetic_runs())
     assert {"leak test", "in-block", "recent-b", "shifted", "uniform", "git commit"} <= set(
@@ -117,7 +196,7 @@ def test_sweeps_page_without_a_cache_gives_notices(env, setup):
         write_cache(env / "shipped", [], {"x.json": "\x00\x01garbage",
                                           "progress.json": "{broken"})
     (env / "mine" / "empty-one" / "cache").mkdir(parents=True)
-    at = visit("pages/sweeps.py")
+    at = visit("app_pages/sweeps.py")
     assert ("There is no sweep cache" if setup == "missing" else "holds no finished runs") \
         in texts(at)
     browse = at.radio(key="sweeps_browse")
@@ -166,7 +245,7 @@ def test_sweeps_are_off_by_default_a_notice_and_no_form_or_stop(env):
     busy = fake_sweep()
     try:
         running(env, "busy", busy)
-        at = visit("pages/sweeps.py")
+        at = visit("app_pages/sweeps.py")
         notice = " ".join(i.value for i in at.info)
         assert "turned off" in notice and "LOCALIST_APP_SWEEPS_ENABLED" in notice
         assert "python -m localist_core sweep" in notice
@@ -187,7 +266,7 @@ def _form(at: AppTest, **values) -> AppTest:
 
 def test_sweep_form_refuses_bad_input_paths_and_unbounded_overrides(env, monkeypatch):
     monkeypatch.setenv("LOCALIST_APP_SWEEPS_ENABLED", "1")
-    at = visit("pages/sweeps.py")
+    at = visit("app_pages/sweeps.py")
     assert not at.info or "turned off" not in " ".join(i.value for i in at.info)
     _form(at, **{"λ values": "0, 2", "Overrides (key=value …)": "nonsense=1"})
     errors = " ".join(e.value for e in at.error)
@@ -211,7 +290,7 @@ def test_a_sweep_starts_is_listed_and_the_job_limit_refuses_a_second(env, monkey
     real = launch.sweep_command
     monkeypatch.setattr(launch, "sweep_command", lambda req, python=sys.executable, shown=False:
                         real(req, python, shown) if shown else SWEEP_LIKE)
-    at = visit("pages/sweeps.py")
+    at = visit("app_pages/sweeps.py")
     _form(at, **{"Sweep name": "first", "λ values": "0"})
     assert not at.error and not at.exception, [e.value for e in at.error]
     assert "Started sweep first" in at.success[0].value.replace("\\", "")
@@ -235,7 +314,7 @@ def test_every_visitor_sees_running_sweeps_and_can_stop_one(env, monkeypatch):
     busy = fake_sweep()
     try:
         running(env, "busy", busy)
-        at = visit("pages/sweeps.py")
+        at = visit("app_pages/sweeps.py")
         assert any("busy: Run 2 of 3: attention-l0.5 (train)" in p.proto.text.replace("\\", "")
                    for p in at.get("progress"))
         assert f"pid {busy.pid}" in texts(at)
@@ -246,7 +325,7 @@ def test_every_visitor_sees_running_sweeps_and_can_stop_one(env, monkeypatch):
             x.value for x in at.success).replace("\\", "")
     finally:
         end(busy)
-    at = visit("pages/sweeps.py")
+    at = visit("app_pages/sweeps.py")
     assert "Stopped after 1 of 3 runs" in " ".join(w.value for w in at.warning).replace("\\", "")
     assert not any(b.key == "stop_busy" for b in at.button)
 
@@ -258,7 +337,7 @@ HOSTILE = ["", " ", "*x* [a](http://e) <script>alert(1)</script> `c` $x$", "\x00
 
 def test_hostile_form_input_never_raises(env, monkeypatch):
     monkeypatch.setenv("LOCALIST_APP_SWEEPS_ENABLED", "1")
-    at = visit("pages/sweeps.py")
+    at = visit("app_pages/sweeps.py")
     for text in HOSTILE:
         _form(at, **{label: text for label in ("Sweep name", "λ values", "τ values",
                                                "Overrides (key=value …)")})

@@ -1,7 +1,9 @@
 """End-to-end: the dashboard in headless Chromium. Moving the λ slider redraws the attention
-heatmap and updates the deep link, and the sidebar's settings stay as they were when the app's
-menu switches pages (AppTest's switch_page cannot show this: it resets the sidebar's widgets).
-Screenshots and the server log go to test-artifacts/."""
+heatmap and updates the deep link, the sidebar's settings stay as they were when the app's menu
+switches pages, and a link to a page, opened first on a freshly started server, shows the app's
+own navigation. Every page opens from its link with a dial setting (a screenshot of each),
+the Theory page shows its formulas as mathematics, and the Tradeoff picker adds a series.
+Screenshots and the server logs go to test-artifacts/."""
 from __future__ import annotations
 
 import contextlib
@@ -18,6 +20,7 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 import torch
 
+import ui
 from localist_core import save_checkpoint
 from localist_core.model.config import TrainConfig, preset
 from ui.catalogue import list_checkpoints
@@ -88,19 +91,23 @@ def _tiny_checkpoint_root(request, tmp_path: Path) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
-def server(request, tmp_path_factory):
-    """A Streamlit server for app.py on a free port, shared by this file's tests (each opens its
-    own browser session); yields its base URL and stops it after."""
-    tmp_path = tmp_path_factory.mktemp("e2e")
+def _server_env(request, tmp_path: Path) -> dict:
+    """The environment of a test server: the checkpoints the app finds by default
+    (assets/checkpoints, plus any folders already in $LOCALIST_CHECKPOINT_DIRS); only without a
+    usable one, a tiny one trained here."""
     env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
-    # The checkpoints the app finds by default (assets/checkpoints, plus any folders already in
-    # $LOCALIST_CHECKPOINT_DIRS); only without a usable one, a tiny one trained here.
     if not [c for c in list_checkpoints() if c.problem is None]:
         env["LOCALIST_CHECKPOINT_DIRS"] = str(_tiny_checkpoint_root(request, tmp_path))
+    return env
+
+
+@contextlib.contextmanager
+def _streamlit_server(env: dict, log_name: str):
+    """A freshly started Streamlit server for app.py on a free port: yields its base URL once
+    it answers, and stops it when the block ends. Its log goes to test-artifacts/."""
     ARTIFACTS.mkdir(exist_ok=True)
     port = _free_port()
-    log_path = ARTIFACTS / "e2e-streamlit.log"
+    log_path = ARTIFACTS / log_name
     cmd = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
            "--server.port", str(port), "--server.address", "127.0.0.1",
            "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"]
@@ -129,6 +136,15 @@ def server(request, tmp_path_factory):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=15)
+
+
+@pytest.fixture(scope="module")
+def server(request, tmp_path_factory):
+    """A Streamlit server shared by this file's tests (each opens its own browser session);
+    yields its base URL and stops it after."""
+    tmp_path = tmp_path_factory.mktemp("e2e")
+    with _streamlit_server(_server_env(request, tmp_path), "e2e-streamlit.log") as url:
+        yield url
 
 
 def _lam_in_url(url: str) -> str | None:
@@ -238,4 +254,138 @@ def test_the_sidebar_keeps_its_settings_across_pages(server):
         assert state == want, (title, seen)
     query = parse_qs(urlparse(url).query)
     assert (query["lam"], query["tau"], query["prompt"]) == (["0.35"], ["0.5"], ["storm"]), url
+    assert not messages, messages
+
+
+# A cold link: Streamlit's own navigation, built from a pages/ folder's file names, would list
+# "app" and the files' stems (ui's navigation comment says why the folder is app_pages/); the
+# app's lists the titles in ui.PAGES.
+FILE_NAMES = {"app"} | {Path(p.file).stem for p in ui.PAGES}
+NAV_TITLES = """() => [...document.querySelectorAll(
+    '[data-testid=stSidebarNavLink] [data-testid=stMarkdownContainer]')]
+    .map(e => e.innerText.trim())"""
+
+
+def test_a_link_to_a_page_opens_it_with_the_app_navigation_on_a_fresh_server(request,
+                                                                             tmp_path):
+    """The first request a freshly started server ever gets is a shared link to Rules & blocks
+    with a dial setting: the page opens with the app's navigation, not Streamlit's file list,
+    and the link's λ and τ are in its sidebar."""
+    titles = [p.title for p in ui.PAGES]
+    messages: list[str] = []
+    with _streamlit_server(_server_env(request, tmp_path), "e2e-cold-link-streamlit.log") as url, \
+            _browser_page(messages) as page:
+        page.goto(url + "/rules?lam=0.6&tau=0.5", wait_until="domcontentloaded")
+        page.wait_for_function(TITLE, arg="Rules & blocks", timeout=HEATMAP_WAIT_MS)
+        page.wait_for_function(IDLE, timeout=HEATMAP_WAIT_MS)
+        page.screenshot(path=ARTIFACTS / "e2e-cold-link.png", full_page=True)
+        shown, state, at = page.evaluate(NAV_TITLES), _sidebar_state(page), page.url
+    assert shown == titles, shown
+    assert not FILE_NAMES & set(shown), shown
+    assert (state["lam"], state["tau"]) == (pytest.approx(0.6), pytest.approx(0.5)), state
+    assert urlparse(at).path == "/rules", at
+    query = parse_qs(urlparse(at).query)
+    assert (query["lam"], query["tau"]) == (["0.6"], ["0.5"]), at
+    assert not messages, messages
+    log = (ARTIFACTS / "e2e-cold-link-streamlit.log").read_text(encoding="utf-8")
+    assert "Traceback" not in log, log
+
+
+# -- every page, from a link, on a fresh server ------------------------------------------------
+
+PAGE_PATHS = {p.title: ("/" if i == 0 else "/" + Path(p.file).stem)
+              for i, p in enumerate(ui.PAGES)}
+EXCEPTIONS = "() => document.querySelectorAll('[data-testid=stException]').length"
+PAGE_TEXT = "() => document.querySelector('[data-testid=stMain]').innerText"
+PLOT_TRACES = """key => { const gd = document.querySelector('.st-key-' + key + ' .js-plotly-plot');
+    return gd && gd.data ? gd.data.length : null; }"""
+
+
+@pytest.fixture(scope="module")
+def fresh_server(request, tmp_path_factory):
+    """A server no browser has opened yet, reading the shipped single-seed sweep (many series,
+    so the Tradeoff picker has something to offer)."""
+    tmp_path = tmp_path_factory.mktemp("e2e-pages")
+    env = {**_server_env(request, tmp_path),
+           "LOCALIST_STUDY_CACHE": str(tmp_path / "no-study")}
+    with _streamlit_server(env, "e2e-pages-streamlit.log") as url:
+        yield url
+
+
+HEADER_STARTS = """title => [...document.querySelectorAll('h2')]
+    .some(h => h.innerText.trim().startsWith(title))"""
+
+
+# Drawn: idle, no placeholder skeleton left, and every plotly chart has drawn its SVG.
+DRAWN = IDLE + """
+    && !document.querySelector('[data-testid=stSkeleton]')
+    && [...document.querySelectorAll('[data-testid=stPlotlyChart]')]
+        .every(c => c.querySelector('.main-svg'))"""
+
+
+def _open(page, url: str, title: str) -> None:
+    """Open ``url`` and wait until the page headed ``title`` (About's header goes on) is drawn,
+    and still drawn a moment later (a page's first run can end before its last element)."""
+    page.goto(url, wait_until="domcontentloaded")
+    page.wait_for_function(HEADER_STARTS, arg=title, timeout=HEATMAP_WAIT_MS)
+    for _ in range(2):
+        page.wait_for_function(DRAWN, timeout=HEATMAP_WAIT_MS)
+        page.wait_for_timeout(1000)
+
+
+def test_every_page_opens_from_a_link_and_reads_correctly(fresh_server):
+    """Each page's link with a dial setting, the first on a server nobody has opened: the app's
+    navigation, the page's header, the link's λ in the sidebar, no error box and no page error.
+    A full-page screenshot of each goes to test-artifacts/ (e2e-page-<name>.png)."""
+    titles = [p.title for p in ui.PAGES]
+    for title, path in PAGE_PATHS.items():
+        messages: list[str] = []
+        with _browser_page(messages) as page:
+            _open(page, f"{fresh_server}{path}?lam=0.6&tau=0.5", title)
+            name = path.strip("/") or "explorer"
+            page.screenshot(path=ARTIFACTS / f"e2e-page-{name}.png", full_page=True)
+            nav, state = page.evaluate(NAV_TITLES), _sidebar_state(page)
+            exceptions = page.evaluate(EXCEPTIONS)
+        assert nav == titles, (title, nav)
+        assert state["lam"] == pytest.approx(0.6), (title, state)
+        assert exceptions == 0 and not messages, (title, exceptions, messages)
+    log = (ARTIFACTS / "e2e-pages-streamlit.log").read_text(encoding="utf-8")
+    assert "Traceback" not in log, log
+
+
+def test_theory_formulas_are_rendered_as_mathematics(fresh_server):
+    messages: list[str] = []
+    with _browser_page(messages) as page:
+        _open(page, fresh_server + PAGE_PATHS["Theory"], "Theory")
+        page.wait_for_function("() => document.querySelectorAll('.katex').length >= 3",
+                               timeout=REDRAW_WAIT_MS)
+        text = page.evaluate(PAGE_TEXT)
+        errors = page.evaluate("() => document.querySelectorAll('.katex-error').length")
+        page.locator(".katex").first.screenshot(path=ARTIFACTS / "e2e-theory-formula.png")
+    assert errors == 0
+    for source in ("\\frac", "\\lambda", "\\tau", "$$"):      # KaTeX source never shows
+        assert source not in text, source
+    assert not messages, messages
+
+
+def test_the_tradeoff_picker_adds_a_series_to_the_headline(fresh_server):
+    messages: list[str] = []
+    with _browser_page(messages) as page:
+        _open(page, fresh_server + PAGE_PATHS["Tradeoff"], "Tradeoff")
+        page.wait_for_function(PLOT_TRACES, arg="tradeoff_headline", timeout=REDRAW_WAIT_MS)
+        before = page.evaluate(PLOT_TRACES, "tradeoff_headline")
+        page.locator(".st-key-tradeoff_series").click()
+        option = page.get_by_role("option").filter(has_not_text="Select all").first
+        picked = option.inner_text()
+        option.click()
+        page.keyboard.press("Escape")
+        page.wait_for_function(f"() => ({PLOT_TRACES})('tradeoff_headline') > {before}",
+                               timeout=REDRAW_WAIT_MS)
+        page.wait_for_function(IDLE, timeout=REDRAW_WAIT_MS)
+        after = page.evaluate(PLOT_TRACES, "tradeoff_headline")
+        names = page.evaluate("""() => document.querySelector(
+            '.st-key-tradeoff_headline .js-plotly-plot').data.map(t => t.name)""")
+        page.screenshot(path=ARTIFACTS / "e2e-tradeoff-picked.png", full_page=True)
+    assert after > before
+    assert any(picked.strip() in (n or "") for n in names), (picked, names)
     assert not messages, messages

@@ -260,7 +260,7 @@ def test_the_app_on_hostile_text(app_env, name):
     assert_healthy(at, notice)
     assert (heatmap(at) is None) == (notice in ("empty", "no words"))
     if name in EVERY_PAGE:
-        for page in ("pages/compare.py", "pages/theory.py"):
+        for page in ("app_pages/compare.py", "app_pages/theory.py"):
             at.switch_page(page).run()
             assert not at.exception, (page, [e.value for e in at.exception])
             assert_inert(at)
@@ -295,7 +295,7 @@ def test_a_100k_character_deep_link_is_cut_with_a_notice(app_env):
 def test_the_theory_calculator_at_overflowing_inputs(app_env, label, value):
     at = AppTest.from_file(APP, default_timeout=120)
     at.query_params["ckpt"] = CKPT
-    at.switch_page("pages/theory.py").run()
+    at.switch_page("app_pages/theory.py").run()
     next(n for n in at.number_input if n.label == label).set_value(value).run()
     assert not at.exception, [e.value for e in at.exception]
     assert any("overflow" in w.value for w in at.warning), [w.value for w in at.warning]
@@ -307,7 +307,7 @@ def test_a_checkpoint_folder_named_like_html_renders_inert(app_env):
     at.run()
     assert at.sidebar.selectbox(key="ckpt").value == HOSTILE_NAME
     assert_healthy(at, None)
-    at.switch_page("pages/compare.py").run()      # the folder name is in the heatmap titles
+    at.switch_page("app_pages/compare.py").run()      # the folder name is in the heatmap titles
     assert not at.exception and at.get("plotly_chart")
     assert_inert(at)
 

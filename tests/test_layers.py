@@ -74,12 +74,12 @@ def _layer(module: str) -> int | str | None:
     top, _, rest = module.partition(".")
     if top == "localist_core":
         return CORE_LAYERS.get(rest.split(".")[0], "unknown") if rest else 0
-    return {"ui": UI, "pages": PAGES, "app": PAGES}.get(top)
+    return {"ui": UI, "app_pages": PAGES, "app": PAGES}.get(top)
 
 
 def layer_violations(root: Path) -> list[str]:
-    """Every import in localist_core/, ui/, pages/ and app.py that runs against the layers."""
-    files = [root / "app.py"] + [p for d in ("localist_core", "ui", "pages")
+    """Every import in localist_core/, ui/, app_pages/ and app.py that runs against the layers."""
+    files = [root / "app.py"] + [p for d in ("localist_core", "ui", "app_pages")
                                  for p in sorted((root / d).rglob("*.py"))]
     problems = []
     for path in (p for p in files if p.is_file()):
@@ -117,8 +117,8 @@ PLANTED = {
     "localist_core/experiments/bad.py": "from localist_core.cli import main\n",
     "localist_core/analysis/plots.py": "def f():\n    import plotly\n",
     "localist_core/__init__.py": "from .experiments import train\n",
-    "ui/bad.py": "from pages import explorer\n",
-    "pages/bad.py": "import ui\nfrom localist_core.analysis.inspection import difference\n",
+    "ui/bad.py": "from app_pages import explorer\n",
+    "app_pages/bad.py": "import ui\nfrom localist_core.analysis.inspection import difference\n",
     "app.py": "import torch\n",
 }
 
@@ -128,7 +128,7 @@ def test_a_planted_violation_is_found(tmp_path):
              "localist_core/analysis/ok.py": "from ..model import config\n",
              "localist_core/cli/__init__.py": "from ..experiments import sweep\n",
              "ui/ok.py": "from localist_core.cli import main\nfrom ui import figures\n",
-             "pages/ok.py": "import json\nimport streamlit\nimport ui\nfrom ui import views\n"}
+             "app_pages/ok.py": "import json\nimport streamlit\nimport ui\nfrom ui import views\n"}
     for rel, text in {**clean, **PLANTED}.items():
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text(text)
@@ -138,4 +138,4 @@ def test_a_planted_violation_is_found(tmp_path):
     (tmp_path / "ui/views.py").write_text("")
     found = layer_violations(tmp_path)
     assert sorted({p.split(":")[0] for p in found}) == sorted(PLANTED), found
-    assert len(found) == len(PLANTED), found          # one each: pages/bad.py's import ui is fine
+    assert len(found) == len(PLANTED), found  # app_pages/bad.py: import ui is fine

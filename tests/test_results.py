@@ -224,9 +224,46 @@ def test_the_shipped_single_seed_cache_gives_the_same_points_as_before():
     assert first[0]["entropy_bits"] == 1.7003265080701668
     assert first[0]["in_block_mass"] == 0.5200175556942389
     assert [p["locality"] for p in first] == [0.0, 0.2, 0.4]
-    # Each point is still exactly its one run's point.
+    # Each point is still exactly its one run's point, plus its rise over λ = 0 of its curve.
     by_id = {r["run_id"]: r for r in runs}
+    rise = ("perplexity_rise", "perplexity_rise_ci95", "perplexity_rise_n",
+            "perplexity_rise_established")
     for p in curves:
         ref = tr.make_point(by_id[p["run_id"]], p["locality"], p["dial_locality"],
-                            p["attn_temperature"], series=p["series"], label=p["label"])
-        assert p == ref
+                            p["attn_temperature"], series=p["series"], label=p["label"],
+                            curve=p["curve"])
+        assert {k: v for k, v in p.items() if k not in rise} == {
+            k: v for k, v in ref.items() if k not in rise}
+
+
+def test_each_curve_point_carries_its_rise_over_lambda_0_paired_by_seed():
+    # Seed 3 is missing at λ = 1 and seed 4 at λ = 0: neither enters the pairs.
+    runs = ([seeded(make_run("attention", 0.0), s, p) for s, p in ((1, 100.0), (2, 102.0),
+                                                                   (3, 107.0))]
+            + [seeded(make_run("attention", 1.0), s, p) for s, p in ((1, 130.0), (2, 134.0),
+                                                                     (4, 500.0))])
+    pts = {p["locality"]: p for p in tr.curve_points(runs) if p["curve"] == "trained"}
+    end = pts[1.0]
+    assert end["perplexity_rise_n"] == 2                  # seeds 1 and 2: rises 30 and 32
+    assert end["perplexity_rise"] == pytest.approx(31.0)
+    assert end["perplexity_rise_ci95"] == pytest.approx(12.706 * math.sqrt(2.0) / math.sqrt(2))
+    assert end["perplexity_rise_established"]             # 31 ± 12.7 excludes 0
+    assert pts[0.0]["perplexity_rise"] == 0.0 and not pts[0.0]["perplexity_rise_established"]
+    # One seed: a rise, no interval, not established.
+    one = {p["locality"]: p for p in tr.curve_points(runs[:1] + runs[3:4])
+           if p["curve"] == "trained"}
+    assert one[1.0]["perplexity_rise"] == pytest.approx(30.0)
+    assert one[1.0]["perplexity_rise_ci95"] is None
+    assert not one[1.0]["perplexity_rise_established"]
+    # Noisy seeds: the interval includes 0, so not established.
+    noisy = ([seeded(make_run("attention", 0.0), s, 100.0) for s in (1, 2, 3)]
+             + [seeded(make_run("attention", 1.0), s, p) for s, p in ((1, 110.0), (2, 92.0),
+                                                                      (3, 101.0))])
+    (end,) = [p for p in tr.curve_points(noisy) if p["curve"] == "trained"
+              and p["locality"] == 1.0]
+    assert end["perplexity_rise_n"] == 3 and not end["perplexity_rise_established"]
+    # A curve without a λ = 0 point (the dialled penalty) and the dial model.
+    pts = tr.curve_points(synthetic_runs())
+    assert {p["curve"] for p in pts} == set(tr.CURVES)
+    assert all(p["perplexity_rise"] is None for p in pts if p["curve"] == "dialled")
+    assert all(p["perplexity_rise_n"] == 0 for p in pts)  # unseeded runs pair nothing

@@ -1,6 +1,9 @@
 """The Tradeoff page's figures: papers' points, leaks and reference lines named, missing values
-drawn as nothing, user text inert, and error bars only where a point averages several seeds."""
+drawn as nothing, user text inert, error bars only where a point averages several seeds; the
+headline curves and their caption, axes set by what a chart draws, and labels that never
+overlap."""
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -8,7 +11,10 @@ import sweep_examples
 
 from localist_core.experiments import results as tr
 from localist_core.experiments.cache import load_cache
+from ui import sweep_figures
 from ui.sweep_figures import panel_figure, points_figure
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_figure_draws_papers_leaks_and_reference_lines():
@@ -57,3 +63,114 @@ def test_the_shipped_cache_draws_no_error_bars():
     fig = panel_figure(tr.curve_points(runs), "locality", "λ", [
         {"y": "perplexity", "title": "ppl", "log_y": True}, {"y": "entropy_bits", "title": "H"}])
     assert fig.data and all(t.error_y.array is None for t in fig.data)
+
+
+# -- the headline, its caption, the axes and the labels ------------------------------------------
+
+def _headline(runs: list[dict]) -> tuple[list[dict], list[str]]:
+    pts = tr.curve_points(runs)
+    names = sweep_figures.headline_series(pts)
+    return [p for p in pts if p["series"] in names], names
+
+
+def test_the_headline_is_the_penalty_against_the_dial_with_seed_error_bars():
+    ours, names = _headline(sweep_examples.multi_seed_runs())
+    assert names == ["attention penalty · as trained", "dial protocol"]
+    fig = points_figure(ours, "in_block_mass", "perplexity", "in-block mass", "ppl")
+    penalty = next(t for t in fig.data if t.name == names[0])
+    sds = [p["perplexity_sd"] for p in ours if p["series"] == names[0]]
+    assert all(sd > 0 for sd in sds)
+    assert list(penalty.error_y.array) == [pytest.approx(sd) for sd in sds]
+    # The shipped cache: its dial curve is the one evaluated at the shipped β = 64.
+    runs, _ = load_cache(REPO / "assets" / "sweep")
+    assert _headline(runs)[1] == ["attention penalty · as trained", "dial protocol · beta64"]
+
+
+def test_the_cost_caption_says_established_only_where_the_paired_interval_excludes_0():
+    ours, names = _headline(sweep_examples.multi_seed_runs())
+    text = sweep_figures.cost_caption(ours, names, "in_block_mass")
+    assert text.count("established over 3 paired seeds") == 2 and "+52.3 (+51%)" in text
+    single, names1 = _headline(sweep_examples.synthetic_runs())
+    text = sweep_figures.cost_caption(single, names1, "entropy_bits")
+    assert text.count("not established (no seeds at both ends)") == 2
+    assert "established over" not in text
+    only = [p for p in ours if p["locality"] == 0]
+    text = sweep_figures.cost_caption(only, names, "in_block_mass")
+    assert text.count("has only λ = 0") == 2 and "not established" in text
+
+
+def _range(axis, log: bool = False) -> tuple[float, float]:
+    lo, hi = axis.range
+    return (10 ** lo, 10 ** hi) if log else (lo, hi)
+
+
+def test_a_charts_axes_are_set_by_what_it_draws():
+    runs = sweep_examples.multi_seed_runs()
+    ours, _ = _headline(runs)
+    fig = points_figure(ours, "locality", "test_perplexity", "λ", "test ppl", log_y=True)
+    lo, hi = _range(fig.layout.yaxis, log=True)
+    vals = [p["test_perplexity"] for p in ours]
+    assert lo <= min(vals) and max(vals) <= hi
+    assert lo > 0.8 * min(vals) and hi < 1.25 * max(vals)     # only a margin for the labels
+    with_papers = points_figure(ours, "locality", "test_perplexity", "λ", "test ppl",
+                                log_y=True, papers=tr.paper_points())
+    assert _range(with_papers.layout.yaxis, log=True)[0] < tr.PAPER["test_perplexity_l06"]
+    # Error bars are inside the axes.
+    fig = points_figure(ours, "entropy_bits", "perplexity", "H", "ppl")
+    lo, hi = _range(fig.layout.yaxis)
+    assert all(lo <= p["perplexity"] - (p["perplexity_sd"] or 0) and
+               p["perplexity"] + (p["perplexity_sd"] or 0) <= hi for p in ours)
+
+
+def _label_boxes(fig, panel: str = "") -> dict[str, list[tuple]]:
+    """Each trace's drawn labels as pixel boxes, from the figure's own ranges and positions."""
+    xr, yr = fig.layout[f"xaxis{panel}"].range, fig.layout[f"yaxis{panel}"].range
+    n = len([k for k in fig.layout if k.startswith("xaxis")])
+    w = (sweep_figures.FIG_WIDTH - 80) * (1 - 0.08 * (n - 1)) / n
+    h = fig.layout.height - 120
+    logx, logy = (fig.layout[f"{a}axis{panel}"].type == "log" for a in "xy")
+    out = {}
+    for t in fig.data:
+        if t.text is None or t.xaxis != f"x{panel}":
+            continue
+        pos = [t.textposition] * len(t.x) if isinstance(t.textposition, str) else t.textposition
+        boxes = []
+        for x, y, text, where in zip(t.x, t.y, t.text, pos):
+            if text:
+                x, y = (math.log10(x) if logx else x), (math.log10(y) if logy else y)
+                px = (x - xr[0]) / (xr[1] - xr[0]) * w
+                py = (y - yr[0]) / (yr[1] - yr[0]) * h
+                boxes.append(sweep_figures.label_box(px, py, text, where))
+        out[t.name] = boxes
+    return out
+
+
+def test_no_two_point_labels_in_a_chart_overlap():
+    runs, _ = load_cache(REPO / "assets" / "sweep")
+    pts = tr.curve_points(runs)           # every series of the shipped cache, the worst case
+    figs = [points_figure(pts, x, "perplexity", "x", "ppl") for x in ("in_block_mass",
+                                                                      "entropy_bits")]
+    figs.append(panel_figure(pts + tr.leak_points(runs), "locality", "λ", [
+        {"y": "entropy_bits", "title": "H"}, {"y": "test_perplexity", "title": "ppl",
+                                              "log_y": True}], papers=tr.paper_points()))
+    labelled = 0
+    for fig in figs:
+        for panel in ("", "2"):
+            if f"xaxis{panel}" not in fig.layout or fig.layout[f"xaxis{panel}"].range is None:
+                continue
+            boxes = [b for bs in _label_boxes(fig, panel).values() for b in bs]
+            labelled += len(boxes)
+            for i, a in enumerate(boxes):
+                assert not any(sweep_figures.boxes_overlap(a, b) for b in boxes[i + 1:])
+    assert labelled > 40                  # most points keep their label
+
+
+def test_labels_of_points_on_one_spot_take_different_positions_or_none():
+    spot = [[(100.0, 100.0, "λ=0.6")] * 12]
+    (where,) = sweep_figures.place_labels(spot, 400, 300)
+    placed = [w for w in where if w]
+    assert len(placed) == len(set(placed)) >= 2 and None in where
+    assert sweep_figures.place_labels([[(10.0, 10.0, "λ=1")]], 20, 20) == [[None]]   # no room
+    # Labels keep clear of every marker, not only of other labels.
+    (w,) = sweep_figures.place_labels([[(50.0, 50.0, "abc"), (50.0, 68.0, "")]], 400, 300)
+    assert w[0] != "top center"

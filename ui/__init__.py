@@ -1,5 +1,6 @@
-"""The dashboard's helpers as the pages see them (``import ui``): the page list, ``page_setup``
-(the shared sidebar, deep links, notices), the live analysis and theory report, and what pages
+"""The dashboard's helpers as the pages see them (``import ui``): the page list and the
+navigation app.py builds from it, ``page_setup`` (the shared sidebar, deep links, notices), the
+live analysis and theory report (behind the one error guard), and what pages
 need from ``ui.loaders`` (the other cached loaders) and ``ui.notices`` (plain text, the error
 guard). Views of the core's results are ``ui.views``; figures ``ui.figures``,
 ``ui.sweep_figures`` and ``ui.theory_figures``; sweeps started from
@@ -31,14 +32,16 @@ from localist_core.paths import REPO as REPO
 from localist_core.paths import SHIPPED_SWEEP as SHIPPED_SWEEP
 from ui.links import BLOCK_CHOICES, PERSIST, apply_deep_link, keep, write_deep_link
 from ui.links import fit_choice as fit_choice
-from ui.loaders import checkpoints, load_checkpoint, sample_prompts
+from ui.loaders import checkpoints, load_checkpoint, model_loads, sample_prompts
 from ui.loaders import launched_sweeps as launched_sweeps
 from ui.loaders import n_layers as n_layers
+from ui.loaders import project_caches as project_caches
 from ui.loaders import recruitment_trace as recruitment_trace
 from ui.loaders import stored_map as stored_map
+from ui.loaders import study_cache as study_cache
 from ui.loaders import sweep_cache as sweep_cache
 from ui.loaders import sweep_results as sweep_results
-from ui.notices import plain, refuse, show_notices
+from ui.notices import guarded, plain, show_notices
 from ui.notices import shown as shown
 
 
@@ -52,13 +55,34 @@ class Page(NamedTuple):
 
 # The dashboard's pages in menu order, the first opening by default: app.py builds the
 # navigation from this list and the AppTests visit every page in it.
-PAGES = (Page("pages/explorer.py", "Explorer", ":material/grid_on:"),
-         Page("pages/tradeoff.py", "Tradeoff", ":material/show_chart:"),
-         Page("pages/compare.py", "Compare", ":material/compare:"),
-         Page("pages/rules.py", "Rules & blocks", ":material/rule:"),
-         Page("pages/theory.py", "Theory", ":material/functions:"),
-         Page("pages/sweeps.py", "Sweeps", ":material/science:"),
-         Page("pages/about.py", "About", ":material/school:"))
+PAGES = (Page("app_pages/explorer.py", "Explorer", ":material/grid_on:"),
+         Page("app_pages/tradeoff.py", "Tradeoff", ":material/show_chart:"),
+         Page("app_pages/compare.py", "Compare", ":material/compare:"),
+         Page("app_pages/rules.py", "Rules & blocks", ":material/rule:"),
+         Page("app_pages/theory.py", "Theory", ":material/functions:"),
+         Page("app_pages/sweeps.py", "Sweeps", ":material/science:"),
+         Page("app_pages/about.py", "About", ":material/school:"))
+
+# -- navigation ------------------------------------------------------------------------------
+# The page files live in app_pages/, not pages/: while a folder named pages/ sits beside app.py,
+# a freshly started Streamlit runs a linked page file by itself, without app.py, and lists the
+# folder by file name until some session has called st.navigation (PagesManager.__init__ in
+# streamlit/runtime/pages_manager.py; ScriptRunner._run_script's ``_mpa_v1``). So on a cold
+# server /rules?lam=0.6 showed "app, about, compare…". Under any other name app.py always runs.
+
+
+def navigation():
+    """Streamlit's navigation over PAGES (the first opens by default); app.py runs the page it
+    returns with ``run_page``."""
+    return st.navigation([st.Page(p.file, title=p.title, icon=p.icon, default=i == 0)
+                          for i, p in enumerate(PAGES)])
+
+
+def run_page(page) -> None:
+    """Run the page ``navigation`` chose."""
+    st.session_state["_page"] = page.url_path  # ui.keep re-seeds widgets once per page visit
+    page.run()
+
 
 DEFAULTS = {"lam": 0.0, "tau": 1.0, "gamma": 0.0, "layer": "mean", "head": "mean"}
 # Limits (README "Limits"): every cache is bounded. One analysis holds at most
@@ -71,7 +95,7 @@ class Settings:
     """What the shared sidebar chose, as plain values."""
 
     checkpoint_key: str | None
-    checkpoint_path: str | None
+    checkpoint_path: str | None    # None: no usable checkpoint, or it was refused at load
     dial: Dial                     # λ, τ, γ as one checked value; dial.notices: what was clamped
     block_size: int | None
     text: str
@@ -104,6 +128,17 @@ def cached_analysis(path: str, text: str, dial: Dial, block_size: int | None,
     model, tok = load_checkpoint(path)
     return analyze(model, tok, text, dial, block_size=block_size, partition=partition,
                    rule=rule)
+
+
+@st.cache_data(show_spinner=False, max_entries=ANALYSES_KEPT)
+def cached_next_words(path: str, text: str, dial: Dial, block_size: int | None,
+                      partition: str | None, pos: int):
+    """The top-5 after ``pos`` of ``cached_analysis``'s analysis for the same arguments, so
+    ``model.top_k`` runs once per setting and position, not on every rerun (five words and five
+    floats an entry)."""
+    model, tok = load_checkpoint(path)
+    a = cached_analysis(path, text, dial, block_size, partition)
+    return next_words_after(model, tok, a, pos)
 
 
 @st.cache_data(show_spinner=False, max_entries=128)
@@ -178,7 +213,11 @@ def sidebar() -> Settings:
         source = "free"
     text, notices = cut_text(text)
     partition = None if blocks == "as trained" else blocks
-    return Settings(key, info.path, dial, int(block) if partition == "fixed" else None, text,
+    # The chosen checkpoint is loaded here, through the one error guard, so a folder refused at
+    # load (NaN weights; a file cut short since it was listed) gives the same notice on every
+    # page, and the pages that need a model get no path and stop.
+    path = info.path if model_loads(info.path) else None
+    return Settings(key, path, dial, int(block) if partition == "fixed" else None, text,
                     source, problems, notices, partition)
 
 
@@ -194,37 +233,35 @@ def page_setup(title: str) -> Settings:
     return s
 
 
-def next_words(s: Settings, a, pos: int):
-    """(words, probabilities) of the top-5 next words after ``pos`` of an analysis."""
-    model, tok = load_checkpoint(s.checkpoint_path)
-    return next_words_after(model, tok, a, pos)
+# -- what pages call: each behind the one error guard (ui.notices.guarded) --------------------
+
+def _checkpoint_path(s: Settings, *args, path: str | None = None, **kwargs) -> str | None:
+    """The checkpoint a guarded call below used, for the server log."""
+    return path or s.checkpoint_path
 
 
-def _refused(e: Exception, path: str | None) -> None:
-    """get_analysis's and get_theory's notice: the one error guard's (``ui.notices.refuse``),
-    with the checkpoint named in the server log."""
-    refuse(e, "analyse this text with this checkpoint", path)
+@guarded("find the next words", ([], []), detail=_checkpoint_path)
+def next_words(s: Settings, pos: int):
+    """(words, probabilities) of the top-5 next words after ``pos`` of the sidebar's
+    analysis (``get_analysis(s)``)."""
+    return cached_next_words(s.checkpoint_path, s.text, s.dial, s.block_size, s.partition, pos)
 
 
+@guarded("analyse this text with this checkpoint", (None, False), detail=_checkpoint_path)
 def get_theory(s: Settings, layer: int):
-    """The Theory page's cached report, or None after a notice when the checkpoint fails."""
-    try:
-        return cached_theory(s.checkpoint_path, s.text, s.dial, layer), True
-    except Exception as e:   # noqa: BLE001 - a visitor gets a notice, never a traceback
-        _refused(e, s.checkpoint_path)
-        return None, False
+    """The Theory page's cached report and True; (None, False) after a notice when the
+    checkpoint fails (a report of None means the text is too short)."""
+    return cached_theory(s.checkpoint_path, s.text, s.dial, layer), True
 
 
-def get_analysis(s: Settings, lam: float | None = None, tau: float | None = None,
+@guarded("analyse this text with this checkpoint", detail=_checkpoint_path)
+def get_analysis(s: Settings, *, lam: float | None = None, tau: float | None = None,
                  gamma: float | None = None, path: str | None = None, rule: tuple | None = None):
     """The cached analysis for the sidebar settings, or for overrides (Compare page) and a
-    rule (Rules page). An override replaces one field of the sidebar's dial (checked there)."""
-    try:
-        overrides = {k: v for k, v in (("locality", lam), ("attn_temperature", tau),
-                                       ("rule_strength", gamma)) if v is not None}
-        dial = replace(s.dial, **overrides) if overrides else s.dial
-        return cached_analysis(path or s.checkpoint_path, s.text, dial, s.block_size,
-                               s.partition, rule)
-    except Exception as e:   # noqa: BLE001 - a visitor gets a notice, never a traceback
-        _refused(e, path or s.checkpoint_path)
-        return None
+    rule (Rules page); None after a notice when it fails. An override replaces one field of the
+    sidebar's dial (checked there)."""
+    overrides = {k: v for k, v in (("locality", lam), ("attn_temperature", tau),
+                                   ("rule_strength", gamma)) if v is not None}
+    dial = replace(s.dial, **overrides) if overrides else s.dial
+    return cached_analysis(path or s.checkpoint_path, s.text, dial, s.block_size, s.partition,
+                           rule)

@@ -29,7 +29,7 @@ class CheckpointInfo:
     problem: str | None = None  # set when the checkpoint cannot be offered
 
 
-def _stamp(path: Path) -> tuple:
+def checkpoint_stamp(path: Path) -> tuple:
     """What identifies a checkpoint folder's contents without reading them: its path and the
     size, mtime and inode of each of its three files (an atomic rewrite changes the inode)."""
     files = []
@@ -47,7 +47,7 @@ def describe_checkpoint(path: Path) -> CheckpointInfo:
     its weights against the config (``check_checkpoint``; the weights themselves are not read).
     A broken checkpoint gets ``problem`` set, naming the file and what is wrong. Memoised on
     the files' sizes and times: an unchanged folder costs three stat() calls."""
-    return _describe(_stamp(Path(path)))
+    return _describe(checkpoint_stamp(Path(path)))
 
 
 @functools.lru_cache(maxsize=DESCRIBED_KEPT)

@@ -1,6 +1,7 @@
-"""Plotly figure builders for one analysed text: attention heatmaps, entropy strips, top-k bars
-and the recruitment trace (no streamlit here; pages only display them). The Tradeoff page's
-panels are ``ui.sweep_figures``; the Theory page's curves ``ui.theory_figures``.
+"""Plotly figure builders for one analysed text: attention heatmaps, entropy strips, top-k bars,
+the recruitment trace, the dial in motion and the grid of heads (no streamlit here; pages only
+display them; ``ui.motion`` computes what the last two draw). The Tradeoff page's panels are
+``ui.sweep_figures``; the Theory page's curves ``ui.theory_figures``.
 
 Heatmaps put tokens on integer positions (so repeated words stay distinct), fix the colour scale
 to [0, 1] (or a log scale), grey the masked future, draw block boundaries and mark anchors.
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import plotly.graph_objects as go
+from plotly.subplots import make_subplots
 
 FUTURE_GREY = "#d9d9d9"
 LOG_FLOOR = 1e-4
@@ -30,6 +32,53 @@ def _boundaries(block_ids: np.ndarray) -> list[float]:
     return [i - 0.5 for i in range(1, len(block_ids)) if block_ids[i] != block_ids[i - 1]]
 
 
+def visible_weights(pattern: np.ndarray) -> np.ndarray:
+    """A ``[query, key]`` pattern as float32 (half what the browser gets of float64) with the
+    masked future as NaN, drawn as the grey background; the non-causal diagnostic's visible
+    future keys keep their weight."""
+    z = np.array(pattern, dtype=np.float32)
+    n = z.shape[-1]
+    z[np.triu(np.ones((n, n), bool), k=1) & (z == 0)] = np.nan
+    return z
+
+
+def _colour_scale(z: np.ndarray, log_scale: bool, diverging: bool):
+    """(what to draw, zmin, zmax, colorscale, colorbar) of visible weights ``z``."""
+    if diverging:
+        return z, -1.0, 1.0, "RdBu_r", dict(title="Δ weight")
+    if log_scale:
+        ticks = list(range(int(np.log10(LOG_FLOOR)), 1))
+        return (np.log10(np.clip(z, LOG_FLOOR, 1.0)), float(np.log10(LOG_FLOOR)), 0.0,
+                "Viridis", dict(title="weight", tickvals=ticks,
+                                ticktext=[f"1e{t}" for t in ticks]))
+    return z, 0.0, 1.0, "Viridis", dict(title="weight")
+
+
+def _block_lines(block_ids: np.ndarray, xref: str = "x", yref: str = "y") -> list[dict]:
+    """One vertical and one horizontal white line per block boundary (category axes place
+    shapes at the category index)."""
+    n, line = len(block_ids), dict(color="white", width=1.5)
+    shapes = []
+    for b in _boundaries(block_ids):
+        shapes.append(dict(type="line", x0=b, x1=b, y0=-0.5, y1=n - 0.5, line=line,
+                           xref=xref, yref=yref))
+        shapes.append(dict(type="line", x0=-0.5, x1=n - 0.5, y0=b, y1=b, line=line,
+                           xref=xref, yref=yref))
+    return shapes
+
+
+def _anchor_marks(names: list[str], anchor_mask: np.ndarray | None) -> go.Scatter | None:
+    """Orange circles on the cells where a query sees an anchor of its block."""
+    if anchor_mask is None or not anchor_mask.any():
+        return None
+    q_idx, k_idx = np.nonzero(anchor_mask)
+    return go.Scatter(x=[names[k] for k in k_idx], y=[names[q] for q in q_idx],
+                      mode="markers", name="anchor of the block",
+                      marker=dict(symbol="circle-open", size=7, color="#ff7f0e",
+                                  line=dict(width=1.5)),
+                      hoverinfo="skip", showlegend=True)
+
+
 def attention_heatmap(pattern: np.ndarray, labels: list[str], block_ids: np.ndarray,
                       anchor_mask: np.ndarray | None = None,
                       block_anchors: np.ndarray | None = None, log_scale: bool = False,
@@ -42,41 +91,19 @@ def attention_heatmap(pattern: np.ndarray, labels: list[str], block_ids: np.ndar
     array, not as 16k strings), and the block lines go into ``layout.shapes`` in one call.
     """
     n = len(labels)
-    z = np.array(pattern, dtype=np.float32)           # float32 halves what the browser gets
-    future = np.triu(np.ones((n, n), bool), k=1) & (z == 0)
-    z[future] = np.nan                                  # drawn as the grey background
-    exact = z.copy()
-    if diverging:
-        zmin, zmax, colorscale = -1.0, 1.0, "RdBu_r"
-        colorbar = dict(title="Δ weight")
-    elif log_scale:
-        z = np.log10(np.clip(z, LOG_FLOOR, 1.0))
-        zmin, zmax, colorscale = float(np.log10(LOG_FLOOR)), 0.0, "Viridis"
-        ticks = list(range(int(np.log10(LOG_FLOOR)), 1))
-        colorbar = dict(title="weight", tickvals=ticks, ticktext=[f"1e{t}" for t in ticks])
-    else:
-        zmin, zmax, colorscale = 0.0, 1.0, "Viridis"
-        colorbar = dict(title="weight")
+    exact = visible_weights(pattern)
+    z, zmin, zmax, colorscale, colorbar = _colour_scale(exact, log_scale, diverging)
     names = _tick_labels(labels, block_anchors)       # unique: each starts with its position
     fig = go.Figure(go.Heatmap(
         z=z, x=names, y=names, zmin=zmin, zmax=zmax, colorscale=colorscale,
         colorbar=colorbar, customdata=exact, hoverongaps=False,
         hovertemplate="query %{y}<br>key %{x}<br>weight %{customdata:.5f}<extra></extra>"))
-    line = dict(color="white", width=1.5)
-    shapes = []
-    for b in _boundaries(block_ids):   # category axes place shapes at the category index
-        shapes.append(dict(type="line", x0=b, x1=b, y0=-0.5, y1=n - 0.5, line=line))
-        shapes.append(dict(type="line", x0=-0.5, x1=n - 0.5, y0=b, y1=b, line=line))
-    if anchor_mask is not None and anchor_mask.any():
-        q_idx, k_idx = np.nonzero(anchor_mask)
-        fig.add_trace(go.Scatter(x=[names[k] for k in k_idx], y=[names[q] for q in q_idx],
-                                 mode="markers", name="anchor of the block",
-                                 marker=dict(symbol="circle-open", size=7, color="#ff7f0e",
-                                             line=dict(width=1.5)),
-                                 hoverinfo="skip", showlegend=True))
+    marks = _anchor_marks(names, anchor_mask)
+    if marks is not None:
+        fig.add_trace(marks)
     fig.update_layout(
         title=inert(title), plot_bgcolor=FUTURE_GREY, height=max(420, 16 * n + 160),
-        shapes=shapes,
+        shapes=_block_lines(block_ids),
         margin=dict(l=10, r=10, t=60 if title else 30, b=10),
         legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0),
         xaxis=dict(title="key", type="category", tickangle=-60, side="bottom", showgrid=False,
@@ -138,4 +165,157 @@ def recruitment_chart(labels: list[str], gain_bits: np.ndarray, block_ids: np.nd
                          for b in _boundaries(block_ids)],
         xaxis=dict(type="category", tickangle=-60), yaxis=dict(title="gain (bits)"),
         showlegend=False)
+    return fig
+
+
+# -- the dial in motion and the grid of heads (built from ui.motion's frames and tiles) ---------
+
+PLAY_FRAME_MS = 600     # how long each frame shows while the animation plays
+
+
+def _animate(duration_ms: int) -> dict:
+    """plotly's animation options: heatmaps need ``redraw``; no tweening between frames."""
+    return {"frame": {"duration": duration_ms, "redraw": True}, "transition": {"duration": 0},
+            "mode": "immediate", "fromcurrent": True}
+
+
+def dial_animation(views: np.ndarray, values: tuple[float, ...], symbol: str,
+                   tiles: dict[str, np.ndarray], labels: list[str], block_ids: np.ndarray,
+                   anchor_mask: np.ndarray | None = None,
+                   block_anchors: np.ndarray | None = None, log_scale: bool = False,
+                   log_axis: bool = False, start: int = 0, title: str = "") -> go.Figure:
+    """The heatmap and metric tiles at every value of one dial axis, as plotly frames with a play
+    button and a slider, so the browser plays them without asking the server again.
+
+    ``views`` is ``[frame, query, key]``; ``tiles`` maps a label to its ``[frame]`` values, each
+    drawn against the axis (a log axis for τ) with a marker on the current frame.
+    """
+    n, k = len(labels), max(len(tiles), 1)
+    names = _tick_labels(labels, block_anchors)
+    exact = [visible_weights(v) for v in views]
+    drawn = [_colour_scale(z, log_scale, False)[0] for z in exact]
+    _, zmin, zmax, colorscale, colorbar = _colour_scale(exact[start], log_scale, False)
+    fig = make_subplots(rows=k, cols=2, column_widths=[0.7, 0.3], horizontal_spacing=0.1,
+                        vertical_spacing=0.12, subplot_titles=[""] + [inert(t) for t in tiles],
+                        specs=[[{"rowspan": k}, {}]] + [[None, {}]] * (k - 1))
+    # Hover reads the exact weight: z itself on a linear scale, customdata on a log scale.
+    hover = "customdata" if log_scale else "z"
+
+    def heat(f: int) -> go.Heatmap:
+        return go.Heatmap(z=drawn[f], customdata=exact[f] if log_scale else None)
+
+    fig.add_trace(go.Heatmap(
+        z=drawn[start], customdata=exact[start] if log_scale else None, x=names, y=names,
+        zmin=zmin, zmax=zmax, colorscale=colorscale, hoverongaps=False,
+        colorbar=dict(**colorbar, x=fig.layout.xaxis.domain[1] + 0.01, thickness=12),
+        hovertemplate=f"query %{{y}}<br>key %{{x}}<br>weight %{{{hover}:.5f}}<extra></extra>"),
+        row=1, col=1)
+    marks = _anchor_marks(names, anchor_mask)
+    if marks is not None:
+        fig.add_trace(marks, row=1, col=1)
+    moving = [0]
+    series = {label: [None if not np.isfinite(y) else float(y) for y in ys]
+              for label, ys in tiles.items()}
+
+    def marker(label: str, f: int) -> go.Scatter:
+        y = series[label][f]
+        return go.Scatter(x=[values[f]], y=[y], text=["—" if y is None else f"{y:.3g}"])
+
+    for row, label in enumerate(series, start=1):
+        fig.add_trace(go.Scatter(x=list(values), y=series[label], mode="lines",
+                                 name=f"{label}, every frame", line=dict(color="#9e9e9e"),
+                                 hoverinfo="skip", showlegend=False), row=row, col=2)
+        fig.add_trace(marker(label, start).update(
+            name=label, mode="markers+text", textposition="top center", cliponaxis=False,
+            marker=dict(size=11, color="#ff7f0e"), hoverinfo="skip", showlegend=False),
+            row=row, col=2)
+        moving.append(len(fig.data) - 1)
+        fig.update_xaxes(type="log" if log_axis else "linear", title=symbol if row == k else None,
+                         row=row, col=2)
+    fig.frames = [go.Frame(name=f"{v:g}", traces=moving,
+                           data=[heat(f)] + [marker(label, f) for label in series])
+                  for f, v in enumerate(values)]
+    # The masked future shows what lies below the heatmap: grey there, white behind the tiles.
+    grey = dict(type="rect", xref="x domain", yref="y domain", x0=0, x1=1, y0=0, y1=1,
+                fillcolor=FUTURE_GREY, line=dict(width=0), layer="below")
+    fig.update_layout(
+        title=inert(title), plot_bgcolor="white", height=min(max(420, 14 * n + 160), 760) + 200,
+        shapes=[grey] + _block_lines(block_ids), showlegend=False,
+        margin=dict(l=10, r=10, t=60 if title else 30, b=200),
+        xaxis=dict(title="key", type="category", tickangle=-60, showgrid=False, zeroline=False),
+        yaxis=dict(title="query", type="category", autorange="reversed", showgrid=False,
+                   zeroline=False),
+        updatemenus=[dict(type="buttons", direction="left", showactive=False, x=0, y=0,
+                          xanchor="left", yanchor="top", pad=dict(t=150), buttons=[
+                              dict(label="▶ Play", method="animate",
+                                   args=[None, _animate(PLAY_FRAME_MS)]),
+                              dict(label="❚❚ Pause", method="animate",
+                                   args=[[None], {**_animate(0), "frame": {"duration": 0,
+                                                                          "redraw": False}}])])],
+        sliders=[dict(active=start, x=0.16, len=0.84, y=0, yanchor="top", pad=dict(t=130),
+                      currentvalue=dict(prefix=f"{symbol} = "),
+                      steps=[dict(label=f"{v:g}", method="animate",
+                                  args=[[f"{v:g}"], _animate(0)]) for v in values])])
+    fig.update_annotations(font_size=12)
+    return fig
+
+
+GRID_PANEL_PX = 110     # the side of one panel of the grid of heads, in pixels
+GRID_GAP = 1            # cells of white between two panels
+
+
+def panel_name(layer, head) -> str:
+    """"layer 1 · head 0", "mean of layers · head 2", …: one panel of the grid of heads."""
+    return (("mean of layers" if layer == "mean" else f"layer {layer}") + " · "
+            + ("mean of heads" if head == "mean" else f"head {head}"))
+
+
+def head_grid(panels: np.ndarray, layers: list, heads: list, log_scale: bool = False,
+              chosen: tuple | None = None) -> go.Figure:
+    """Small heatmaps of every layer × head and the means, ``panels[row, column]`` of
+    ``[side, side]`` cells (``ui.motion.head_panels``: NaN where the future is masked), tiled
+    into one heatmap with white gaps. One invisible marker per panel carries ``customdata =
+    [layer, head]``: hovering names the panel and clicking selects it (for
+    ``st.plotly_chart(on_select=…)``). ``chosen`` (layer, head) is outlined in orange."""
+    rows, cols, side = panels.shape[:3]
+    step = side + GRID_GAP
+    tiles = np.full((rows * step - GRID_GAP, cols * step - GRID_GAP), np.nan, np.float32)
+    for r in range(rows):
+        for c in range(cols):
+            tiles[r * step:r * step + side, c * step:c * step + side] = panels[r, c]
+    z, zmin, zmax, colorscale, colorbar = _colour_scale(tiles, log_scale, False)
+    fig = go.Figure(go.Heatmap(z=z, zmin=zmin, zmax=zmax, colorscale=colorscale,
+                               colorbar=dict(**colorbar, thickness=12), hoverinfo="skip"))
+    centre = (side - 1) / 2
+    pos = [(r, c) for r in range(rows) for c in range(cols)]
+    fig.add_trace(go.Scatter(
+        x=[c * step + centre for _, c in pos], y=[r * step + centre for r, _ in pos],
+        customdata=[[layers[r], heads[c]] for r, c in pos], mode="markers",
+        text=[panel_name(layers[r], heads[c]) for r, c in pos],
+        marker=dict(size=24, symbol="square", opacity=0),
+        selected=dict(marker=dict(opacity=0)), unselected=dict(marker=dict(opacity=0)),
+        hovertemplate="%{text}<br>click to open<extra></extra>", showlegend=False))
+    end_x, end_y = tiles.shape[1] - 0.5, tiles.shape[0] - 0.5
+    white = dict(type="rect", fillcolor="white", line=dict(width=0), layer="above")
+    shapes = [dict(white, x0=-0.5, x1=end_x, y0=r * step - GRID_GAP - 0.5, y1=r * step - 0.5)
+              for r in range(1, rows)]
+    shapes += [dict(white, y0=-0.5, y1=end_y, x0=c * step - GRID_GAP - 0.5, x1=c * step - 0.5)
+               for c in range(1, cols)]
+    if chosen is not None and chosen[0] in layers and chosen[1] in heads:
+        r, c = layers.index(chosen[0]), heads.index(chosen[1])
+        shapes.append(dict(type="rect", x0=c * step - 0.5, x1=c * step + side - 0.5,
+                           y0=r * step - 0.5, y1=r * step + side - 0.5,
+                           line=dict(color="#ff7f0e", width=3), layer="above"))
+    ticks = dict(showgrid=False, zeroline=False, tickmode="array")
+    fig.update_layout(
+        height=rows * GRID_PANEL_PX + 90, shapes=shapes, plot_bgcolor=FUTURE_GREY,
+        margin=dict(l=10, r=10, t=50, b=10), hovermode="closest", hoverdistance=-1,
+        clickmode="event+select",
+        xaxis=dict(**ticks, side="top", range=[-0.5, end_x], constrain="domain",
+                   tickvals=[c * step + centre for c in range(cols)],
+                   ticktext=["mean of heads" if h == "mean" else f"head {h}" for h in heads]),
+        yaxis=dict(**ticks, range=[end_y, -0.5], scaleanchor="x", constrain="domain",
+                   tickvals=[r * step + centre for r in range(rows)],
+                   ticktext=["mean of layers" if v == "mean" else f"layer {v}"
+                             for v in layers]))
     return fig

@@ -16,8 +16,9 @@ from localist_core import load_model
 from localist_core.analysis.inspection import recruitment_trace as trace_text
 from localist_core.experiments.cache import cached_run_pattern, load_cache
 from localist_core.experiments.results import cache_stamp, read_baselines
-from localist_core.paths import PROMPTS_FILE, SHIPPED_SWEEP
-from ui.catalogue import list_checkpoints
+from localist_core.model.checkpoint import CheckpointError
+from localist_core.paths import PROMPTS_FILE, SHIPPED_SWEEP, STUDY_SWEEP
+from ui.catalogue import checkpoint_stamp, list_checkpoints
 from ui.notices import guarded
 
 if TYPE_CHECKING:
@@ -25,13 +26,29 @@ if TYPE_CHECKING:
 
 # Limits (README "Limits"): every cache is bounded.
 MAPS_KEPT = 32    # stored sweep maps: 0.25 MiB each for the shipped runs, at most 4 MiB
+MODELS_KEPT = 6   # loaded models, or refusals, one per version of a checkpoint folder's files
 FALLBACK_PROMPTS = {"castle": "The old castle stood on a hill above the river ."}
 
 
-@st.cache_resource(show_spinner="Loading the model…", max_entries=6)
+@st.cache_resource(show_spinner="Loading the model…", max_entries=MODELS_KEPT)
+def _model(path: str, stamp: tuple):
+    """(model, tokenizer), one copy shared by every session, safe to share (run lock); or the
+    message of the CheckpointError that refused the folder (NaN weights, a truncated file). A
+    refusal is kept like a model, so a broken folder is read once per change of its files
+    (``stamp``), not again on every rerun of every page."""
+    try:
+        return load_model(path)
+    except CheckpointError as e:
+        return str(e)
+
+
 def load_checkpoint(path: str):
-    """(model, tokenizer); one copy shared by every session, safe to share (run lock)."""
-    return load_model(path)
+    """(model, tokenizer) of a checkpoint folder, loaded again only when its files change;
+    raises CheckpointError when the folder is refused."""
+    got = _model(path, checkpoint_stamp(Path(path)))
+    if isinstance(got, str):
+        raise CheckpointError(got)
+    return got
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -80,6 +97,18 @@ def sweep_cache() -> str:
     return os.environ.get("LOCALIST_SWEEP_CACHE") or str(SHIPPED_SWEEP)
 
 
+def study_cache() -> str:
+    """The multi-seed study's cache the pages offer beside it: $LOCALIST_STUDY_CACHE, else the
+    shipped one (scripts/study.sh writes it)."""
+    return os.environ.get("LOCALIST_STUDY_CACHE") or str(STUDY_SWEEP)
+
+
+def project_caches() -> tuple[str, ...]:
+    """The caches the project reads and an app sweep's root must stay clear of (the root
+    checks in ui.launch_root): the sweep and study caches in use and the shipped ones."""
+    return (sweep_cache(), str(SHIPPED_SWEEP), study_cache(), str(STUDY_SWEEP))
+
+
 @guarded("read the sample texts", FALLBACK_PROMPTS)
 def sample_prompts(path: str = str(PROMPTS_FILE)) -> dict[str, str]:
     """The sample texts by name (assets/prompts.json), or one fallback text."""
@@ -97,6 +126,14 @@ def sweep_results(folder: str) -> tuple[list[dict], list[str], dict | None]:
     """Runs, refused files (each named, with the reason) and baselines of a sweep cache; read
     again only when its files change."""
     return _sweep_results(str(folder), cache_stamp(folder))
+
+
+@guarded("load this checkpoint", False)
+def model_loads(path: str) -> bool:
+    """Whether the checkpoint folder at ``path`` loads (kept loaded for the pages); False after
+    a notice saying why not."""
+    load_checkpoint(path)
+    return True
 
 
 @guarded("load this checkpoint")

@@ -70,18 +70,20 @@ ICONS = {"error": "🚫", "warning": "⚠️"}
 def refuse(e: Exception, what: str, detail: str | None = None) -> None:
     """The notice for a load or computation that failed: ``what`` completes "Could not …"
     (``"read the sweep results"``); ``detail`` (a path) goes to the server log only."""
+    where = f" ({detail})" if detail else ""
     for kind, level, message in TOLD:
         if isinstance(e, kind):
-            LOG.warning("could not %s (%s): %s", what, detail, e)
+            LOG.warning("could not %s%s: %s", what, where, e)
             getattr(st, level)(plain(message.format(e)), icon=ICONS[level])
             return
-    LOG.error("could not %s (%s)", what, detail, exc_info=e)
+    LOG.error("could not %s%s", what, where, exc_info=e)
     st.error(plain(f"Could not {what}; the server log has the details."), icon="🚫")
 
 
-def guarded(what: str, fallback=None):
+def guarded(what: str, fallback=None, detail=None):
     """Decorator for what a page calls: when the call raises, the visitor gets ``refuse``'s
-    notice and the page gets a fresh copy of ``fallback``.
+    notice and the page gets a fresh copy of ``fallback``. ``detail``, called with the call's
+    arguments, names what failed in the server log (a checkpoint's path).
 
     Streamlit's own st.stop and st.rerun pass through (they are not ``Exception``s).
     """
@@ -91,7 +93,14 @@ def guarded(what: str, fallback=None):
             try:
                 return fn(*args, **kwargs)
             except Exception as e:   # noqa: BLE001 - a visitor gets a notice, never a traceback
-                refuse(e, what)
+                refuse(e, what, _detail(detail, args, kwargs))
                 return copy.deepcopy(fallback)
         return safe
     return wrap
+
+
+def _detail(detail, args, kwargs) -> str | None:
+    try:
+        return None if detail is None else detail(*args, **kwargs)
+    except Exception:   # noqa: BLE001 - the log line loses its detail, the visitor nothing
+        return None

@@ -1,11 +1,13 @@
-"""The Tradeoff page's figures from cached sweep results: labelled series per protocol, leaks as
-red triangles, the papers' reports and reference lines, error bars of ± 1 sd across seeds (no
-streamlit here)."""
+"""The Tradeoff page's figures and captions from cached sweep results: which curves answer what
+locality costs, one series per curve with point labels placed so that none covers another, error
+bars of ± 1 sd across seeds, leaks as red triangles, the papers' reports as crimson crosses and
+reference lines. A chart's axes are set by what it draws (no streamlit here)."""
 from __future__ import annotations
 
 import math
 
 import plotly.graph_objects as go
+from plotly.subplots import make_subplots
 
 from localist_core.experiments.results import LEAK, PAPERS, finite
 from ui.figures import inert
@@ -16,6 +18,146 @@ _REF_STYLE = {"ceiling": ("black", "dot"), "paper": ("crimson", "dash"),
               "baseline": ("grey", "dashdot")}
 _CONTROLS = (("recent_b_mass", "recent-b control", "dot"),
              ("shifted_block_mass", "shifted-block control", "dash"))
+# The headline's locality measures: key → (axis title, a value as the caption names it).
+LOCALITY_MEASURES = {"in_block_mass": ("in-block mass", "in-block mass {:.2f}"),
+                     "entropy_bits": ("attention entropy (bits)", "entropy {:.2f} bits")}
+# The shipped dial checkpoint is used at β = 64 (REPRODUCTION.md); a sweep evaluated at that β
+# names its runs "dial-beta64" (sweep.plan_runs), so their variant is:
+SHIPPED_DIAL = "beta64"
+
+# -- which curves, and what they show ------------------------------------------------------------
+
+
+def headline_series(points: list[dict]) -> list[str]:
+    """The curves that say what locality costs: the attention penalty as trained on fixed blocks
+    and the dial-protocol model (at the shipped β = 64 where the cache has it). A cache with
+    neither gets its first series."""
+    def first(want) -> str | None:
+        return next((p["series"] for p in points if want(p)), None)
+
+    penalty = first(lambda p: p.get("curve") == "trained" and p.get("protocol") == "attention"
+                    and not p.get("variant"))
+    dial = (first(lambda p: p.get("curve") == "dial" and p.get("variant") == SHIPPED_DIAL)
+            or first(lambda p: p.get("curve") == "dial" and not p.get("variant")))
+    found = [s for s in (penalty, dial) if s]
+    return found or ([points[0]["series"]] if points else [])
+
+
+def most_seeds(points: list[dict]) -> int:
+    """The most training seeds behind one point (0 without points)."""
+    return max((p.get("n") or 1 for p in points), default=0)
+
+
+def seeds_note(points: list[dict]) -> str:
+    """How many seeds stand behind the points, for the caption under the cache's name."""
+    n = most_seeds(points)
+    if n <= 1:
+        return ("every point is one training seed, so no difference between points is "
+                "established here")
+    return (f"a point averages up to {n} training seeds, drawn as their mean with error bars of "
+            "± 1 sample sd across seeds; a point without bars is one seed")
+
+
+def _verdict(p: dict) -> str:
+    n, ci = p.get("perplexity_rise_n") or 0, finite(p.get("perplexity_rise_ci95"))
+    if p.get("perplexity_rise_established"):
+        return f"established over {n} paired seeds (95% interval ± {ci:.1f})"
+    if n < 2 or ci is None:
+        return f"not established ({n or 'no'} seed{'' if n == 1 else 's'} at both ends)"
+    return f"not established (95% interval ± {ci:.1f} over {n} paired seeds includes 0)"
+
+
+def cost_caption(points: list[dict], series: list[str], x: str) -> str:
+    """One sentence: along each of ``series``, valid perplexity at λ = 0 and at its most local
+    point (the means drawn), and whether the rise is established by its paired-by-seed interval
+    (``perplexity_rise_*``); ``x`` (a key of ``LOCALITY_MEASURES``) is shown beside each end."""
+    def at(p: dict, ppl: bool = False) -> str:
+        v = finite(p.get(x))
+        more = [LOCALITY_MEASURES[x][1].format(v)] * (v is not None) + [
+            f"valid perplexity {p['perplexity']:.1f}"] * ppl
+        return f"λ = {p['locality']:g}" + (f" ({', '.join(more)})" if more else "")
+
+    parts = []
+    for name in series:
+        pts = sorted((p for p in points if p["series"] == name
+                      and finite(p.get("perplexity")) is not None), key=lambda p: p["locality"])
+        base = next((p for p in pts if p["locality"] == 0), None)
+        if not pts:
+            continue
+        last = pts[-1]
+        if base is None:
+            parts.append(f"{name} has no λ = 0 point to compare with, so its cost is not "
+                         "established")
+        elif last is base:
+            parts.append(f"{name} has only {at(base, True)} in this cache, so its cost is not "
+                         "established")
+        else:
+            diff = last["perplexity"] - base["perplexity"]
+            parts.append(f"{name} goes from {base['perplexity']:.1f} at {at(base)} to "
+                         f"{last['perplexity']:.1f} at {at(last)}, {diff:+.1f} "
+                         f"({100 * diff / base['perplexity']:+.0f}%), {_verdict(last)}")
+    if not parts:
+        return "No curve of this cache has a valid perplexity to compare."
+    return "Valid perplexity along each curve: " + "; ".join(parts) + "."
+
+
+# -- placing point labels ------------------------------------------------------------------------
+# Pixel geometry of a figure about FIG_WIDTH wide (Streamlit's wide layout): one character of the
+# 10-px label font, a line, the gap between a marker and its label, a marker's half-width.
+FIG_WIDTH, CHAR_PX, LINE_PX, GAP_PX, MARKER_PX = 900, 6.2, 13.0, 5.0, 4.0
+POSITIONS = ("top center", "bottom center", "middle right", "middle left", "top right",
+             "top left", "bottom right", "bottom left")
+
+
+def label_box(px: float, py: float, text: str, position: str) -> tuple[float, ...]:
+    """The pixel box (x0, y0, x1, y1), y upward, of ``text`` drawn at ``position`` (plotly's
+    textposition) of a marker at (px, py)."""
+    w, h = CHAR_PX * len(text), LINE_PX
+    vert, horiz = position.split()
+    cx = px + {"left": -1, "center": 0, "right": 1}[horiz] * (w / 2 + GAP_PX)
+    cy = py + {"bottom": -1, "middle": 0, "top": 1}[vert] * (h / 2 + GAP_PX)
+    return cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2
+
+
+def boxes_overlap(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def place_labels(groups: list[list[tuple[float, float, str]]], width: float,
+                 height: float) -> list[list[str | None]]:
+    """A textposition for each labelled marker (px, py, text) of each series, or None where every
+    position would cover a placed label or any marker, or leave the width × height panel. The
+    ends of a series go first, then its inner points; a dropped label stays in the hover."""
+    markers = [(x - MARKER_PX, y - MARKER_PX, x + MARKER_PX, y + MARKER_PX)
+               for g in groups for x, y, _ in g if math.isfinite(x) and math.isfinite(y)]
+    taken: list[tuple[float, ...]] = []
+    out = []
+    for g in groups:
+        where: list[str | None] = [None] * len(g)
+        for i in sorted(range(len(g)), key=lambda i: (0 < i < len(g) - 1, i)):
+            x, y, text = g[i]
+            if not text or not (math.isfinite(x) and math.isfinite(y)):
+                continue
+            for pos in POSITIONS:
+                box = label_box(x, y, text, pos)
+                inside = box[0] >= 0 and box[1] >= 0 and box[2] <= width and box[3] <= height
+                if inside and not any(boxes_overlap(box, o) for o in taken + markers):
+                    where[i] = pos
+                    taken.append(box)
+                    break
+        out.append(where)
+    return out
+
+
+def _px(v, rng: list[float] | None, log: bool, span: float) -> float:
+    v = finite(v)
+    if v is None or rng is None or (log and v <= 0):
+        return math.nan
+    v = math.log10(v) if log else v
+    return (v - rng[0]) / ((rng[1] - rng[0]) or 1.0) * span
+
+
+# -- figures -------------------------------------------------------------------------------------
 
 
 def seed_error(pts: list[dict], key: str) -> dict | None:
@@ -28,28 +170,44 @@ def seed_error(pts: list[dict], key: str) -> dict | None:
                 width=3)
 
 
-def _add_series(fig, pts: list[dict], x: str, y: str, color: str, legend: bool, controls: bool,
-                **rc) -> None:
+def _spread(pts: list[dict], key: str) -> list[float]:
+    """Every value of ``key`` with its ± sd bar ends: what an axis must show."""
+    out = []
+    for p in pts:
+        v, sd = finite(p.get(key)), finite(p.get(f"{key}_sd")) or 0.0
+        if v is not None:
+            out += [v - sd, v + sd] if (p.get("n") or 1) > 1 else [v]
+    return out
+
+
+def _padded(values: list[float], log: bool, pad: float = 0.1) -> list[float] | None:
+    """An axis range with room for the point labels (log axes take log10 bounds)."""
+    vals = [math.log10(v) for v in values if v > 0] if log else list(values)
+    if not vals:
+        return None
+    lo, hi = min(vals), max(vals)
+    margin = pad * ((hi - lo) or (1.0 if not log else 0.5))
+    return [lo - margin, hi + margin]
+
+
+def _series_trace(pts: list[dict], x: str, y: str, color: str, legend: bool,
+                  where: list[str | None]) -> go.Scatter:
     series = pts[0]["series"]
     leak = series.startswith(LEAK)
     color = "#d62728" if leak else color
     bars = {k: v for k, v in (("error_y", seed_error(pts, y)), ("error_x", seed_error(pts, x)))
             if v is not None}
-    fig.add_trace(go.Scatter(
+    return go.Scatter(
         x=[p[x] for p in pts], y=[p[y] for p in pts], mode="lines+markers+text",
         name=inert(series), legendgroup=series, showlegend=legend,
-        text=[inert(p["label"]) for p in pts], textposition="top center",
-        textfont=dict(size=10, color=color), customdata=[inert(p["run_id"]) for p in pts],
+        text=[inert(p["label"]) if w else "" for p, w in zip(pts, where)],
+        textposition=[w or "top center" for w in where], textfont=dict(size=10, color=color),
+        customdata=[[inert(p.get("run_id", "")), inert(p["label"]), p.get("n") or 1]
+                    for p in pts],
         marker=dict(symbol="triangle-up" if leak else "circle", size=11 if leak else 7,
                     color=color), line=dict(dash="dot" if leak else "solid", color=color),
-        hovertemplate="%{customdata} · %{text}<br>%{x:.4g}, %{y:.4g}<extra></extra>", **bars),
-        **rc)
-    for key, name, dash in _CONTROLS if controls else ():
-        cp = [p for p in pts if finite(p.get(key)) is not None]
-        fig.add_trace(go.Scatter(x=[p[x] for p in cp], y=[p[key] for p in cp], mode="lines",
-                                 name=inert(f"{series}: {name}"), legendgroup=series,
-                                 showlegend=legend, line=dict(dash=dash, width=1, color=color)),
-                      **rc)
+        hovertemplate="%{customdata[0]} · %{customdata[1]}<br>%{x:.4g}, %{y:.4g} "
+                      "(%{customdata[2]} seed(s))<extra></extra>", **bars)
 
 
 def _add_line(fig, ref: dict, vertical: bool, lo: float, hi: float, legend: bool, **rc) -> None:
@@ -61,68 +219,75 @@ def _add_line(fig, ref: dict, vertical: bool, lo: float, hi: float, legend: bool
                              line=dict(color=color, dash=dash, width=1.5)), **rc)
 
 
-def _padded(values: list[float], log: bool, pad: float = 0.08) -> list[float] | None:
-    """An axis range with room for the point labels (log axes take log10 bounds)."""
-    vals = [math.log10(v) for v in values if v > 0] if log else list(values)
-    if not vals:
-        return None
-    lo, hi = min(vals), max(vals)
-    margin = pad * ((hi - lo) or (1.0 if not log else 0.5))
-    return [lo - margin, hi + margin]
-
-
 def panel_figure(points: list[dict], x: str, x_title: str, panels: list[dict], *,
                  papers: list[dict] | None = None, vlines: list[dict] | None = None,
                  log_x: bool = False, controls: bool = False, height: int = 460) -> go.Figure:
-    """Side-by-side panels sharing x and one legend: one labelled marker per point and a line per
-    series, leaks as red triangles, the papers' reports as crimson crosses, reference lines
-    (ceilings, baselines, the papers' figures) named in the legend.
+    """Side-by-side panels sharing x and one legend below them: a line per series with its
+    points labelled where the label covers nothing (``place_labels``), leaks as red triangles,
+    the papers' reports as crimson crosses, reference lines (ceilings, baselines, the papers'
+    figures) named in the legend. Each axis is set by what its panel draws, bars included.
 
     ``panels``: dicts with ``y``, ``title`` and optional ``hlines`` and ``log_y``. Points that
     average n > 1 seeds carry error bars of ± 1 sd across seeds (``seed_error``).
     """
-    from plotly.subplots import make_subplots
-
-    fig = make_subplots(rows=1, cols=len(panels), horizontal_spacing=0.08)
+    n = len(panels)
+    fig = make_subplots(rows=1, cols=n, horizontal_spacing=0.08)
     colors = {s: _PALETTE[i % len(_PALETTE)]
               for i, s in enumerate(dict.fromkeys(p["series"] for p in points))}
+    width, plot_h = (FIG_WIDTH - 80) * (1 - 0.08 * (n - 1)) / n, height - 120
     shown: set[str] = set()
     for col, panel in enumerate(panels, start=1):
-        y, rc, xs_extra = panel["y"], {"row": 1, "col": col}, []
+        y, rc, log_y = panel["y"], {"row": 1, "col": col}, bool(panel.get("log_y"))
         pts = [p for p in points if finite(p.get(x)) is not None and finite(p.get(y)) is not None]
-        for series in dict.fromkeys(p["series"] for p in pts):
-            _add_series(fig, [p for p in pts if p["series"] == series], x, y, colors[series],
-                        series not in shown, controls, **rc)
-            shown.add(series)
-        if controls:
-            up = [p for p in pts if finite(p.get("uniform_in_block_mass")) is not None]
-            if up:
-                fig.add_trace(go.Scatter(
-                    x=[p[x] for p in up], y=[p["uniform_in_block_mass"] for p in up],
-                    mode="markers", name="uniform-attention control", showlegend=col == 1,
-                    marker=dict(symbol="line-ew-open", size=14, color="grey")), **rc)
-        for p in papers or []:
-            if finite(p.get(x)) is not None and finite(p.get(y)) is not None:
-                fig.add_trace(go.Scatter(
-                    x=[p[x]], y=[p[y]], mode="markers+text", name=inert(p["label"]),
-                    legendgroup=p["label"], showlegend=p["label"] not in shown, text=[PAPERS],
-                    textposition="bottom center", textfont=dict(color="crimson"),
-                    marker=dict(symbol="x", size=13, color="crimson")), **rc)
-                shown.add(p["label"])
-                xs_extra.append(p[x])
+        pp = [p for p in papers or [] if finite(p.get(x)) is not None
+              and finite(p.get(y)) is not None]
         hl, vl = panel.get("hlines") or [], vlines or []
-        xs = [p[x] for p in pts] + [r["value"] for r in vl] + xs_extra
-        ys = [p[y] for p in pts] + [r["value"] for r in hl]
+        ctl = [p[k] for p in pts for k, _, _ in _CONTROLS + (("uniform_in_block_mass", 0, 0),)
+               if controls and finite(p.get(k)) is not None]
+        xs = _spread(pts, x) + [p[x] for p in pp] + [r["value"] for r in vl]
+        ys = _spread(pts, y) + [p[y] for p in pp] + [r["value"] for r in hl] + ctl
+        xr, yr = _padded(xs, log_x), _padded(ys, log_y)
+        groups = {s: [p for p in pts if p["series"] == s]
+                  for s in dict.fromkeys(p["series"] for p in pts)}
+        marks = [[(_px(p[x], xr, log_x, width), _px(p[y], yr, log_y, plot_h),
+                   PAPERS if p.get("source") == PAPERS else p["label"])
+                  for p in g] for g in [*groups.values(), *([p] for p in pp)]]
+        where = place_labels(marks, width, plot_h)
+        for (series, g), w in zip(groups.items(), where):
+            fig.add_trace(_series_trace(g, x, y, colors[series], series not in shown, w), **rc)
+            shown.add(series)
+        for key, name, dash in _CONTROLS if controls else ():
+            for series, g in groups.items():
+                cp = [p for p in g if finite(p.get(key)) is not None]
+                fig.add_trace(go.Scatter(
+                    x=[p[x] for p in cp], y=[p[key] for p in cp], mode="lines",
+                    name=inert(f"{series}: {name}"), legendgroup=series, showlegend=col == 1,
+                    line=dict(dash=dash, width=1, color=colors[series])), **rc)
+        up = [p for p in pts if controls and finite(p.get("uniform_in_block_mass")) is not None]
+        if up:
+            fig.add_trace(go.Scatter(
+                x=[p[x] for p in up], y=[p["uniform_in_block_mass"] for p in up],
+                mode="markers", name="uniform-attention control", showlegend=col == 1,
+                marker=dict(symbol="line-ew-open", size=14, color="grey")), **rc)
+        for p, w in zip(pp, where[len(groups):]):
+            fig.add_trace(go.Scatter(
+                x=[p[x]], y=[p[y]], mode="markers+text", name=inert(p["label"]),
+                legendgroup=p["label"], showlegend=p["label"] not in shown,
+                text=[PAPERS if w[0] else ""], textposition=w[0] or "bottom center",
+                textfont=dict(color="crimson"), hoverinfo="name",
+                marker=dict(symbol="x", size=13, color="crimson")), **rc)
+            shown.add(p["label"])
         for refs, vertical, span in ((hl, False, xs), (vl, True, ys)):
             for r in refs if span else ():
                 _add_line(fig, r, vertical, min(span), max(span), r["label"] not in shown, **rc)
                 shown.add(r["label"])
-        fig.update_xaxes(title_text=x_title, type="log" if log_x else "linear",
-                         range=_padded(xs, log_x), **rc)
-        fig.update_yaxes(title_text=panel["title"], type="log" if panel.get("log_y") else
-                         "linear", **rc)
+        fig.update_xaxes(title_text=x_title, type="log" if log_x else "linear", range=xr,
+                         automargin=True, **rc)
+        fig.update_yaxes(title_text=panel["title"], type="log" if log_y else "linear",
+                         range=yr, automargin=True, **rc)
     fig.update_layout(height=height, margin=dict(l=10, r=10, t=30, b=10),
-                      legend=dict(font=dict(size=11), tracegroupgap=2))
+                      legend=dict(orientation="h", yanchor="top", y=-0.18, x=0,
+                                  font=dict(size=11)))
     return fig
 
 

@@ -8,12 +8,14 @@ import json
 import math
 
 import pandas as pd
+import streamlit as st
 
 from localist_core.analysis import inspection, rules, theory
 from localist_core.analysis.rules import RULE_STRENGTH_MAX  # noqa: F401 (for the Rules page)
 from localist_core.experiments import results
 from localist_core.experiments.sweep import PROTOCOL_NAMES  # noqa: F401 (for the Sweeps page)
 from localist_core.model.config import PARTITIONS  # noqa: F401 (for the Sweeps page)
+from ui import figures
 from ui.loaders import load_checkpoint
 from ui.notices import guarded
 
@@ -26,6 +28,22 @@ def metric_mean(metrics: dict, name: str, fmt: str = ".3f") -> str:
     """A metric's mean formatted for a caption, or "—" when an older analysis lacks it."""
     m = metrics.get(name)
     return format(m["mean"], fmt) if isinstance(m, dict) and "mean" in m else "—"
+
+# -- the figures of one analysis, built once and shared ---------------------------------------
+# A slider move that lands on a setting some session has seen before costs no plotly build: each
+# builder is cached on its arguments and every session gets the same figure, which
+# st.plotly_chart only reads (it draws from a copy, ``Figure.to_dict``). Building one (plotly's
+# validation) costs 3–8 ms a figure; a hit costs the hashing of its arguments. The largest array
+# argument is a [T, T] view, at most 256² = 65,536 values, under the 500,000 above which
+# Streamlit hashes a sample, so the key is exact. Limits (README "Limits"): one heatmap holds
+# 0.28 MiB at T = 128 and 0.83 MiB at T = 256, an entropy strip 48–65 KiB, a top-5 bar 29 KiB
+# (tracemalloc, ten of each), so each cache holds at most FIGURES_KEPT of them: ≤ 36 MiB of
+# heatmaps at T = 128 (≤ 106 MiB at T = 256), ≤ 8 MiB of strips, ≤ 4 MiB of bars.
+FIGURES_KEPT = 128
+_shared = st.cache_resource(show_spinner=False, max_entries=FIGURES_KEPT)
+attention_heatmap = _shared(figures.attention_heatmap)
+entropy_strip = _shared(figures.entropy_strip)
+top_tokens_bar = _shared(figures.top_tokens_bar)
 
 # -- one analysis --------------------------------------------------------------------------------
 

@@ -1,5 +1,5 @@
 """Sweep-cache results as flat points and tables: the curves of the Tradeoff page and the report,
-as plain dicts (the figures that draw them are ``ui.figures``)."""
+as plain dicts (the figures that draw them are ``ui.sweep_figures``)."""
 from __future__ import annotations
 
 import json
@@ -7,7 +7,7 @@ import math
 import statistics
 from pathlib import Path
 
-from ..analysis.metrics import METRIC_NAMES, causal_entropy_ceiling
+from ..analysis.metrics import METRIC_LABELS, METRIC_NAMES, causal_entropy_ceiling
 from ..model.config import is_finite_number
 from .cache import (
     BASELINES_FILE,
@@ -191,9 +191,11 @@ def dial_settings(run: dict, split: str = "valid") -> list[tuple[float, float]]:
 
 
 def make_point(run: dict, lam: float, dial_locality: float, tau: float = 1.0,
-               series: str = "", label: str | None = None) -> dict | None:
+               series: str = "", label: str | None = None, curve: str = "") -> dict | None:
     """One flat point of a run's eval at (λ_f, τ), with its test figures at τ = 1; None if the
-    eval is missing. ``lam`` is where the point sits on a λ axis."""
+    eval is missing. ``lam`` is where the point sits on a λ axis; ``curve`` is how it was made
+    (``CURVES``; "" outside the curves). The ``perplexity_rise`` fields are filled by
+    ``curve_points``."""
     ev = find_eval(run, dial_locality, tau)
     if ev is None:
         return None
@@ -203,7 +205,8 @@ def make_point(run: dict, lam: float, dial_locality: float, tau: float = 1.0,
     ceiling = finite(ev.get("entropy_ceiling_bits"))
     if ceiling is None and isinstance(n_ctx, int) and n_ctx > 0:
         ceiling = causal_entropy_ceiling(n_ctx)
-    p = {"series": series, "label": label or f"λ={lam:g}", "run_id": str(run.get("run_id")),
+    p = {"series": series, "label": label or f"λ={lam:g}", "curve": curve,
+         "run_id": str(run.get("run_id")),
          "protocol": protocol_of(run), "variant": variant(run),
          "trained_locality": trained_locality(run), "locality": lam,
          "dial_locality": dial_locality, "attn_temperature": tau,
@@ -216,7 +219,14 @@ def make_point(run: dict, lam: float, dial_locality: float, tau: float = 1.0,
     seed = seed_of(run)
     p.update({"n": 1, "seed": seed, "seeds": "" if seed is None else str(seed)})
     p.update({f"{k}_{stat}": None for k in STAT_KEYS for stat in ("sd", "ci95")})
+    p.update({"perplexity_rise": None, "perplexity_rise_ci95": None, "perplexity_rise_n": 0,
+              "perplexity_rise_established": False})
     return p
+
+
+# How a curve's points were made: a penalty model as trained (λ_f = 0), the same model dialled
+# at inference to λ_f = λ, or the dial-protocol model at each λ_f.
+CURVES = ("trained", "dialled", "dial")
 
 
 def _series(run: dict, kind: str) -> str:
@@ -240,6 +250,25 @@ def _ungrouped(points: list[dict]) -> list[dict]:
     return [{k: v for k, v in p.items() if k != "group"} for p in points]
 
 
+def _with_rise(raw: list[dict], points: list[dict]) -> list[dict]:
+    """Each point's valid-perplexity rise over the λ = 0 point of its series, paired by seed
+    (``paired_difference`` of the per-seed ``raw`` points): the cost of locality along a curve.
+    A series without a λ = 0 point, or a point with no seed in common with it, gets none."""
+    by: dict[str, dict[float, dict[int, float]]] = {}
+    for p in raw:
+        if p.get("seed") is not None and finite(p.get("perplexity")) is not None:
+            by.setdefault(p["series"], {}).setdefault(p["locality"], {}).setdefault(
+                p["seed"], p["perplexity"])
+    for p in points:
+        curve = by.get(p["series"], {})
+        if 0.0 not in curve:
+            continue
+        d = paired_difference(curve.get(p["locality"], {}), curve[0.0])
+        p.update({"perplexity_rise": d["mean"], "perplexity_rise_ci95": d["ci95"],
+                  "perplexity_rise_n": d["n"], "perplexity_rise_established": d["established"]})
+    return points
+
+
 def _collect(runs: list[dict], want_leak: bool, kinds: tuple[str, ...]) -> list[dict]:
     """Points per series and λ; runs that differ only by seed make one point (their mean)."""
     pts = []
@@ -249,15 +278,18 @@ def _collect(runs: list[dict], want_leak: bool, kinds: tuple[str, ...]) -> list[
         if protocol_of(run) == "dial":
             if "dial" in kinds:
                 lams = sorted({lf for lf, t in dial_settings(run) if t == 1.0})
-                pts += [_grouped(run, make_point(run, lf, lf, series=_series(run, "dial")))
-                        for lf in lams]
+                pts += [_grouped(run, make_point(run, lf, lf, series=_series(run, "dial"),
+                                                 curve="dial")) for lf in lams]
             continue
         lam = trained_locality(run)
         if "trained" in kinds:
-            pts.append(_grouped(run, make_point(run, lam, 0.0, series=_series(run, "trained"))))
+            pts.append(_grouped(run, make_point(run, lam, 0.0, series=_series(run, "trained"),
+                                                curve="trained")))
         if "dialled" in kinds and not want_leak and lam > 0:   # at λ=0 it is the trained point
-            pts.append(_grouped(run, make_point(run, lam, lam, series=_series(run, "dialled"))))
-    pts = _ungrouped(aggregate_points([p for p in pts if p], _SAME))
+            pts.append(_grouped(run, make_point(run, lam, lam, series=_series(run, "dialled"),
+                                                curve="dialled")))
+    raw = [p for p in pts if p]
+    pts = _with_rise(raw, _ungrouped(aggregate_points(raw, _SAME)))
     return sorted(pts, key=lambda p: (p["series"], p["locality"]))
 
 
@@ -325,9 +357,10 @@ def _fixed_only(runs: list[dict]) -> list[dict]:
 def curve_points(runs: list[dict]) -> list[dict]:
     """Every causal curve of fixed-block runs at τ = 1, one series each: a penalty form as
     trained (one point per λ, λ_f = 0), the same models dialled at inference to λ_f = λ ("no
-    retraining"), and the dial-protocol model at each λ_f. Other partitions have their own
-    comparison (``strategy_points``)."""
-    return _collect(_fixed_only(runs), False, ("trained", "dialled", "dial"))
+    retraining"), and the dial-protocol model at each λ_f (``curve``: ``CURVES``). Each point
+    carries its perplexity rise over its series' λ = 0 point, paired by seed. Other partitions
+    have their own comparison (``strategy_points``)."""
+    return _collect(_fixed_only(runs), False, CURVES)
 
 
 def leak_points(runs: list[dict]) -> list[dict]:
@@ -417,14 +450,8 @@ def runs_table(runs: list[dict]) -> list[dict]:
             "λ (trained)": trained_locality(run), "variant": variant(run),
             "flag": leak_flag(run) or "", "valid ppl": p.get("perplexity"),
             "valid acc": p.get("accuracy"), "test ppl": p.get("test_perplexity"),
-            "entropy (bits)": p.get("entropy_bits"), "H/H_max": p.get("normalised_entropy"),
             "causal ceiling": p.get("entropy_ceiling_bits"),
-            "in-block": p.get("in_block_mass"), "recent-b": p.get("recent_b_mass"),
-            "shifted": p.get("shifted_block_mass"), "uniform": p.get("uniform_in_block_mass"),
-            "visible keys": p.get("visible_in_block_keys"),
-            "fidelity": p.get("pointer_fidelity_mass"),
-            "fidelity (uniform)": p.get("uniform_pointer_fidelity"),
-            "fidelity lift": p.get("pointer_fidelity_lift"),
+            **{label: p.get(name) for name, label in METRIC_LABELS.items()},
             "leak test": "pass" if passed is True else "FAIL" if passed is False else "—",
             "evals": len(dial_settings(run)),
             "steps": steps if isinstance(steps, int) and not isinstance(steps, bool) else None,
