@@ -74,3 +74,23 @@ def test_metric_columns_take_their_labels_from_metric_labels(monkeypatch):
         assert any(c.startswith("<") for c in cells), name
         assert not cells & old_labels, (name, cells & old_labels)
         assert not any(c.startswith(label + " at") for c in cells for label in old_labels), name
+
+
+def test_the_formula_table_has_a_row_per_usable_run_and_names_its_worst_miss():
+    from localist_core.experiments.results import formula_rows
+    runs = sweep_examples.synthetic_runs()
+    table = report.formula_table(runs)
+    usable = [r for r in runs if formula_rows(r)]
+    body = table.splitlines()[2:]
+    assert len(body) == len(usable) and usable
+    leaky = [r["run_id"] for r in runs if r["config"]["model"].get("noncausal_diagnostic")]
+    assert not any(line.startswith(f"| {rid} |") for rid in leaky for line in body)
+    dial = next(r for r in runs if r["run_id"] == "dial")
+    rows = [r for r in formula_rows(dial) if not r["calibration"]]
+    worst = max(rows, key=lambda r: abs(r["predicted_in_block"] - r["measured_in_block"]))
+    line = next(x for x in body if x.startswith("| dial |"))
+    assert f"{worst['measured_in_block']:.3f} vs {worst['predicted_in_block']:.3f}" in line
+    agree = sum(abs(r["predicted_in_block"] - r["measured_in_block"]) <= report.AGREE
+                for r in rows)
+    assert f"{agree} of {len(rows)}" in line
+    assert report.formula_table([]) is None

@@ -251,59 +251,16 @@ def threshold_reading(threshold: float, margin: float, attn_temperature: float) 
             f"this head's attention inside its block; below it, attention may leave.")
 
 
-def _barrier_sharpness(run: dict) -> float:
-    """β of a run's evaluations: its eval override, else its model's, else the default."""
-    from localist_core.model.config import ModelConfig
-
-    cfg = run.get("config") if isinstance(run.get("config"), dict) else {}
-    for part in ("eval", "model"):
-        beta = results.finite((cfg.get(part) or {}).get("barrier_sharpness"))
-        if beta is not None and beta > 0:
-            return beta
-    return ModelConfig.barrier_sharpness
-
-
-def _in_block(run: dict, locality: float, tau: float, key: str = "in_block_mass") -> float | None:
-    ev = results.find_eval(run, locality, tau) or {}
-    m = (ev.get("attention") or {}).get(key)
-    return results.finite(m.get("mean")) if isinstance(m, dict) else None
-
-
 @guarded("set the sweep against the formula", [])
 def formula_against_sweep(run: dict) -> list[dict]:
-    """Every (λ_f, τ) a causal run was evaluated at: its measured in-block mass and the
-    formula's (``theory.predicted_cross_mass``), from one effective margin read at λ_f = 0,
-    τ = 1 and the uniform baseline there. Empty when the run leaks or lacks that evaluation."""
-    base, uniform = _in_block(run, 0.0, 1.0), _in_block(run, 0.0, 1.0, "uniform_in_block_mass")
-    if results.leak_flag(run) or base is None or uniform is None or not 0 < uniform < 1:
-        return []
-    cross0, u_x = min(max(1.0 - base, 0.0), 1.0), 1.0 - uniform
-    margin, beta = theory.effective_margin(cross0, u_x), _barrier_sharpness(run)
-    rows = []
-    for lf, tau in results.dial_settings(run):
-        measured = _in_block(run, lf, tau)
-        if measured is None or not 0.0 <= lf <= 1.0:
-            continue
-        rows.append({"run_id": str(run.get("run_id")), "locality": lf, "attn_temperature": tau,
-                     "measured_in_block": measured,
-                     "predicted_in_block": 1.0 - theory.predicted_cross_mass(margin, u_x, lf,
-                                                                             tau, beta),
-                     "calibration": lf == 0.0 and tau == 1.0, "margin": margin,
-                     "barrier_sharpness": beta})
-    return rows
+    """``results.formula_rows`` behind the error guard."""
+    return results.formula_rows(run)
 
 
 @guarded("set the sweep against the formula", [])
 def formula_runs(runs: list[dict]) -> list[str]:
-    """The runs ``formula_against_sweep`` can use, those evaluated at the most λ_f values (the
-    dial's) first, then the sharper barrier."""
-    scored = []
-    for run in runs:
-        rows = formula_against_sweep(run)
-        if rows:
-            n_lf = len({r["locality"] for r in rows})
-            scored.append((-n_lf, -rows[0]["barrier_sharpness"], rows[0]["run_id"]))
-    return [rid for *_, rid in sorted(scored)]
+    """``results.formula_runs`` behind the error guard."""
+    return results.formula_runs(runs)
 
 
 def _worst(rows: list[dict]) -> dict | None:

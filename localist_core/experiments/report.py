@@ -18,6 +18,8 @@ from .results import (  # noqa: F401 (PAPER re-exported)
     dial_settings,
     find_eval,
     finite,
+    formula_rows,
+    formula_runs,
     partition_differences,
     protocol_of,
     read_baselines,
@@ -182,6 +184,33 @@ def differences_table(runs: list[dict]) -> str | None:
     return "\n".join(lines)
 
 
+AGREE = 0.05   # |predicted − measured| in-block mass the formula table counts as agreement
+
+
+def formula_table(runs: list[dict]) -> str | None:
+    """The threshold formula against each usable run (``results.formula_rows``): its one margin
+    δ₀ read at λ_f = 0, τ = 1, how many other settings the prediction meets within ``AGREE``,
+    and the worst miss. None when no run can be used."""
+    lines = []
+    for run_id in formula_runs(runs):
+        rows = [r for r in formula_rows(next(x for x in runs if x.get("run_id") == run_id))
+                if not r["calibration"]]
+        if not rows:
+            continue
+        gap = lambda r: abs(r["predicted_in_block"] - r["measured_in_block"])  # noqa: E731
+        worst = max(rows, key=gap)
+        lines.append(_row([run_id, _fmt(rows[0]["barrier_sharpness"], 0),
+                           _fmt(rows[0]["margin"], 2),
+                           f"{sum(gap(r) <= AGREE for r in rows)} of {len(rows)}",
+                           f"λ_f={worst['locality']:g}, τ={worst['attn_temperature']:g}: "
+                           f"{worst['measured_in_block']:.3f} vs "
+                           f"{worst['predicted_in_block']:.3f}"]))
+    if not lines:
+        return None
+    head = ["run", "β", "δ₀", f"within {AGREE:g}", "worst: measured vs predicted in-block mass"]
+    return "\n".join([_row(head), _row(["---"] * len(head))] + lines)
+
+
 def baselines_table(cache_dir: str | Path) -> str:
     data = read_baselines(cache_dir)
     if not data:
@@ -209,6 +238,9 @@ def full_report(cache_dir: str | Path, runs: list[dict] | None = None) -> str:
         parts += ["## Across seeds (τ = 1): mean ± sd (n)", seeds, ""]
     if diffs:
         parts += ["## Partitions minus fixed, paired by seed (95% t-interval)", diffs, ""]
+    formula = formula_table(runs)
+    if formula:
+        parts += ["## The threshold formula against the sweep (one margin per run)", formula, ""]
     for run in runs:
         if protocol_of(run) == "dial":
             parts += ["## τ family of the dial model", tau_table(run), ""]
