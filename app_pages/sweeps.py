@@ -136,8 +136,9 @@ st.caption(f"A sweep trains one model per (penalty protocol, λ) plus one dial m
            f"each on the λ/τ grid and writes one JSON per finished run into "
            f"{ui.plain(shown(root) + '/<name>/cache')} (its checkpoints into "
            f"{ui.plain('…/<name>/runs')}). `tiny` "
-           f"runs take seconds (fine for demos, meaningless numbers); `cpu-ref` takes about 15 "
-           f"minutes per run on this CPU; `paper` is for the command line. It trains on the "
+           f"runs take seconds (fine for demos, meaningless numbers); `cpu-ref` takes about "
+           f"{launch_limits.CONFIG_COST['cpu-ref']:g} minutes per run on this CPU; `paper` is "
+           f"for the command line. It trains on the "
            f"server's corpus, in the background at low priority: you can leave or reload this "
            f"page. Stopped or killed, the same sweep started again resumes. At most "
            f"{launch_root.max_jobs()} sweep(s) run at once on this server.")

@@ -65,7 +65,7 @@ fields = [("lipschitz", "L_ℓ (Lipschitz)", {"min_value": 0.0}),
           ("r_x", "R_x", {"min_value": 0.0}),
           ("sigma_x", "σ_X", {"min_value": 0.0}),
           ("block_len", "|X_i|", {"min_value": 1.0}),
-          ("rho_max", "ρ_max", {"min_value": 0.0, "max_value": 0.999}),
+          ("rho_max", "ρ_max", {"min_value": 0.0, "max_value": views.RHO_MAX_CAP}),
           ("margin", "δ (margin)", {"disabled": local}),
           ("attn_temperature", "τ", {"min_value": ui.TEMPERATURE_RANGE[0],
                                      "max_value": ui.TEMPERATURE_RANGE[1]})]

@@ -186,7 +186,7 @@ def threshold_inputs(report: dict) -> dict[str, float]:
     margin = margin if math.isfinite(margin) and abs(margin) < 1e6 else 0.0
     return {"lipschitz": round(est["lipschitz"], 4), "r_x": round(est["r_x"], 4),
             "sigma_x": round(est["sigma_x"], 4), "block_len": round(est["block_len"], 2),
-            "rho_max": min(est["rho_max"], 0.999), "margin": round(margin, 4)}
+            "rho_max": min(est["rho_max"], theory.RHO_MAX_CAP), "margin": round(margin, 4)}
 
 
 # -- sweep results (Tradeoff, Sweeps, Compare) ---------------------------------------------------
@@ -218,6 +218,7 @@ DIAL_LATEX = r"\delta(\lambda_f) = \delta_0 - \beta\,\log(1-\lambda_f)"
 
 # Each input's plain line (what it is, where it was measured), keyed like ``threshold_inputs``.
 INPUT_MEANINGS = theory.INPUT_MEANINGS
+RHO_MAX_CAP = theory.RHO_MAX_CAP
 
 # What the page says instead of the threshold, by ``theory.threshold_problems``' reason.
 THRESHOLD_WORDS = {

@@ -32,6 +32,9 @@ from ..model.dial import Dial
 _LOG_FLOAT_MAX = math.log(torch.finfo(torch.float64).max)     # ≈ 709.78
 
 
+# ρ_max ≥ 1 divides the threshold by zero; an estimate (and a calculator value) stops here.
+RHO_MAX_CAP = 0.999
+
 def threshold_locality(lipschitz: float, r_x: float, sigma_x: float, block_len: float,
                        attn_temperature: float, rho_max: float, margin: float) -> float:
     """λ threshold = 2·L·R_x·σ_X·√|X| / (τ·(1−ρ_max)) · exp(−δ/τ), computed as exp of a sum of
@@ -175,7 +178,7 @@ def estimate_threshold_inputs(model, tokens: Tensor, dial: Dial = Dial(),
     has_x = m["n_x"] > 0
     exactly_local = not bool(has_x.any())
     margin = math.inf if exactly_local else float(m["typical_margin"][has_x].median())
-    rho_max = min(sum(rho) / len(rho), 0.999) if rho else 0.0
+    rho_max = min(sum(rho) / len(rho), RHO_MAX_CAP) if rho else 0.0
     return ThresholdInputs(lipschitz, r_x, sigma_x, block_len, rho_max, margin, exactly_local)
 
 
