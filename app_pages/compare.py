@@ -40,7 +40,7 @@ if source == "Another setting or checkpoint":
     path_b = next(c.path for c in infos if c.key == key_b)
     b = ui.get_analysis(s, lam=lam_b, tau=tau_b, path=path_b)
     if b is not None and b.labels:
-        b_view = views.reduce_pattern(b.patterns, L, H)
+        b_view = views.reduce_heads(b.patterns, L, H)
         b_title, b_metrics = f"B · {key_b} · λ={lam_b:g} τ={tau_b:g}", b.metrics
 else:
     runs, problems, _ = ui.sweep_results(ui.sweep_cache())
@@ -67,7 +67,7 @@ else:
         if stored is None or stored.shape[-1] != len(a.labels):
             st.warning("This run has no stored attention for this text and setting.")
         else:
-            b_view = views.reduce_pattern(stored, L, H)
+            b_view = views.reduce_heads(stored, L, H)
             b_title = f"B · {run_id} (stored) · λ_f={lam_b:g} τ={tau_b:g}"
             point = views.make_point(run, lam_b, lam_b, tau_b) or {}
             ppl, inblock = point.get("perplexity"), point.get("in_block_mass")
@@ -75,7 +75,7 @@ else:
                                 f"{'—' if ppl is None else f'{ppl:.1f}'}, in-block mass "
                                 f"{'—' if inblock is None else f'{inblock:.3f}'}."))
 
-a_view = views.reduce_pattern(a.patterns, L, H)
+a_view = views.reduce_heads(a.patterns, L, H)
 if a_view is None:
     st.stop()
 left, right = st.columns(2)

@@ -68,7 +68,7 @@ if grid is not None:
                   else "")
                + (f" The first {motion.GRID_MAX_SHOWN} layers and heads are drawn; the means "
                   "cover all." if max(n_layers, n_heads) > motion.GRID_MAX_SHOWN else ""))
-view, ent = views.pattern_view(a, L, H), views.entropy_view(a, L, H)
+view, ent = views.reduce_heads(a.patterns, L, H), views.reduce_heads(a.entropy, L, H)
 if view is None or ent is None:
     st.stop()
 fig = views.attention_heatmap(view, a.labels, a.block_ids, a.anchor_mask, a.block_anchors,

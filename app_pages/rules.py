@@ -70,7 +70,7 @@ if key is not None:
     note = views.barrier_note(reach)
     if note:
         st.info(note)
-    view = views.pattern_view(on, None, None)
+    view = views.reduce_heads(on.patterns, None, None)
     if view is None:
         st.stop()
     fig = attention_heatmap(view, on.labels, on.block_ids, on.rule_pairs, on.block_anchors,

@@ -23,17 +23,12 @@ caches = launch.app_caches(root, protected)
 ss = st.session_state
 
 
-def shown(folder) -> str:
-    """A folder as visitors see it: never an absolute server path."""
-    return launch_root.shown_path(folder, root)
-
-
 def stop(name: str, pid: int) -> None:
     """The Stop button: launcher.stop_sweep re-checks everything (enabled, pid, cmdline)."""
     try:
         launch.stop_sweep(name, pid)
     except (launch.LaunchError, OSError, ValueError) as e:
-        ss["_stop_notice"] = ("error", launch_root.redact(str(e), root))
+        ss["_stop_notice"] = ("error", str(e))   # ui.plain hides its paths
     else:
         ss["_stop_notice"] = ("success", f"Sent a stop signal to sweep {name} (pid {pid}). "
                                          f"Start the same sweep again to resume it.")
@@ -68,7 +63,7 @@ def progress() -> None:
     rows = [] if misplaced else launch.list_sweeps(root)
     view = launch.sweep_status(shipped)
     if view is not None:   # someone runs the CLI into the shipped cache
-        label = f"Shipped sweeps ({shown(shipped)})"
+        label = f"Shipped sweeps ({ui.shown(shipped)})"
         st.progress(view["fraction"], text=ui.plain(f"{label}: {view['text']}"))
         show_log(label, shipped)
     if not rows and view is None:
@@ -95,19 +90,17 @@ st.subheader("Progress")
 progress()
 
 st.subheader("Cached runs")
-folders = {f"Shipped sweeps ({shown(shipped)})": shipped}
+folders = {f"Shipped sweeps ({ui.shown(shipped)})": shipped}
 folders.update({f"Sweep {name}": str(cache) for name, cache in caches.items()})
 folder = folders[st.radio("Cache folder", list(folders), horizontal=True, key="sweeps_browse")]
-is_app = folder != shipped
 if not Path(folder).is_dir():
-    st.info(f"There is no sweep cache at {ui.plain(shown(folder))} yet.")
+    st.info(f"There is no sweep cache at {ui.plain(folder)} yet.")
 else:
     runs, problems, _ = ui.sweep_results(folder)
     # A visitor's sweep folder is named by its sweep, not its server path.
-    ui.show_notices([f"Refused cache file: {launch_root.redact(p, root) if is_app else p}"
-                     for p in problems])
+    ui.show_notices([f"Refused cache file: {p}" for p in problems])
     if not runs:
-        st.info(f"The sweep cache {ui.plain(shown(folder))} holds no finished runs yet.")
+        st.info(f"The sweep cache {ui.plain(folder)} holds no finished runs yet.")
     else:
         st.dataframe(views.runs_table(runs), hide_index=True, key="runs_table")
         st.caption("Headline figures at λ_f = 0, τ = 1 (valid split). In-block mass sits beside "
@@ -134,7 +127,7 @@ if misplaced:
 limits = launch_limits.APP_LIMITS
 st.caption(f"A sweep trains one model per (penalty protocol, λ) plus one dial model, evaluates "
            f"each on the λ/τ grid and writes one JSON per finished run into "
-           f"{ui.plain(shown(root) + '/<name>/cache')} (its checkpoints into "
+           f"{ui.plain(ui.shown(root) + '/<name>/cache')} (its checkpoints into "
            f"{ui.plain('…/<name>/runs')}). `tiny` "
            f"runs take seconds (fine for demos, meaningless numbers); `cpu-ref` takes about "
            f"{launch_limits.CONFIG_COST['cpu-ref']:g} minutes per run on this CPU; `paper` is "
@@ -177,14 +170,14 @@ if submitted:
     req, errors = launch_limits.check_request(name, protocols, lambdas, taus, config, overrides,
                                        int(eval_tokens), protected=protected)
     for e in errors:
-        st.error(ui.plain(launch_root.redact(e, root)), icon="🚫")
+        st.error(ui.plain(e), icon="🚫")
     if req is not None:
         try:
             proc = launch.start_sweep(req)
         except launch.SweepBusy as e:
             st.error(ui.plain(str(e)), icon="⏳")
         except (launch.LaunchError, OSError, ValueError) as e:
-            st.error(ui.plain(f"Could not start the sweep: {launch_root.redact(str(e), root)}"),
+            st.error(ui.plain(f"Could not start the sweep: {e}"),
                      icon="🚫")
         else:
             ui.launched_sweeps()[req.name] = proc

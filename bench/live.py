@@ -13,7 +13,7 @@ import torch
 
 from bench.common import machine, parser, print_table, run, summary, time_calls
 from localist_core import load_model
-from localist_core.analysis.inspection import analyze, pattern_view
+from localist_core.analysis.inspection import analyze, reduce_heads
 from localist_core.model.config import ModelConfig, preset
 from localist_core.model.dial import Dial
 from localist_core.model.transformer import LocalistLM
@@ -57,7 +57,7 @@ def _figure_rows(a, repeat: int):
     """Time the Explorer's heatmap (head mean, all layers) and entropy strip for ``a``."""
     n = len(a.labels)
     fs = summary(time_calls(lambda: attention_heatmap(
-        pattern_view(a, None, None), a.labels, a.block_ids, a.anchor_mask, a.block_anchors,
+        reduce_heads(a.patterns, None, None), a.labels, a.block_ids, a.anchor_mask, a.block_anchors,
         title="bench"), repeat))
     ss = summary(time_calls(lambda: entropy_strip(a.entropy.mean((0, 1)), a.labels), repeat))
     return [[f"heatmap (T={n})", fs["p50"], fs["p95"], BARS["figure"]],

@@ -45,10 +45,13 @@ def main() -> int:
     from localist_core.model.dial import Dial
 
     torch.set_num_threads(2)
+    corpus = None
     try:
         for run in args.checkpoints:
             model, tok = load_model(run)
-            corpus = load_corpus(args.data_dir, tokenizer=tok)
+            # Runs trained on one corpus share its vocabulary: the corpus is read once.
+            if corpus is None or tok.words != corpus.tokenizer.words:
+                corpus = load_corpus(args.data_dir, tokenizer=tok)
             for beta in BETAS:
                 m = with_barrier_sharpness(model, beta)
                 row = []

@@ -228,3 +228,21 @@ def test_the_sidebar_keeps_its_settings_when_the_page_changes(app_env):
         at.switch_page(page).run()
         _ok(at)
         assert at.sidebar.slider(key="lam").value == pytest.approx(0.3), page
+
+
+def test_a_block_link_takes_exactly_the_sidebars_range(app_env):
+    """The link's "block" and the sidebar's block-size input share one range
+    (``ui.links.BLOCK_SIZE_RANGE``): both ends are taken, one past the top falls back to the
+    default (``ui.links.BLOCK_SIZE_DEFAULT``) with a notice."""
+    from ui.links import BLOCK_SIZE_DEFAULT, BLOCK_SIZE_RANGE
+    lo, hi = BLOCK_SIZE_RANGE
+    for size in (lo, hi):
+        at = _app({"ckpt": "tiny-dial", "block": str(size)})
+        _ok(at)
+        box = at.number_input(key="block")
+        assert (box.min, box.max, box.value) == (lo, hi, size)
+        assert not any("block=" in w.value for w in at.warning)
+    at = _app({"ckpt": "tiny-dial", "blocks": "fixed", "block": str(hi + 1)})
+    _ok(at)
+    assert at.number_input(key="block").value == BLOCK_SIZE_DEFAULT
+    assert any("block=" in w.value and "not valid" in w.value for w in at.warning)

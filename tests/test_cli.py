@@ -188,6 +188,40 @@ def test_export_replaces_a_checkpoint_only_with_force(tmp_path, tiny_ckpt, tiny_
     assert _tree(tmp_path) == before
 
 
+def test_export_writes_the_weights_once_and_keeps_the_ones_it_evaluated(
+        tmp_path, tiny_ckpt, tiny_data_dir, monkeypatch):
+    """The compressed copy is written once, read back and evaluated, and kept as it was read:
+    only its config.json gains the compression check."""
+    import torch
+
+    from localist_core.analysis import evaluate
+    from localist_core.model import checkpoint
+    saves, evaluated = [], []
+    real_save, real_eval = checkpoint.save_checkpoint, evaluate.evaluate_stream
+
+    def save(*args, **kwargs):
+        saves.append(args[0])
+        return real_save(*args, **kwargs)
+
+    def evaluate_stream(model, *args, **kwargs):
+        evaluated.append({k: v.clone() for k, v in model.state_dict().items()})
+        return real_eval(model, *args, **kwargs)
+    monkeypatch.setattr(checkpoint, "save_checkpoint", save)
+    monkeypatch.setattr(evaluate, "evaluate_stream", evaluate_stream)
+    dest = tmp_path / "small"
+    assert main(["export", str(tiny_ckpt), str(dest), "--precision", "int8", "--tolerance", "1",
+                 "--data-dir", str(tiny_data_dir)]) == 0
+    assert len(saves) == 1 and len(evaluated) == 2            # the full model, then the copy
+    kept, _ = checkpoint.load_model(dest)
+    assert kept.meta["compression_check"]["precision"] == "int8"
+    stored = kept.state_dict()
+    assert stored.keys() == evaluated[1].keys()
+    assert all(torch.equal(stored[k], evaluated[1][k]) for k in stored)
+    config = json.loads((dest / "config.json").read_text())
+    assert config["precision"] == "int8" and config["model"] == checkpoint.read_config(
+        tiny_ckpt)["model"]
+
+
 def test_export_failing_at_the_final_move_keeps_the_old_checkpoint(
         tmp_path, tiny_ckpt, tiny_data_dir, capsys, monkeypatch):
     dest = tmp_path / "small"
@@ -323,7 +357,7 @@ def test_sweep_path_errors_are_one_line(tmp_path, tiny_data_dir, capsys):
     data = ["--data-dir", str(tiny_data_dir)]
     line = _one_error_line(capsys, ["sweep", "--config", "tiny", "--cache", str(tmp_path / "c"),
                                     "--prompts", str(tmp_path / "nope.json"), *data])
-    assert "nope.json: No such file or directory" in line
+    assert line.startswith("error: --prompts ") and "nope.json: missing" in line
     assert not (tmp_path / "c").exists()
     # A folder of someone else's files is not a sweep cache: results are never mixed into it.
     (tmp_path / "docs").mkdir()
@@ -332,6 +366,22 @@ def test_sweep_path_errors_are_one_line(tmp_path, tiny_data_dir, capsys):
     line = _one_error_line(capsys, ["sweep", "--config", "tiny", "--cache", str(tmp_path / "docs"),
                                     "--prompts", "", *data])
     assert "not a sweep cache" in line and _tree(tmp_path) == before
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"prompts": [{"name": "castle"}]}', '"prompts" must be a list'),
+    ('["castle"]', 'expected a JSON object with a "prompts" list'),
+    ("{not json", "not valid JSON"),
+    ('{"prompts": []}' + " " * 2**20, "-byte limit"),
+])
+def test_sweep_refuses_a_bad_prompts_file_in_one_line_before_anything_runs(
+        tmp_path, tiny_data_dir, capsys, content, message):
+    prompts = tmp_path / "p.json"
+    prompts.write_text(content)
+    line = _one_error_line(capsys, ["sweep", "--config", "tiny", "--cache", str(tmp_path / "c"),
+                                    "--prompts", str(prompts), "--data-dir", str(tiny_data_dir)])
+    assert line.startswith(f"error: --prompts {prompts}: ") and message in line
+    assert not (tmp_path / "c").exists()
 
 
 @pytest.mark.parametrize("argv,option", [

@@ -11,6 +11,7 @@ from localist_core.model.config import (
     ConfigError,
     ModelConfig,
     TrainConfig,
+    apply_overrides,
     config_from_dict,
     preset,
 )
@@ -62,3 +63,16 @@ def test_messages_stay_short_whatever_the_value():
     with pytest.raises(ConfigError) as err:
         ModelConfig(vocab_size=100, cutoffs=(10, 20), partition="x" * 100_000)
     assert len(str(err.value)) < 200
+
+
+@pytest.mark.parametrize("raw", ["true", "False", " YES ", "no", "1", "0", "maybe", "", "2"])
+def test_the_deprecated_bf16_override_reads_true_and_false_as_every_bool_does(raw):
+    """``bf16=…`` (not a field) and a bool field (``lr_by_time``) accept the same spellings and
+    refuse the same ones, with the same message."""
+    def parsed(key):
+        try:
+            return apply_overrides({}, {}, [f"{key}={raw}"])[1][key]
+        except ConfigError as e:
+            return str(e).replace(key, "KEY")
+    assert parsed("bf16") == parsed("lr_by_time")
+    assert isinstance(parsed("bf16"), bool) or "is not a valid bool" in parsed("bf16")

@@ -3,6 +3,7 @@ safetensors header checked against its file, pickles refused unread, writes atom
 import json
 import os
 import pickle
+import re
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from safetensors.torch import save_file
 
 from localist_core.model.files import (
     MAX_JSON_DEPTH,
+    MAX_PROMPTS_BYTES,
     UnsafeFileError,
     atomic_write,
     check_safetensors_file,
@@ -18,9 +20,11 @@ from localist_core.model.files import (
     json_depth,
     parse_json,
     read_json_file,
+    read_prompts,
     remove_own_temps,
     short_repr,
 )
+from localist_core.paths import PROMPTS_FILE
 
 
 class _Refused(ValueError):
@@ -70,6 +74,53 @@ def test_read_json_file_reads_a_small_file(tmp_path):
     assert read_json_file(path, 100) == {"a": [1, 2]}
     with pytest.raises(_Refused, match="over the 5-byte limit"):
         read_json_file(path, 5, _Refused)
+
+
+def test_the_safetensors_check_refuses_what_checked_size_refuses_in_its_words(tmp_path):
+    """A missing file and a FIFO (which would block a read forever) are refused unread, with
+    the message every other file check gives."""
+    fifo = tmp_path / "fifo.safetensors"
+    os.mkfifo(fifo)
+    for path in (tmp_path / "gone.safetensors", fifo):
+        with pytest.raises(_Refused) as by_size:
+            checked_size(path, 10**9, _Refused)
+        with pytest.raises(_Refused) as by_header:
+            check_safetensors_file(path, _Refused)
+        assert str(by_header.value) == str(by_size.value)
+
+
+def test_read_prompts_reads_the_shipped_sample_texts():
+    prompts = read_prompts(PROMPTS_FILE)
+    assert prompts == json.loads(PROMPTS_FILE.read_text(encoding="utf-8"))["prompts"]
+    assert all(isinstance(p["name"], str) and isinstance(p["text"], str) for p in prompts)
+
+
+@pytest.mark.parametrize("data, message", [
+    ([], 'expected a JSON object with a "prompts" list'),
+    ({"texts": []}, 'expected a JSON object with a "prompts" list'),
+    ({"prompts": "castle"}, '"prompts" must be a list'),
+    ({"prompts": [{"name": "castle"}]}, '"prompts" must be a list'),
+    ({"prompts": [{"name": 1, "text": "x"}]}, '"prompts" must be a list'),
+    ({"prompts": [["castle", "x"]]}, '"prompts" must be a list'),
+])
+def test_read_prompts_refuses_a_bad_entry_naming_the_file(tmp_path, data, message):
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(_Refused, match="p.json: " + re.escape(message)):
+        read_prompts(path, _Refused)
+
+
+def test_read_prompts_is_bounded_by_size_before_content(tmp_path):
+    """An oversized file is refused by its size, even when its content is fine."""
+    path = tmp_path / "p.json"
+    entry = {"name": "n", "text": "x" * 100}
+    n = MAX_PROMPTS_BYTES // len(json.dumps(entry)) + 1
+    path.write_text(json.dumps({"prompts": [entry] * n}))
+    assert path.stat().st_size > MAX_PROMPTS_BYTES
+    with pytest.raises(UnsafeFileError, match=f"over the {MAX_PROMPTS_BYTES:,}-byte limit"):
+        read_prompts(path)
+    path.write_text(json.dumps({"prompts": [entry] * (n // 2)}))
+    assert len(read_prompts(path)) == n // 2
 
 
 def test_a_header_length_that_looks_like_pickle_magic_is_still_read(tmp_path):

@@ -109,3 +109,40 @@ def test_one_analysis_partitions_once_and_finds_anchors_once(tiny_model_cfg, tin
     per_layer = attention_summary(model, ids, pats, info.block_ids)
     assert a.metrics["pointer_fidelity_lift"]["per_head"] == [
         m["pointer_fidelity_lift"][0].mean(-1).tolist() for m in per_layer]
+
+
+def test_the_recruitment_trace_uses_the_models_own_recruited_partition(tiny_model_cfg,
+                                                                      tiny_corpus):
+    """Whatever partition the model was trained with, the trace cuts the text where the
+    recruited partition of its config (its α and C) does."""
+    import dataclasses
+
+    from localist_core.analysis.inspection import recruitment_trace
+    from localist_core.experiments.train import make_model
+    from localist_core.model.blocks import make_partition
+    cfg = dataclasses.replace(tiny_model_cfg, recruit_alpha=3.0, boundary_bits=1.0)
+    model = make_model(cfg, tiny_corpus).eval()
+    tok = tiny_corpus.tokenizer
+    trace = recruitment_trace(model, tok, TEXT)
+    assert (trace.alpha, trace.boundary_bits) == (3.0, 1.0)
+    ids = torch.tensor([tok.encode(TEXT)])
+    want = make_partition(dataclasses.replace(cfg, partition="recruited")).block_ids(ids)[0]
+    assert trace.block_ids.tolist() == want.tolist()
+    assert len(trace.boundaries()) == int(want[-1])
+
+
+def test_one_head_reduction_serves_patterns_and_entropies(trained_tiny, tiny_corpus):
+    """A mean of attention rows is an attention row: every reduction of the patterns sums to 1
+    over visible keys; the entropy reduction is the plain mean of the per-head values."""
+    from localist_core.analysis.inspection import reduce_heads
+    a = analyze(trained_tiny, tiny_corpus.tokenizer, TEXT)
+    n_layers, n_heads, n, _ = a.patterns.shape
+    for layer in (None, 0, n_layers - 1):
+        for head in (None, 0, n_heads - 1):
+            view = reduce_heads(a.patterns, layer, head)
+            assert view.shape == (n, n) and view.dtype == np.float32
+            np.testing.assert_allclose(view.sum(-1), 1.0, atol=5e-3)   # fp16 patterns
+            assert np.all(np.triu(view, 1) == 0)                      # still causal
+    np.testing.assert_allclose(reduce_heads(a.entropy, None, None),
+                               a.entropy.astype(np.float32).mean((0, 1)), rtol=1e-6)
+    assert np.array_equal(reduce_heads(a.entropy, 1, 0), a.entropy[1, 0])

@@ -62,6 +62,47 @@ def test_calibrate_beta_names_what_it_needs_in_one_line(tmp_path, given):
         assert "no such folder" in lines[0] and "dial-*" in lines[0]
 
 
+def test_calibrate_beta_reads_the_corpus_once_per_vocabulary(tmp_path, monkeypatch, capsys):
+    """Checkpoints that share a vocabulary share one read of the corpus; one with another
+    vocabulary gets its own, so every checkpoint is scored on its own token ids."""
+    import importlib.util
+    from types import SimpleNamespace
+
+    import torch
+
+    import localist_core
+    from localist_core.analysis import evaluate
+    from localist_core.experiments import data, sweep
+    vocab = {"a": ["<eos>", "<unk>", "the"], "b": ["<eos>", "<unk>", "the"],
+             "c": ["<eos>", "<unk>", "a"]}
+    for name in vocab:
+        (tmp_path / name).mkdir()
+    reads = []
+
+    def load_corpus(data_dir, tokenizer):
+        reads.append(tokenizer.words)
+        return SimpleNamespace(tokenizer=tokenizer, valid=torch.zeros(4, dtype=torch.long))
+    ev = {"attention": {"in_block_mass": {"mean": 0.5}}, "perplexity": 100.0}
+    monkeypatch.setattr(localist_core, "load_model", lambda run: (
+        None, SimpleNamespace(words=list(vocab[Path(run).name]))))
+    monkeypatch.setattr(data, "load_corpus", load_corpus)
+    monkeypatch.setattr(sweep, "with_barrier_sharpness", lambda model, beta: model)
+    monkeypatch.setattr(evaluate, "evaluate_stream", lambda *a, **k: ev)
+    monkeypatch.setattr(sys, "argv", ["calibrate_beta.py", *(str(tmp_path / n) for n in vocab)])
+    spec = importlib.util.spec_from_file_location("calibrate_beta",
+                                                  ROOT / "scripts" / "calibrate_beta.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    threads = torch.get_num_threads()
+    try:
+        assert script.main() == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert reads == [vocab["a"], vocab["c"]]
+    rows = capsys.readouterr().out.splitlines()
+    assert len(rows) == len(vocab) * len(script.BETAS)
+
+
 @pytest.mark.parametrize("script", sorted(p.name for p in (ROOT / "scripts").glob("*.sh")))
 def test_every_shell_script_parses(script):
     out = subprocess.run(["bash", "-n", str(ROOT / "scripts" / script)],

@@ -656,3 +656,20 @@ def test_stored_maps_are_read_one_bounded_tensor_at_a_time(tmp_path, monkeypatch
     monkeypatch.setattr(cache_module, "MAX_MAP_BYTES", 100)
     with pytest.raises(SweepCacheError, match=re.escape("safetensors: 'castle|0|1' holds 512")):
         cached_run_pattern(tmp_path, "run", "castle", 0.0, 1.0)
+
+
+@pytest.mark.parametrize("content", ['{"prompts": [{"name": "castle"}]}',
+                                     '{"prompts": [{"name": "a", "text": "b"}]}' + " " * 2**17])
+def test_a_bad_or_oversized_sample_texts_file_gives_the_fallback_and_a_notice(
+        tmp_path, monkeypatch, content):
+    """The app reads the sample texts through ``files.read_prompts`` as the CLI does: an entry
+    without a text or a file over its limit is a notice and the fallback text, never a
+    KeyError or an unbounded read."""
+    from ui import loaders, notices
+    told = []
+    monkeypatch.setattr(notices, "refuse", lambda e, what, detail=None: told.append((e, what)))
+    path = tmp_path / "prompts.json"
+    path.write_text(content)
+    assert loaders.sample_prompts(str(path)) == loaders.FALLBACK_PROMPTS
+    assert len(told) == 1 and told[0][1] == "read the sample texts"
+    assert "prompts.json" in str(told[0][0])

@@ -11,10 +11,12 @@ back to its default with a visible notice.
 """
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
 import streamlit as st
+import torch
 
 from localist_core.analysis.inspection import MAX_TEXT_CHARS, analyze, cut_text, theory_report
 from localist_core.analysis.inspection import next_words as next_words_after
@@ -30,7 +32,15 @@ from localist_core.model.dial import Dial
 from localist_core.paths import PROMPTS_FILE
 from localist_core.paths import REPO as REPO
 from localist_core.paths import SHIPPED_SWEEP as SHIPPED_SWEEP
-from ui.links import BLOCK_CHOICES, PERSIST, apply_deep_link, keep, write_deep_link
+from ui.links import (
+    BLOCK_CHOICES,
+    BLOCK_SIZE_DEFAULT,
+    BLOCK_SIZE_RANGE,
+    PERSIST,
+    apply_deep_link,
+    keep,
+    write_deep_link,
+)
 from ui.links import fit_choice as fit_choice
 from ui.loaders import checkpoints, load_checkpoint, model_loads, sample_prompts
 from ui.loaders import launched_sweeps as launched_sweeps
@@ -78,10 +88,34 @@ def navigation():
                           for i, p in enumerate(PAGES)])
 
 
+# -- serving many sessions (BENCHMARKS.md, "Serving a class") ---------------------------------
+# One torch thread per script run. The server runs one script thread per session on a machine
+# of a few cores, so a second intra-op thread mostly waits, spinning, for a core that another
+# session's run holds; with two, the slowest slider moves of a class took half as long again.
+# Set on every run: torch keeps the setting per thread.
+SCRIPT_TORCH_THREADS = 1
+
+
+@st.cache_resource(show_spinner=False, max_entries=1)
+def _freeze_warm_heap() -> int:
+    """Once per server process, after its first page run: move everything alive then (modules,
+    torch, plotly, the model) out of the garbage collector's sight (``gc.freeze``). Streamlit's
+    collection after every run is off (.streamlit/config.toml, ``runner.postScriptGC``); Python's
+    own full collections, every few seconds under load, then walk only what came later. Returns
+    how many objects were frozen."""
+    gc.collect()     # garbage of the first run is freed, not frozen
+    gc.freeze()
+    return gc.get_freeze_count()
+
+
 def run_page(page) -> None:
-    """Run the page ``navigation`` chose."""
+    """Run the page ``navigation`` chose, on one torch thread (SCRIPT_TORCH_THREADS)."""
+    torch.set_num_threads(SCRIPT_TORCH_THREADS)
     st.session_state["_page"] = page.url_path  # ui.keep re-seeds widgets once per page visit
-    page.run()
+    try:
+        page.run()
+    finally:                                   # st.stop and st.rerun end a run by raising
+        _freeze_warm_heap()
 
 
 DEFAULTS = {"lam": 0.0, "tau": 1.0, "gamma": 0.0, "layer": "mean", "head": "mean"}
@@ -130,6 +164,14 @@ def cached_analysis(path: str, text: str, dial: Dial, block_size: int | None,
                    rule=rule)
 
 
+def _analysis(path: str, text: str, dial: Dial, block_size: int | None,
+              partition: str | None = None, rule: tuple | None = None):
+    """``cached_analysis`` with every argument given, as every caller gives them: Streamlit keys
+    a cached call on the arguments passed, so leaving out ``rule=None`` would key (and compute)
+    the same analysis a second time."""
+    return cached_analysis(path, text, dial, block_size, partition, rule)
+
+
 @st.cache_data(show_spinner=False, max_entries=ANALYSES_KEPT)
 def cached_next_words(path: str, text: str, dial: Dial, block_size: int | None,
                       partition: str | None, pos: int):
@@ -137,8 +179,7 @@ def cached_next_words(path: str, text: str, dial: Dial, block_size: int | None,
     ``model.top_k`` runs once per setting and position, not on every rerun (five words and five
     floats an entry)."""
     model, tok = load_checkpoint(path)
-    a = cached_analysis(path, text, dial, block_size, partition)
-    return next_words_after(model, tok, a, pos)
+    return next_words_after(model, tok, _analysis(path, text, dial, block_size, partition), pos)
 
 
 @st.cache_data(show_spinner=False, max_entries=128)
@@ -192,10 +233,11 @@ def sidebar() -> Settings:
                                "inference only: fixed windows, punctuation (a block ends at . "
                                ", ; : ! ? or after 8 words) or recruited (a block starts where "
                                "the description-length test saves bits; see About).")
-    block = 5
+    block = BLOCK_SIZE_DEFAULT
     if blocks == "fixed":
-        block = sb.number_input("Block size (fixed windows)", 1, 64, **keep("block", 5),
-                                help="The shipped models use 5.")
+        block = sb.number_input("Block size (fixed windows)", *BLOCK_SIZE_RANGE,
+                                **keep("block", BLOCK_SIZE_DEFAULT),
+                                help=f"The shipped models use {BLOCK_SIZE_DEFAULT}.")
     mode = sb.radio("Text", ["Sample text", "Your own text"], horizontal=True,
                     **keep("text_mode", "Sample text"))
     if mode == "Sample text":
@@ -263,5 +305,4 @@ def get_analysis(s: Settings, *, lam: float | None = None, tau: float | None = N
     overrides = {k: v for k, v in (("locality", lam), ("attn_temperature", tau),
                                    ("rule_strength", gamma)) if v is not None}
     dial = replace(s.dial, **overrides) if overrides else s.dial
-    return cached_analysis(path or s.checkpoint_path, s.text, dial, s.block_size, s.partition,
-                           rule)
+    return _analysis(path or s.checkpoint_path, s.text, dial, s.block_size, s.partition, rule)

@@ -25,9 +25,9 @@ from ui.launch_root import (
     inside,
     resolved,
     root_problems,
-    shown_path,
     sweeps_enabled,
 )
+from ui.notices import shown
 
 # Rough minutes per run on a 2-core CPU (cpu-ref: BENCHMARKS.md), for the estimate shown.
 CONFIG_COST = {"tiny": 0.5, "cpu-ref": 15.0, "paper": 360.0}
@@ -189,7 +189,7 @@ def sweep_folder(name: str, root: Path | None = None) -> Path:
             raise ValueError(f"Sweep name: the folder of {name!r} leads outside the app-sweeps "
                              f"folder (a link); refused")
         if path.exists() and not path.is_dir():
-            raise ValueError(f"Sweep name: {shown_path(path, root)} exists and is not a folder")
+            raise ValueError(f"Sweep name: {shown(path, root)} exists and is not a folder")
     return folder
 
 

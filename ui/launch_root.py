@@ -1,10 +1,10 @@
-"""The operator's switches for sweeps started from the app (on or off, how many at once), the one
-root folder they write into, and what of the server's folders a visitor may see (README
-"Security"). No streamlit here; ``ui.launch_limits`` bounds a request, ``ui.launcher`` runs it."""
+"""The operator's switches for sweeps started from the app (on or off, how many at once) and the
+one root folder they write into (README "Security"). No streamlit here; ``ui.launch_limits``
+bounds a request, ``ui.launcher`` runs it, and ``ui.notices.shown`` hides the server's folders,
+this root's included, from visitors."""
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 from localist_core.paths import ASSETS, CHECKPOINT_DIR, REPO
@@ -93,32 +93,3 @@ def root_problems(root: Path | None = None, protected: tuple = ()) -> list[str]:
     if root.exists() and not root.is_dir():
         problems.append(f"{ROOT_VAR} exists and is not a folder.")
     return problems
-
-
-# -- what a visitor may see -------------------------------------------------------------------
-
-def shown_path(path: str | Path, root: Path | None = None) -> str:
-    """``path`` without server detail: relative to the repository when inside it, else relative
-    to the root as ``$LOCALIST_APP_SWEEPS/…``, else only its last part."""
-    p = resolved(path)
-    root = app_root() if root is None else root
-    if inside(p, REPO):
-        return str(p.relative_to(REPO)) if p != REPO else "."
-    if inside(p, root):
-        rest = p.relative_to(root)
-        return f"${ROOT_VAR}" + (f"/{rest}" if str(rest) != "." else "")
-    return p.name or "."
-
-
-def redact(text: str, root: Path | None = None) -> str:
-    """``text`` (a log, an error) with the server's folders replaced by placeholders."""
-    root = app_root() if root is None else root
-    pairs = [] if inside(root, REPO) else [(str(root), f"${ROOT_VAR}")]
-    pairs += [(str(REPO) + os.sep, ""), (str(REPO), "."), (sys.prefix, "<python>"),
-              (sys.base_prefix, "<python>"), (str(REPO.parent), "<server>"),
-              (str(Path.home()), "~")]
-    for old, new in pairs:
-        if len(old) > 1:   # never replace "/" alone
-            text = text.replace(old, new)
-    return text
-

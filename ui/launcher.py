@@ -15,7 +15,7 @@ Anyone who can open the dashboard can reach these entry points, so they are guar
   and ``OVERRIDE_BOUNDS``;
 - at most ``$LOCALIST_APP_SWEEPS_MAX_JOBS`` (default 1) sweeps run under the root at once,
   checked and started here under one file lock;
-- nothing shown to a visitor holds a server path (``ui.launch_root.shown_path``, ``redact``).
+- nothing shown to a visitor holds a server path (``ui.notices.shown``).
 """
 from __future__ import annotations
 
@@ -46,11 +46,10 @@ from ui.launch_root import (
     app_root,
     disabled_message,
     max_jobs,
-    redact,
     root_problems,
-    shown_path,
     sweeps_enabled,
 )
+from ui.notices import shown as without_paths
 
 # Beside the cache, in <root>/<name>/, never inside it: the cache holds only what run_sweep
 # writes (the CLI refuses a --cache folder holding anything else).
@@ -79,7 +78,7 @@ def sweep_command(req: SweepRequest, python: str = sys.executable,
     """The command line that runs ``req``; ``shown=True`` gives it without server paths (see
     ``shown_command``). The data are the server's default corpus: no ``--data-dir``."""
     def where(p: Path) -> str:
-        return shown_path(p, req.root) if shown else str(p)
+        return without_paths(p, req.root) if shown else str(p)
 
     cmd = ["python" if shown else python, "-m", "localist_core", "sweep",
            "--config", req.config,
@@ -348,7 +347,7 @@ def stop_sweep(name: str, pid: int | None = None) -> int:
 
 def log_tail(folder: str | Path, lines: int = 15) -> str:
     """The last lines of a sweep's log, with tqdm's carriage-return redraws collapsed and the
-    server's folders replaced by placeholders (``redact``)."""
+    server's folders hidden (``ui.notices.shown``)."""
     try:
         fd = os.open(Path(folder) / LOG_FILE, os.O_RDONLY | os.O_NOFOLLOW)
         with os.fdopen(fd, "rb") as f:
@@ -358,4 +357,4 @@ def log_tail(folder: str | Path, lines: int = 15) -> str:
     except OSError:
         return ""
     rows = [r.split("\r")[-1] for r in text.split("\n")]
-    return redact("\n".join([r for r in rows if r.strip()][-lines:]))
+    return without_paths("\n".join([r for r in rows if r.strip()][-lines:]))

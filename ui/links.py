@@ -15,6 +15,7 @@ from localist_core.model.config import (
     LOCALITY_RANGE,
     PARTITIONS,
     TEMPERATURE_RANGE,
+    ModelConfig,
 )
 from ui.notices import show_notices
 
@@ -25,6 +26,11 @@ if TYPE_CHECKING:
 LINK_KEYS = ("ckpt", "lam", "tau", "gamma", "blocks", "block", "layer", "head", "prompt",
              "text")
 BLOCK_CHOICES = ("as trained",) + PARTITIONS
+# The fixed windows' size at inference, from the sidebar or a link's "block": a whole number in
+# this range (narrower than ModelConfig's, which a checkpoint may use up to MODEL_SIZE_LIMITS),
+# by default ModelConfig's own, the size the shipped models were trained with.
+BLOCK_SIZE_RANGE = (1, 64)
+BLOCK_SIZE_DEFAULT = ModelConfig.block_size
 
 
 # -- deep links ------------------------------------------------------------------------------
@@ -68,7 +74,7 @@ def read_deep_link(ckpt_keys: list[str], prompts: dict[str, str], n_layers: int 
                                    "gamma"),
         "blocks": lambda r: r if r in BLOCK_CHOICES[1:] else (_ for _ in ()).throw(
             ValueError(f"blocks={r!r} is not one of {PARTITIONS}")),
-        "block": lambda r: _whole(r, 1, 64, "block"),
+        "block": lambda r: _whole(r, *BLOCK_SIZE_RANGE, "block"),
         "layer": lambda r: _index(r, n_layers, "layer"),
         "head": lambda r: _index(r, n_heads, "head"),
         "prompt": lambda r: r if r in prompts else (_ for _ in ()).throw(

@@ -4,7 +4,6 @@ traceback. The analysis and the theory report, which read the sidebar's dial, ar
 ``ui.get_analysis`` and ``ui.get_theory``."""
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,6 +16,7 @@ from localist_core.analysis.inspection import recruitment_trace as trace_text
 from localist_core.experiments.cache import cached_run_pattern, load_cache
 from localist_core.experiments.results import cache_stamp, read_baselines
 from localist_core.model.checkpoint import CheckpointError
+from localist_core.model.files import read_prompts
 from localist_core.paths import PROMPTS_FILE, SHIPPED_SWEEP, STUDY_SWEEP
 from ui.catalogue import checkpoint_stamp, list_checkpoints
 from ui.notices import guarded
@@ -68,8 +68,8 @@ def cached_map(cache_dir: str, run_id: str, prompt: str, lam: float, tau: float)
 
 @st.cache_data(show_spinner=False, max_entries=4)
 def _prompts(path: str) -> dict[str, str]:
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
-    return {str(p["name"]): str(p["text"]) for p in data["prompts"]}
+    """The sample texts by name, bounded and checked by ``read_prompts``."""
+    return {p["name"]: p["text"] for p in read_prompts(Path(path))}
 
 
 @st.cache_data(show_spinner=False, ttl=30, max_entries=8)

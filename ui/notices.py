@@ -1,6 +1,6 @@
 """What a visitor is told: text shown literally (``plain``) and without the server's file layout
-(``shown``), notices, and the one error guard (``guarded``) that turns a failed load or
-computation into a notice and a server-log trace, never a traceback."""
+(``shown``, the one place that hides it), notices, and the one error guard (``guarded``) that
+turns a failed load or computation into a notice and a server-log trace, never a traceback."""
 from __future__ import annotations
 
 import copy
@@ -16,33 +16,58 @@ from localist_core.analysis.rules import RuleError
 from localist_core.experiments.cache import SweepCacheError
 from localist_core.model.checkpoint import CheckpointError
 from localist_core.paths import REPO
+from ui.launch_root import ROOT_VAR, app_root
 
 LOG = logging.getLogger("ui")
 
 _MD_SPECIAL = str.maketrans({c: "\\" + c for c in "\\`*_{}[]()#+-.!|<>~$:"})
-# An absolute path: a "/" that does not follow a word character (so "λ/τ" is left alone).
-_ABS_PATH = re.compile(r"(?<![\w.~-])/[^\s'\"`,;:()\[\]<>|]*")
+# A path in a message runs up to a space, a quote, a bracket or the punctuation after it. An
+# absolute one starts at a "/" that does not follow a word character (so "λ/τ" is left alone).
+_PATH_CHAR = r"[^\s'\"`,;:()\[\]<>|]"
+_NOT_AFTER = r"(?<![\w.~-])"
 
 
-def _short_path(m: re.Match) -> str:
-    path = Path(m.group(0))
-    try:
-        return str(path.relative_to(REPO)) or "."
-    except ValueError:
+@functools.lru_cache(maxsize=8)
+def _paths(known: tuple[str, ...]) -> re.Pattern:
+    """Absolute paths in a message: one of the ``known`` folders (whose names may hold a space)
+    with what follows it, else any "/…" run of path characters."""
+    ends = r"(?![^\s'\"`,;:()\[\]<>|/])"   # a known folder ends at "/" or where a path ends
+    alts = [re.escape(k) + ends + _PATH_CHAR + "*" for k in sorted(known, key=len, reverse=True)]
+    return re.compile(_NOT_AFTER + "(?:" + "|".join(alts + ["/" + _PATH_CHAR + "*"]) + ")")
+
+
+def _hidden(raw: str, root: Path) -> str:
+    path = Path(raw)
+    if path == REPO or REPO in path.parents:
+        out = str(path.relative_to(REPO))
+    elif path == root or root in path.parents:
+        rest = path.relative_to(root)
+        out = f"${ROOT_VAR}" + (f"/{rest}" if str(rest) != "." else "")
+    else:
         parts = path.parts
-    # Only what starts at a real top-level folder (/tmp, /home, …) is a server path; a rule's
-    # "/a{9}/" or a visitor's "/x/y" is their own text and stays as typed.
-    if len(parts) <= 2 or not os.path.isdir(os.path.join("/", parts[1])):
-        return m.group(0)
-    return "…/" + "/".join(parts[-2:])
+        # Only what starts at a real top-level folder (/tmp, /home, …) is a server path; a
+        # rule's "/a{9}/" or a visitor's "/x/y" is their own text and stays as typed.
+        if len(parts) <= 2 or not os.path.isdir(os.path.join("/", parts[1])):
+            return raw
+        out = "…/" + "/".join(parts[-2:])
+    return out + "/" if raw.endswith("/") and not out.endswith("/") else out
 
 
-def shown(text: str) -> str:
-    """``text`` without the server's file layout: a path inside the app's folder becomes
-    relative to it, any other path under one of the server's top-level folders keeps its last
-    two parts (``…/run/config.json``).
+def shown(text, root: Path | None = None) -> str:
+    """``text`` (a message, a log, a path) without the server's file layout, the same on every
+    page. Each absolute path in it becomes
+    - relative to the app's folder when inside it (``assets/sweep``; the folder itself ``.``);
+    - else ``$LOCALIST_APP_SWEEPS/…`` when inside the root of the sweeps visitors start
+      (``root``, default ``ui.launch_root.app_root()``), so an app sweep's cache reads
+      ``$LOCALIST_APP_SWEEPS/<name>/cache`` wherever it is named;
+    - else, under one of the server's top-level folders, its last two parts
+      (``…/run/config.json``).
     The full message still goes to the server log where it is logged."""
-    return _ABS_PATH.sub(_short_path, str(text))
+    text = str(text)
+    if "/" not in text:
+        return text
+    root = app_root() if root is None else Path(root)
+    return _paths((str(REPO), str(root))).sub(lambda m: _hidden(m.group(0), root), text)
 
 
 def plain(text: str) -> str:

@@ -48,10 +48,8 @@ top_tokens_bar = _shared(figures.top_tokens_bar)
 # -- one analysis --------------------------------------------------------------------------------
 
 _view = guarded("draw this view of the attention")
-pattern_view = _view(inspection.pattern_view)
-reduce_pattern = _view(inspection.reduce_pattern)
+reduce_heads = _view(inspection.reduce_heads)
 difference = _view(inspection.difference)
-entropy_view = _view(inspection.entropy_view)
 
 
 @guarded("compare with λ = 0")

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..model.blocks import RecruitedPartition, make_partition, zipf_log2_prior
+from ..model.blocks import make_partition
 from ..model.config import PARTITIONS, TEMPERATURE_RANGE
 from ..model.dial import Dial
 from ..model.tokenizer import dropped_characters
@@ -212,9 +212,7 @@ class RecruitTrace:
 def recruitment_trace(model, tokenizer, text: str) -> RecruitTrace:
     """Run the recruited partition (with the model's α and C) over ``text``."""
     ids, notices = prepare_text(tokenizer, text, model.cfg.n_ctx)
-    cfg = model.cfg
-    part = RecruitedPartition(zipf_log2_prior(cfg.vocab_size), cfg.recruit_alpha,
-                              cfg.boundary_bits)
+    part = make_partition(dataclasses.replace(model.cfg, partition="recruited"))
     if not ids:
         return RecruitTrace([], np.zeros(0, int), np.zeros(0, np.float32), part.alpha,
                             part.boundary_bits, notices)
@@ -240,31 +238,16 @@ def next_words(model, tokenizer, a: Analysis, pos: int, k: int = TOP_K
 def reduce_heads(values: np.ndarray, layer: int | None, head: int | None) -> np.ndarray:
     """The one head reduction of what a page draws: ``[layer, head, ...]`` → ``[...]`` float32
     of one head, a layer's head mean, or the mean over layers (of one head index, or of all
-    heads). None means "the mean"."""
+    heads). None means "the mean". An analysis's or a stored map's ``patterns``
+    ``[layer, head, T, T]`` give the ``[query, key]`` matrix to draw; ``Analysis.entropy``
+    ``[layer, head, query]`` gives the per-query entropy in bits."""
     v = values.mean(0, dtype=np.float32) if layer is None else values[layer]
     return (v.mean(0, dtype=np.float32) if head is None else v[head]).astype(np.float32)
-
-
-def reduce_pattern(patterns: np.ndarray, layer: int | None, head: int | None) -> np.ndarray:
-    """``[layer, head, T, T]`` (an analysis's or a stored map) → the ``[query, key]`` matrix
-    to draw."""
-    return reduce_heads(patterns, layer, head)
-
-
-def pattern_view(a: Analysis, layer: int | None, head: int | None) -> np.ndarray:
-    """The ``[query, key]`` matrix of an analysis to draw."""
-    return reduce_heads(a.patterns, layer, head)
 
 
 def difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """b − a of two ``[query, key]`` views of the same text."""
     return np.asarray(b, dtype=np.float32) - np.asarray(a, dtype=np.float32)
-
-
-def entropy_view(a: Analysis, layer: int | None, head: int | None) -> np.ndarray:
-    """Per-query entropy ``[query]`` (bits) of one head, a layer's head mean, or the overall
-    mean."""
-    return reduce_heads(a.entropy, layer, head)
 
 
 def attention_table(a: Analysis) -> list[dict]:

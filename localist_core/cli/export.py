@@ -4,6 +4,7 @@ leaves DEST as it was and removes only what this command made."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -11,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 from ..model.config import TrainConfig, config_from_dict
+from ..model.files import atomic_write
 from .errors import EXIT_FAILURE
 from .guards import check_export_dest
 
@@ -92,7 +94,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         full = evaluate_stream(model, corpus.valid, with_attention=False)["perplexity"]
         meta = dict(model.meta)
         save_checkpoint(tmp, model, tok, _train_cfg(model), meta=meta, precision=args.precision)
-        small, _ = load_model(tmp)
+        small, _ = load_model(tmp)                  # the copy as it will be read back
         comp = evaluate_stream(small, corpus.valid, with_attention=False)["perplexity"]
         rel = comp / full - 1.0
         print(f"valid perplexity: {args.precision} {comp:.3f} vs fp32 {full:.3f} "
@@ -108,7 +110,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                        f"{args.source} {args.dest} --precision {args.precision}"
                        + (f" --barrier-sharpness {args.barrier_sharpness:g}"
                           if args.barrier_sharpness is not None else "")}
-        save_checkpoint(tmp, small, tok, _train_cfg(model), meta=meta, precision=args.precision)
+        _replace_meta(tmp, meta)    # the weights stay as written and evaluated
         _move_into_place(tmp, dest, replace)
         moved = True
     finally:
@@ -122,6 +124,15 @@ def cmd_export(args: argparse.Namespace) -> int:
                     break
     print(f"wrote {args.dest}" + (" (replaced the previous checkpoint)" if replace else ""))
     return 0
+
+
+def _replace_meta(folder: Path, meta: dict) -> None:
+    """Rewrite only the checkpoint's config.json in ``folder``, with ``meta`` in place of its
+    meta, formatted as ``save_checkpoint`` writes it."""
+    from ..model.checkpoint import CONFIG, read_config
+    config = read_config(folder)
+    config["meta"] = meta
+    atomic_write(folder / CONFIG, lambda p: Path(p).write_text(json.dumps(config, indent=1)))
 
 
 def _train_cfg(model):

@@ -3,12 +3,12 @@ touches what it did not write: ``train --out``, ``sweep --cache``, ``eval --json
 destination, ``--prompts``, and a lower bound on a training run's memory."""
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
+from ..model import files
 from ..model.config import ModelConfig, TrainConfig
-from ..model.files import own_temp_of
+from ..model.files import UnsafeFileError, own_temp_of
 from .errors import CannotAllocate, UsageError, bytes_text
 
 # --- folders and files -----------------------------------------------------------------------
@@ -141,22 +141,14 @@ def check_export_dest(dest: Path, force: bool) -> bool:
 
 
 def read_prompts(path: str) -> list[dict] | None:
-    """The sample prompts of ``--prompts`` ('' for none), checked before the corpus load."""
+    """The sample prompts of ``--prompts`` ('' for none), checked before the corpus load
+    (``files.read_prompts``: size first, then every entry)."""
     if not path:
         return None
     try:
-        prompts = json.loads(Path(path).read_text(encoding="utf-8"))["prompts"]
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UsageError(f"--prompts {path}: not valid JSON ({e})") from None
-    except (KeyError, TypeError):
-        raise UsageError(f"--prompts {path}: expected a JSON object with a \"prompts\" "
-                         f"list") from None
-    if not isinstance(prompts, list) or not all(
-            isinstance(p, dict) and isinstance(p.get("name"), str)
-            and isinstance(p.get("text"), str) for p in prompts):
-        raise UsageError(f"--prompts {path}: \"prompts\" must be a list of "
-                         f"{{\"name\": …, \"text\": …}} objects")
-    return prompts
+        return files.read_prompts(Path(path))
+    except UnsafeFileError as e:
+        raise UsageError(f"--prompts {e}") from None
 
 
 # --- memory ----------------------------------------------------------------------------------

@@ -102,9 +102,8 @@ def make_optimizer(model: LocalistLM, cfg: TrainConfig) -> torch.optim.AdamW:
 
 
 def uses_bf16(cfg: TrainConfig, device: str = "cpu") -> bool:
-    """Whether ``cfg.precision`` resolves to bf16 on ``device`` of this machine."""
-    if cfg.precision != "auto":
-        return cfg.precision == "bf16"
+    """Whether ``cfg.precision`` resolves to bf16 on ``device`` of this machine (an explicit
+    fp32 or bf16 is kept as asked: ``resolve_precision``)."""
     return resolve_precision(cfg.precision, device)[0] == "bf16"
 
 

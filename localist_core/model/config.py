@@ -286,6 +286,12 @@ def _coerce(cls: type, key: str, raw: str):
         raise ConfigError(f"unknown key {key!r} for {cls.__name__}; known keys: {sorted(fields)}")
     default = fields[key].default
     kind = type(default) if default is not dataclasses.MISSING else int
+    return _parse(kind, raw, f"{cls.__name__}.{key}")
+
+
+def _parse(kind: type, raw: str, name: str):
+    """``raw`` as a ``kind`` (bool: true/false, 1/0, yes/no in any case; tuple: integers);
+    ConfigError naming ``name`` (``TrainConfig.lr``) when it is not one."""
     try:
         if kind is bool:
             low = raw.strip().lower()
@@ -302,8 +308,8 @@ def _coerce(cls: type, key: str, raw: str):
             return v
         return kind(raw)
     except ValueError:
-        raise ConfigError(f"bad value for {cls.__name__}.{key}: {raw!r} is not a valid "
-                          f"{kind.__name__}") from None
+        raise ConfigError(f"bad value for {name}: {raw!r} is not a valid {kind.__name__}") \
+            from None
 
 
 def apply_overrides(model_kw: dict, train_kw: dict, overrides: list[str]) -> tuple[dict, dict]:
@@ -316,11 +322,8 @@ def apply_overrides(model_kw: dict, train_kw: dict, overrides: list[str]) -> tup
             raise ConfigError(f"override {item!r} is not of the form key=value")
         key, raw = item.split("=", 1)
         key = key.strip()
-        if key == "bf16":      # deprecated alias of precision=bf16|fp32
-            low = raw.strip().lower()
-            if low not in ("true", "false", "1", "0", "yes", "no"):
-                raise ConfigError(f"bad value for TrainConfig.bf16: {raw!r} is not a valid bool")
-            flag = low in ("true", "1", "yes")
+        if key == "bf16":      # deprecated alias of precision=bf16|fp32 (an InitVar, no field)
+            flag = _parse(bool, raw, "TrainConfig.bf16")
             train_kw.pop("precision", None)
             train_kw["bf16"] = flag
         elif key == "precision":

@@ -14,6 +14,7 @@ import os
 import re
 import reprlib
 import stat
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,8 @@ MAX_HEADER_BYTES = 1 * MiB
 # The shipped JSON files nest at most 9 levels deep (a sweep result); deeper is refused, so no
 # reader, cache (pickle) or page that walks the data recursively can hit Python's recursion limit.
 MAX_JSON_DEPTH = 32
+# The sample texts (assets/prompts.json, 1 KB; ``read_prompts``).
+MAX_PROMPTS_BYTES = 64 * KiB
 # Bytes per element of each safetensors dtype (the header's shapes must account for the file).
 DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2,
                "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
@@ -126,6 +129,22 @@ def read_json_file(path: Path, max_bytes: int, error: type[Exception] = UnsafeFi
     return parse_json(raw, path, error, invalid)
 
 
+def read_prompts(path: Path, error: type[Exception] = UnsafeFileError) -> list[dict]:
+    """The sample texts in ``path``, ``{"prompts": [{"name": …, "text": …}, …]}``, as that
+    list: read only after stat() shows at most MAX_PROMPTS_BYTES (``read_json_file``), then
+    every entry checked, so a reader can rely on both keys being strings. Every refusal raises
+    ``error`` naming the file."""
+    data = read_json_file(path, MAX_PROMPTS_BYTES, error)
+    if not isinstance(data, dict) or "prompts" not in data:
+        raise error(f'{path}: expected a JSON object with a "prompts" list')
+    prompts = data["prompts"]
+    if not isinstance(prompts, list) or not all(
+            isinstance(p, dict) and isinstance(p.get("name"), str)
+            and isinstance(p.get("text"), str) for p in prompts):
+        raise error(f'{path}: "prompts" must be a list of {{"name": …, "text": …}} objects')
+    return prompts
+
+
 def _header_problem(header) -> str | None:
     """What is wrong with a parsed safetensors header, or None. Every tensor entry needs a known
     dtype, a shape of non-negative integers and two offsets spanning exactly its bytes."""
@@ -160,11 +179,8 @@ def check_safetensors_file(path: Path, error: type[Exception] = UnsafeFileError)
     name → dtype, shape, offsets). Only the header is read, and only when it is at most
     MAX_HEADER_BYTES; every tensor's shape and dtype must account for its bytes."""
     refuse_pickle(path, error)
+    size = checked_size(path, sys.maxsize, error)   # no cap on the weights; the header has one
     try:
-        st = path.stat()
-        if not stat.S_ISREG(st.st_mode):
-            raise error(f"{path}: not a regular file; refused unread")
-        size = st.st_size
         with open(path, "rb") as f:
             head = f.read(9)
             n = int.from_bytes(head[:8], "little")
