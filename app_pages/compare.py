@@ -7,14 +7,7 @@ from ui import views
 from ui.figures import attention_heatmap
 
 s = ui.page_setup("Compare")
-if s.checkpoint_path is None:
-    st.stop()
-a = ui.get_analysis(s)
-if a is None:
-    st.stop()
-ui.show_notices(a.notices)
-if not a.labels:
-    st.stop()
+a = ui.analysis_or_stop(s)
 
 n_layers, n_heads = a.patterns.shape[:2]
 c1, c2, c3 = st.columns(3)

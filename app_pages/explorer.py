@@ -7,14 +7,7 @@ from ui import motion, views
 from ui.figures import head_grid, panel_name
 
 s = ui.page_setup("Explorer")
-if s.checkpoint_path is None:
-    st.stop()
-a = ui.get_analysis(s)
-if a is None:
-    st.stop()
-ui.show_notices(a.notices)
-if not a.labels:
-    st.stop()
+a = ui.analysis_or_stop(s)
 
 n_layers, n_heads = a.patterns.shape[:2]
 m = a.metrics

@@ -89,3 +89,14 @@ def tokens(tiny_corpus, tiny_model_cfg):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_dial_root(tmp_path_factory, trained_tiny, tiny_corpus):
+    """A checkpoint folder holding the trained tiny model saved as a dial checkpoint
+    (``tiny-dial``), for app tests that point $LOCALIST_CHECKPOINT_DIRS at it."""
+    from localist_core import save_checkpoint
+    root = tmp_path_factory.mktemp("ckpts")
+    save_checkpoint(root / "tiny-dial", trained_tiny, tiny_corpus.tokenizer,
+                    TrainConfig(protocol="dial", penalty_form="none"))
+    return root

@@ -13,8 +13,6 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 from sweep_examples import make_run
 
-from localist_core import save_checkpoint
-from localist_core.model.config import TrainConfig
 from ui import views
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
@@ -25,22 +23,14 @@ PROSE = ("markdown", "caption", "warning", "info", "success", "error")
 LATEX_COMMAND = re.compile(r"\\[A-Za-z]+")
 
 
-@pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory, trained_tiny, tiny_corpus):
-    root = tmp_path_factory.mktemp("ckpts")
-    save_checkpoint(root / "tiny-dial", trained_tiny, tiny_corpus.tokenizer,
-                    TrainConfig(protocol="dial", penalty_form="none"))
-    return root
-
-
 @pytest.fixture()
-def env(monkeypatch, tmp_path, checkpoints):
+def env(monkeypatch, tmp_path, tiny_dial_root):
     """The app on a tiny checkpoint and a sweep cache holding one synthetic dial run."""
     cache = tmp_path / "sweep"
     cache.mkdir()
     (cache / "dial.json").write_text(json.dumps(make_run("dial", lambdas=(0.0, 0.5, 0.8, 1.0),
                                                          taus=(0.5, 1.0))))
-    monkeypatch.setenv("LOCALIST_CHECKPOINT_DIRS", str(checkpoints))
+    monkeypatch.setenv("LOCALIST_CHECKPOINT_DIRS", str(tiny_dial_root))
     monkeypatch.setenv("LOCALIST_SWEEP_CACHE", str(cache))
     st.cache_data.clear()
     return cache

@@ -17,26 +17,16 @@ import streamlit as st
 import sweep_examples as examples
 from streamlit.testing.v1 import AppTest
 
-from localist_core import save_checkpoint
-from localist_core.model.config import TrainConfig
 from ui import launcher as launch
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "app.py")
 
 
-@pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory, trained_tiny, tiny_corpus):
-    root = tmp_path_factory.mktemp("ckpts")
-    save_checkpoint(root / "tiny-dial", trained_tiny, tiny_corpus.tokenizer,
-                    TrainConfig(protocol="dial", penalty_form="none"))
-    return root
-
-
 @pytest.fixture()
-def env(monkeypatch, tmp_path, checkpoints):
+def env(monkeypatch, tmp_path, tiny_dial_root):
     """The app pointed at a tiny checkpoint, a sweep cache and a user sweeps folder in tmp."""
-    monkeypatch.setenv("LOCALIST_CHECKPOINT_DIRS", str(checkpoints))
+    monkeypatch.setenv("LOCALIST_CHECKPOINT_DIRS", str(tiny_dial_root))
     monkeypatch.setenv("LOCALIST_SWEEP_CACHE", str(tmp_path / "shipped"))
     monkeypatch.setenv("LOCALIST_STUDY_CACHE", str(tmp_path / "study"))
     monkeypatch.setenv("LOCALIST_APP_SWEEPS", str(tmp_path / "mine"))

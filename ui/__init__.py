@@ -296,6 +296,21 @@ def get_theory(s: Settings, layer: int):
     return cached_theory(s.checkpoint_path, s.text, s.dial, layer), True
 
 
+def analysis_or_stop(s: Settings):
+    """The live analysis of the sidebar's settings with its notices shown, for the pages that
+    draw one. Stops the page when there is no usable checkpoint, the analysis failed (the error
+    guard gave its notice) or the text has no tokens."""
+    if s.checkpoint_path is None:
+        st.stop()
+    a = get_analysis(s)
+    if a is None:
+        st.stop()
+    show_notices(a.notices)
+    if not a.labels:
+        st.stop()
+    return a
+
+
 @guarded("analyse this text with this checkpoint", detail=_checkpoint_path)
 def get_analysis(s: Settings, *, lam: float | None = None, tau: float | None = None,
                  gamma: float | None = None, path: str | None = None, rule: tuple | None = None):
