@@ -3,6 +3,9 @@ sequence, the heatmap figure build, and a full app rerun after a slider move (Ap
 
     python -m bench.live            # the table recorded in BENCHMARKS.md
     python -m bench.live --quick    # smoke run (tests): a few iterations, numbers meaningless
+
+``--threads`` sets torch's threads for the core and figure tables; the app rerun runs as the
+server does, on ``ui.SCRIPT_TORCH_THREADS`` (``ui.run_page`` sets it on every run).
 """
 from __future__ import annotations
 

@@ -1,14 +1,21 @@
 """Concurrent users: N sessions move the λ and τ sliders of a running app for S seconds. Prints
-errors, rerun latency (p50/p95), the server's peak memory and CPU as a table.
+errors, rerun latency (p50/p95), the server's CPU per rerun and its memory (peak, and over time)
+as tables; the bars are in BENCHMARKS.md ("Serving a class").
 
-    python bench/load_test.py --sessions 20 --seconds 60                    # websocket clients
+    python bench/load_test.py --sessions 30 --seconds 60                    # websocket clients
+    python bench/load_test.py --sessions 30 --seconds 60 --profile p.pstats # + cProfile's top
     python bench/load_test.py --sessions 20 --seconds 60 --client browser   # headless Chromium
 
 ``--client ws`` (the default, and the test suite's) speaks Streamlit's own protocol over
 ``/_stcore/stream``: BackMsg ``rerun_script`` requests out, ForwardMsgs back, as the frontend does,
-so twenty sessions cost the client almost nothing and the latency is the server's: from sending
+so thirty sessions cost the client almost nothing and the latency is the server's: from sending
 the rerun to its ``script_finished``. ``--client browser`` drives one headless Chromium with a
 context per session; there a latency runs from the key press to the settled page.
+
+The server's CPU per rerun is the CPU it used while the sliders moved (from the first move to
+the last one finished; its start and the first views are left out) over the moves. Its memory is
+the resident set of its process tree, sampled every 0.5 s; ``--json`` keeps every sample and
+every move's (time, latency).
 
 Errors: exception elements (boxes), error alerts, scripts that finish with an error, moves that
 never finish, disconnects, a session that never loads, tracebacks in the server log, a session
@@ -38,6 +45,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))   # run as a script (python bench/load_test.py): the repo's packages
+from bench.common import machine  # noqa: E402
 from localist_core.model.config import LOCALITY_RANGE, TEMPERATURE_RANGE  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
@@ -73,11 +81,14 @@ SHOWN = """() => {
 @dataclass
 class Stats:
     latencies: list[float] = field(default_factory=list)
+    finished: list[float] = field(default_factory=list)   # when each move finished (monotonic)
     errors: list[str] = field(default_factory=list)
     shown: dict[str, str] = field(default_factory=dict)   # heatmap title → metric tiles
     sessions_loaded: int = 0
     sessions_failed: int = 0
     moves: dict[int, int] = field(default_factory=dict)   # session → slider moves finished
+    moving_s: float = 0.0       # from the first move to the last one finished
+    started: float = 0.0        # when the moves started (monotonic)
 
     def see(self, session: int, title: str, tiles: str) -> None:
         if not title:
@@ -94,8 +105,46 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(port: int, log_path: Path, env: dict | None = None) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+# ``--profile``: the server runs under cProfile, one profiler on the main thread (the event loop:
+# protobuf serialisation, websocket writes) and one per script run (ScriptRunner._run_script, so
+# the post-script collection counts too); at exit their sum goes to the file named first. They
+# count each thread's own CPU time (time.thread_time), so waiting for the GIL, a lock or a socket
+# costs nothing; torch's worker threads are not counted.
+PROFILED = """
+import atexit, cProfile, pstats, sys, threading, time
+from streamlit.runtime.scriptrunner.script_runner import ScriptRunner
+from streamlit.web import cli
+out, runs, lock, run_script = sys.argv.pop(1), [], threading.Lock(), ScriptRunner._run_script
+def profiled(self, *args, **kwargs):
+    p = cProfile.Profile(time.thread_time)
+    p.enable()
+    try:
+        return run_script(self, *args, **kwargs)
+    finally:
+        p.disable()
+        with lock:
+            runs.append(p)
+def dump():
+    main.disable()
+    stats = pstats.Stats(main)
+    with lock:
+        for p in runs:
+            stats.add(p)
+    stats.dump_stats(out)
+ScriptRunner._run_script = profiled
+atexit.register(dump)
+main = cProfile.Profile(time.thread_time)
+main.enable()
+sys.argv[0] = "streamlit"
+cli.main()
+"""
+
+
+def start_server(port: int, log_path: Path, env: dict | None = None,
+                 profile: Path | None = None) -> subprocess.Popen:
+    """``streamlit run app.py`` on ``port``; with ``profile``, under cProfile (``PROFILED``)."""
+    launch = ["-c", PROFILED, str(profile)] if profile else ["-m", "streamlit"]
+    cmd = [sys.executable, *launch, "run", "app.py", "--server.headless", "true",
            "--server.port", str(port), "--server.address", "127.0.0.1",
            "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"]
     env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", **(env or {})}
@@ -119,14 +168,18 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float = 120) -> No
 
 
 class Sampler(threading.Thread):
-    """Peak resident memory of the server's process tree, and CPU seconds used by the server and
-    by this process's other descendants (the browsers, if any), from /proc: no psutil needed."""
+    """Resident memory of the server's process tree over time (its peak, and one sample every
+    ``every_s``), and CPU seconds used by the server and by this process's other descendants
+    (the browsers, if any), from /proc: no psutil needed. ``mark`` notes the server's CPU so far,
+    so the CPU of the slider moves can be told from the server's start and first views."""
 
     def __init__(self, server_pid: int, every_s: float = 0.5):
         super().__init__(daemon=True)
         self.server_pid, self.every_s, self.peak_kb = server_pid, every_s, 0
         self.ticks: dict[int, tuple[bool, int]] = {}    # pid → (is server, utime + stime)
-        self._halt = threading.Event()
+        self.rss: list[tuple[float, int]] = []          # (seconds since start, server kB)
+        self.marked_ticks = 0
+        self._t0, self._lock, self._halt = time.monotonic(), threading.Lock(), threading.Event()
 
     @staticmethod
     def _status(pid: int, key: str) -> int:
@@ -159,10 +212,23 @@ class Sampler(threading.Thread):
             except (OSError, ValueError, IndexError):
                 continue
         server = set(self._tree(self.server_pid, children))
-        self.peak_kb = max(self.peak_kb, sum(self._status(p, "VmRSS") for p in server))
-        for pid in self._tree(os.getpid(), children):
-            if pid != os.getpid() and pid in cpu:
-                self.ticks[pid] = (pid in server, max(cpu[pid], self.ticks.get(pid, (0, 0))[1]))
+        rss = sum(self._status(p, "VmRSS") for p in server)
+        with self._lock:
+            self.peak_kb = max(self.peak_kb, rss)
+            self.rss.append((time.monotonic() - self._t0, rss))
+            for pid in self._tree(os.getpid(), children):
+                if pid != os.getpid() and pid in cpu:
+                    self.ticks[pid] = (pid in server,
+                                       max(cpu[pid], self.ticks.get(pid, (0, 0))[1]))
+
+    def _server_ticks(self) -> int:
+        return sum(t for srv, t in self.ticks.values() if srv)
+
+    def mark(self) -> None:
+        """Note the server's CPU so far (``stop`` reports what it used after)."""
+        self.sample()
+        with self._lock:
+            self.marked_ticks = self._server_ticks()
 
     def run(self) -> None:
         while not self._halt.is_set():
@@ -170,14 +236,17 @@ class Sampler(threading.Thread):
             self._halt.wait(self.every_s)
 
     def stop(self) -> dict:
-        """Stop sampling: peak server RSS (kB; the kernel's VmHWM counts too) and CPU seconds."""
+        """Stop sampling: peak server RSS (kB; the kernel's VmHWM counts too), the RSS samples,
+        CPU seconds in all and the server's since ``mark``."""
         self._halt.set()
         if self.is_alive():
             self.join(timeout=5)
         self.sample()
         hz = os.sysconf("SC_CLK_TCK")
         return {"peak_kb": max(self.peak_kb, self._status(self.server_pid, "VmHWM")),
-                "server_cpu_s": sum(t for srv, t in self.ticks.values() if srv) / hz,
+                "rss_kb": list(self.rss),
+                "server_cpu_s": self._server_ticks() / hz,
+                "server_cpu_marked_s": (self._server_ticks() - self.marked_ticks) / hz,
                 "others_cpu_s": sum(t for srv, t in self.ticks.values() if not srv) / hz}
 
 
@@ -324,6 +393,7 @@ async def ws_session(i: int, url: str, start: asyncio.Event, stop_at: list[float
                 t0 = time.perf_counter()
                 run = await user.rerun(WS_MOVE_TIMEOUT_S, {label: new})
                 stats.latencies.append(time.perf_counter() - t0)
+                stats.finished.append(time.monotonic())
                 stats.moves[i] = stats.moves.get(i, 0) + 1
                 _check(stats, i, user, run, what)
     except (OSError, TimeoutError, WebSocketException, RuntimeError) as e:
@@ -385,6 +455,7 @@ async def browser_session(i: int, url: str, start: asyncio.Event, stop_at: list[
             await page.wait_for_function(IN_URL, arg=[key, want], timeout=MOVE_TIMEOUT_MS)
             await page.wait_for_function(SETTLED, timeout=MOVE_TIMEOUT_MS)
             stats.latencies.append(time.perf_counter() - t0)
+            stats.finished.append(time.monotonic())
             stats.moves[i] = stats.moves.get(i, 0) + 1
             shown = await page.evaluate(SHOWN)
         except Exception as e:  # noqa: BLE001
@@ -398,9 +469,9 @@ async def browser_session(i: int, url: str, start: asyncio.Event, stop_at: list[
 
 
 async def drive(url: str, sessions: int, seconds: float, client: str = "ws",
-                seed: int = 0) -> Stats:
+                seed: int = 0, on_start=None) -> Stats:
     """Open the sessions, wait until each has loaded or failed, then let them move sliders for
-    ``seconds``."""
+    ``seconds``; ``on_start()`` is called as the moves start."""
     stats, start = Stats(), asyncio.Event()
     stop_at = [float("inf")]
     async with contextlib.AsyncExitStack() as stack:
@@ -417,36 +488,40 @@ async def drive(url: str, sessions: int, seconds: float, client: str = "ws",
             await asyncio.sleep(0.2)
         print(f"{stats.sessions_loaded} sessions loaded; moving sliders for {seconds:g} s",
               file=sys.stderr, flush=True)
-        stop_at[0] = time.monotonic() + seconds
+        if on_start is not None:
+            on_start()
+        t0 = stats.started = time.monotonic()
+        stop_at[0] = t0 + seconds
         start.set()
         for result in await asyncio.gather(*tasks, return_exceptions=True):
             if isinstance(result, BaseException):
                 stats.errors.append(f"a session crashed: {result!r}"[:300])
+        stats.moving_s = time.monotonic() - t0
     return stats
 
 
-def run(sessions: int = 20, seconds: float = 60, log_dir: Path | None = None,
-        client: str = "ws") -> dict:
-    """Start the app, drive it with ``client`` ("ws" or "browser"), stop it; return the
-    measurements as a dict."""
+def run(sessions: int = 30, seconds: float = 60, log_dir: Path | None = None,
+        client: str = "ws", profile: Path | None = None) -> dict:
+    """Start the app (under cProfile with ``profile``), drive it with ``client`` ("ws" or
+    "browser"), stop it; return the measurements as a dict."""
     log_dir = log_dir or ROOT / "test-artifacts"
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / "load-test-streamlit.log"
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    proc = start_server(port, log_path)
+    proc = start_server(port, log_path, profile=profile)
     sampler = Sampler(proc.pid)
     try:
         wait_healthy(url, proc)
         sampler.start()
         t0, cpu0 = time.monotonic(), time.process_time()
-        stats = asyncio.run(drive(url, sessions, seconds, client))
+        stats = asyncio.run(drive(url, sessions, seconds, client, on_start=sampler.mark))
         wall, own_cpu = time.monotonic() - t0, time.process_time() - cpu0
     finally:
         used = sampler.stop()
         proc.terminate()
         try:
-            proc.wait(timeout=15)
+            proc.wait(timeout=60 if profile else 15)    # the profile is written at exit
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=15)
@@ -462,37 +537,84 @@ def run(sessions: int = 20, seconds: float = 60, log_dir: Path | None = None,
             "p50_s": q(0.50), "p95_s": q(0.95), "max_s": lat[-1] if lat else float("nan"),
             "mean_s": statistics.fmean(lat) if lat else float("nan"),
             "settings_seen": len(stats.shown), "peak_rss_mb": used["peak_kb"] / 1024,
+            "rss_mb": [(round(t, 1), round(kb / 1024, 1)) for t, kb in used["rss_kb"]],
             "server_cpu_s": used["server_cpu_s"],
+            # the server's CPU while the sliders moved, per move: the start and first views
+            # (imports, the model's load) are left out
+            "moves_cpu_s": used["server_cpu_marked_s"],
+            "cpu_per_rerun_ms": (1e3 * used["server_cpu_marked_s"] / len(lat) if lat
+                                 else float("nan")),
+            "moving_s": stats.moving_s,
+            # (seconds after the moves started, latency) of every move, for --json
+            "moves": [(round(t - stats.started, 3), round(x, 4))
+                      for t, x in zip(stats.finished, stats.latencies)],
             "client_cpu_s": used["others_cpu_s"] + own_cpu, "wall_s": wall}
 
 
 def table(r: dict) -> str:
     head = ("| client | sessions | seconds | reruns | errors | p50 rerun (s) | p95 rerun (s) "
-            "| max (s) | peak server RSS (MB) | server CPU (s) | clients' CPU (s) | wall (s) |")
+            "| max (s) | server CPU per rerun (ms) | peak server RSS (MB) | server CPU (s) "
+            "| clients' CPU (s) | wall (s) |")
     row = (f"| {r['client']} | {r['sessions']} | {r['seconds']:g} | {r['reruns']} | "
            f"{r['errors']} | {r['p50_s']:.2f} | {r['p95_s']:.2f} | {r['max_s']:.2f} | "
-           f"{r['peak_rss_mb']:.0f} | {r['server_cpu_s']:.0f} | {r['client_cpu_s']:.0f} | "
-           f"{r['wall_s']:.0f} |")
-    return "\n".join([head, "|" + "---|" * 12, row])
+           f"{r['cpu_per_rerun_ms']:.0f} | {r['peak_rss_mb']:.0f} | {r['server_cpu_s']:.0f} | "
+           f"{r['client_cpu_s']:.0f} | {r['wall_s']:.0f} |")
+    return "\n".join([head, "|" + "---|" * 13, row])
+
+
+def rss_table(r: dict, rows: int = 10) -> str:
+    """The server's RSS over the run: ``rows`` equal spans of time, each with the largest
+    sample in it (the samples come every 0.5 s; ``--json`` keeps all of them)."""
+    samples = r["rss_mb"]
+    if not samples:
+        return ""
+    end = samples[-1][0]
+    lines = ["| until t (s) | server RSS, largest sample (MB) |", "|---|---|"]
+    for k in range(1, rows + 1):
+        span = [mb for t, mb in samples if (k - 1) * end / rows < t <= k * end / rows]
+        if span:
+            lines.append(f"| {k * end / rows:.0f} | {max(span):.0f} |")
+    return "\n".join(lines)
+
+
+def profile_top(path: Path, n: int = 15) -> str:
+    """The ``n`` functions of a ``--profile`` file with the most time of their own, and the
+    ``n`` with the most time including what they call."""
+    import io
+    import pstats
+
+    out = io.StringIO()
+    stats = pstats.Stats(str(path), stream=out).strip_dirs()
+    for key in ("tottime", "cumulative"):
+        stats.sort_stats(key).print_stats(n)
+    return out.getvalue()
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sessions", type=int, default=20)
+    ap.add_argument("--sessions", type=int, default=30)
     ap.add_argument("--seconds", type=float, default=60)
     ap.add_argument("--client", choices=["ws", "browser"], default="ws",
                     help="ws: Streamlit's websocket protocol (default); browser: Chromium")
     ap.add_argument("--json", default=None, help="also write the measurements here")
+    ap.add_argument("--profile", default=None, type=Path,
+                    help="run the server under cProfile, write its stats here and print the "
+                         "top entries (the latencies then measure the profiler too)")
     args = ap.parse_args(argv)
     if args.client == "browser" and not Path(CHROMIUM).exists():
         print(f"no Debian chromium at {CHROMIUM} (apt-get install -y chromium)")
         return 2
-    r = run(args.sessions, args.seconds, client=args.client)
+    print(f"machine: {machine()}")
+    r = run(args.sessions, args.seconds, client=args.client, profile=args.profile)
     print(table(r))
+    print()
+    print(rss_table(r))
     for e in r["error_messages"]:
         print("error:", e)
     if args.json:
         Path(args.json).write_text(json.dumps(r, indent=1))
+    if args.profile:
+        print(profile_top(args.profile))
     return 1 if r["errors"] else 0
 
 

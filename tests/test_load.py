@@ -1,6 +1,7 @@
 """Concurrent users (README "Security"): threads sharing one model each get their own activations,
-and 20 sessions speaking Streamlit's websocket protocol, moving sliders on the running app for 60 s,
-meet no error (bench/load_test.py; BENCHMARKS.md records its latencies and memory)."""
+and 30 sessions speaking Streamlit's websocket protocol, moving sliders on the running app, meet
+no error (bench/load_test.py; BENCHMARKS.md, "Serving a class", records its latencies, CPU and
+memory, and holds the speed bar: no time is asserted here)."""
 import importlib.util
 import sys
 import threading
@@ -50,13 +51,14 @@ def test_threads_sharing_one_model_never_see_each_others_activations(tiny_model_
     assert not errors and not mismatches, (errors, mismatches)
 
 
-def test_twenty_sessions_moving_sliders_for_a_minute_meet_no_error():
-    # Websocket clients, not browsers: twenty Chromium renderers would starve a 2-core server
-    # and the run would measure them. Wall time: server start, first views, 60 s of moves.
-    result = load_test.run(sessions=20, seconds=60, client="ws")
+def test_thirty_sessions_moving_sliders_meet_no_error():
+    # Websocket clients, not browsers: thirty Chromium renderers would starve a 2-core server
+    # and the run would measure them. Wall time: server start, first views, 25 s of moves.
+    result = load_test.run(sessions=30, seconds=25, client="ws")
     print("\n" + load_test.table(result))
     errors = result["error_messages"]       # the first 20; a failure shows them
     assert result["errors"] == 0, errors
-    assert result["sessions_loaded"] == 20, errors
+    assert result["sessions_loaded"] == 30, errors
     assert result["fewest_moves"] >= 1, errors  # every session got a move through
-    assert result["reruns"] >= 20, errors
+    assert result["reruns"] >= 30, errors
+    assert result["rss_mb"], "the server's memory was never sampled"

@@ -91,8 +91,8 @@ def navigation():
 # -- serving many sessions (BENCHMARKS.md, "Serving a class") ---------------------------------
 # One torch thread per script run. The server runs one script thread per session on a machine
 # of a few cores, so a second intra-op thread mostly waits, spinning, for a core that another
-# session's run holds; with two, the slowest slider moves of a class took half as long again.
-# Set on every run: torch keeps the setting per thread.
+# session's run (or another process) holds: with a core taken, one analysis took over 50 times as
+# long on two threads as on one. Set on every run: torch keeps the setting per thread.
 SCRIPT_TORCH_THREADS = 1
 
 

@@ -32,13 +32,13 @@ def metric_mean(metrics: dict, name: str, fmt: str = ".3f") -> str:
 # -- the figures of one analysis, built once and shared ---------------------------------------
 # A slider move that lands on a setting some session has seen before costs no plotly build: each
 # builder is cached on its arguments and every session gets the same figure, which
-# st.plotly_chart only reads (it draws from a copy, ``Figure.to_dict``). Building one (plotly's
-# validation) costs 3–8 ms a figure; a hit costs the hashing of its arguments. The largest array
-# argument is a [T, T] view, at most 256² = 65,536 values, under the 500,000 above which
-# Streamlit hashes a sample, so the key is exact. Limits (README "Limits"): one heatmap holds
-# 0.28 MiB at T = 128 and 0.83 MiB at T = 256, an entropy strip 48–65 KiB, a top-5 bar 29 KiB
-# (tracemalloc, ten of each), so each cache holds at most FIGURES_KEPT of them: ≤ 36 MiB of
-# heatmaps at T = 128 (≤ 106 MiB at T = 256), ≤ 8 MiB of strips, ≤ 4 MiB of bars.
+# st.plotly_chart only reads (it draws from a copy, ``Figure.to_dict``); a hit costs the hashing
+# of the arguments (BENCHMARKS.md, "Serving a class"). The largest array argument is a [T, T]
+# view, at most 256² = 65,536 values, under the 500,000 above which Streamlit hashes a sample,
+# so the key is exact. Limits (README "Limits"): one heatmap holds 0.28 MiB at T = 128 and
+# 0.83 MiB at T = 256, an entropy strip 48–65 KiB, a top-5 bar 29 KiB (tracemalloc, ten of
+# each), so each cache holds at most FIGURES_KEPT of them: ≤ 36 MiB of heatmaps at T = 128
+# (≤ 106 MiB at T = 256), ≤ 8.1 MiB of strips, ≤ 3.6 MiB of bars.
 FIGURES_KEPT = 128
 _shared = st.cache_resource(show_spinner=False, max_entries=FIGURES_KEPT)
 attention_heatmap = _shared(figures.attention_heatmap)
