@@ -30,7 +30,10 @@ block gives numbers like theirs; the *Tradeoff* page and REPRODUCTION.md show ho
 **What to notice.** A causal model is already quite local: it puts about half its attention
 in its own block just because recent words are near. So the Explorer always shows controls
 next to in-block mass — a sliding window of the last 5 words, blocks shifted by 2, and
-uniform attention. Localist structure is what exceeds those.
+uniform attention. Localist structure is what exceeds those. The same holds for anchors: in our
+models they draw no more attention than uniform attention inside the block would give them
+(the lift over that control is about zero; REPRODUCTION.md), so the papers' anchors are their
+proposal, not yet our finding.
 """)
 
 st.subheader("Where do the blocks come from?")
