@@ -65,6 +65,23 @@ def test_partitions_at_inference_and_the_theory_report_count_real_blocks(tiny_mo
     assert all(bits > 0 for _, _, bits in trace.boundaries())
 
 
+def test_the_theory_report_reblocks_the_text_as_the_sidebar_does(trained_tiny, tiny_corpus):
+    """The Theory page's report follows the sidebar's "Blocks": fixed windows of 2 give shorter
+    blocks, and a text of one trained block has two blocks (a report) once re-blocked."""
+    from localist_core.analysis.inspection import theory_report
+    tok = tiny_corpus.tokenizer
+    text = "the cat sees the bridge . a dog follows the castle on Monday ."
+    trained = theory_report(trained_tiny, tok, text, Dial(0.5), 0)
+    small = theory_report(trained_tiny, tok, text, Dial(0.5), 0, partition="fixed",
+                          block_size=2)
+    assert small["inputs"]["block_len"] < trained["inputs"]["block_len"]
+    assert small["rows"] != trained["rows"]
+    short = "the cat sees"
+    assert theory_report(trained_tiny, tok, short, Dial(0.5), 0) is None
+    assert theory_report(trained_tiny, tok, short, Dial(0.5), 0, partition="fixed",
+                         block_size=2) is not None
+
+
 def _counting(monkeypatch, owner, name):
     """Replace ``owner.name`` by a wrapper that counts its calls; returns the count list."""
     calls = []

@@ -183,9 +183,11 @@ def cached_next_words(path: str, text: str, dial: Dial, block_size: int | None,
 
 
 @st.cache_data(show_spinner=False, max_entries=128)
-def cached_theory(path: str, text: str, dial: Dial, layer: int):
+def cached_theory(path: str, text: str, dial: Dial, layer: int, partition: str | None = None,
+                  block_size: int | None = None):
     model, tok = load_checkpoint(path)
-    return theory_report(model, tok, text, dial, layer)
+    return theory_report(model, tok, text, dial, layer, partition=partition,
+                         block_size=block_size)
 
 
 # -- the shared sidebar ----------------------------------------------------------------------
@@ -293,7 +295,8 @@ def next_words(s: Settings, pos: int):
 def get_theory(s: Settings, layer: int):
     """The Theory page's cached report and True; (None, False) after a notice when the
     checkpoint fails (a report of None means the text is too short)."""
-    return cached_theory(s.checkpoint_path, s.text, s.dial, layer), True
+    return cached_theory(s.checkpoint_path, s.text, s.dial, layer, s.partition,
+                         s.block_size), True
 
 
 def analysis_or_stop(s: Settings):

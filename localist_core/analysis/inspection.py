@@ -276,22 +276,26 @@ def metrics_json(a: Analysis, checkpoint: str) -> dict:
 
 
 def theory_report(model, tokenizer, text: str, dial: Dial, layer: int,
-                  temperatures: tuple[float, ...] = THEORY_TEMPERATURES) -> dict | None:
+                  temperatures: tuple[float, ...] = THEORY_TEMPERATURES, *,
+                  partition: str | None = None, block_size: int | None = None) -> dict | None:
     """Estimated threshold-formula inputs at ``dial`` and the sweep over ``temperatures``
     (in place of the dial's τ) of measured, bounded and estimated cross-block mass, as plain
     numbers; None when the text is too short to have two blocks.
 
     ``exactly_local`` is True when no query sees a cross-block key (λ = 1 masks them): the
     cross-block mass is then exactly 0, the bound 0 and the threshold 0, whatever the
-    formula's other inputs."""
+    formula's other inputs. ``partition`` and ``block_size`` re-block the text as the sidebar's
+    "Blocks" does (``inference_partition``; None keeps the trained partition)."""
     from .theory import estimate_threshold_inputs, predicted_vs_measured
 
     ids, _ = prepare_text(tokenizer, text, model.cfg.n_ctx)
     if len(ids) < 2:
         return None
     tokens = torch.tensor([ids])
-    if int(model.partition_of(tokens).max()) < 1:      # one block: nothing crosses a boundary
+    part = inference_partition(model, tokenizer, partition, block_size)
+    if int(model.partition_of(tokens, part).max()) < 1:   # one block: nothing crosses a boundary
         return None
-    inputs = estimate_threshold_inputs(model, tokens, dial, layer=layer)
-    rows = predicted_vs_measured(model, tokens, dial, list(temperatures), layer=layer)
+    inputs = estimate_threshold_inputs(model, tokens, dial, layer=layer, partition=part)
+    rows = predicted_vs_measured(model, tokens, dial, list(temperatures), layer=layer,
+                                 partition=part)
     return {"inputs": inputs.as_dict(), "rows": rows, "exactly_local": inputs.exactly_local}

@@ -143,16 +143,17 @@ class ThresholdInputs:
 
 @torch.no_grad()
 def estimate_threshold_inputs(model, tokens: Tensor, dial: Dial = Dial(),
-                              layer: int = 0) -> ThresholdInputs:
+                              layer: int = 0, partition=None) -> ThresholdInputs:
     """Estimate L, R_x, σ_X, |X|, ρ_max and δ for ``layer`` from a model and a token batch at
     ``dial``. δ is the median typical margin, from the scores before τ, so τ does not change
     it. When no query sees a cross-block key (λ = 1) the result is ``exactly_local`` with
-    δ = +inf."""
+    δ = +inf. ``partition`` re-blocks the text at inference (None: the trained one)."""
     tokens = model.check_tokens(tokens)
     names = [f"blocks.{layer}.hook_resid_pre", f"blocks.{layer}.attn.hook_attn_scores"]
-    _, cache = model.run_with_cache(tokens, dial, names_filter=names, return_type=None)
+    _, cache = model.run_with_cache(tokens, dial, names_filter=names, return_type=None,
+                                    partition=partition)
     x = model.blocks[layer].ln1(cache[names[0]])                               # (B, T, d)
-    ids = model.partition_info(tokens).block_ids                               # (B, T)
+    ids = model.partition_info(tokens, partition).block_ids                    # (B, T)
     heads, dh = model.cfg.n_heads, model.cfg.d_head
     w = model.blocks[layer].attn.channel_weights()
     wq = w["W_Q_x"].reshape(heads, dh, -1)
@@ -184,7 +185,7 @@ def estimate_threshold_inputs(model, tokens: Tensor, dial: Dial = Dial(),
 
 @torch.no_grad()
 def predicted_vs_measured(model, tokens: Tensor, dial: Dial, temperatures: list[float],
-                          layer: int = 0) -> list[dict]:
+                          layer: int = 0, partition=None) -> list[dict]:
     """For each τ in ``temperatures`` (in place of the dial's), averaged over the queries and
     heads of ``layer``:
 
@@ -193,13 +194,16 @@ def predicted_vs_measured(model, tokens: Tensor, dial: Dial, temperatures: list[
       query's cross mass, so its mean never falls below the measured mean;
     - ``bound_holds``: whether it held for every query (to 1e-6, the fp32 softmax);
     - ``estimate_cross_mass``: the formula at each query's typical margin, an estimate;
-    - ``exactly_local``: no query sees a cross-block key (λ = 1): all three masses are 0."""
+    - ``exactly_local``: no query sees a cross-block key (λ = 1): all three masses are 0.
+
+    ``partition`` re-blocks the text at inference (None: the trained one)."""
     rows = []
-    ids = model.partition_info(tokens).block_ids                               # (B, T)
+    ids = model.partition_info(tokens, partition).block_ids                    # (B, T)
     names = [f"blocks.{layer}.attn.hook_attn_scores", f"blocks.{layer}.attn.hook_pattern"]
     for tau in temperatures:
         at_tau = dataclasses.replace(dial, attn_temperature=tau)
-        _, cache = model.run_with_cache(tokens, at_tau, names_filter=names, return_type=None)
+        _, cache = model.run_with_cache(tokens, at_tau, names_filter=names, return_type=None,
+                                        partition=partition)
         pattern = cache[names[1]].double()                                     # (B, H, T, T)
         measured = (pattern * (~same_block(ids)).unsqueeze(1)).sum(-1)
         m = query_margins(cache[names[0]], ids)
