@@ -14,6 +14,10 @@ from ui import launcher as launch
 
 s = ui.page_setup("Sweeps")
 shipped = ui.sweep_cache()
+# The project's own caches: the sweep cache and, when it exists, the multi-seed study's.
+project_caches = {f"Shipped sweeps ({ui.shown(shipped)})": shipped}
+if Path(ui.study_cache()).is_dir():
+    project_caches[f"Multi-seed study ({ui.shown(ui.study_cache())})"] = ui.study_cache()
 protected = ui.project_caches()
 enabled = launch_root.sweeps_enabled()
 root = launch_root.app_root()
@@ -61,12 +65,14 @@ def progress() -> None:
         getattr(st, kind)(ui.plain(text))
     states = ss.setdefault("_sweep_states", {})
     rows = [] if misplaced else launch.list_sweeps(root)
-    view = launch.sweep_status(shipped)
-    if view is not None:   # someone runs the CLI into the shipped cache
-        label = f"Shipped sweeps ({ui.shown(shipped)})"
-        st.progress(view["fraction"], text=ui.plain(f"{label}: {view['text']}"))
-        show_log(label, shipped)
-    if not rows and view is None:
+    statuses = {}
+    for name, cache in project_caches.items():   # someone runs the CLI into a project cache
+        statuses[name] = launch.sweep_status(cache)
+        if statuses[name] is not None:
+            st.progress(statuses[name]["fraction"],
+                        text=ui.plain(f"{name}: {statuses[name]['text']}"))
+            show_log(name, cache)
+    if not rows and not any(statuses.values()):
         st.caption("No sweep has run in these folders yet.")
     for row in rows:
         name = row["name"]
@@ -90,7 +96,7 @@ st.subheader("Progress")
 progress()
 
 st.subheader("Cached runs")
-folders = {f"Shipped sweeps ({ui.shown(shipped)})": shipped}
+folders = dict(project_caches)
 folders.update({f"Sweep {name}": str(cache) for name, cache in caches.items()})
 folder = folders[st.radio("Cache folder", list(folders), horizontal=True, key="sweeps_browse")]
 if not Path(folder).is_dir():

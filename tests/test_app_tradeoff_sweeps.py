@@ -180,6 +180,20 @@ def test_sweeps_page_lists_runs_and_flags_leaks(env):
     assert "No sweep has run" in texts(at)
 
 
+def test_sweeps_page_offers_the_study_cache_and_its_progress(env):
+    write_cache(env / "shipped", examples.synthetic_runs())
+    write_cache(env / "study", examples.multi_seed_runs())
+    (env / "study" / "progress.json").write_text(json.dumps(
+        {"pid": os.getpid(), "updated": time.time(), "runs_done": 1, "runs_total": 4}))
+    at = visit("app_pages/sweeps.py")
+    bars = [p.proto.text.replace("\\", "") for p in at.get("progress")]
+    assert any(t.startswith("Multi-seed study") and "1 of 4" in t for t in bars), bars
+    options = at.radio(key="sweeps_browse").options
+    assert options[0].startswith("Shipped sweeps") and options[1].startswith("Multi-seed study")
+    at.radio(key="sweeps_browse").set_value(options[1]).run()
+    assert len(at.dataframe[0].value) == len(examples.multi_seed_runs())
+
+
 @pytest.mark.parametrize("setup", ["missing", "corrupt"])
 def test_sweeps_page_without_a_cache_gives_notices(env, setup):
     if setup == "corrupt":
