@@ -94,3 +94,11 @@ def test_the_formula_table_has_a_row_per_usable_run_and_names_its_worst_miss():
                 for r in rows)
     assert f"{agree} of {len(rows)}" in line
     assert report.formula_table([]) is None
+
+
+def test_a_lambda_is_printed_as_written():
+    """λ = 0.05 once printed as 0.1 (one fixed decimal), beside the real λ = 0.1 runs."""
+    base = sweep_examples.make_run("attention", 0.05, run_id="attention-l0.05")
+    runs = [sweep_examples.seeded(base, s, p) for s, p in ((1, 100.0), (2, 101.0))]
+    table = report.seeds_table(runs)
+    assert "| 0.05 |" in table and "| 0.1 |" not in table

@@ -51,6 +51,12 @@ def _row(cells) -> str:
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
 
+def _lam(v) -> str:
+    """A λ as written (0.05 stays 0.05: a fixed one-decimal format printed it as 0.1)."""
+    v = finite(v)
+    return "—" if v is None else f"{v:g}"
+
+
 def _fmt(v, digits=3) -> str:
     return "—" if v is None else f"{v:.{digits}f}"
 
@@ -108,7 +114,7 @@ def tau_table(run: dict) -> str:
     head = ["λ_f", "τ", "valid ppl"] + _labels(TAU_METRICS)
     lines = [_row(head), _row(["---"] * len(head))]
     for ev in run["metrics"]["valid"]:
-        lines.append(_row([_fmt(ev["dial"]["locality"], 1), _fmt(ev["dial"]["attn_temperature"], 2),
+        lines.append(_row([_lam(ev["dial"]["locality"]), _fmt(ev["dial"]["attn_temperature"], 2),
                            _fmt(ev["perplexity"], 1)]
                           + [_fmt(_mean(ev, k)) for k in TAU_METRICS]))
     return "\n".join(lines)
@@ -142,7 +148,7 @@ def strategy_table(runs: list[dict]) -> str:
     lines = [_row(head), _row(["---"] * len(head))]
     for p in strategy_points(runs):
         run = by_id[p["run_id"]]
-        lines.append(_row([p["series"], _fmt(p["locality"], 1),
+        lines.append(_row([p["series"], _lam(p["locality"]),
                            f"{(run.get('training') or {}).get('steps') or 0:,}",
                            _pm(p, "perplexity", 1), _pm(p, "test_perplexity", 1),
                            _pm(p, "test_accuracy", 3)]
@@ -160,7 +166,7 @@ def seeds_table(runs: list[dict]) -> str | None:
     head = ["series", "λ", "seeds", "valid ppl", "± 95% CI (ppl)"] + _labels(SEEDS_METRICS)
     lines = [_row(head), _row(["---"] * len(head))]
     for p in pts:
-        lines.append(_row([p["series"], _fmt(p["locality"], 1), p["seeds"],
+        lines.append(_row([p["series"], _lam(p["locality"]), p["seeds"],
                            _pm(p, "perplexity", 1), _fmt(p.get("perplexity_ci95"), 1)]
                           + [_pm(p, k) for k in SEEDS_METRICS]))
     return "\n".join(lines)
@@ -179,7 +185,7 @@ def differences_table(runs: list[dict]) -> str | None:
         ci = "—" if r["lo"] is None else f"[{r['lo']:.3f}, {r['hi']:.3f}]"
         verdict = "established" if r["established"] else (
             "not established" + (" (n = 1)" if r["n"] < 2 else ""))
-        lines.append(_row([r["partition"], _fmt(r["locality"], 1), r["metric"], r["n"],
+        lines.append(_row([r["partition"], _lam(r["locality"]), r["metric"], r["n"],
                            _fmt(r["mean"]), _fmt(r["sd"]), ci, verdict]))
     return "\n".join(lines)
 
