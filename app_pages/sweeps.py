@@ -15,9 +15,9 @@ from ui import launcher as launch
 s = ui.page_setup("Sweeps")
 shipped = ui.sweep_cache()
 # The project's own caches: the sweep cache and, when it exists, the multi-seed study's.
-project_caches = {f"Shipped sweeps ({ui.shown(shipped)})": shipped}
+project_caches = {ui.cache_label("Shipped sweeps", shipped): shipped}
 if Path(ui.study_cache()).is_dir():
-    project_caches[f"Multi-seed study ({ui.shown(ui.study_cache())})"] = ui.study_cache()
+    project_caches[ui.cache_label("Multi-seed study", ui.study_cache())] = ui.study_cache()
 protected = ui.project_caches()
 enabled = launch_root.sweeps_enabled()
 root = launch_root.app_root()

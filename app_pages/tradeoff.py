@@ -14,8 +14,8 @@ s = ui.page_setup("Tradeoff")
 
 shipped, study = ui.sweep_cache(), ui.study_cache()
 study_runs = ui.sweep_results(study)[0] if Path(study).is_dir() else []
-folders = {f"Multi-seed study ({ui.shown(study)})": study} if Path(study).is_dir() else {}
-shipped_label = f"Shipped sweeps ({ui.shown(shipped)})"
+folders = {ui.cache_label("Multi-seed study", study): study} if Path(study).is_dir() else {}
+shipped_label = ui.cache_label("Shipped sweeps", shipped)
 folders[shipped_label] = shipped
 folders.update({f"Sweep “{name}” from the Sweeps page": str(cache)
                 for name, cache in launch.app_caches(protected=ui.project_caches()).items()})

@@ -42,6 +42,7 @@ from ui.links import (
     write_deep_link,
 )
 from ui.links import fit_choice as fit_choice
+from ui.loaders import cache_label as cache_label
 from ui.loaders import checkpoints, load_checkpoint, model_loads, sample_prompts
 from ui.loaders import launched_sweeps as launched_sweeps
 from ui.loaders import n_layers as n_layers

@@ -19,7 +19,7 @@ from localist_core.model.checkpoint import CheckpointError
 from localist_core.model.files import read_prompts
 from localist_core.paths import PROMPTS_FILE, SHIPPED_SWEEP, STUDY_SWEEP
 from ui.catalogue import checkpoint_stamp, list_checkpoints
-from ui.notices import guarded
+from ui.notices import guarded, shown
 
 if TYPE_CHECKING:
     from ui import Settings
@@ -101,6 +101,12 @@ def study_cache() -> str:
     """The multi-seed study's cache the pages offer beside it: $LOCALIST_STUDY_CACHE, else the
     shipped one (scripts/study.sh writes it)."""
     return os.environ.get("LOCALIST_STUDY_CACHE") or str(STUDY_SWEEP)
+
+
+def cache_label(kind: str, folder: str) -> str:
+    """How the pages' cache menus name a project cache: ``kind`` ("Shipped sweeps",
+    "Multi-seed study") and its folder as visitors see it."""
+    return f"{kind} ({shown(folder)})"
 
 
 def project_caches() -> tuple[str, ...]:
