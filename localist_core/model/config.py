@@ -21,8 +21,10 @@ PROTOCOLS = ("penalty", "dial")
 COMPUTE_PRECISIONS = ("auto", "fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
 # Train fields that say where a run is computed, not what: changing one never renames a run,
-# never moves its checkpoint folder and never makes a finished run count as unfinished.
-WHERE_FIELDS = ("device",)
+# never moves its checkpoint folder and never makes a finished run count as unfinished. The
+# thread count changes only the order of floating-point sums (two one-thread runs side by side
+# use two cores better than one two-thread run beside other work: BENCHMARKS.md).
+WHERE_FIELDS = ("device", "threads")
 
 
 def what_is_computed(train: dict) -> dict:
