@@ -549,7 +549,7 @@ def test_report_prints_a_run_without_what_the_cache_check_lets_be_absent(tmp_pat
     assert main(["report", "--cache", str(cache)]) == 0
     out = capsys.readouterr().out
     assert reads == [cache / "r1.json"]
-    row = next(line for line in out.splitlines() if line.startswith("| r1 | 0.5 | 0.0 | 3.0 |"))
+    row = next(line for line in out.splitlines() if line.startswith("| r1 | 0.5 | 0 | 3.0 |"))
     assert row.count("—") >= len(METRIC_LABELS)           # every attention metric missing
     assert "| r1 | — | — |" in out                          # no leak test recorded
 

@@ -30,13 +30,52 @@ def test_differences_table_says_established_only_when_the_interval_excludes_zero
     lines = table.splitlines()
     ppl = next(line for line in lines if "| perplexity |" in line)
     # diffs 4, 3, 5: mean 4, sd 1, half-width 4.303/√3 = 2.484
-    assert ppl == "| punctuation | 0.5 | perplexity | 3 | 4.000 | 1.000 | [1.516, 6.484] " \
-                  "| established |"
+    assert ppl == "| punctuation | fixed (b=5) | 0.5 | perplexity | 3 | 4.000 | 1.000 | " \
+                  "[1.516, 6.484] | established |"
     in_block = next(line for line in lines if "| in_block_mass |" in line)
     assert in_block.endswith("| not established |")
     noisy = report.differences_table(_seeded_partitions((110.0, 95.0, 108.0)))
     ppl = next(line for line in noisy.splitlines() if "| perplexity |" in line)
     assert ppl.endswith("| not established |")     # diffs 10, -7, 1: the interval spans 0
+
+
+def test_differences_table_compares_with_every_fixed_size_as_a_control():
+    """Fixed-7 (matched to punctuation in visible in-block keys) is a second control beside
+    fixed-5: punctuation is compared with each, paired by seed."""
+    ex = sweep_examples
+    fixed7 = ex.make_run("attention", 0.5, run_id="attention-l0.5-block_size7")
+    fixed7["config"]["model"]["block_size"] = 7
+    runs = _seeded_partitions() + [ex.seeded(fixed7, s, p)
+                                   for s, p in zip((1, 2, 3), (106.0, 104.0, 112.0))]
+    ppl = [line for line in report.differences_table(runs).splitlines()
+           if "| perplexity |" in line]
+    assert ppl[0].startswith("| punctuation | fixed (b=5) | 0.5 |")
+    # 104−106, 105−104, 112−112: mean −1/3, the interval spans 0
+    assert ppl[1].startswith("| punctuation | fixed (b=7) | 0.5 | perplexity | 3 | -0.333 |")
+    assert ppl[1].endswith("| not established |") and len(ppl) == 2
+
+
+def test_locality_table_pairs_each_lambda_with_lambda_zero_by_seed():
+    ex = sweep_examples
+    runs = [ex.seeded(ex.make_run("attention", lam), s, p)
+            for lam, ppls in ((0.0, (100.0, 102.0, 107.0)), (0.5, (104.0, 105.0, 112.0)))
+            for s, p in zip((1, 2, 3), ppls)]
+    lines = report.locality_table(runs).splitlines()
+    ppl = next(line for line in lines if line.startswith(
+        "| attention penalty · as trained | 0.5 | perplexity |"))
+    assert ppl == ("| attention penalty · as trained | 0.5 | perplexity | 3 | 4.000 | 1.000 | "
+                   "[1.516, 6.484] | established |")
+    assert report.locality_table([ex.make_run("attention", 0.5)]) is None
+
+
+def test_run_table_prints_lambda_as_written():
+    run = sweep_examples.make_run("attention", 0.05, lambdas=(0.0, 0.05))
+    run["run_id"] = "attention-l0.05"
+    row = next(line for line in report.run_table([run]).splitlines()
+               if line.startswith("| attention-l0.05 |"))
+    assert row.startswith("| attention-l0.05 | 0.05 | 0 |")
+    dialled = report.dialled_table([run]).splitlines()[-1]
+    assert dialled.startswith("| attention-l0.05 | 0.05 |")
 
 
 def test_seeds_table_lists_only_multi_seed_points():

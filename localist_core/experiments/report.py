@@ -13,6 +13,7 @@ from pathlib import Path
 from ..analysis.metrics import METRIC_LABELS
 from .cache import load_cache
 from .results import (  # noqa: F401 (PAPER re-exported)
+    DEFAULT_BLOCK_SIZE,
     PAPER,
     curve_points,
     dial_settings,
@@ -20,7 +21,9 @@ from .results import (  # noqa: F401 (PAPER re-exported)
     finite,
     formula_rows,
     formula_runs,
+    locality_differences,
     partition_differences,
+    partition_of,
     protocol_of,
     read_baselines,
     strategy_points,
@@ -84,7 +87,7 @@ def run_table(runs: list[dict], dial_at: str = "trained") -> str:
             if ev is None:
                 continue
             test = find_eval(run, lf, split="test") or {}
-            lines.append(_row([run["run_id"], _fmt(trained_locality(run), 1), _fmt(lf, 1),
+            lines.append(_row([run["run_id"], _lam(trained_locality(run)), _lam(lf),
                                _fmt(ev["perplexity"], 1), _fmt(test.get("perplexity"), 1),
                                _fmt(test.get("accuracy"), 3)]
                               + [_fmt(_mean(ev, k)) for k, _ in ATT_COLUMNS]))
@@ -103,7 +106,7 @@ def dialled_table(runs: list[dict]) -> str:
         a, b = find_eval(run, 0.0), find_eval(run, lam)
         if a is None or b is None:
             continue
-        lines.append(_row([run["run_id"], _fmt(lam, 1), _fmt(a["perplexity"], 1),
+        lines.append(_row([run["run_id"], _lam(lam), _fmt(a["perplexity"], 1),
                            _fmt(b["perplexity"], 1)]
                           + [_fmt(_mean(ev, k)) for k in DIALLED_METRICS for ev in (a, b)]))
     return "\n".join(lines)
@@ -172,21 +175,51 @@ def seeds_table(runs: list[dict]) -> str | None:
     return "\n".join(lines)
 
 
+def _fixed_sizes(runs: list[dict]) -> list[int]:
+    """The block sizes of fixed-partition attention-penalty runs, the default first."""
+    sizes = {(r.get("config") or {}).get("model", {}).get("block_size") for r in runs
+             if protocol_of(r) == "attention" and partition_of(r) == "fixed"}
+    sizes = {s for s in sizes if isinstance(s, int) and not isinstance(s, bool)}
+    return sorted(sizes, key=lambda s: (s != DEFAULT_BLOCK_SIZE, s))
+
+
+def _verdict(r: dict) -> str:
+    return "established" if r["established"] else (
+        "not established" + (" (n = 1)" if r["n"] < 2 else ""))
+
+
+def _ci(r: dict) -> str:
+    return "—" if r["lo"] is None else f"[{r['lo']:.3f}, {r['hi']:.3f}]"
+
+
 def differences_table(runs: list[dict]) -> str | None:
-    """Each partition minus fixed at each λ, paired by seed: mean difference, sd, n and the 95%
-    t-interval; "established" only where the interval excludes zero. None when no pair of
-    settings shares two seeds (a single-seed cache)."""
-    rows = partition_differences(runs)
+    """Each partition minus fixed blocks at each λ, paired by seed: mean difference, sd, n and
+    the 95% t-interval; "established" only where the interval excludes zero. Every fixed block
+    size in the cache is a control (fixed-5, the default; fixed-7, matched to punctuation in
+    visible in-block keys). None when no pair of settings shares two seeds."""
+    rows = [r for b in _fixed_sizes(runs) for r in partition_differences(runs, block_size=b)]
     if not any(r["n"] > 1 for r in rows):
         return None
-    head = ["partition − fixed", "λ", "metric", "n", "mean diff", "sd", "95% CI", "verdict"]
+    head = ["partition", "− control", "λ", "metric", "n", "mean diff", "sd", "95% CI",
+            "verdict"]
     lines = [_row(head), _row(["---"] * len(head))]
     for r in rows:
-        ci = "—" if r["lo"] is None else f"[{r['lo']:.3f}, {r['hi']:.3f}]"
-        verdict = "established" if r["established"] else (
-            "not established" + (" (n = 1)" if r["n"] < 2 else ""))
-        lines.append(_row([r["partition"], _lam(r["locality"]), r["metric"], r["n"],
-                           _fmt(r["mean"]), _fmt(r["sd"]), ci, verdict]))
+        lines.append(_row([r["partition"], r["control"], _lam(r["locality"]), r["metric"],
+                           r["n"], _fmt(r["mean"]), _fmt(r["sd"]), _ci(r), _verdict(r)]))
+    return "\n".join(lines)
+
+
+def locality_table(runs: list[dict]) -> str | None:
+    """Along each curve, each λ minus λ = 0, paired by seed (``results.locality_differences``),
+    with the same verdicts; None when no pair shares two seeds."""
+    rows = locality_differences(runs)
+    if not any(r["n"] > 1 for r in rows):
+        return None
+    head = ["series", "λ − 0", "metric", "n", "mean diff", "sd", "95% CI", "verdict"]
+    lines = [_row(head), _row(["---"] * len(head))]
+    for r in rows:
+        lines.append(_row([r["series"], _lam(r["locality"]), r["metric"], r["n"],
+                           _fmt(r["mean"]), _fmt(r["sd"]), _ci(r), _verdict(r)]))
     return "\n".join(lines)
 
 
@@ -244,6 +277,9 @@ def full_report(cache_dir: str | Path, runs: list[dict] | None = None) -> str:
         parts += ["## Across seeds (τ = 1): mean ± sd (n)", seeds, ""]
     if diffs:
         parts += ["## Partitions minus fixed, paired by seed (95% t-interval)", diffs, ""]
+    along = locality_table(runs)
+    if along:
+        parts += ["## Each λ minus λ = 0, paired by seed (95% t-interval)", along, ""]
     formula = formula_table(runs)
     if formula:
         parts += ["## The threshold formula against the sweep (one margin per run)", formula, ""]

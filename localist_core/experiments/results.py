@@ -272,6 +272,13 @@ def _with_rise(raw: list[dict], points: list[dict]) -> list[dict]:
 
 def _collect(runs: list[dict], want_leak: bool, kinds: tuple[str, ...]) -> list[dict]:
     """Points per series and λ; runs that differ only by seed make one point (their mean)."""
+    raw = _collect_raw(runs, want_leak, kinds)
+    pts = _with_rise(raw, _ungrouped(aggregate_points(raw, _SAME)))
+    return sorted(pts, key=lambda p: (p["series"], p["locality"]))
+
+
+def _collect_raw(runs: list[dict], want_leak: bool, kinds: tuple[str, ...]) -> list[dict]:
+    """One point per run and curve setting (seeds not merged), each tagged with its group."""
     pts = []
     for run in runs:
         if bool(leak_flag(run)) != want_leak:
@@ -289,14 +296,15 @@ def _collect(runs: list[dict], want_leak: bool, kinds: tuple[str, ...]) -> list[
         if "dialled" in kinds and not want_leak and lam > 0:   # at λ=0 it is the trained point
             pts.append(_grouped(run, make_point(run, lam, lam, series=_series(run, "dialled"),
                                                 curve="dialled")))
-    raw = [p for p in pts if p]
-    pts = _with_rise(raw, _ungrouped(aggregate_points(raw, _SAME)))
-    return sorted(pts, key=lambda p: (p["series"], p["locality"]))
+    return [p for p in pts if p]
 
 
 def partition_of(run: dict) -> str:
     """The partition a run was trained with ("fixed" for runs from before it was recorded)."""
     return str(_cfg(run, "model").get("partition") or "fixed")
+
+
+DEFAULT_BLOCK_SIZE = ModelConfig.block_size   # fixed runs at another size carry a tag
 
 
 def _strategy_raw(runs: list[dict], block_size: int) -> list[dict]:
@@ -306,7 +314,9 @@ def _strategy_raw(runs: list[dict], block_size: int) -> list[dict]:
             continue
         part = partition_of(run)
         tag = variant(run)
-        if part == "fixed" and (tag or _cfg(run, "model").get("block_size") != block_size):
+        size_tag = "" if block_size == DEFAULT_BLOCK_SIZE else f"block_size{block_size}"
+        if part == "fixed" and (tag != size_tag
+                                or _cfg(run, "model").get("block_size") != block_size):
             continue
         if part != "fixed" and tag != f"partition{part}":
             continue
@@ -316,7 +326,7 @@ def _strategy_raw(runs: list[dict], block_size: int) -> list[dict]:
     return [p for p in pts if p]
 
 
-def strategy_points(runs: list[dict], block_size: int = 5) -> list[dict]:
+def strategy_points(runs: list[dict], block_size: int = DEFAULT_BLOCK_SIZE) -> list[dict]:
     """Where blocks fall: causal attention-penalty runs as trained (λ_f = 0, τ = 1), one
     series per partition. Fixed runs count only at the default ``block_size``, and no run with
     another shape change enters, so the series differ in where blocks fall and nothing else.
@@ -330,7 +340,7 @@ DIFF_METRICS = ("perplexity", "entropy_bits", "in_block_mass", "pointer_fidelity
 
 
 def partition_differences(runs: list[dict], metrics=DIFF_METRICS,
-                          block_size: int = 5) -> list[dict]:
+                          block_size: int = DEFAULT_BLOCK_SIZE) -> list[dict]:
     """Each partition minus fixed at each λ (``strategy_points``' runs), paired by seed: one row
     per (partition, λ, metric) with ``paired_difference``'s figures (a λ or partition with no
     seed in common with fixed has no row)."""
@@ -347,7 +357,8 @@ def partition_differences(runs: list[dict], metrics=DIFF_METRICS,
             d = paired_difference({k: p.get(m) for k, p in pts.items()},
                                   {k: p.get(m) for k, p in fixed[lam].items()})
             if d["n"]:
-                rows.append({"partition": series, "locality": lam, "metric": m, **d})
+                rows.append({"partition": series, "control": f"fixed (b={block_size})",
+                             "locality": lam, "metric": m, **d})
     return rows
 
 
@@ -362,6 +373,28 @@ def curve_points(runs: list[dict]) -> list[dict]:
     carries its perplexity rise over its series' λ = 0 point, paired by seed. Other partitions
     have their own comparison (``strategy_points``)."""
     return _collect(_fixed_only(runs), False, CURVES)
+
+
+def locality_differences(runs: list[dict], metrics=DIFF_METRICS) -> list[dict]:
+    """Along each causal curve of ``curve_points``, each λ minus the curve's λ = 0, paired by
+    seed: one row per (series, λ, metric) with ``paired_difference``'s figures. It asks how far
+    a little locality moves each metric ("nearly a switch" is a large in-block change at a small
+    λ with no established perplexity cost)."""
+    by: dict[tuple[str, float], dict[int, dict]] = {}
+    for p in _collect_raw(_fixed_only(runs), False, CURVES):
+        if p.get("seed") is not None:
+            by.setdefault((p["series"], p["locality"]), {}).setdefault(p["seed"], p)
+    rows = []
+    for (series, lam), pts in sorted(by.items()):
+        zero = by.get((series, 0.0))
+        if lam == 0.0 or zero is None:
+            continue
+        for m in metrics:
+            d = paired_difference({k: p.get(m) for k, p in pts.items()},
+                                  {k: p.get(m) for k, p in zero.items()})
+            if d["n"]:
+                rows.append({"series": series, "locality": lam, "metric": m, **d})
+    return rows
 
 
 def leak_points(runs: list[dict]) -> list[dict]:
