@@ -8,4 +8,7 @@ CHECKPOINT_DIR = ASSETS / "checkpoints"     # the shipped checkpoints
 SHIPPED_SWEEP = ASSETS / "sweep"            # the shipped sweep cache; written only when named
 STUDY_SWEEP = ASSETS / "study"              # the multi-seed study's cache (scripts/study.sh)
 PROMPTS_FILE = ASSETS / "prompts.json"      # the sample texts
+# scripts/calibrate_beta.py's raw figures (REPRODUCTION.md); outside every sweep cache folder,
+# where load_cache would take it for a result.
+BETA_CALIBRATION = ASSETS / "beta_calibration.json"
 DEV_DATA_DIR = REPO.parent / "shared" / "data" / "wikitext-2"
