@@ -5,6 +5,11 @@ Every step draws its batch, its dial value and its dropout from generators seede
 (seed, step), and the trainer state (weights, AdamW moments, step, wall time) is saved as
 safetensors + JSON. So a run that is interrupted and resumed ends with the same weights as a run
 that never stopped.
+
+Under ``torchrun --nproc_per_node N`` (distributed.py) N processes train the one model: each draws
+the same global batch and takes its own slice, DistributedDataParallel averages the gradients,
+and rank 0 alone evaluates, writes and prints. With dropout = 0 the weights equal one process's
+up to float rounding; with dropout > 0 the masks depend on N. A run resumes only with its own N.
 """
 from __future__ import annotations
 
@@ -34,6 +39,7 @@ from ..model.files import atomic_write, remove_own_temps
 from ..model.precision import resolve_device, resolve_precision
 from ..model.transformer import LocalistLM, autocast_ctx
 from .data import Corpus, random_windows
+from .distributed import Distributed, one_process
 
 LAST = "last"            # sub-folder holding the resumable trainer state
 TRAINER_STATE = "trainer.safetensors"
@@ -58,6 +64,8 @@ class TrainResult:
     precision_reason: str = ""      # why (model/precision.py)
     device: str = "cpu"             # the device it ran on ("cpu" or "cuda")
     device_reason: str = ""         # why
+    world_size: int = 1             # processes that trained it together (torchrun)
+    backend: str = "none"           # their process group's backend ("gloo", "nccl")
 
 
 def make_model(model_cfg: ModelConfig, corpus: Corpus, seed: int = 1234) -> LocalistLM:
@@ -72,6 +80,12 @@ def make_model(model_cfg: ModelConfig, corpus: Corpus, seed: int = 1234) -> Loca
 
 def step_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + step)
+
+
+def dropout_seed(seed: int, step: int, rank: int = 0) -> int:
+    """The seed of the dropout masks of ``step`` on rank ``rank``. Rank 0 keeps the one-process
+    seed; rank r adds r·2⁴⁰, apart from every rank-0 seed while seed + 7919·step < 2⁴⁰."""
+    return seed + 7919 * step + (rank << 40)
 
 
 def sample_dial_locality(gen: torch.Generator) -> float:
@@ -135,6 +149,26 @@ def training_loss(model: LocalistLM, cfg: TrainConfig, x, y, dial: Dial,
     return loss, parts
 
 
+class TrainingLoss(torch.nn.Module):
+    """``training_loss`` as a module. DistributedDataParallel syncs the gradients of what runs
+    in its module's forward, and the loss reaches the head and the penalties outside
+    ``LocalistLM.forward``: so it wraps this, not the model.
+
+    Split over N equal slices, every term's mean over the ranks is the global batch's: the NLL
+    and the attention penalty are means over the slice's rows, and the weight penalties
+    (``cross_channel_group_norm``, ``value_sq_norm``) are the same on every rank. So the
+    averaged gradient is the global batch's gradient.
+    """
+
+    def __init__(self, model: LocalistLM, cfg: TrainConfig, bf16: bool):
+        super().__init__()
+        self.model, self.cfg, self.bf16 = model, cfg, bf16
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, locality: float
+                ) -> tuple[torch.Tensor, dict]:
+        return training_loss(self.model, self.cfg, x, y, Dial(locality=locality), bf16=self.bf16)
+
+
 def _save_trainer(folder: Path, model, tok, cfg, opt, step, train_s, history, meta) -> None:
     # A loadable checkpoint of the current weights, for inspection (load_model(OUT/last)).
     save_checkpoint(folder, model, tok, cfg, meta={**meta, "step": step})
@@ -154,7 +188,8 @@ def _save_trainer(folder: Path, model, tok, cfg, opt, step, train_s, history, me
     state = {"step": step, "train_seconds": train_s, "history": history, "adam_steps": scalars,
              "precision": meta.get("compute_precision"),
              "precision_reason": meta.get("compute_precision_reason"),
-             "device": meta.get("device"), "device_reason": meta.get("device_reason")}
+             "device": meta.get("device"), "device_reason": meta.get("device_reason"),
+             "world_size": meta.get("world_size", 1)}
     header = {"state": json.dumps(state), "model": json.dumps(config_to_dict(model.cfg)),
               "train": json.dumps(config_to_dict(cfg))}
     # Resuming reads this one file only, and it is replaced in one atomic step: a kill at any
@@ -195,30 +230,50 @@ def _load_trainer(folder: Path, model, opt, cfg: TrainConfig) -> tuple[int, floa
     return state["step"], state["train_seconds"], state["history"], state
 
 
+def _check_world_size(folder: Path, state: dict, dist: Distributed) -> None:
+    """A run resumes only with the number of processes it started with: the dropout masks (and
+    the order of the float sums) depend on it. States written before data parallelism: one."""
+    saved = state.get("world_size", 1)
+    if saved != dist.world_size:
+        how = ("one process, without torchrun" if saved == 1
+               else f"torchrun --nproc_per_node {saved}")
+        raise ValueError(f"{folder} holds a run trained by {saved} process(es) "
+                         f"(world_size={saved}), not {dist.world_size}: resume it with {how}, "
+                         f"or start again (--no-resume, or another --out)")
+
+
 def train(model_cfg: ModelConfig, train_cfg: TrainConfig, corpus: Corpus,
           out_dir: str | Path | None = None, resume: bool = True, progress: bool = True,
-          stop_after: int | None = None, eval_tokens: int = 32_768, meta: dict | None = None
-          ) -> TrainResult:
+          stop_after: int | None = None, eval_tokens: int = 32_768, meta: dict | None = None,
+          dist: Distributed | None = None) -> TrainResult:
     """Train one model. With ``out_dir`` it checkpoints every ``ckpt_interval`` steps into
     ``out_dir/last`` and resumes from there; the final model is written to ``out_dir``.
 
     ``stop_after`` ends the run after that many steps *without* finishing it (used to test
-    resumption).
+    resumption). ``dist`` (``distributed.start()``) makes this process one of N training the
+    model together: ``batch_size`` stays the global batch, split into N equal slices; rank 0
+    evaluates, writes ``out_dir`` and shows progress, and only its result holds the history.
+    With dropout > 0 the masks depend on N (rank r draws its own), so N is part of the run.
     """
     cfg = train_cfg
+    dist = dist if dist is not None else one_process()
+    rows = dist.shard(cfg.batch_size)       # refuses a batch that does not split evenly
     torch.set_num_threads(cfg.threads)
-    device, device_reason = resolve_device(cfg.device)
+    device_kind, device_reason = resolve_device(cfg.device)
+    device = dist.device_for(device_kind)
     model = make_model(model_cfg, corpus, cfg.seed).to(device)
     opt = make_optimizer(model, cfg)
     step, train_s, history = 0, 0.0, []
     last = Path(out_dir) / LAST if out_dir is not None else None
     meta = {"protocol": cfg.protocol, "penalty_form": cfg.penalty_form, "locality": cfg.locality,
             **(meta or {})}
-    for folder in ([Path(out_dir), last] if last is not None else []):
+    for folder in ([Path(out_dir), last] if last is not None and dist.is_main else []):
         remove_own_temps(folder)   # a killed writer's temp files; never a checkpoint
-    precision, precision_reason = resolve_precision(cfg.precision, device)
+    dist.barrier()
+    precision, precision_reason = resolve_precision(cfg.precision, device_kind)
     if last is not None and resume and (last / TRAINER_STATE).is_file():
         step, train_s, history, state = _load_trainer(last, model, opt, cfg)
+        _check_world_size(last, state, dist)
         if cfg.precision == "auto" and state.get("precision") in ("fp32", "bf16"):
             # "auto" is decided once per run: a run resumed on other hardware keeps its choice.
             precision = state["precision"]
@@ -227,10 +282,13 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, corpus: Corpus,
     n_tokens_step = cfg.batch_size * model_cfg.n_ctx
     bf16 = precision == "bf16"
     meta = {**meta, "compute_precision": precision, "compute_precision_reason": precision_reason,
-            "device": device, "device_reason": device_reason}
+            "device": device_kind, "device_reason": device_reason,
+            "world_size": dist.world_size, "backend": dist.backend}
+    loss_of = dist.wrap(TrainingLoss(model, cfg, bf16))     # DDP for N > 1
     stopped = "max_steps"
-    bar = tqdm(total=cfg.max_steps, initial=step, disable=not progress, unit="step",
-               dynamic_ncols=True, desc=f"train {cfg.protocol}/{cfg.penalty_form} λ={cfg.locality}")
+    bar = tqdm(total=cfg.max_steps, initial=step, disable=not (progress and dist.is_main),
+               unit="step", dynamic_ncols=True,
+               desc=f"train {cfg.protocol}/{cfg.penalty_form} λ={cfg.locality}")
     model.train()
     try:
         while step < cfg.max_steps:
@@ -243,33 +301,41 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, corpus: Corpus,
             t0 = time.perf_counter()
             gen = step_generator(cfg.seed, step)
             x, y = random_windows(corpus.train, cfg.batch_size, model_cfg.n_ctx, gen)
-            x, y = x.to(device), y.to(device)
+            x, y = x[rows].to(device), y[rows].to(device)     # every rank drew the same batch
             lam = sample_dial_locality(gen) if cfg.protocol == "dial" else 0.0
-            torch.manual_seed(cfg.seed + 7919 * step)  # dropout
+            torch.manual_seed(dropout_seed(cfg.seed, step, dist.rank))
             frac = step / cfg.max_steps
             if cfg.lr_by_time:
                 frac = max(frac, train_s / cfg.time_budget_s)
             lr = lr_at(cfg, frac, step)
             for g in opt.param_groups:
                 g["lr"] = lr
-            loss, parts = training_loss(model, cfg, x, y, Dial(locality=lam), bf16=bf16)
-            if not math.isfinite(loss.item()):
+            loss, parts = loss_of(x, y, lam)
+            # The global batch's numbers (the mean of the slices' means), the same on every
+            # rank, so that all ranks stop together on a non-finite loss.
+            parts = dist.mean_over_ranks({"loss": loss.item(), **parts})
+            loss_value = parts.pop("loss")
+            if not math.isfinite(loss_value):
                 raise TrainingDiverged(
-                    f"loss became {loss.item()} at step {step} (lr {lr:.2e}); nothing was saved "
+                    f"loss became {loss_value} at step {step} (lr {lr:.2e}); nothing was saved "
                     f"past the last checkpoint. Lower lr or grad_clip, or use precision=fp32.")
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()             # with N > 1, returns once the gradients are averaged
             gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             if not math.isfinite(float(gnorm)):
                 raise TrainingDiverged(f"gradient norm became {float(gnorm)} at step {step}; "
                                        f"lower lr or use precision=fp32.")
             opt.step()
             step += 1
-            dt = time.perf_counter() - t0
+            # The slowest rank's time: every rank adds the same, so the time budget and
+            # lr_by_time decide alike everywhere.
+            dt = dist.max_over_ranks(time.perf_counter() - t0)
             train_s += dt
             bar.update(1)
             bar.set_postfix(loss=f"{parts['nll']:.3f}", tok_s=f"{n_tokens_step / dt:,.0f}")
-            if step % cfg.eval_interval == 0 or step == cfg.max_steps:
+            evaluate = step % cfg.eval_interval == 0 or step == cfg.max_steps
+            save = last is not None and step % cfg.ckpt_interval == 0
+            if evaluate and dist.is_main:
                 ev = evaluate_stream(model, corpus.valid, max_tokens=eval_tokens,
                                      with_attention=False)
                 model.train()
@@ -278,19 +344,22 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, corpus: Corpus,
                                 "lr": lr, **{k: v for k, v in parts.items() if k == "penalty"}})
                 bar.write(f"step {step}: train nll {parts['nll']:.3f}  valid ppl "
                           f"{ev['perplexity']:.1f}  ({train_s:.0f}s)")
-            if last is not None and step % cfg.ckpt_interval == 0:
+            if save and dist.is_main:
                 _save_trainer(last, model, corpus.tokenizer, cfg, opt, step, train_s, history, meta)
+            if evaluate or save:
+                dist.barrier()          # the other ranks wait while rank 0 evaluates and writes
     finally:
         bar.close()
-    if stopped == "time_budget" and progress:
+    if stopped == "time_budget" and progress and dist.is_main:
         print(f"stopped early: time_budget_s={cfg.time_budget_s:g} reached after {step} of "
               f"{cfg.max_steps} steps; this run is not the step-bounded one")
     model.eval()
-    if last is not None:
+    if last is not None and dist.is_main:
         _save_trainer(last, model, corpus.tokenizer, cfg, opt, step, train_s, history, meta)
         if stopped != "interrupted":
             save_checkpoint(out_dir, model, corpus.tokenizer, cfg,
                             meta={**meta, "step": step, "train_seconds": round(train_s, 2),
                                   "tokens": step * n_tokens_step, "stopped": stopped})
+    dist.barrier()
     return TrainResult(model, step, step * n_tokens_step, train_s, history, stopped, precision,
-                       precision_reason, device, device_reason)
+                       precision_reason, device_kind, device_reason, dist.world_size, dist.backend)
