@@ -76,3 +76,23 @@ def test_the_deprecated_bf16_override_reads_true_and_false_as_every_bool_does(ra
             return str(e).replace(key, "KEY")
     assert parsed("bf16") == parsed("lr_by_time")
     assert isinstance(parsed("bf16"), bool) or "is not a valid bool" in parsed("bf16")
+
+
+@pytest.mark.parametrize("name,lo,hi", [("paper", 20e6, 30e6), ("scale", 90e6, 110e6)])
+def test_the_large_presets_are_their_stated_size_and_step_bounded(name, lo, hi):
+    """``paper`` is the papers' size (d 512, 8 heads, context 256: 20–30M parameters); ``scale``
+    about 100M outside the embedding and head. Both end at max_steps with a step-based
+    schedule: the time budget is only a safety stop, far beyond the steps."""
+    import torch
+
+    from localist_core.model.transformer import LocalistLM
+    p = preset(name)
+    mcfg, tcfg = ModelConfig(vocab_size=33_278, **p.model), TrainConfig(**p.train)
+    with torch.device("meta"):
+        model = LocalistLM(mcfg)
+    counted = (sum(x.numel() for x in model.parameters()) if name == "paper" else
+               sum(x.numel() for n, x in model.named_parameters()
+                   if "emb" not in n and "head" not in n))
+    assert lo <= counted <= hi
+    assert "max_steps" in p.train and tcfg.max_steps < TrainConfig().max_steps
+    assert tcfg.lr_by_time is False and tcfg.time_budget_s >= 24 * 3600
