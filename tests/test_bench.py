@@ -15,6 +15,9 @@ BENCHMARKS = {
     "bench.evaluate": ["One full-valid evaluation", "Sweep wall time"],
     "bench.head": ["the adaptive head, side by side", "time vs adaptive_nll"],
     "bench.checks": ["Checkpoint checks", "Rule pattern verdicts"],
+    "bench.sweep_executors": ["Sweep executors, side by side", "local ÷ ray",
+                              "largest relative difference"],
+    "bench.distributed": ["Data-parallel training", "2 × 1 thread", "vs 1 × 2"],
 }
 
 

@@ -1,5 +1,6 @@
-"""pyproject.toml: the same pins as requirements.txt, torch pinned exactly, the library alone in
-the wheel, and a ``localist`` command that is ``python -m localist_core``."""
+"""pyproject.toml: the same pins as requirements.txt (the cluster extra's as
+requirements-cluster.txt), torch pinned exactly, the library alone in the wheel, and a
+``localist`` command that is ``python -m localist_core``."""
 import ast
 import importlib
 import re
@@ -12,6 +13,10 @@ ROOT = Path(__file__).resolve().parents[1]
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
 # An import name that is not its distribution's name.
 DISTRIBUTION_OF = {"yaml": "pyyaml"}
+# Extras kept in a requirements file of their own (not requirements.txt), and the one module
+# of the library that may import each, lazily (inside a function).
+OWN_REQUIREMENTS = {"cluster": "requirements-cluster.txt"}
+LAZY_IMPORTS = {"ray": "localist_core/experiments/executors.py"}
 
 
 def _pins(lines: list[str]) -> dict[str, str]:
@@ -24,36 +29,67 @@ def _pins(lines: list[str]) -> dict[str, str]:
     return pins
 
 
-def _requirements() -> dict[str, str]:
-    lines = (ROOT / "requirements.txt").read_text(encoding="utf-8").splitlines()
+def _requirements(name: str = "requirements.txt") -> dict[str, str]:
+    lines = (ROOT / name).read_text(encoding="utf-8").splitlines()
     return _pins([x for x in lines if x.strip() and not x.lstrip().startswith("#")])
 
 
 def test_pyproject_pins_are_requirements_txt():
     core = _pins(PROJECT["dependencies"])
     extras = {name: _pins(deps) for name, deps in PROJECT["optional-dependencies"].items()}
-    everything = dict(core)
-    for pins in extras.values():
-        assert not set(pins) & set(everything), "a package is listed twice"
-        everything.update(pins)
+    everything, seen = dict(core), set(core)
+    for name, pins in extras.items():
+        assert not set(pins) & seen, "a package is listed twice"
+        seen |= set(pins)
+        if name in OWN_REQUIREMENTS:
+            assert pins == _requirements(OWN_REQUIREMENTS[name]), name
+        else:
+            everything.update(pins)
     assert everything == _requirements()
     assert core["torch"] == "2.13.0"           # exactly: a range pulls a multi-GB CUDA build
     assert {"streamlit", "plotly", "altair"} <= set(extras["app"])
     assert not {"streamlit", "plotly", "altair", "pytest"} & set(core)
 
 
+def _imports(tree: ast.AST) -> set[str]:
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
 def test_the_library_needs_only_its_core_dependencies():
-    """Every third-party import in localist_core is a core dependency (not an extra)."""
+    """Every third-party import in localist_core is a core dependency (not an extra), except an
+    extra's package imported lazily, inside a function of the one module that runs it."""
     core = set(_pins(PROJECT["dependencies"]))
-    imported = set()
+    imported, lazy = set(), {}
     for path in (ROOT / "localist_core").rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.Import):
-                imported |= {a.name.split(".")[0] for a in node.names}
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                imported.add(node.module.split(".")[0])
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        in_functions = set().union(*(_imports(f) for f in ast.walk(tree)
+                                     if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))))
+        top_level = _imports(tree) - in_functions
+        imported |= top_level
+        for name in in_functions - top_level:
+            if name in LAZY_IMPORTS:
+                lazy.setdefault(name, set()).add(path.relative_to(ROOT).as_posix())
+            else:
+                imported.add(name)
     third_party = imported - set(sys.stdlib_module_names) - {"localist_core", "__future__"}
     assert {DISTRIBUTION_OF.get(m, m) for m in third_party} <= core
+    assert not set(LAZY_IMPORTS) & third_party, "an extra imported at a module's top level"
+    assert lazy == {name: {module} for name, module in LAZY_IMPORTS.items()}
+    cluster = _pins(PROJECT["optional-dependencies"]["cluster"])
+    assert set(LAZY_IMPORTS) <= set(cluster)
+
+
+def test_ci_installs_every_requirements_file():
+    """The tests of an extra kept in its own file (tests/test_executors.py) run in CI."""
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    for name in ["requirements.txt", *OWN_REQUIREMENTS.values()]:
+        assert f"-r {name}" in ci, name
 
 
 def test_the_wheel_holds_the_library_only():

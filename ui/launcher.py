@@ -112,7 +112,8 @@ def _read_json(path: Path) -> dict | None:
 
 def read_progress(folder: str | Path) -> dict | None:
     """``progress.json`` written by run_sweep (runs_total, runs_done, current, phase, pid,
-    updated), or None when absent or unreadable."""
+    updated; the ray executor adds in_flight, runs_in_flight), or None when absent or
+    unreadable."""
     return _read_json(Path(folder) / PROGRESS_FILE)
 
 
@@ -190,6 +191,15 @@ def sweep_status(folder: str | Path, now: float | None = None,
         return {"state": "stopped", "fraction": frac, "pid": None,
                 "text": f"Stopped after {done} of {total} runs (the process is gone). Start the "
                         f"same sweep again to resume; finished runs are kept."}
+    flying = prog.get("in_flight")     # the ray executor: every run submitted, not finished
+    flying = [r[:80] for r in flying if isinstance(r, str)] if isinstance(flying, list) else []
+    n = prog.get("runs_in_flight")
+    n = n if isinstance(n, int) and not isinstance(n, bool) and n >= len(flying) else len(flying)
+    if n > 1 and flying:
+        more = f" and {n - len(flying[:3])} more" if n > len(flying[:3]) else ""
+        return {"state": "running", "fraction": frac, "pid": pid,
+                "text": f"{n} runs in flight: {', '.join(flying[:3])}{more} · {done} of {total} "
+                        f"done · updated {age:.0f} s ago"}
     return {"state": "running", "fraction": frac, "pid": pid,
             "text": f"Run {min(done + 1, total)} of {total}: {str(prog.get('current'))[:80]} "
                     f"({str(prog.get('phase'))[:20]}) · {done} done · updated {age:.0f} s ago"}

@@ -22,6 +22,7 @@ import argparse
 import os
 import sys
 
+from ..experiments.executors import DEFAULT_GPU_SHARE
 from ..experiments.sweep import DEFAULT_LAMBDAS, DEFAULT_TAUS
 from ..model.checkpoint import STORAGE_PRECISIONS
 from ..model.config import (
@@ -117,9 +118,25 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     s.add_argument("--cache", default=DEFAULT_SWEEP_CACHE,
                    help=f"sweep cache folder (default: {DEFAULT_SWEEP_CACHE}, relative to the "
                         f"current folder); the shipped cache is written only when named: "
-                        f"--cache {SHIPPED_SWEEP_CACHE}")
+                        f"--cache {SHIPPED_SWEEP_CACHE}. With --executor ray it is made absolute "
+                        f"and every node of the cluster must reach it (a shared filesystem)")
     s.add_argument("--runs-dir", default="runs",
-                   help="where the run checkpoints go (default: runs)")
+                   help="where the run checkpoints go (default: runs); with --executor ray, "
+                        "made absolute, and every node must reach it, as for --cache")
+    s.add_argument("--executor", default="local", choices=["local", "ray"],
+                   help="local (default): the runs one after another in this process; ray: one "
+                        "Ray task per run, as many at once as the cluster's CPUs (threads= per "
+                        "run) and GPUs allow; needs pip install -e \".[cluster]\"")
+    s.add_argument("--ray-address", default=None, metavar="ADDRESS",
+                   help="with --executor ray: an existing Ray cluster (auto, HOST:PORT) whose "
+                        "nodes can import this project (installed, or this checkout at the same "
+                        "path); without it a local Ray is started with this machine's CPUs and "
+                        "stopped at the end")
+    s.add_argument("--gpu-share", type=finite_float(0.0, 1.0, lo_open=True), default=None,
+                   help=f"with --executor ray: the part of a GPU a run asks for when it computes "
+                        f"on cuda (device=cuda, or auto on a cluster with GPUs), in (0, 1] "
+                        f"(default {DEFAULT_GPU_SHARE:g}: {round(1 / DEFAULT_GPU_SHARE)} runs "
+                        f"share a GPU)")
     s.add_argument("--prompts", default=DEFAULT_PROMPTS,
                    help="sample prompts whose attention maps are cached ('' for none)")
     s.add_argument("--eval-tokens", type=positive_int, default=None,

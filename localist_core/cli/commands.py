@@ -32,7 +32,10 @@ def corpus_of(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """``train``: one model into ``--out``, resuming from ``OUT/last`` unless ``--no-resume``."""
+    """``train``: one model into ``--out``, resuming from ``OUT/last`` unless ``--no-resume``.
+    Under ``torchrun --nproc_per_node N`` the N processes train that one model together
+    (experiments/distributed.py); rank 0 alone writes and prints."""
+    from ..experiments.distributed import process_group
     from ..experiments.train import train
     check_overrides(args.config, args.overrides)
     check_train_out(Path(args.out))
@@ -40,19 +43,37 @@ def cmd_train(args: argparse.Namespace) -> int:
     corpus = corpus_of(args)
     mcfg, tcfg = configs(args.config, args.overrides, len(corpus.tokenizer))
     check_fits_in_memory(mcfg, tcfg)
-    res = train(mcfg, tcfg, corpus, args.out, resume=not args.no_resume,
-                meta={"config_name": args.config, "overrides": args.overrides})
+    # Left on any error too, so that a failing rank's peers fail instead of waiting on it.
+    with process_group(tcfg.device) as dist:
+        res = train(mcfg, tcfg, corpus, args.out, resume=not args.no_resume,
+                    meta={"config_name": args.config, "overrides": args.overrides}, dist=dist)
+    if not dist.is_main:
+        return 0
+    together = f", {res.world_size} processes ({res.backend})" if res.world_size > 1 else ""
     print(f"trained {res.steps} steps ({res.tokens:,} tokens, {res.train_seconds:.0f}s, "
           f"stopped: {res.stopped}, device: {res.device}: {res.device_reason}, precision: "
-          f"{res.precision}: {res.precision_reason}) "
+          f"{res.precision}: {res.precision_reason}{together}) "
           f"→ {args.out}")
     return 0
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     """``sweep``: train and evaluate each run of the grid into the sweep cache, skipping
-    finished runs."""
+    finished runs; one after another here, or as Ray tasks (``--executor ray``)."""
+    from ..experiments import executors
     from ..experiments.sweep import PROTOCOL_NAMES, plan_runs, run_sweep
+    on_ray = getattr(args, "executor", "local") == "ray"
+    address, gpu_share = getattr(args, "ray_address", None), getattr(args, "gpu_share", None)
+    if not on_ray and (address is not None or gpu_share is not None):
+        raise UsageError("--ray-address and --gpu-share need --executor ray")
+    if address is not None and (not address.strip() or any(c.isspace() for c in address)):
+        raise UsageError(f"--ray-address must be a Ray address (auto, HOST:PORT), got "
+                         f"{address!r}")
+    if on_ray:                  # before the corpus is loaded: seconds, not minutes
+        try:
+            executors.import_ray()
+        except executors.RayNotInstalled as e:
+            raise UsageError(str(e)) from None
     check_overrides(args.config, args.overrides)
     protocols = args.protocols.split(",")
     for name in protocols:      # plan_runs checks this too, but only after the corpus load
@@ -68,8 +89,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     runs = plan_runs(mcfg, tcfg, protocols, args.lambdas, args.taus,
                      args.overrides, eval_barrier_sharpness=args.eval_beta,
                      seeds=getattr(args, "seeds", None))
-    results = run_sweep(runs, corpus, args.cache, args.runs_dir, prompts=prompts,
-                        eval_tokens=args.eval_tokens)
+    if on_ray:
+        results = executors.ray_sweep(
+            runs, corpus, args.cache, args.runs_dir, prompts=prompts,
+            eval_tokens=args.eval_tokens, address=address,
+            gpu_share=executors.DEFAULT_GPU_SHARE if gpu_share is None else gpu_share)
+    else:
+        results = run_sweep(runs, corpus, args.cache, args.runs_dir, prompts=prompts,
+                            eval_tokens=args.eval_tokens)
     for r in results:
         v = r["metrics"]["valid"][0]
         print(f"{r['run_id']:<40} valid ppl {v['perplexity']:8.2f}  "

@@ -1,9 +1,10 @@
 """λ-sweeps with a resumable, atomic result cache (docs/design.md, "Experiments").
 
 Each run trains one model (or resumes it), evaluates it on a grid of dial settings and writes one
-JSON file into the cache, atomically, with a schema version. Running the same sweep again skips
-every finished run; a killed sweep, run again, loses no finished run. Reading and checking the
-cache (its file names, size caps and validators) is ``cache.py``'s job.
+JSON file into the cache, atomically, with a schema version (``run_one``). ``run_sweep`` runs them
+one after another in this process; ``executors.py`` runs them as Ray tasks. Running the same sweep
+again skips every finished run; a killed sweep, run again, loses no finished run. Reading and
+checking the cache (its file names, size caps and validators) is ``cache.py``'s job.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import json
 import os
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -167,7 +169,9 @@ def git_commit() -> str | None:
         return None
 
 
-def _finished(cache_dir: Path, spec: RunSpec) -> bool:
+def finished(cache_dir: Path, spec: RunSpec) -> bool:
+    """Whether the cache holds a readable result of ``spec`` with the same config (where it ran
+    aside): such a run is skipped."""
     path = cache_dir / f"{spec.run_id}.json"
     if not path.is_file():
         return False
@@ -215,81 +219,110 @@ def baselines(corpus: Corpus) -> dict:
             for split in ("valid", "test")}
 
 
-def _progress(cache_dir: Path, **state) -> None:
+def write_progress(cache_dir: Path, **state) -> None:
+    """``progress.json``, which the Sweeps page reads (ui/launcher.py): this process's pid, the
+    time, and ``state`` (runs_total, runs_done, current, phase; the ray executor adds
+    in_flight)."""
     write_json_atomic(cache_dir / PROGRESS_FILE, {"pid": os.getpid(), "updated": time.time(),
                                                   **state})
+
+
+def prepare_cache(cache_dir: Path, corpus: Corpus) -> None:
+    """Make the cache folder, remove a killed writer's temp files (never a result) and write
+    ``baselines.json`` once."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    remove_own_temps(cache_dir)
+    if not (cache_dir / BASELINES_FILE).is_file():
+        write_json_atomic(cache_dir / BASELINES_FILE, {"schema_version": SCHEMA_VERSION,
+                                                       **baselines(corpus)})
+
+
+def run_one(spec: RunSpec, corpus: Corpus, cache_dir: str | Path, runs_dir: str | Path,
+            prompts: list[dict] | None = None, eval_tokens: int | None = None,
+            progress: bool = True, test_eval: bool = True,
+            phase: Callable[[str], None] | None = None) -> dict:
+    """Train (or resume) one run, evaluate it and write its result into the cache, atomically;
+    return the result as read back from disk. ``phase`` is told "train", then "evaluate".
+
+    Everything a run writes is its own (its result, its maps, its checkpoint folder), so
+    runs may execute at once in separate processes (executors.py)."""
+    cache_dir, runs_dir = Path(cache_dir), Path(runs_dir)
+    path = cache_dir / f"{spec.run_id}.json"
+    if phase:
+        phase("train")
+    t0 = time.time()
+    out = runs_dir / run_dir_for(spec)
+    res = train(spec.model, spec.train, corpus, out, progress=progress,
+                meta={"run_id": spec.run_id})
+    model, tok = load_model(out)
+    if spec.eval_barrier_sharpness is not None:
+        model = with_barrier_sharpness(model, spec.eval_barrier_sharpness)
+    t1 = time.time()
+    if phase:
+        phase("evaluate")
+    valid = []
+    bar = tqdm(spec.settings, disable=not progress, desc=f"eval {spec.run_id}")
+    for lam, tau in bar:
+        valid.append(evaluate_stream(model, corpus.valid, Dial(lam, tau),
+                                     max_tokens=eval_tokens))
+    metrics = {"valid": valid}
+    if test_eval:
+        metrics["test"] = [evaluate_stream(model, corpus.test, Dial(lam),
+                                           max_tokens=eval_tokens, with_attention=False,
+                                           by_position_in_block=True)
+                           for lam in sorted({s[0] for s in spec.settings})]
+    probe = corpus.valid[: 2 * model.cfg.n_ctx].view(2, -1)
+    leak = leak_test(model, probe)
+    if prompts:
+        save_maps = cache_dir / f"{spec.run_id}.maps.safetensors"
+        maps = attention_maps(model, tok, prompts, spec.settings)
+        atomic_write(save_maps, lambda p, m=maps: save_file(m, p))
+    data = {
+        "schema_version": SCHEMA_VERSION,
+        "run_id": spec.run_id,
+        "protocol": spec.protocol_name,
+        "penalty_form": spec.train.penalty_form,
+        "locality": spec.train.locality,
+        "config": spec.stored_config(),
+        # stopped: "max_steps" (the step-bounded run) or "time_budget" (ended early).
+        "training": {"steps": res.steps, "max_steps": spec.train.max_steps,
+                     "tokens": res.tokens, "stopped": res.stopped,
+                     "precision": res.precision, "precision_reason": res.precision_reason,
+                     "device": res.device, "device_reason": res.device_reason,
+                     "history": res.history},
+        "metrics": metrics,
+        "leak_test": leak,
+        "wall_time_s": {"train": round(res.train_seconds, 1),
+                        "eval": round(time.time() - t1, 1),
+                        "total": round(time.time() - t0, 1)},
+        "git_commit": git_commit(),
+        "checkpoint": str(out),
+    }
+    write_json_atomic(path, data)
+    return read_result(path)  # the on-disk form, the same for skipped runs
 
 
 def run_sweep(runs: list[RunSpec], corpus: Corpus, cache_dir: str | Path, runs_dir: str | Path,
               prompts: list[dict] | None = None, eval_tokens: int | None = None,
               progress: bool = True, test_eval: bool = True) -> list[dict]:
-    """Train and evaluate every unfinished run; return every run's result."""
+    """Train and evaluate every unfinished run, one after another in this process (the local
+    executor; ``executors.ray_sweep`` runs them on Ray); return every run's result."""
     cache_dir, runs_dir = Path(cache_dir), Path(runs_dir)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    remove_own_temps(cache_dir)   # a killed writer's temp files; never a result
-    if not (cache_dir / BASELINES_FILE).is_file():
-        write_json_atomic(cache_dir / BASELINES_FILE, {"schema_version": SCHEMA_VERSION,
-                                                       **baselines(corpus)})
+    prepare_cache(cache_dir, corpus)
     results = []
-    todo = [r for r in runs if not _finished(cache_dir, r)]
+    todo = [r for r in runs if not finished(cache_dir, r)]
     done = len(runs) - len(todo)
     for spec in runs:
-        path = cache_dir / f"{spec.run_id}.json"
         if spec not in todo:
-            results.append(read_result(path))
+            results.append(read_result(cache_dir / f"{spec.run_id}.json"))
             continue
-        _progress(cache_dir, runs_total=len(runs), runs_done=done, current=spec.run_id,
-                  phase="train")
-        t0 = time.time()
-        out = runs_dir / run_dir_for(spec)
-        res = train(spec.model, spec.train, corpus, out, progress=progress,
-                    meta={"run_id": spec.run_id})
-        model, tok = load_model(out)
-        if spec.eval_barrier_sharpness is not None:
-            model = with_barrier_sharpness(model, spec.eval_barrier_sharpness)
-        t1 = time.time()
-        _progress(cache_dir, runs_total=len(runs), runs_done=done, current=spec.run_id,
-                  phase="evaluate")
-        valid = []
-        bar = tqdm(spec.settings, disable=not progress, desc=f"eval {spec.run_id}")
-        for lam, tau in bar:
-            valid.append(evaluate_stream(model, corpus.valid, Dial(lam, tau),
-                                         max_tokens=eval_tokens))
-        metrics = {"valid": valid}
-        if test_eval:
-            metrics["test"] = [evaluate_stream(model, corpus.test, Dial(lam),
-                                               max_tokens=eval_tokens, with_attention=False,
-                                               by_position_in_block=True)
-                               for lam in sorted({s[0] for s in spec.settings})]
-        probe = corpus.valid[: 2 * model.cfg.n_ctx].view(2, -1)
-        leak = leak_test(model, probe)
-        if prompts:
-            save_maps = cache_dir / f"{spec.run_id}.maps.safetensors"
-            maps = attention_maps(model, tok, prompts, spec.settings)
-            atomic_write(save_maps, lambda p, m=maps: save_file(m, p))
-        data = {
-            "schema_version": SCHEMA_VERSION,
-            "run_id": spec.run_id,
-            "protocol": spec.protocol_name,
-            "penalty_form": spec.train.penalty_form,
-            "locality": spec.train.locality,
-            "config": spec.stored_config(),
-            # stopped: "max_steps" (the step-bounded run) or "time_budget" (ended early).
-            "training": {"steps": res.steps, "max_steps": spec.train.max_steps,
-                         "tokens": res.tokens, "stopped": res.stopped,
-                         "precision": res.precision, "precision_reason": res.precision_reason,
-                         "device": res.device, "device_reason": res.device_reason,
-                         "history": res.history},
-            "metrics": metrics,
-            "leak_test": leak,
-            "wall_time_s": {"train": round(res.train_seconds, 1),
-                            "eval": round(time.time() - t1, 1),
-                            "total": round(time.time() - t0, 1)},
-            "git_commit": git_commit(),
-            "checkpoint": str(out),
-        }
-        write_json_atomic(path, data)
-        results.append(read_result(path))  # the on-disk form, the same for skipped runs
+
+        def phase(name: str, run_id: str = spec.run_id, done: int = done) -> None:
+            write_progress(cache_dir, runs_total=len(runs), runs_done=done, current=run_id,
+                           phase=name)
+
+        results.append(run_one(spec, corpus, cache_dir, runs_dir, prompts, eval_tokens,
+                               progress, test_eval, phase=phase))
         done += 1
-    _progress(cache_dir, runs_total=len(runs), runs_done=done, current=None, phase="done")
+    write_progress(cache_dir, runs_total=len(runs), runs_done=done, current=None, phase="done")
     return results
