@@ -111,21 +111,50 @@ st.caption("A penalty model is trained at one λ and read at λ_f = 0 (\"as trai
            "equal λ.")
 
 st.subheader("Where blocks fall: fixed, punctuation and recruited")
-strategies = views.strategy_points(runs)
-if len({p["series"] for p in strategies}) < 2:
+strategies, block_lams = views.strategy_points(runs), views.block_control_localities(runs)
+if len({p["series"] for p in strategies}) < 2 and not block_lams:
     st.caption("This cache has no runs with another partition. `bash scripts/reproduce.sh` "
                "trains them (partition=punctuation and partition=recruited at λ = 0.2, 0.6, "
                "1.0); the shipped cache has them.")
-else:
+if block_lams:
+    block_lam = block_lams[0]
+    if len(block_lams) > 1:
+        block_lam = st.selectbox(
+            "Trained λ of the block comparison", block_lams, key="tradeoff_blocks_lam",
+            index=block_lams.index(views.BLOCK_CONTROL_LOCALITY)
+            if views.BLOCK_CONTROL_LOCALITY in block_lams else 0, format_func="λ = {:g}".format)
+    arrangements = views.block_control_points(runs, block_lam)
+    diffs = views.block_control_differences(runs, block_lam)
+    if fig.has_visible_keys(arrangements):
+        st.plotly_chart(fig.block_control_figure(arrangements), key="tradeoff_blocks", **chart)
+        st.caption(f"At λ = {block_lam:g}, as trained (λ_f = 0, τ = 1): "
+                   + fig.block_control_caption(arrangements, diffs))
+    else:
+        st.caption("The runs of this cache were evaluated before the number of in-block keys a "
+                   "query sees was recorded, so the chart of blocks against that number is "
+                   "empty here; the multi-seed study has it. The table still pairs each "
+                   "partition with every fixed size.")
+    st.dataframe(views.differences_rows(diffs), hide_index=True)
+    st.caption("A block-local query sees only the earlier keys of its own block, so longer "
+               "blocks give it more context. The fixed sizes, joined by a line, show what more "
+               "context alone does; the control for a partition is the fixed size whose "
+               "queries see about as many keys (the caption above names it), and a partition "
+               "above that line predicts worse than fixed windows that see as many "
+               "keys. Each row of the table is a partition minus one fixed size, paired by "
+               "training seed: \"established\" only where the 95% interval excludes zero; "
+               "\"not established\" where it includes zero, or where one seed (n = 1) gives no "
+               "interval at all.")
+if len({p["series"] for p in strategies}) >= 2:
     st.plotly_chart(fig.panel_figure(strategies, "locality", "λ (trained penalty)", [
         {"y": "perplexity", "title": "valid perplexity"},
         {"y": "entropy_bits", "title": "attention entropy (bits)"},
         {"y": "in_block_mass", "title": "in-block mass"},
         {"y": "pointer_fidelity_mass", "title": "pointer fidelity (mass on anchors)"}],
         height=420), key="tradeoff_strategies", **chart)
-    st.caption("Attention-penalty models as trained (λ_f = 0, τ = 1) that differ only in where "
-               "their blocks fall: compare the partitions at equal λ (REPRODUCTION.md gives their "
-               "block lengths and the paired differences).")
+    st.caption("The same partitions against λ (fixed blocks at the default size only): "
+               "attention-penalty models as trained (λ_f = 0, τ = 1) that differ only in where "
+               "their blocks fall, compared at equal λ (REPRODUCTION.md gives their block "
+               "lengths).")
 
 st.subheader("Beside the papers' report and the leak")
 st.plotly_chart(fig.panel_figure(ours + leaks, "locality", lam_axis, [

@@ -348,3 +348,45 @@ def test_hostile_form_input_never_raises(env, monkeypatch):
         assert not at.exception and at.error and not at.success, text
         assert all("<script>" not in e.value for e in at.error)   # escaped by ui.plain
     assert not (env / "mine").exists() or not any((env / "mine").iterdir())
+
+
+def _verdicts(at: AppTest) -> list[dict]:
+    """The rows of the block comparison's table of paired differences."""
+    (table,) = [d.value for d in at.dataframe if "verdict" in d.value.columns]
+    assert {"partition", "control", "metric", "n", "mean difference", "95% interval"} <= set(
+        table.columns)
+    return table.to_dict("records")
+
+
+def test_where_blocks_fall_sets_each_partition_against_its_context_matched_control(env):
+    from sweep_examples import block_runs
+    write_cache(env / "shipped", block_runs())
+    at = visit("app_pages/tradeoff.py")
+    picker = at.selectbox(key="tradeoff_blocks_lam")          # λ = 0.6 and 1 qualify
+    assert picker.value == 0.6 and picker.options == ["λ = 0.6", "λ = 1"]
+    blocks = next(s for s in specs(at) if "fixed blocks (b = block size)" in names(s))
+    assert names(blocks)[:3] == ["fixed blocks (b = block size)", "punctuation", "recruited"]
+    rows = _verdicts(at)
+    assert {(r["partition"], r["control"]) for r in rows} == {
+        (p, f"fixed (b={b})") for p in ("punctuation", "recruited") for b in (5, 7)}
+    assert {(r["partition"], r["control"], r["metric"]) for r in rows
+            if r["verdict"] == "established"} == {
+        ("punctuation", "fixed (b=5)", "valid perplexity"),
+        ("punctuation", "fixed (b=7)", "valid perplexity")}
+    assert "nearest to fixed blocks of 7 (3.96)" in texts(at)
+    picker.set_value(1.0).run()
+    assert not at.exception
+    assert {r["verdict"] for r in _verdicts(at)} == {"not established (n = 1)"}
+
+
+def test_where_blocks_fall_without_visible_keys_still_gives_the_table(env):
+    from sweep_examples import block_runs
+    runs = block_runs(seeds=(1,))
+    for run in runs:
+        for ev in run["metrics"]["valid"]:
+            ev["attention"].pop("visible_in_block_keys")
+    write_cache(env / "shipped", runs)
+    at = visit("app_pages/tradeoff.py")
+    assert "were evaluated before the number of in-block keys" in texts(at)
+    assert not any("fixed blocks (b = block size)" in names(s) for s in specs(at))
+    assert "established" not in {r["verdict"] for r in _verdicts(at)}

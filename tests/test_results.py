@@ -4,7 +4,16 @@ import math
 from pathlib import Path
 
 import pytest
-from sweep_examples import make_eval, make_run, seeded, synthetic_runs
+from sweep_examples import (
+    KEYS,
+    PPL,
+    block_runs,
+    make_eval,
+    make_run,
+    seeded,
+    synthetic_runs,
+    with_partition,
+)
 
 from localist_core.experiments import results as tr
 from localist_core.experiments.report import PAPER
@@ -29,21 +38,12 @@ def test_penalty_runs_as_trained_give_one_point_per_lambda_per_form():
     assert att[0]["entropy_bits"] > att[-1]["entropy_bits"]
 
 
-def _with_partition(run: dict, partition: str, block_size: int = 5) -> dict:
-    run["config"]["model"].update(partition=partition, block_size=block_size)
-    if partition != "fixed":
-        run["run_id"] += f"-partition{partition}"
-    elif block_size != 5:
-        run["run_id"] += f"-block_size{block_size}"
-    return run
-
-
 def test_strategy_points_compare_partitions_at_equal_settings_only():
-    runs = [_with_partition(make_run("attention", lam), part)
+    runs = [with_partition(make_run("attention", lam), part)
             for lam in (0.2, 0.6, 1.0) for part in ("fixed", "punctuation", "recruited")]
-    runs += [_with_partition(make_run("attention", 0.6), "fixed", 10),        # another size
-             _with_partition(make_run("weights", 0.6), "punctuation"),         # another form
-             _with_partition(make_run("attention", 0.6, noncausal=True, run_id="leaky"),
+    runs += [with_partition(make_run("attention", 0.6), "fixed", 10),        # another size
+             with_partition(make_run("weights", 0.6), "punctuation"),         # another form
+             with_partition(make_run("attention", 0.6, noncausal=True, run_id="leaky"),
                              "recruited"),
              make_run("dial")]
     pts = tr.strategy_points(runs)
@@ -267,3 +267,60 @@ def test_each_curve_point_carries_its_rise_over_lambda_0_paired_by_seed():
     assert {p["curve"] for p in pts} == set(tr.CURVES)
     assert all(p["perplexity_rise"] is None for p in pts if p["curve"] == "dialled")
     assert all(p["perplexity_rise_n"] == 0 for p in pts)  # unseeded runs pair nothing
+
+
+# -- blocks against their context-matched control (builders: sweep_examples) ----------------
+
+
+def test_block_control_points_one_per_arrangement_with_its_visible_keys_seeds_merged():
+    pts = tr.block_control_points(block_runs(), 0.6)
+    assert [p["series"] for p in pts] == ["fixed (b=5)", "fixed (b=7)", "punctuation",
+                                          "recruited"]
+    assert [p["label"] for p in pts] == ["b=5", "b=7", "punctuation", "recruited"]
+    assert [(p["arrangement"], p["block_size"]) for p in pts] == [
+        ("fixed", 5), ("fixed", 7), ("punctuation", None), ("recruited", None)]
+    for p in pts:                                                # seeds merged: mean, sd, n
+        key = (p["arrangement"], p["block_size"] or 5)
+        assert p["n"] == 3 and p["seeds"] == "1,2,3" and p["locality"] == 0.6
+        assert p["visible_in_block_keys"] == pytest.approx(KEYS[key])
+        assert p["perplexity"] == pytest.approx(sum(PPL[key]) / 3)
+        assert p["perplexity_sd"] > 0
+        assert p["dial_locality"] == 0.0 and p["attn_temperature"] == 1.0
+        assert p["protocol"] == "attention" and not p["leak"]
+    assert pts[3]["visible_in_block_keys_sd"] == pytest.approx(0.04)
+    assert not any(p["run_id"].startswith(("weights", "attention-l0.6-d_model"))
+                   or "noncausal" in p["run_id"] for p in pts)
+    # One seed each: the same arrangements, unmerged.
+    single = tr.block_control_points(block_runs(seeds=(1,)))
+    assert [p["n"] for p in single] == [1] * 4 and single[0]["perplexity_sd"] is None
+
+
+def test_block_control_localities_need_two_arrangements():
+    runs = block_runs()
+    assert tr.block_control_localities(runs) == [0.6, 1.0]        # λ = 0.2 has fixed-5 alone
+    assert [p["series"] for p in tr.block_control_points(runs, 1.0)] == [
+        "fixed (b=3)", "punctuation"]
+    assert tr.block_control_points(runs, 0.2)[0]["series"] == "fixed (b=5)"
+    assert tr.block_control_localities(synthetic_runs()) == []
+    assert tr.fixed_sizes(runs) == [5, 3, 7]                      # the default first
+
+
+def test_block_control_differences_are_the_reports_rows_at_one_lambda():
+    runs = block_runs()
+    rows = tr.block_control_differences(runs, 0.6)
+    assert [(r["partition"], r["control"]) for r in rows[::len(tr.DIFF_METRICS)]] == [
+        ("punctuation", "fixed (b=5)"), ("punctuation", "fixed (b=7)"),
+        ("recruited", "fixed (b=5)"), ("recruited", "fixed (b=7)")]
+    every = [r for b in tr.fixed_sizes(runs) for r in tr.partition_differences(runs,
+                                                                              block_size=b)]
+    key = lambda r: (r["partition"], r["control"], r["metric"])   # noqa: E731
+    assert sorted(map(key, rows)) == sorted(key(r) for r in every if r["locality"] == 0.6)
+    established = {key(r) for r in rows if r["established"]}
+    assert established == {("punctuation", "fixed (b=5)", "perplexity"),
+                           ("punctuation", "fixed (b=7)", "perplexity")}
+    vs7 = next(r for r in rows if key(r) == ("punctuation", "fixed (b=7)", "perplexity"))
+    assert vs7["n"] == 3 and vs7["mean"] == pytest.approx(10.1) and vs7["lo"] > 0
+    assert {tr.verdict(r) for r in rows} == {"established", "not established"}
+    one = tr.block_control_differences(runs, 1.0)
+    assert {(r["control"], tr.verdict(r)) for r in one} == {
+        ("fixed (b=3)", "not established (n = 1)")}

@@ -174,3 +174,59 @@ def test_labels_of_points_on_one_spot_take_different_positions_or_none():
     # Labels keep clear of every marker, not only of other labels.
     (w,) = sweep_figures.place_labels([[(50.0, 50.0, "abc"), (50.0, 68.0, "")]], 400, 300)
     assert w[0] != "top center"
+
+
+# -- blocks against their context-matched control ------------------------------------------------
+
+def _block_figure(seeds=(1, 2, 3)):
+    from sweep_examples import block_runs
+    runs = block_runs(seeds)
+    pts = tr.block_control_points(runs, 0.6)
+    return pts, sweep_figures.block_control_figure(pts), tr.block_control_differences(runs, 0.6)
+
+
+def test_the_block_figure_joins_fixed_sizes_by_one_line_and_marks_each_partition():
+    pts, fig, _ = _block_figure()
+    for panel, y in (("x", "perplexity"), ("x2", "in_block_mass")):
+        traces = {t.name: t for t in fig.data if t.xaxis == panel}
+        assert list(traces) == [sweep_figures.FIXED_LINE, "punctuation", "recruited"]
+        line = traces[sweep_figures.FIXED_LINE]
+        assert "lines" in line.mode and list(line.x) == pytest.approx([2.98, 3.96])  # by keys
+        assert list(line.y) == [pytest.approx(p[y]) for p in pts[:2]]
+        marks = [traces[n] for n in ("punctuation", "recruited")]
+        assert all("lines" not in t.mode and len(t.x) == 1 for t in marks)
+        assert {t.marker.symbol for t in marks} == {"diamond", "square"}
+        # ± 1 sd across seeds on every point (each averages 3 seeds), x too where keys vary.
+        assert list(line.error_y.array) == [pytest.approx(p[f"{y}_sd"]) for p in pts[:2]]
+        assert list(marks[1].error_x.array) == [pytest.approx(0.04)]
+    assert fig.layout.xaxis.title.text.startswith("visible in-block keys")
+    json.loads(fig.to_json())
+    # One seed each: the same traces, no error bars.
+    _, one, _ = _block_figure(seeds=(1,))
+    assert len(one.data) == 6 and all(t.error_y.array is None and t.error_x.array is None
+                                      for t in one.data)
+
+
+def test_the_block_figures_labels_never_overlap():
+    _, fig, _ = _block_figure()
+    labelled = 0
+    for panel in ("", "2"):
+        boxes = [b for bs in _label_boxes(fig, panel).values() for b in bs]
+        labelled += len(boxes)
+        for i, a in enumerate(boxes):
+            assert not any(sweep_figures.boxes_overlap(a, b) for b in boxes[i + 1:])
+    assert labelled >= 6
+
+
+def test_the_block_caption_names_each_partitions_matched_control_and_its_verdict():
+    pts, _, rows = _block_figure()
+    text = sweep_figures.block_control_caption(pts, rows)
+    assert "punctuation blocks let a query see 3.91 in-block keys, nearest to fixed blocks " \
+           "of 7 (3.96)" in text
+    assert "+10.1; established: 95% interval" in text
+    assert "recruited blocks let a query see 3.04 in-block keys, nearest to fixed blocks of 5" \
+        in text and "includes 0" in text
+    assert sweep_figures.has_visible_keys(pts)
+    old = [{k: v for k, v in p.items() if k != "visible_in_block_keys"} for p in pts]
+    assert not sweep_figures.has_visible_keys(old)
+    assert "No adaptive partition" in sweep_figures.block_control_caption(old, rows)

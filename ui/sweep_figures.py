@@ -1,7 +1,8 @@
 """The Tradeoff page's figures and captions from cached sweep results: which curves answer what
 locality costs, one series per curve with point labels placed so that none covers another, error
 bars of ± 1 sd across seeds, leaks as red triangles, the papers' reports as crimson crosses and
-reference lines. A chart's axes are set by what it draws (no streamlit here)."""
+reference lines; the block arrangements against the in-block keys their queries see. A chart's
+axes are set by what it draws (no streamlit here)."""
 from __future__ import annotations
 
 import math
@@ -299,3 +300,78 @@ def points_figure(points: list[dict], x: str, y: str, x_title: str, y_title: str
     return panel_figure(points, x, x_title, [{"y": y, "title": y_title, "hlines": hlines,
                                               "log_y": log_y}], papers=papers, vlines=vlines,
                         log_x=log_x, controls=controls, height=height)
+
+
+# -- blocks against their context-matched control ------------------------------------------------
+# The fixed block sizes make one line against the keys a query sees in its block ("more context");
+# each adaptive partition is a marker of its own, read against that line at its own x.
+FIXED_LINE = "fixed blocks (b = block size)"
+ADAPTIVE_SYMBOLS = {"punctuation": "diamond", "recruited": "square"}
+VISIBLE_KEYS = "visible_in_block_keys"
+
+
+def block_control_figure(points: list[dict], height: int = 440) -> go.Figure:
+    """Valid perplexity and in-block mass against the mean number of in-block keys a query sees
+    (``results.block_control_points``): the fixed sizes joined by one line, ordered by keys,
+    each adaptive partition a distinct marker, ± 1 sd across seeds where n > 1, every point
+    labelled where the label covers nothing (``panel_figure``)."""
+    fixed = sorted((p for p in points if p.get("arrangement") == "fixed"),
+                   key=lambda p: (finite(p.get(VISIBLE_KEYS)) is None,
+                                  finite(p.get(VISIBLE_KEYS)) or 0.0))
+    drawn = [{**p, "series": FIXED_LINE} for p in fixed] + [
+        p for p in points if p.get("arrangement") != "fixed"]
+    fig = panel_figure(drawn, VISIBLE_KEYS, "visible in-block keys per query (valid, mean)",
+                       [{"y": "perplexity", "title": "valid perplexity"},
+                        {"y": "in_block_mass", "title": "in-block mass"}], height=height)
+    adaptive = dict.fromkeys(p["series"] for p in drawn if p["series"] != FIXED_LINE)
+    for i, name in enumerate(adaptive):
+        symbol = ADAPTIVE_SYMBOLS.get(name, ("star", "cross", "hexagon")[i % 3])
+        fig.update_traces(selector=dict(name=inert(name)), mode="markers+text",
+                          marker=dict(symbol=symbol, size=12))
+    return fig
+
+
+def has_visible_keys(points: list[dict]) -> bool:
+    """Whether any point records the in-block keys its queries see (older caches do not)."""
+    return any(finite(p.get(VISIBLE_KEYS)) is not None for p in points)
+
+
+def _difference_words(row: dict | None) -> str:
+    if row is None:
+        return "no seed in common, so no paired difference"
+    if row["established"]:
+        return (f"established: 95% interval {row['lo']:+.1f} to {row['hi']:+.1f} over "
+                f"{row['n']} paired seeds")
+    if row["lo"] is None:
+        return "not established (n = 1)"
+    return (f"not established: 95% interval {row['lo']:+.1f} to {row['hi']:+.1f} over "
+            f"{row['n']} paired seeds includes 0")
+
+
+def block_control_caption(points: list[dict], rows: list[dict]) -> str:
+    """One sentence per adaptive partition: the in-block keys its queries see, the fixed size
+    whose queries see the nearest number (its context-matched control), both valid
+    perplexities and the paired difference's verdict from ``rows``
+    (``results.block_control_differences``)."""
+    fixed = [p for p in points if p.get("arrangement") == "fixed"
+             and finite(p.get(VISIBLE_KEYS)) is not None and finite(p.get("perplexity"))]
+    parts = []
+    for p in points:
+        keys = finite(p.get(VISIBLE_KEYS))
+        if p.get("arrangement") == "fixed" or keys is None or not finite(p.get("perplexity")):
+            continue
+        if not fixed:
+            parts.append(f"{p['series']} blocks let a query see {keys:.2f} in-block keys, and no "
+                         "fixed size here records its keys to compare with")
+            continue
+        near = min(fixed, key=lambda f: abs(f[VISIBLE_KEYS] - keys))
+        row = next((r for r in rows if r["partition"] == p["series"]
+                    and r["control"] == near["series"] and r["metric"] == "perplexity"), None)
+        diff = "" if row is None or row["mean"] is None else f"{row['mean']:+.1f}; "
+        parts.append(f"{p['series']} blocks let a query see {keys:.2f} in-block keys, nearest to "
+                     f"fixed blocks of {near['block_size']} ({near[VISIBLE_KEYS]:.2f}): valid "
+                     f"perplexity {p['perplexity']:.1f} against {near['perplexity']:.1f} "
+                     f"({diff}{_difference_words(row)})")
+    if not parts:
+        return "No adaptive partition at this λ records the in-block keys its queries see."
+    return "; ".join(parts) + "."

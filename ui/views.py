@@ -194,6 +194,9 @@ curve_points = _points(results.curve_points)
 leak_points = _points(results.leak_points)
 paper_points = _points(results.paper_points)
 strategy_points = _points(results.strategy_points)
+block_control_points = _points(results.block_control_points)
+block_control_localities = _points(results.block_control_localities)
+block_control_differences = _points(results.block_control_differences)
 tau_family = _points(results.tau_family)
 entropy_references = _points(results.entropy_references)
 perplexity_references = _points(results.perplexity_references)
@@ -204,6 +207,22 @@ _one = guarded("read the sweep results")
 make_point = _one(results.make_point)
 leak_flag = _one(results.leak_flag)
 protocol_of = _one(results.protocol_of)
+BLOCK_CONTROL_LOCALITY = results.BLOCK_CONTROL_LOCALITY
+
+# How the table of block differences names each metric.
+DIFFERENCE_LABELS = {"perplexity": "valid perplexity", "in_block_mass": "in-block mass",
+                     "entropy_bits": "entropy (bits)", "pointer_fidelity_mass": "pointer fidelity"}
+
+
+@guarded("read the sweep results", [])
+def differences_rows(rows: list[dict]) -> list[dict]:
+    """Paired differences (``results.block_control_differences``) as the Tradeoff page's table:
+    partition, control, metric, n, mean difference, 95% interval and verdict (the report's)."""
+    return [{"partition": r["partition"], "control": r["control"],
+             "metric": DIFFERENCE_LABELS.get(r["metric"], r["metric"]), "n": r["n"],
+             "mean difference": None if r["mean"] is None else round(r["mean"], 3) + 0.0,
+             "95% interval": "—" if r["lo"] is None else f"[{r['lo']:.3f}, {r['hi']:.3f}]",
+             "verdict": results.verdict(r)} for r in rows]
 
 
 # -- the papers' threshold, continued: the formulas, their words, and the sweep against them -----

@@ -13,21 +13,21 @@ from pathlib import Path
 from ..analysis.metrics import METRIC_LABELS
 from .cache import load_cache
 from .results import (  # noqa: F401 (PAPER re-exported)
-    DEFAULT_BLOCK_SIZE,
     PAPER,
     curve_points,
     dial_settings,
     find_eval,
     finite,
+    fixed_sizes,
     formula_rows,
     formula_runs,
     locality_differences,
     partition_differences,
-    partition_of,
     protocol_of,
     read_baselines,
     strategy_points,
     trained_locality,
+    verdict,
 )
 
 ATT_COLUMNS = list(METRIC_LABELS.items())
@@ -175,19 +175,6 @@ def seeds_table(runs: list[dict]) -> str | None:
     return "\n".join(lines)
 
 
-def _fixed_sizes(runs: list[dict]) -> list[int]:
-    """The block sizes of fixed-partition attention-penalty runs, the default first."""
-    sizes = {(r.get("config") or {}).get("model", {}).get("block_size") for r in runs
-             if protocol_of(r) == "attention" and partition_of(r) == "fixed"}
-    sizes = {s for s in sizes if isinstance(s, int) and not isinstance(s, bool)}
-    return sorted(sizes, key=lambda s: (s != DEFAULT_BLOCK_SIZE, s))
-
-
-def _verdict(r: dict) -> str:
-    return "established" if r["established"] else (
-        "not established" + (" (n = 1)" if r["n"] < 2 else ""))
-
-
 def _ci(r: dict) -> str:
     return "—" if r["lo"] is None else f"[{r['lo']:.3f}, {r['hi']:.3f}]"
 
@@ -197,7 +184,7 @@ def differences_table(runs: list[dict]) -> str | None:
     the 95% t-interval; "established" only where the interval excludes zero. Every fixed block
     size in the cache is a control (fixed-5, the default; fixed-7, matched to punctuation in
     visible in-block keys). None when no pair of settings shares two seeds."""
-    rows = [r for b in _fixed_sizes(runs) for r in partition_differences(runs, block_size=b)]
+    rows = [r for b in fixed_sizes(runs) for r in partition_differences(runs, block_size=b)]
     if not any(r["n"] > 1 for r in rows):
         return None
     head = ["partition", "− control", "λ", "metric", "n", "mean diff", "sd", "95% CI",
@@ -205,7 +192,7 @@ def differences_table(runs: list[dict]) -> str | None:
     lines = [_row(head), _row(["---"] * len(head))]
     for r in rows:
         lines.append(_row([r["partition"], r["control"], _lam(r["locality"]), r["metric"],
-                           r["n"], _fmt(r["mean"]), _fmt(r["sd"]), _ci(r), _verdict(r)]))
+                           r["n"], _fmt(r["mean"]), _fmt(r["sd"]), _ci(r), verdict(r)]))
     return "\n".join(lines)
 
 
@@ -219,7 +206,7 @@ def locality_table(runs: list[dict]) -> str | None:
     lines = [_row(head), _row(["---"] * len(head))]
     for r in rows:
         lines.append(_row([r["series"], _lam(r["locality"]), r["metric"], r["n"],
-                           _fmt(r["mean"]), _fmt(r["sd"]), _ci(r), _verdict(r)]))
+                           _fmt(r["mean"]), _fmt(r["sd"]), _ci(r), verdict(r)]))
     return "\n".join(lines)
 
 

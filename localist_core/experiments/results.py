@@ -362,6 +362,80 @@ def partition_differences(runs: list[dict], metrics=DIFF_METRICS,
     return rows
 
 
+def verdict(row: dict) -> str:
+    """A paired difference's verdict: "established" only where its 95% interval excludes zero,
+    else "not established", with "(n = 1)" where one seed leaves no interval."""
+    return "established" if row["established"] else (
+        "not established" + (" (n = 1)" if row["n"] < 2 else ""))
+
+
+def fixed_sizes(runs: list[dict]) -> list[int]:
+    """The block sizes of fixed-partition attention-penalty runs, the default first."""
+    sizes = {_cfg(r, "model").get("block_size") for r in runs
+             if protocol_of(r) == "attention" and partition_of(r) == "fixed"}
+    sizes = {s for s in sizes if isinstance(s, int) and not isinstance(s, bool)}
+    return sorted(sizes, key=lambda s: (s != DEFAULT_BLOCK_SIZE, s))
+
+
+# -- blocks against their context-matched control ---------------------------------------------
+# A block-local query sees only the earlier keys of its own block, so a partition with longer
+# blocks gives its queries more context. Fixed blocks of every size trace what more context alone
+# does (mean ``visible_in_block_keys``); a partition is compared with the fixed size whose queries
+# see about as many keys (fixed-7 for punctuation), so the difference left is where blocks fall.
+
+BLOCK_CONTROL_LOCALITY = 0.6   # the study's λ for the comparison of arrangements
+_PARTITION_ORDER = {"punctuation": 0, "recruited": 1}
+
+
+def _arrangements_raw(runs: list[dict]) -> list[dict]:
+    """``_strategy_raw``'s per-run points for every arrangement at every λ: the fixed runs of
+    each size (``label`` "b=<size>") and the adaptive partitions (``label`` their name), each
+    tagged with ``arrangement`` ("fixed" or the partition) and ``block_size`` (None: adaptive)."""
+    pts = []
+    for b in fixed_sizes(runs):
+        pts += [{**p, "arrangement": "fixed", "block_size": b, "label": f"b={b}"}
+                for p in _strategy_raw(runs, b) if p["series"] == f"fixed (b={b})"]
+    return pts + [{**p, "arrangement": p["series"], "block_size": None, "label": p["series"]}
+                  for p in _strategy_raw(runs, DEFAULT_BLOCK_SIZE)
+                  if not p["series"].startswith("fixed (b=")]
+
+
+def _at(p: dict, locality: float) -> bool:
+    return abs(p["locality"] - locality) < 1e-9
+
+
+def block_control_points(runs: list[dict],
+                         locality: float = BLOCK_CONTROL_LOCALITY) -> list[dict]:
+    """One point per arrangement at trained λ = ``locality``: causal attention-penalty runs as
+    trained (λ_f = 0, τ = 1), every fixed block size present (series "fixed (b=<size>)", by
+    size) and each adaptive partition (series its name). Each carries the mean number of
+    in-block keys its queries see (``visible_in_block_keys``); runs that differ only by seed
+    make one point (their mean, ``<key>_sd``, ``n`` seeds). Leaks and other shape changes stay
+    out, as in ``strategy_points``."""
+    raw = [p for p in _arrangements_raw(runs) if _at(p, locality)]
+    pts = _ungrouped(aggregate_points(raw, _SAME))
+    return sorted(pts, key=lambda p: (p["block_size"] is None, p["block_size"] or 0,
+                                      _PARTITION_ORDER.get(p["series"], 2), p["series"]))
+
+
+def block_control_localities(runs: list[dict]) -> list[float]:
+    """The trained λ values, ascending, at which ``block_control_points`` has at least two
+    arrangements to compare."""
+    by: dict[float, set[str]] = {}
+    for p in _arrangements_raw(runs):
+        by.setdefault(p["locality"], set()).add(p["series"])
+    return sorted(lam for lam, names in by.items() if len(names) >= 2)
+
+
+def block_control_differences(runs: list[dict], locality: float = BLOCK_CONTROL_LOCALITY,
+                              metrics=DIFF_METRICS) -> list[dict]:
+    """``partition_differences`` at trained λ = ``locality`` against every fixed size present
+    (the rows the report prints at that λ), grouped by partition and then by control."""
+    rows = [r for b in fixed_sizes(runs) for r in partition_differences(runs, metrics, b)
+            if _at(r, locality)]
+    return sorted(rows, key=lambda r: (_PARTITION_ORDER.get(r["partition"], 2), r["partition"]))
+
+
 def _fixed_only(runs: list[dict]) -> list[dict]:
     return [r for r in runs if partition_of(r) == "fixed"]
 
