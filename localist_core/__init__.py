@@ -2,8 +2,9 @@
 
 Three layers, each importing only from those below it (docs/design.md, "Layers"):
 ``model`` (config, dial, blocks, attention, transformer, tokenizer, checkpoint) ←
-``analysis`` (metrics, evaluation, theory, rules, inspection) ← ``experiments`` (data, training,
-sweeps, results, report) ← ``cli``. Nothing here imports streamlit or plotly.
+``analysis`` (metrics, evaluation, theory, rules, inspection) ← ``experiments`` (data, training
+alone or under torchrun, sweeps here or on Ray, results, statistics, comparisons, report) ←
+``cli``. Nothing here imports streamlit or plotly.
 
 The names below are the model layer's public face: ``load_model``, ``Dial``,
 ``LocalistLM.run_with_cache`` and ``Tokenizer.encode/decode``; the metrics are

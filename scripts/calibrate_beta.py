@@ -78,8 +78,8 @@ def cache_jobs(cache: str, ids: list[str]) -> tuple[list[dict], str | None]:
 
 
 def cell(values: list, fmt: str) -> str:
-    """"mean ± sd (n)" of the finite values (``results.summary``); the value alone when n = 1."""
-    from localist_core.experiments.results import summary
+    """"mean ± sd (n)" of the finite values (``stats.summary``); the value alone when n = 1."""
+    from localist_core.experiments.stats import summary
     s = summary(values)
     if s["n"] == 0:
         return "–"
@@ -151,7 +151,7 @@ def main() -> int:
     from localist_core.analysis.evaluate import evaluate_stream
     from localist_core.experiments.cache import write_json_atomic
     from localist_core.experiments.data import DataNotFound, load_corpus
-    from localist_core.experiments.results import finite
+    from localist_core.experiments.stats import finite
     from localist_core.experiments.sweep import git_commit, with_barrier_sharpness
     from localist_core.model.dial import Dial
 

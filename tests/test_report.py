@@ -116,7 +116,7 @@ def test_metric_columns_take_their_labels_from_metric_labels(monkeypatch):
 
 
 def test_the_formula_table_has_a_row_per_usable_run_and_names_its_worst_miss():
-    from localist_core.experiments.results import formula_rows
+    from localist_core.experiments.comparisons import formula_rows
     runs = sweep_examples.synthetic_runs()
     table = report.formula_table(runs)
     usable = [r for r in runs if formula_rows(r)]

@@ -4,16 +4,7 @@ import math
 from pathlib import Path
 
 import pytest
-from sweep_examples import (
-    KEYS,
-    PPL,
-    block_runs,
-    make_eval,
-    make_run,
-    seeded,
-    synthetic_runs,
-    with_partition,
-)
+from sweep_examples import make_eval, make_run, seeded, synthetic_runs, with_partition
 
 from localist_core.experiments import results as tr
 from localist_core.experiments.report import PAPER
@@ -121,35 +112,9 @@ def test_tau_family_has_one_series_per_dial_value():
     assert [p["attn_temperature"] for p in fam if p["series"] == "λ_f=0"] == [0.5, 1.0]
 
 
-# -- seeds: grouping, mean ± sd, t-intervals, paired differences -----------------------------
+# -- seeds: grouping, mean ± sd and intervals on the curves --------------------------------
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def test_student_t_table_and_summary_match_a_hand_computation():
-    assert tr.t975(1) == 12.706 and tr.t975(2) == 4.303 and tr.t975(30) == 2.042
-    assert tr.t975(31) == 1.96 and tr.t975(1000) == 1.96
-    s = tr.summary([100.0, 102.0, 107.0])       # mean 103, deviations -3, -1, 4: SS 26, var 13
-    assert s["n"] == 3 and s["mean"] == pytest.approx(103.0)
-    assert s["sd"] == pytest.approx(math.sqrt(13.0))
-    assert s["ci95"] == pytest.approx(4.303 * math.sqrt(13.0) / math.sqrt(3.0))
-    assert tr.summary([5.0]) == {"mean": 5.0, "sd": None, "n": 1, "ci95": None}
-    assert tr.summary([None, float("nan")])["n"] == 0
-
-
-def test_paired_difference_matches_a_hand_computation():
-    d = tr.paired_difference({1: 104.0, 2: 105.0, 3: 112.0, 9: 1.0}, {1: 100.0, 2: 102.0,
-                                                                      3: 107.0})
-    half = 4.303 * 1.0 / math.sqrt(3.0)            # diffs 4, 3, 5: mean 4, sd 1
-    assert d["seeds"] == [1, 2, 3] and d["n"] == 3     # seed 9 has no partner
-    assert d["mean"] == pytest.approx(4.0) and d["sd"] == pytest.approx(1.0)
-    assert d["ci95"] == pytest.approx(half)
-    assert (d["lo"], d["hi"]) == (pytest.approx(4.0 - half), pytest.approx(4.0 + half))
-    assert d["established"]
-    weak = tr.paired_difference({1: 1.0, 2: -1.0, 3: 2.0}, {1: 0.0, 2: 0.0, 3: 0.0})
-    assert weak["lo"] < 0 < weak["hi"] and not weak["established"]
-    one = tr.paired_difference({1: 3.0}, {1: 1.0})
-    assert one["n"] == 1 and one["sd"] is None and not one["established"]
 
 
 def test_curve_points_average_seeds_with_sd_and_interval():
@@ -187,24 +152,6 @@ def test_grouping_ignores_the_seed_and_nothing_else():
         ["attention-l0.5-s4"]]
     pts = [p for p in tr.curve_points([a, other, b]) if "as trained" in p["series"]]
     assert sorted((p["n"], p["perplexity"]) for p in pts) == [(1, 200.0), (2, 105.0)]
-
-
-def test_partition_differences_pair_by_seed():
-    fixed = make_run("attention", 0.5)
-    punct = make_run("attention", 0.5, run_id="attention-l0.5-partitionpunctuation")
-    runs = ([seeded(fixed, s, p) for s, p in ((1, 100.0), (2, 102.0), (3, 107.0))]
-            + [seeded(punct, s, p, partition="punctuation")
-               for s, p in ((1, 104.0), (2, 105.0), (3, 112.0))])
-    series = {p["series"]: p for p in tr.strategy_points(runs)}
-    assert series["punctuation"]["n"] == 3 and series["fixed (b=5)"]["n"] == 3
-    rows = {r["metric"]: r for r in tr.partition_differences(runs)}
-    assert set(rows) == set(tr.DIFF_METRICS)
-    ppl = rows["perplexity"]
-    assert ppl["partition"] == "punctuation" and ppl["locality"] == 0.5
-    assert ppl["mean"] == pytest.approx(4.0) and ppl["sd"] == pytest.approx(1.0)
-    assert ppl["established"]
-    same = rows["in_block_mass"]                  # equal in every run: no difference
-    assert same["mean"] == pytest.approx(0.0) and not same["established"]
 
 
 def test_the_shipped_single_seed_cache_gives_the_same_points_as_before():
@@ -267,60 +214,3 @@ def test_each_curve_point_carries_its_rise_over_lambda_0_paired_by_seed():
     assert {p["curve"] for p in pts} == set(tr.CURVES)
     assert all(p["perplexity_rise"] is None for p in pts if p["curve"] == "dialled")
     assert all(p["perplexity_rise_n"] == 0 for p in pts)  # unseeded runs pair nothing
-
-
-# -- blocks against their context-matched control (builders: sweep_examples) ----------------
-
-
-def test_block_control_points_one_per_arrangement_with_its_visible_keys_seeds_merged():
-    pts = tr.block_control_points(block_runs(), 0.6)
-    assert [p["series"] for p in pts] == ["fixed (b=5)", "fixed (b=7)", "punctuation",
-                                          "recruited"]
-    assert [p["label"] for p in pts] == ["b=5", "b=7", "punctuation", "recruited"]
-    assert [(p["arrangement"], p["block_size"]) for p in pts] == [
-        ("fixed", 5), ("fixed", 7), ("punctuation", None), ("recruited", None)]
-    for p in pts:                                                # seeds merged: mean, sd, n
-        key = (p["arrangement"], p["block_size"] or 5)
-        assert p["n"] == 3 and p["seeds"] == "1,2,3" and p["locality"] == 0.6
-        assert p["visible_in_block_keys"] == pytest.approx(KEYS[key])
-        assert p["perplexity"] == pytest.approx(sum(PPL[key]) / 3)
-        assert p["perplexity_sd"] > 0
-        assert p["dial_locality"] == 0.0 and p["attn_temperature"] == 1.0
-        assert p["protocol"] == "attention" and not p["leak"]
-    assert pts[3]["visible_in_block_keys_sd"] == pytest.approx(0.04)
-    assert not any(p["run_id"].startswith(("weights", "attention-l0.6-d_model"))
-                   or "noncausal" in p["run_id"] for p in pts)
-    # One seed each: the same arrangements, unmerged.
-    single = tr.block_control_points(block_runs(seeds=(1,)))
-    assert [p["n"] for p in single] == [1] * 4 and single[0]["perplexity_sd"] is None
-
-
-def test_block_control_localities_need_two_arrangements():
-    runs = block_runs()
-    assert tr.block_control_localities(runs) == [0.6, 1.0]        # λ = 0.2 has fixed-5 alone
-    assert [p["series"] for p in tr.block_control_points(runs, 1.0)] == [
-        "fixed (b=3)", "punctuation"]
-    assert tr.block_control_points(runs, 0.2)[0]["series"] == "fixed (b=5)"
-    assert tr.block_control_localities(synthetic_runs()) == []
-    assert tr.fixed_sizes(runs) == [5, 3, 7]                      # the default first
-
-
-def test_block_control_differences_are_the_reports_rows_at_one_lambda():
-    runs = block_runs()
-    rows = tr.block_control_differences(runs, 0.6)
-    assert [(r["partition"], r["control"]) for r in rows[::len(tr.DIFF_METRICS)]] == [
-        ("punctuation", "fixed (b=5)"), ("punctuation", "fixed (b=7)"),
-        ("recruited", "fixed (b=5)"), ("recruited", "fixed (b=7)")]
-    every = [r for b in tr.fixed_sizes(runs) for r in tr.partition_differences(runs,
-                                                                              block_size=b)]
-    key = lambda r: (r["partition"], r["control"], r["metric"])   # noqa: E731
-    assert sorted(map(key, rows)) == sorted(key(r) for r in every if r["locality"] == 0.6)
-    established = {key(r) for r in rows if r["established"]}
-    assert established == {("punctuation", "fixed (b=5)", "perplexity"),
-                           ("punctuation", "fixed (b=7)", "perplexity")}
-    vs7 = next(r for r in rows if key(r) == ("punctuation", "fixed (b=7)", "perplexity"))
-    assert vs7["n"] == 3 and vs7["mean"] == pytest.approx(10.1) and vs7["lo"] > 0
-    assert {tr.verdict(r) for r in rows} == {"established", "not established"}
-    one = tr.block_control_differences(runs, 1.0)
-    assert {(r["control"], tr.verdict(r)) for r in one} == {
-        ("fixed (b=3)", "not established (n = 1)")}

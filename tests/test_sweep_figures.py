@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import sweep_examples
 
+from localist_core.experiments import comparisons as cp
 from localist_core.experiments import results as tr
 from localist_core.experiments.cache import load_cache
 from ui import sweep_figures
@@ -181,8 +182,8 @@ def test_labels_of_points_on_one_spot_take_different_positions_or_none():
 def _block_figure(seeds=(1, 2, 3)):
     from sweep_examples import block_runs
     runs = block_runs(seeds)
-    pts = tr.block_control_points(runs, 0.6)
-    return pts, sweep_figures.block_control_figure(pts), tr.block_control_differences(runs, 0.6)
+    pts = cp.block_control_points(runs, 0.6)
+    return pts, sweep_figures.block_control_figure(pts), cp.block_control_differences(runs, 0.6)
 
 
 def test_the_block_figure_joins_fixed_sizes_by_one_line_and_marks_each_partition():

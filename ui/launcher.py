@@ -37,7 +37,7 @@ from localist_core.experiments.cache import (
     SweepCacheError,
     write_json_atomic,
 )
-from localist_core.experiments.results import finite
+from localist_core.experiments.stats import finite
 from localist_core.model.files import read_json_file
 from localist_core.paths import PROMPTS_FILE, REPO
 from ui.launch_limits import APP_LIMITS, NAME, SweepRequest, sweep_folder

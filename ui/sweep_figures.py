@@ -10,7 +10,8 @@ import math
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from localist_core.experiments.results import LEAK, PAPERS, finite
+from localist_core.experiments.results import LEAK, PAPERS
+from localist_core.experiments.stats import finite
 from ui.figures import inert
 
 _PALETTE = ("#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2",
@@ -312,9 +313,9 @@ VISIBLE_KEYS = "visible_in_block_keys"
 
 def block_control_figure(points: list[dict], height: int = 440) -> go.Figure:
     """Valid perplexity and in-block mass against the mean number of in-block keys a query sees
-    (``results.block_control_points``): the fixed sizes joined by one line, ordered by keys,
-    each adaptive partition a distinct marker, ± 1 sd across seeds where n > 1, every point
-    labelled where the label covers nothing (``panel_figure``)."""
+    (``comparisons.block_control_points``): the fixed sizes joined by one line, ordered by
+    keys, each adaptive partition a distinct marker, ± 1 sd across seeds where n > 1, every
+    point labelled where the label covers nothing (``panel_figure``)."""
     fixed = sorted((p for p in points if p.get("arrangement") == "fixed"),
                    key=lambda p: (finite(p.get(VISIBLE_KEYS)) is None,
                                   finite(p.get(VISIBLE_KEYS)) or 0.0))
@@ -352,7 +353,7 @@ def block_control_caption(points: list[dict], rows: list[dict]) -> str:
     """One sentence per adaptive partition: the in-block keys its queries see, the fixed size
     whose queries see the nearest number (its context-matched control), both valid
     perplexities and the paired difference's verdict from ``rows``
-    (``results.block_control_differences``)."""
+    (``comparisons.block_control_differences``)."""
     fixed = [p for p in points if p.get("arrangement") == "fixed"
              and finite(p.get(VISIBLE_KEYS)) is not None and finite(p.get("perplexity"))]
     parts = []

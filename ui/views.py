@@ -12,7 +12,7 @@ import streamlit as st
 
 from localist_core.analysis import inspection, rules, theory
 from localist_core.analysis.rules import RULE_STRENGTH_MAX  # noqa: F401 (for the Rules page)
-from localist_core.experiments import results
+from localist_core.experiments import comparisons, results
 from localist_core.experiments.sweep import PROTOCOL_NAMES  # noqa: F401 (for the Sweeps page)
 from localist_core.model.config import PARTITIONS  # noqa: F401 (for the Sweeps page)
 from ui import figures
@@ -194,9 +194,9 @@ curve_points = _points(results.curve_points)
 leak_points = _points(results.leak_points)
 paper_points = _points(results.paper_points)
 strategy_points = _points(results.strategy_points)
-block_control_points = _points(results.block_control_points)
-block_control_localities = _points(results.block_control_localities)
-block_control_differences = _points(results.block_control_differences)
+block_control_points = _points(comparisons.block_control_points)
+block_control_localities = _points(comparisons.block_control_localities)
+block_control_differences = _points(comparisons.block_control_differences)
 tau_family = _points(results.tau_family)
 entropy_references = _points(results.entropy_references)
 perplexity_references = _points(results.perplexity_references)
@@ -207,7 +207,7 @@ _one = guarded("read the sweep results")
 make_point = _one(results.make_point)
 leak_flag = _one(results.leak_flag)
 protocol_of = _one(results.protocol_of)
-BLOCK_CONTROL_LOCALITY = results.BLOCK_CONTROL_LOCALITY
+BLOCK_CONTROL_LOCALITY = comparisons.BLOCK_CONTROL_LOCALITY
 
 # How the table of block differences names each metric.
 DIFFERENCE_LABELS = {"perplexity": "valid perplexity", "in_block_mass": "in-block mass",
@@ -216,13 +216,14 @@ DIFFERENCE_LABELS = {"perplexity": "valid perplexity", "in_block_mass": "in-bloc
 
 @guarded("read the sweep results", [])
 def differences_rows(rows: list[dict]) -> list[dict]:
-    """Paired differences (``results.block_control_differences``) as the Tradeoff page's table:
-    partition, control, metric, n, mean difference, 95% interval and verdict (the report's)."""
+    """Paired differences (``comparisons.block_control_differences``) as the Tradeoff page's
+    table: partition, control, metric, n, mean difference, 95% interval and verdict (the
+    report's)."""
     return [{"partition": r["partition"], "control": r["control"],
              "metric": DIFFERENCE_LABELS.get(r["metric"], r["metric"]), "n": r["n"],
              "mean difference": None if r["mean"] is None else round(r["mean"], 3) + 0.0,
              "95% interval": "—" if r["lo"] is None else f"[{r['lo']:.3f}, {r['hi']:.3f}]",
-             "verdict": results.verdict(r)} for r in rows]
+             "verdict": comparisons.verdict(r)} for r in rows]
 
 
 # -- the papers' threshold, continued: the formulas, their words, and the sweep against them -----
@@ -271,14 +272,14 @@ def threshold_reading(threshold: float, margin: float, attn_temperature: float) 
 
 @guarded("set the sweep against the formula", [])
 def formula_against_sweep(run: dict) -> list[dict]:
-    """``results.formula_rows`` behind the error guard."""
-    return results.formula_rows(run)
+    """``comparisons.formula_rows`` behind the error guard."""
+    return comparisons.formula_rows(run)
 
 
 @guarded("set the sweep against the formula", [])
 def formula_runs(runs: list[dict]) -> list[str]:
-    """``results.formula_runs`` behind the error guard."""
-    return results.formula_runs(runs)
+    """``comparisons.formula_runs`` behind the error guard."""
+    return comparisons.formula_runs(runs)
 
 
 def _worst(rows: list[dict]) -> dict | None:

@@ -12,23 +12,25 @@ from pathlib import Path
 
 from ..analysis.metrics import METRIC_LABELS
 from .cache import load_cache
-from .results import (  # noqa: F401 (PAPER re-exported)
-    PAPER,
-    curve_points,
-    dial_settings,
-    find_eval,
-    finite,
+from .comparisons import (
     fixed_sizes,
     formula_rows,
     formula_runs,
     locality_differences,
     partition_differences,
+    verdict,
+)
+from .results import (  # noqa: F401 (PAPER re-exported)
+    PAPER,
+    curve_points,
+    dial_settings,
+    find_eval,
     protocol_of,
     read_baselines,
     strategy_points,
     trained_locality,
-    verdict,
 )
+from .stats import finite
 
 ATT_COLUMNS = list(METRIC_LABELS.items())
 # The metrics of the narrower tables, in METRIC_LABELS's order; their labels head the columns.
@@ -197,7 +199,7 @@ def differences_table(runs: list[dict]) -> str | None:
 
 
 def locality_table(runs: list[dict]) -> str | None:
-    """Along each curve, each λ minus λ = 0, paired by seed (``results.locality_differences``),
+    """Along each curve, each λ minus λ = 0, paired by seed (``comparisons.locality_differences``),
     with the same verdicts; None when no pair shares two seeds."""
     rows = locality_differences(runs)
     if not any(r["n"] > 1 for r in rows):
@@ -214,7 +216,7 @@ AGREE = 0.05   # |predicted − measured| in-block mass the formula table counts
 
 
 def formula_table(runs: list[dict]) -> str | None:
-    """The threshold formula against each usable run (``results.formula_rows``): its one margin
+    """The threshold formula against each usable run (``comparisons.formula_rows``): its one margin
     δ₀ read at λ_f = 0, τ = 1, how many other settings the prediction meets within ``AGREE``,
     and the worst miss. None when no run can be used."""
     lines = []

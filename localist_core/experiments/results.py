@@ -1,15 +1,13 @@
 """Sweep-cache results as flat points and tables: the curves of the Tradeoff page and the report,
-as plain dicts (the figures that draw them are ``ui.sweep_figures``)."""
+as plain dicts, seeds merged (statistics: ``stats``; settings compared by seed: ``comparisons``;
+the figures that draw them: ``ui.sweep_figures``)."""
 from __future__ import annotations
 
 import json
-import math
-import statistics
 from pathlib import Path
 
 from ..analysis.metrics import METRIC_LABELS, METRIC_NAMES, causal_entropy_ceiling
-from ..analysis.theory import effective_margin, predicted_cross_mass
-from ..model.config import ModelConfig, is_finite_number
+from ..model.config import ModelConfig
 from .cache import (
     BASELINES_FILE,
     PROGRESS_FILE,
@@ -17,6 +15,7 @@ from .cache import (
     cache_files,
     read_baselines_file,
 )
+from .stats import finite, paired_difference, summary
 from .sweep import PROTOCOL_NAMES, locality_tag, normalized_config
 
 PAPERS = "papers' report"
@@ -25,24 +24,12 @@ PAPER = {"entropy_bits_l1": 5.36, "entropy_bits_l0": 7.18, "test_perplexity_l06"
          "test_accuracy_l06": 0.847}
 LEAK = "LEAK"
 
-# Student-t 0.975 quantiles (two-sided 95%) for df = 1..30, from the NIST/SEMATECH e-Handbook of
-# Statistical Methods, §1.3.6.7.2 "Critical values of the Student's t distribution"; beyond 30
-# degrees of freedom the normal 1.96 is used (at most 4% narrower than t). The one table of the
-# project: every interval of the sweep results comes from ``t975``.
-T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
-        2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
-        2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
 # The numbers a point averages over seeds; each gets ``<key>_sd`` and ``<key>_ci95``.
 STAT_KEYS = ("perplexity", "accuracy", "test_perplexity", "test_accuracy", *METRIC_NAMES)
 
 
-def finite(v) -> float | None:
-    """``v`` as a float when it is a finite real number (not a bool, not an integer too large
-    for a float), else None."""
-    return float(v) if is_finite_number(v) else None
-
-
-def _cfg(run: dict, part: str) -> dict:
+def config_part(run: dict, part: str) -> dict:
+    """One part ("model", "train", "eval", …) of a run's stored config; {} when it has none."""
     cfg = run.get("config")
     sub = cfg.get(part) if isinstance(cfg, dict) else None
     return sub if isinstance(sub, dict) else {}
@@ -52,13 +39,13 @@ def protocol_of(run: dict) -> str:
     """"attention", "weights" or "dial" (from the run, else from its training config)."""
     if isinstance(run.get("protocol"), str) and run["protocol"] in PROTOCOL_NAMES:
         return run["protocol"]
-    train = _cfg(run, "train")
+    train = config_part(run, "train")
     return "dial" if train.get("protocol") == "dial" else str(train.get("penalty_form", "?"))
 
 
 def trained_locality(run: dict) -> float:
     """λ of the penalty a run was trained with (0 for the dial protocol)."""
-    return finite(run.get("locality")) or finite(_cfg(run, "train").get("locality")) or 0.0
+    return finite(run.get("locality")) or finite(config_part(run, "train").get("locality")) or 0.0
 
 
 def variant(run: dict) -> str:
@@ -73,7 +60,7 @@ def variant(run: dict) -> str:
 
 def seed_of(run: dict) -> int | None:
     """The training seed in a run's stored config, or None when it names none."""
-    seed = _cfg(run, "train").get("seed")
+    seed = config_part(run, "train").get("seed")
     return seed if isinstance(seed, int) and not isinstance(seed, bool) else None
 
 
@@ -96,41 +83,6 @@ def group_by_seed(runs: list[dict]) -> list[list[dict]]:
     for run in runs:
         groups.setdefault(group_key(run), []).append(run)
     return [sorted(g, key=lambda r: (seed_of(r) is None, seed_of(r) or 0)) for g in groups.values()]
-
-
-def t975(df: int) -> float:
-    """The Student-t 0.975 quantile at ``df`` degrees of freedom (``T975``; 1.96 beyond 30)."""
-    if df < 1:
-        raise ValueError("a t-interval needs at least one degree of freedom")
-    return T975[df - 1] if df <= len(T975) else 1.96
-
-
-def summary(values) -> dict:
-    """Mean, sample sd, n and the 95% t-interval half-width of the mean of the finite values;
-    one value: sd and ci95 None; none: every figure None and n 0."""
-    vals = [float(v) for v in values if finite(v) is not None]
-    n = len(vals)
-    if n == 0:
-        return {"mean": None, "sd": None, "n": 0, "ci95": None}
-    if n == 1:
-        return {"mean": vals[0], "sd": None, "n": 1, "ci95": None}
-    sd = statistics.stdev(vals)
-    return {"mean": statistics.fmean(vals), "sd": sd, "n": n,
-            "ci95": t975(n - 1) * sd / math.sqrt(n)}
-
-
-def paired_difference(a: dict[int, float], b: dict[int, float]) -> dict:
-    """a − b over the seeds both hold (matched by seed): mean, sd, n, the 95% t-interval
-    (``lo``, ``hi``, ``ci95``) and ``established``: True only where the interval excludes 0."""
-    seeds = sorted(k for k in a if k in b and finite(a[k]) is not None
-                   and finite(b[k]) is not None)
-    s = summary([a[k] - b[k] for k in seeds])
-    lo = hi = None
-    if s["ci95"] is not None:
-        lo, hi = s["mean"] - s["ci95"], s["mean"] + s["ci95"]
-    return {**s, "seeds": seeds, "lo": lo, "hi": hi,
-            "established": lo is not None and (lo > 0 or hi < 0)}
-
 
 def aggregate_points(points: list[dict], keys: list[str]) -> list[dict]:
     """Points that differ only by seed (equal ``keys`` values) merged into one: each of
@@ -156,7 +108,7 @@ def aggregate_points(points: list[dict], keys: list[str]) -> list[dict]:
 
 def leak_flag(run: dict) -> str | None:
     """Why a run is not a causal result, or None. Leaky runs stay out of the causal curves."""
-    if _cfg(run, "model").get("noncausal_diagnostic"):
+    if config_part(run, "model").get("noncausal_diagnostic"):
         return "non-causal diagnostic: attention sees later tokens of its block (a leak)"
     lt = run.get("leak_test")
     if isinstance(lt, dict) and lt.get("passed") is False:
@@ -202,7 +154,7 @@ def make_point(run: dict, lam: float, dial_locality: float, tau: float = 1.0,
         return None
     test = find_eval(run, dial_locality, tau, "test") or {}
     att = ev.get("attention") if isinstance(ev.get("attention"), dict) else {}
-    n_ctx = _cfg(run, "model").get("n_ctx")
+    n_ctx = config_part(run, "model").get("n_ctx")
     ceiling = finite(ev.get("entropy_ceiling_bits"))
     if ceiling is None and isinstance(n_ctx, int) and n_ctx > 0:
         ceiling = causal_entropy_ceiling(n_ctx)
@@ -251,6 +203,12 @@ def _ungrouped(points: list[dict]) -> list[dict]:
     return [{k: v for k, v in p.items() if k != "group"} for p in points]
 
 
+def merge_seeds(points: list[dict]) -> list[dict]:
+    """Per-run points (``curve_run_points``, ``strategy_run_points``) of one series, λ, λ_f and
+    τ that differ only by seed, merged into one (``aggregate_points``); the group tag dropped."""
+    return _ungrouped(aggregate_points(points, _SAME))
+
+
 def _with_rise(raw: list[dict], points: list[dict]) -> list[dict]:
     """Each point's valid-perplexity rise over the λ = 0 point of its series, paired by seed
     (``paired_difference`` of the per-seed ``raw`` points): the cost of locality along a curve.
@@ -273,7 +231,7 @@ def _with_rise(raw: list[dict], points: list[dict]) -> list[dict]:
 def _collect(runs: list[dict], want_leak: bool, kinds: tuple[str, ...]) -> list[dict]:
     """Points per series and λ; runs that differ only by seed make one point (their mean)."""
     raw = _collect_raw(runs, want_leak, kinds)
-    pts = _with_rise(raw, _ungrouped(aggregate_points(raw, _SAME)))
+    pts = _with_rise(raw, merge_seeds(raw))
     return sorted(pts, key=lambda p: (p["series"], p["locality"]))
 
 
@@ -301,13 +259,14 @@ def _collect_raw(runs: list[dict], want_leak: bool, kinds: tuple[str, ...]) -> l
 
 def partition_of(run: dict) -> str:
     """The partition a run was trained with ("fixed" for runs from before it was recorded)."""
-    return str(_cfg(run, "model").get("partition") or "fixed")
+    return str(config_part(run, "model").get("partition") or "fixed")
 
 
 DEFAULT_BLOCK_SIZE = ModelConfig.block_size   # fixed runs at another size carry a tag
 
 
-def _strategy_raw(runs: list[dict], block_size: int) -> list[dict]:
+def strategy_run_points(runs: list[dict], block_size: int) -> list[dict]:
+    """``strategy_points``' per-run points (seeds not merged), each tagged with its group."""
     pts = []
     for run in runs:
         if leak_flag(run) or protocol_of(run) != "attention":
@@ -316,7 +275,7 @@ def _strategy_raw(runs: list[dict], block_size: int) -> list[dict]:
         tag = variant(run)
         size_tag = "" if block_size == DEFAULT_BLOCK_SIZE else f"block_size{block_size}"
         if part == "fixed" and (tag != size_tag
-                                or _cfg(run, "model").get("block_size") != block_size):
+                                or config_part(run, "model").get("block_size") != block_size):
             continue
         if part != "fixed" and tag != f"partition{part}":
             continue
@@ -332,108 +291,8 @@ def strategy_points(runs: list[dict], block_size: int = DEFAULT_BLOCK_SIZE) -> l
     another shape change enters, so the series differ in where blocks fall and nothing else.
     Runs that differ only by seed make one point (their mean, ``n`` seeds)."""
     order = {"fixed": 0, "punctuation": 1, "recruited": 2}
-    pts = _ungrouped(aggregate_points(_strategy_raw(runs, block_size), _SAME))
+    pts = merge_seeds(strategy_run_points(runs, block_size))
     return sorted(pts, key=lambda p: (order.get(p["series"].split()[0], 3), p["locality"]))
-
-
-DIFF_METRICS = ("perplexity", "entropy_bits", "in_block_mass", "pointer_fidelity_mass")
-
-
-def partition_differences(runs: list[dict], metrics=DIFF_METRICS,
-                          block_size: int = DEFAULT_BLOCK_SIZE) -> list[dict]:
-    """Each partition minus fixed at each λ (``strategy_points``' runs), paired by seed: one row
-    per (partition, λ, metric) with ``paired_difference``'s figures (a λ or partition with no
-    seed in common with fixed has no row)."""
-    by: dict[tuple[str, float], dict[int, dict]] = {}
-    for p in _strategy_raw(runs, block_size):
-        if p.get("seed") is not None:
-            by.setdefault((p["series"], p["locality"]), {}).setdefault(p["seed"], p)
-    fixed = {lam: pts for (series, lam), pts in by.items() if series.startswith("fixed")}
-    rows = []
-    for (series, lam), pts in sorted(by.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        if series.startswith("fixed") or lam not in fixed:
-            continue
-        for m in metrics:
-            d = paired_difference({k: p.get(m) for k, p in pts.items()},
-                                  {k: p.get(m) for k, p in fixed[lam].items()})
-            if d["n"]:
-                rows.append({"partition": series, "control": f"fixed (b={block_size})",
-                             "locality": lam, "metric": m, **d})
-    return rows
-
-
-def verdict(row: dict) -> str:
-    """A paired difference's verdict: "established" only where its 95% interval excludes zero,
-    else "not established", with "(n = 1)" where one seed leaves no interval."""
-    return "established" if row["established"] else (
-        "not established" + (" (n = 1)" if row["n"] < 2 else ""))
-
-
-def fixed_sizes(runs: list[dict]) -> list[int]:
-    """The block sizes of fixed-partition attention-penalty runs, the default first."""
-    sizes = {_cfg(r, "model").get("block_size") for r in runs
-             if protocol_of(r) == "attention" and partition_of(r) == "fixed"}
-    sizes = {s for s in sizes if isinstance(s, int) and not isinstance(s, bool)}
-    return sorted(sizes, key=lambda s: (s != DEFAULT_BLOCK_SIZE, s))
-
-
-# -- blocks against their context-matched control ---------------------------------------------
-# A block-local query sees only the earlier keys of its own block, so a partition with longer
-# blocks gives its queries more context. Fixed blocks of every size trace what more context alone
-# does (mean ``visible_in_block_keys``); a partition is compared with the fixed size whose queries
-# see about as many keys (fixed-7 for punctuation), so the difference left is where blocks fall.
-
-BLOCK_CONTROL_LOCALITY = 0.6   # the study's λ for the comparison of arrangements
-_PARTITION_ORDER = {"punctuation": 0, "recruited": 1}
-
-
-def _arrangements_raw(runs: list[dict]) -> list[dict]:
-    """``_strategy_raw``'s per-run points for every arrangement at every λ: the fixed runs of
-    each size (``label`` "b=<size>") and the adaptive partitions (``label`` their name), each
-    tagged with ``arrangement`` ("fixed" or the partition) and ``block_size`` (None: adaptive)."""
-    pts = []
-    for b in fixed_sizes(runs):
-        pts += [{**p, "arrangement": "fixed", "block_size": b, "label": f"b={b}"}
-                for p in _strategy_raw(runs, b) if p["series"] == f"fixed (b={b})"]
-    return pts + [{**p, "arrangement": p["series"], "block_size": None, "label": p["series"]}
-                  for p in _strategy_raw(runs, DEFAULT_BLOCK_SIZE)
-                  if not p["series"].startswith("fixed (b=")]
-
-
-def _at(p: dict, locality: float) -> bool:
-    return abs(p["locality"] - locality) < 1e-9
-
-
-def block_control_points(runs: list[dict],
-                         locality: float = BLOCK_CONTROL_LOCALITY) -> list[dict]:
-    """One point per arrangement at trained λ = ``locality``: causal attention-penalty runs as
-    trained (λ_f = 0, τ = 1), every fixed block size present (series "fixed (b=<size>)", by
-    size) and each adaptive partition (series its name). Each carries the mean number of
-    in-block keys its queries see (``visible_in_block_keys``); runs that differ only by seed
-    make one point (their mean, ``<key>_sd``, ``n`` seeds). Leaks and other shape changes stay
-    out, as in ``strategy_points``."""
-    raw = [p for p in _arrangements_raw(runs) if _at(p, locality)]
-    pts = _ungrouped(aggregate_points(raw, _SAME))
-    return sorted(pts, key=lambda p: (p["block_size"] is None, p["block_size"] or 0,
-                                      _PARTITION_ORDER.get(p["series"], 2), p["series"]))
-
-
-def block_control_localities(runs: list[dict]) -> list[float]:
-    """The trained λ values, ascending, at which ``block_control_points`` has at least two
-    arrangements to compare."""
-    by: dict[float, set[str]] = {}
-    for p in _arrangements_raw(runs):
-        by.setdefault(p["locality"], set()).add(p["series"])
-    return sorted(lam for lam, names in by.items() if len(names) >= 2)
-
-
-def block_control_differences(runs: list[dict], locality: float = BLOCK_CONTROL_LOCALITY,
-                              metrics=DIFF_METRICS) -> list[dict]:
-    """``partition_differences`` at trained λ = ``locality`` against every fixed size present
-    (the rows the report prints at that λ), grouped by partition and then by control."""
-    rows = [r for b in fixed_sizes(runs) for r in partition_differences(runs, metrics, b)
-            if _at(r, locality)]
-    return sorted(rows, key=lambda r: (_PARTITION_ORDER.get(r["partition"], 2), r["partition"]))
 
 
 def _fixed_only(runs: list[dict]) -> list[dict]:
@@ -449,26 +308,9 @@ def curve_points(runs: list[dict]) -> list[dict]:
     return _collect(_fixed_only(runs), False, CURVES)
 
 
-def locality_differences(runs: list[dict], metrics=DIFF_METRICS) -> list[dict]:
-    """Along each causal curve of ``curve_points``, each λ minus the curve's λ = 0, paired by
-    seed: one row per (series, λ, metric) with ``paired_difference``'s figures. It asks how far
-    a little locality moves each metric ("nearly a switch" is a large in-block change at a small
-    λ with no established perplexity cost)."""
-    by: dict[tuple[str, float], dict[int, dict]] = {}
-    for p in _collect_raw(_fixed_only(runs), False, CURVES):
-        if p.get("seed") is not None:
-            by.setdefault((p["series"], p["locality"]), {}).setdefault(p["seed"], p)
-    rows = []
-    for (series, lam), pts in sorted(by.items()):
-        zero = by.get((series, 0.0))
-        if lam == 0.0 or zero is None:
-            continue
-        for m in metrics:
-            d = paired_difference({k: p.get(m) for k, p in pts.items()},
-                                  {k: p.get(m) for k, p in zero.items()})
-            if d["n"]:
-                rows.append({"series": series, "locality": lam, "metric": m, **d})
-    return rows
+def curve_run_points(runs: list[dict]) -> list[dict]:
+    """``curve_points``' per-run points (seeds not merged), each tagged with its group."""
+    return _collect_raw(_fixed_only(runs), False, CURVES)
 
 
 def leak_points(runs: list[dict]) -> list[dict]:
@@ -582,56 +424,3 @@ def position_rows(run: dict) -> list[dict]:
                      "test ppl": finite(r.get("perplexity")), "test acc": finite(r.get("accuracy"))}
                     for k, r in pos.items() if isinstance(r, dict)]
     return []
-
-
-# -- the threshold formula against a sweep (analysis/theory.py) --------------------------------
-
-def _barrier_sharpness(run: dict) -> float:
-    """β of a run's evaluations: its eval override, else its model's, else the default."""
-    cfg = run.get("config") if isinstance(run.get("config"), dict) else {}
-    for part in ("eval", "model"):
-        beta = finite((cfg.get(part) or {}).get("barrier_sharpness"))
-        if beta is not None and beta > 0:
-            return beta
-    return ModelConfig.barrier_sharpness
-
-
-def _in_block(run: dict, locality: float, tau: float, key: str = "in_block_mass") -> float | None:
-    ev = find_eval(run, locality, tau) or {}
-    m = (ev.get("attention") or {}).get(key)
-    return finite(m.get("mean")) if isinstance(m, dict) else None
-
-
-def formula_rows(run: dict) -> list[dict]:
-    """Every (λ_f, τ) a causal run was evaluated at: its measured in-block mass and the
-    formula's (``predicted_cross_mass``), from one effective margin read at λ_f = 0,
-    τ = 1 and the uniform baseline there. Empty when the run leaks or lacks that evaluation."""
-    base, uniform = _in_block(run, 0.0, 1.0), _in_block(run, 0.0, 1.0, "uniform_in_block_mass")
-    if leak_flag(run) or base is None or uniform is None or not 0 < uniform < 1:
-        return []
-    cross0, u_x = min(max(1.0 - base, 0.0), 1.0), 1.0 - uniform
-    margin, beta = effective_margin(cross0, u_x), _barrier_sharpness(run)
-    rows = []
-    for lf, tau in dial_settings(run):
-        measured = _in_block(run, lf, tau)
-        if measured is None or not 0.0 <= lf <= 1.0:
-            continue
-        rows.append({"run_id": str(run.get("run_id")), "locality": lf, "attn_temperature": tau,
-                     "measured_in_block": measured,
-                     "predicted_in_block": 1.0 - predicted_cross_mass(margin, u_x, lf,
-                                                                             tau, beta),
-                     "calibration": lf == 0.0 and tau == 1.0, "margin": margin,
-                     "barrier_sharpness": beta})
-    return rows
-
-
-def formula_runs(runs: list[dict]) -> list[str]:
-    """The runs ``formula_rows`` can use, those evaluated at the most λ_f values (the
-    dial's) first, then the sharper barrier."""
-    scored = []
-    for run in runs:
-        rows = formula_rows(run)
-        if rows:
-            n_lf = len({r["locality"] for r in rows})
-            scored.append((-n_lf, -rows[0]["barrier_sharpness"], rows[0]["run_id"]))
-    return [rid for *_, rid in sorted(scored)]

@@ -266,8 +266,9 @@ PRESETS: dict[str, Preset] = {
         train=dict(batch_size=32, time_budget_s=720.0, max_steps=2000, lr_by_time=False),
     ),
     # The papers' stated size: d_model 512, 8 heads, context 256 (27.4M parameters with
-    # WikiText-2's vocabulary and our adaptive softmax; the papers state about 23M). 6,000 steps of 32×256 tokens (≈23 passes over WikiText-2's
-    # training split); a GPU (README, "Beyond one machine"), or a patient CPU. Not in CI.
+    # WikiText-2's vocabulary and our adaptive softmax; the papers state about 23M). 6,000
+    # steps of 32×256 tokens (≈23 passes over WikiText-2's training split); a GPU (README,
+    # "Beyond one machine"), or a patient CPU. Not in CI.
     "paper": Preset(
         model=dict(d_model=512, n_layers=2, n_heads=8, d_ff=2048, n_ctx=256, dropout=0.1,
                    cutoffs=(2000, 10000)),

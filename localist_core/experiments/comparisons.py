@@ -1,0 +1,193 @@
+"""Settings compared by a paired difference matched by seed (partitions against fixed blocks,
+blocks against their context-matched control, each λ against λ = 0), their verdicts, and the
+threshold formula set against a sweep's measured in-block mass."""
+from __future__ import annotations
+
+from ..analysis.theory import effective_margin, predicted_cross_mass
+from ..model.config import ModelConfig
+from .results import (
+    DEFAULT_BLOCK_SIZE,
+    config_part,
+    curve_run_points,
+    dial_settings,
+    find_eval,
+    leak_flag,
+    merge_seeds,
+    partition_of,
+    protocol_of,
+    strategy_run_points,
+)
+from .stats import finite, paired_difference
+
+DIFF_METRICS = ("perplexity", "entropy_bits", "in_block_mass", "pointer_fidelity_mass")
+
+
+def partition_differences(runs: list[dict], metrics=DIFF_METRICS,
+                          block_size: int = DEFAULT_BLOCK_SIZE) -> list[dict]:
+    """Each partition minus fixed at each λ (``results.strategy_points``' runs), paired by
+    seed: one row per (partition, λ, metric) with ``paired_difference``'s figures (a λ or
+    partition with no seed in common with fixed has no row)."""
+    by: dict[tuple[str, float], dict[int, dict]] = {}
+    for p in strategy_run_points(runs, block_size):
+        if p.get("seed") is not None:
+            by.setdefault((p["series"], p["locality"]), {}).setdefault(p["seed"], p)
+    fixed = {lam: pts for (series, lam), pts in by.items() if series.startswith("fixed")}
+    rows = []
+    for (series, lam), pts in sorted(by.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        if series.startswith("fixed") or lam not in fixed:
+            continue
+        for m in metrics:
+            d = paired_difference({k: p.get(m) for k, p in pts.items()},
+                                  {k: p.get(m) for k, p in fixed[lam].items()})
+            if d["n"]:
+                rows.append({"partition": series, "control": f"fixed (b={block_size})",
+                             "locality": lam, "metric": m, **d})
+    return rows
+
+
+def verdict(row: dict) -> str:
+    """A paired difference's verdict: "established" only where its 95% interval excludes zero,
+    else "not established", with "(n = 1)" where one seed leaves no interval."""
+    return "established" if row["established"] else (
+        "not established" + (" (n = 1)" if row["n"] < 2 else ""))
+
+
+def fixed_sizes(runs: list[dict]) -> list[int]:
+    """The block sizes of fixed-partition attention-penalty runs, the default first."""
+    sizes = {config_part(r, "model").get("block_size") for r in runs
+             if protocol_of(r) == "attention" and partition_of(r) == "fixed"}
+    sizes = {s for s in sizes if isinstance(s, int) and not isinstance(s, bool)}
+    return sorted(sizes, key=lambda s: (s != DEFAULT_BLOCK_SIZE, s))
+
+
+# -- blocks against their context-matched control ---------------------------------------------
+# A block-local query sees only the earlier keys of its own block, so a partition with longer
+# blocks gives its queries more context. Fixed blocks of every size trace what more context alone
+# does (mean ``visible_in_block_keys``); a partition is compared with the fixed size whose queries
+# see about as many keys (fixed-7 for punctuation), so the difference left is where blocks fall.
+
+BLOCK_CONTROL_LOCALITY = 0.6   # the study's λ for the comparison of arrangements
+_PARTITION_ORDER = {"punctuation": 0, "recruited": 1}
+
+
+def _arrangements_raw(runs: list[dict]) -> list[dict]:
+    """``strategy_run_points`` for every arrangement at every λ: the fixed runs of each size
+    (``label`` "b=<size>") and the adaptive partitions (``label`` their name), each tagged with
+    ``arrangement`` ("fixed" or the partition) and ``block_size`` (None: adaptive)."""
+    pts = []
+    for b in fixed_sizes(runs):
+        pts += [{**p, "arrangement": "fixed", "block_size": b, "label": f"b={b}"}
+                for p in strategy_run_points(runs, b) if p["series"] == f"fixed (b={b})"]
+    return pts + [{**p, "arrangement": p["series"], "block_size": None, "label": p["series"]}
+                  for p in strategy_run_points(runs, DEFAULT_BLOCK_SIZE)
+                  if not p["series"].startswith("fixed (b=")]
+
+
+def _at(p: dict, locality: float) -> bool:
+    return abs(p["locality"] - locality) < 1e-9
+
+
+def block_control_points(runs: list[dict],
+                         locality: float = BLOCK_CONTROL_LOCALITY) -> list[dict]:
+    """One point per arrangement at trained λ = ``locality``: causal attention-penalty runs as
+    trained (λ_f = 0, τ = 1), every fixed block size present (series "fixed (b=<size>)", by
+    size) and each adaptive partition (series its name). Each carries the mean number of
+    in-block keys its queries see (``visible_in_block_keys``); runs that differ only by seed
+    make one point (their mean, ``<key>_sd``, ``n`` seeds). Leaks and other shape changes stay
+    out, as in ``results.strategy_points``."""
+    pts = merge_seeds([p for p in _arrangements_raw(runs) if _at(p, locality)])
+    return sorted(pts, key=lambda p: (p["block_size"] is None, p["block_size"] or 0,
+                                      _PARTITION_ORDER.get(p["series"], 2), p["series"]))
+
+
+def block_control_localities(runs: list[dict]) -> list[float]:
+    """The trained λ values, ascending, at which ``block_control_points`` has at least two
+    arrangements to compare."""
+    by: dict[float, set[str]] = {}
+    for p in _arrangements_raw(runs):
+        by.setdefault(p["locality"], set()).add(p["series"])
+    return sorted(lam for lam, names in by.items() if len(names) >= 2)
+
+
+def block_control_differences(runs: list[dict], locality: float = BLOCK_CONTROL_LOCALITY,
+                              metrics=DIFF_METRICS) -> list[dict]:
+    """``partition_differences`` at trained λ = ``locality`` against every fixed size present
+    (the rows the report prints at that λ), grouped by partition and then by control."""
+    rows = [r for b in fixed_sizes(runs) for r in partition_differences(runs, metrics, b)
+            if _at(r, locality)]
+    return sorted(rows, key=lambda r: (_PARTITION_ORDER.get(r["partition"], 2), r["partition"]))
+
+
+def locality_differences(runs: list[dict], metrics=DIFF_METRICS) -> list[dict]:
+    """Along each causal curve of ``results.curve_points``, each λ minus the curve's λ = 0,
+    paired by seed: one row per (series, λ, metric) with ``paired_difference``'s figures. It
+    asks how far a little locality moves each metric ("nearly a switch" is a large in-block
+    change at a small λ with no established perplexity cost)."""
+    by: dict[tuple[str, float], dict[int, dict]] = {}
+    for p in curve_run_points(runs):
+        if p.get("seed") is not None:
+            by.setdefault((p["series"], p["locality"]), {}).setdefault(p["seed"], p)
+    rows = []
+    for (series, lam), pts in sorted(by.items()):
+        zero = by.get((series, 0.0))
+        if lam == 0.0 or zero is None:
+            continue
+        for m in metrics:
+            d = paired_difference({k: p.get(m) for k, p in pts.items()},
+                                  {k: p.get(m) for k, p in zero.items()})
+            if d["n"]:
+                rows.append({"series": series, "locality": lam, "metric": m, **d})
+    return rows
+
+
+# -- the threshold formula against a sweep (analysis/theory.py) --------------------------------
+
+def _barrier_sharpness(run: dict) -> float:
+    """β of a run's evaluations: its eval override, else its model's, else the default."""
+    cfg = run.get("config") if isinstance(run.get("config"), dict) else {}
+    for part in ("eval", "model"):
+        beta = finite((cfg.get(part) or {}).get("barrier_sharpness"))
+        if beta is not None and beta > 0:
+            return beta
+    return ModelConfig.barrier_sharpness
+
+
+def _in_block(run: dict, locality: float, tau: float, key: str = "in_block_mass") -> float | None:
+    ev = find_eval(run, locality, tau) or {}
+    m = (ev.get("attention") or {}).get(key)
+    return finite(m.get("mean")) if isinstance(m, dict) else None
+
+
+def formula_rows(run: dict) -> list[dict]:
+    """Every (λ_f, τ) a causal run was evaluated at: its measured in-block mass and the
+    formula's (``predicted_cross_mass``), from one effective margin read at λ_f = 0,
+    τ = 1 and the uniform baseline there. Empty when the run leaks or lacks that evaluation."""
+    base, uniform = _in_block(run, 0.0, 1.0), _in_block(run, 0.0, 1.0, "uniform_in_block_mass")
+    if leak_flag(run) or base is None or uniform is None or not 0 < uniform < 1:
+        return []
+    cross0, u_x = min(max(1.0 - base, 0.0), 1.0), 1.0 - uniform
+    margin, beta = effective_margin(cross0, u_x), _barrier_sharpness(run)
+    rows = []
+    for lf, tau in dial_settings(run):
+        measured = _in_block(run, lf, tau)
+        if measured is None or not 0.0 <= lf <= 1.0:
+            continue
+        rows.append({"run_id": str(run.get("run_id")), "locality": lf, "attn_temperature": tau,
+                     "measured_in_block": measured,
+                     "predicted_in_block": 1.0 - predicted_cross_mass(margin, u_x, lf,
+                                                                             tau, beta),
+                     "calibration": lf == 0.0 and tau == 1.0, "margin": margin,
+                     "barrier_sharpness": beta})
+    return rows
+
+
+def formula_runs(runs: list[dict]) -> list[str]:
+    """The runs ``formula_rows`` can use, those evaluated at the most λ_f values (the
+    dial's) first, then the sharper barrier."""
+    scored = []
+    for run in runs:
+        rows = formula_rows(run)
+        if rows:
+            n_lf = len({r["locality"] for r in rows})
+            scored.append((-n_lf, -rows[0]["barrier_sharpness"], rows[0]["run_id"]))
+    return [rid for *_, rid in sorted(scored)]

@@ -1,0 +1,79 @@
+"""Settings compared by seed from synthetic sweep results: partitions against fixed blocks, and
+blocks against their context-matched control (builders: sweep_examples)."""
+import pytest
+from sweep_examples import KEYS, PPL, block_runs, make_run, seeded, synthetic_runs
+
+from localist_core.experiments import comparisons as cp
+from localist_core.experiments import results as tr
+
+
+def test_partition_differences_pair_by_seed():
+    fixed = make_run("attention", 0.5)
+    punct = make_run("attention", 0.5, run_id="attention-l0.5-partitionpunctuation")
+    runs = ([seeded(fixed, s, p) for s, p in ((1, 100.0), (2, 102.0), (3, 107.0))]
+            + [seeded(punct, s, p, partition="punctuation")
+               for s, p in ((1, 104.0), (2, 105.0), (3, 112.0))])
+    series = {p["series"]: p for p in tr.strategy_points(runs)}
+    assert series["punctuation"]["n"] == 3 and series["fixed (b=5)"]["n"] == 3
+    rows = {r["metric"]: r for r in cp.partition_differences(runs)}
+    assert set(rows) == set(cp.DIFF_METRICS)
+    ppl = rows["perplexity"]
+    assert ppl["partition"] == "punctuation" and ppl["locality"] == 0.5
+    assert ppl["mean"] == pytest.approx(4.0) and ppl["sd"] == pytest.approx(1.0)
+    assert ppl["established"]
+    same = rows["in_block_mass"]                  # equal in every run: no difference
+    assert same["mean"] == pytest.approx(0.0) and not same["established"]
+
+
+def test_block_control_points_one_per_arrangement_with_its_visible_keys_seeds_merged():
+    pts = cp.block_control_points(block_runs(), 0.6)
+    assert [p["series"] for p in pts] == ["fixed (b=5)", "fixed (b=7)", "punctuation",
+                                          "recruited"]
+    assert [p["label"] for p in pts] == ["b=5", "b=7", "punctuation", "recruited"]
+    assert [(p["arrangement"], p["block_size"]) for p in pts] == [
+        ("fixed", 5), ("fixed", 7), ("punctuation", None), ("recruited", None)]
+    for p in pts:                                                # seeds merged: mean, sd, n
+        key = (p["arrangement"], p["block_size"] or 5)
+        assert p["n"] == 3 and p["seeds"] == "1,2,3" and p["locality"] == 0.6
+        assert p["visible_in_block_keys"] == pytest.approx(KEYS[key])
+        assert p["perplexity"] == pytest.approx(sum(PPL[key]) / 3)
+        assert p["perplexity_sd"] > 0
+        assert p["dial_locality"] == 0.0 and p["attn_temperature"] == 1.0
+        assert p["protocol"] == "attention" and not p["leak"]
+    assert pts[3]["visible_in_block_keys_sd"] == pytest.approx(0.04)
+    assert not any(p["run_id"].startswith(("weights", "attention-l0.6-d_model"))
+                   or "noncausal" in p["run_id"] for p in pts)
+    # One seed each: the same arrangements, unmerged.
+    single = cp.block_control_points(block_runs(seeds=(1,)))
+    assert [p["n"] for p in single] == [1] * 4 and single[0]["perplexity_sd"] is None
+
+
+def test_block_control_localities_need_two_arrangements():
+    runs = block_runs()
+    assert cp.block_control_localities(runs) == [0.6, 1.0]        # λ = 0.2 has fixed-5 alone
+    assert [p["series"] for p in cp.block_control_points(runs, 1.0)] == [
+        "fixed (b=3)", "punctuation"]
+    assert cp.block_control_points(runs, 0.2)[0]["series"] == "fixed (b=5)"
+    assert cp.block_control_localities(synthetic_runs()) == []
+    assert cp.fixed_sizes(runs) == [5, 3, 7]                      # the default first
+
+
+def test_block_control_differences_are_the_reports_rows_at_one_lambda():
+    runs = block_runs()
+    rows = cp.block_control_differences(runs, 0.6)
+    assert [(r["partition"], r["control"]) for r in rows[::len(cp.DIFF_METRICS)]] == [
+        ("punctuation", "fixed (b=5)"), ("punctuation", "fixed (b=7)"),
+        ("recruited", "fixed (b=5)"), ("recruited", "fixed (b=7)")]
+    every = [r for b in cp.fixed_sizes(runs) for r in cp.partition_differences(runs,
+                                                                              block_size=b)]
+    key = lambda r: (r["partition"], r["control"], r["metric"])   # noqa: E731
+    assert sorted(map(key, rows)) == sorted(key(r) for r in every if r["locality"] == 0.6)
+    established = {key(r) for r in rows if r["established"]}
+    assert established == {("punctuation", "fixed (b=5)", "perplexity"),
+                           ("punctuation", "fixed (b=7)", "perplexity")}
+    vs7 = next(r for r in rows if key(r) == ("punctuation", "fixed (b=7)", "perplexity"))
+    assert vs7["n"] == 3 and vs7["mean"] == pytest.approx(10.1) and vs7["lo"] > 0
+    assert {cp.verdict(r) for r in rows} == {"established", "not established"}
+    one = cp.block_control_differences(runs, 1.0)
+    assert {(r["control"], cp.verdict(r)) for r in one} == {
+        ("fixed (b=3)", "not established (n = 1)")}
