@@ -5,6 +5,7 @@ process (rank 0 of 1), and no process group is ever made.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
@@ -167,6 +168,10 @@ def stop() -> None:
     """Leave the process group, if this process is in one. A rank that stops on an error closes
     its connections, so the others fail in their next collective instead of waiting on it."""
     if torch_dist.is_available() and torch_dist.is_initialized():
+        # A DistributedDataParallel wrapper still alive in a reference cycle keeps the gloo
+        # group's threads with it until the interpreter is torn down, and a rank then aborts
+        # at exit ("terminate called without an active exception", SIGABRT). Free it first.
+        gc.collect()
         torch_dist.destroy_process_group()
 
 
