@@ -109,12 +109,17 @@ def block_control_localities(runs: list[dict]) -> list[float]:
     return sorted(lam for lam, names in by.items() if len(names) >= 2)
 
 
+def control_differences(runs: list[dict], metrics=DIFF_METRICS) -> list[dict]:
+    """``partition_differences`` against every fixed block size present as a control (the
+    default size first): the rows the report prints."""
+    return [r for b in fixed_sizes(runs) for r in partition_differences(runs, metrics, b)]
+
+
 def block_control_differences(runs: list[dict], locality: float = BLOCK_CONTROL_LOCALITY,
                               metrics=DIFF_METRICS) -> list[dict]:
-    """``partition_differences`` at trained λ = ``locality`` against every fixed size present
-    (the rows the report prints at that λ), grouped by partition and then by control."""
-    rows = [r for b in fixed_sizes(runs) for r in partition_differences(runs, metrics, b)
-            if _at(r, locality)]
+    """``control_differences`` at trained λ = ``locality``, grouped by partition and then by
+    control."""
+    rows = [r for r in control_differences(runs, metrics) if _at(r, locality)]
     return sorted(rows, key=lambda r: (_PARTITION_ORDER.get(r["partition"], 2), r["partition"]))
 
 

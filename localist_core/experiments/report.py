@@ -13,11 +13,10 @@ from pathlib import Path
 from ..analysis.metrics import METRIC_LABELS
 from .cache import load_cache
 from .comparisons import (
-    fixed_sizes,
+    control_differences,
     formula_rows,
     formula_runs,
     locality_differences,
-    partition_differences,
     verdict,
 )
 from .results import (  # noqa: F401 (PAPER re-exported)
@@ -186,7 +185,7 @@ def differences_table(runs: list[dict]) -> str | None:
     the 95% t-interval; "established" only where the interval excludes zero. Every fixed block
     size in the cache is a control (fixed-5, the default; fixed-7, matched to punctuation in
     visible in-block keys). None when no pair of settings shares two seeds."""
-    rows = [r for b in fixed_sizes(runs) for r in partition_differences(runs, block_size=b)]
+    rows = control_differences(runs)
     if not any(r["n"] > 1 for r in rows):
         return None
     head = ["partition", "− control", "λ", "metric", "n", "mean diff", "sd", "95% CI",
