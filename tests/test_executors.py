@@ -202,6 +202,14 @@ def test_bad_executor_arguments_are_usage_errors(extra, capsys, tmp_path):
     assert e.value.code == 2 and "Traceback" not in capsys.readouterr().err
 
 
+def test_the_cli_refuses_a_silent_address_before_writing_anything(capsys, tmp_path):
+    argv = sweep_argv(tmp_path, tmp_path / "cache", tmp_path / "runs", "", "--executor", "ray",
+                      "--ray-address", "127.0.0.1:1")
+    assert main(argv) != 0
+    assert capsys.readouterr().err.startswith("error: no Ray cluster answers at 127.0.0.1:1")
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "runs").exists()
+
+
 def test_an_address_nobody_answers_at_is_refused_at_once():
     with pytest.raises(ConnectionError, match=r"no Ray cluster answers at 127\.0\.0\.1:1 "):
         executors.check_address("127.0.0.1:1")      # a closed port on this machine

@@ -74,6 +74,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             executors.import_ray()
         except executors.RayNotInstalled as e:
             raise UsageError(str(e)) from None
+        if address:             # an address nobody answers at: before anything is written
+            executors.check_address(address)
     check_overrides(args.config, args.overrides)
     protocols = args.protocols.split(",")
     for name in protocols:      # plan_runs checks this too, but only after the corpus load
