@@ -134,3 +134,34 @@ def test_the_barrier_note_names_the_barrier_the_strength_and_the_pairs():
     assert views.barrier_note(_reach(locality=0.03, barrier=64 * math.log(0.97))) is None
     assert views.barrier_note(_reach(cross_block_pairs=0)) is None
     assert views.barrier_note(None) is None
+
+
+# -- the block recruitment trace --------------------------------------------------------------
+
+def _trace_spec(at) -> dict:
+    import json
+    return json.loads(next(c for c in at.get("plotly_chart") if c.key == "recruit").proto.spec)
+
+
+@shipped
+def test_the_trace_reads_the_words_by_default_and_the_length_threshold_on_demand(shipped_only):
+    """The shipped model carries no table of its own; the shipped WikiText-2 table fits its
+    vocabulary, so the page draws the bigram test with each term, states every term in its
+    caption and lists each boundary's terms; the length-threshold test is one click away."""
+    at = _rules_page()
+    assert at.radio(key="trace_kind").value == "bigram"
+    assert at.subheader[-1].value == "Block recruitment trace"
+    caption = " ".join(c.value for c in at.caption)
+    for term in ("L_continue", "L_new", "P_KN", "P_uni", "Kneser–Ney", "PMI", "C (here 3.75",
+                 "+∞", "Table: the shipped WikiText-2 table"):
+        assert term in caption, term
+    bars = _trace_spec(at)["data"][0]
+    assert all("L_continue" in h for h in bars["customdata"][1:])    # each term in the hover
+    table = at.dataframe[-1].value
+    assert {"after", "PMI (bits)", "L_continue", "L_new", "why"} <= set(table.columns)
+    assert len(table) > 0
+    at.radio(key="trace_kind").set_value("recruited").run()
+    assert not at.exception, [e.value for e in at.exception]
+    caption = " ".join(c.value for c in at.caption)
+    assert "Zipf prior" in caption and "never reads the words" in caption
+    assert "L_continue" not in "".join(_trace_spec(at)["data"][0]["customdata"])

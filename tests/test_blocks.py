@@ -1,10 +1,18 @@
 """Partitions cover every position once in contiguous blocks; anchors follow local entropy."""
 import dataclasses
+import math
+from collections import Counter
 
 import numpy as np
 import pytest
 import torch
 
+from localist_core.model.bigram import (
+    PAD_CODE,
+    BigramPartition,
+    kn_bigram_tables,
+    placeholder_tables,
+)
 from localist_core.model.blocks import (
     BOUNDARY_WORDS,
     FixedPartition,
@@ -22,18 +30,39 @@ WORDS = ["the", ",", ".", "of", "<unk>", "and", "in", ";", "<eos>", "cat", "sat"
          "a", "dog", "ran", ":", "?", "big", "red"]
 
 
-def _partitions(**kw):
-    """One partition of each strategy over the WORDS vocabulary."""
-    cfg = ModelConfig(vocab_size=len(WORDS), cutoffs=(), **kw)
-    return [make_partition(dataclasses.replace(cfg, partition=k), words=WORDS)
-            for k in ("fixed", "punctuation", "recruited")]
-
-
 def _random_tokens(seed: int, batch: int = 6, n: int = 60) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     # Zipf-like draws, so function words and punctuation repeat as they do in text.
     probs = 1.0 / torch.arange(1, len(WORDS) + 1, dtype=torch.float)
     return torch.multinomial(probs, batch * n, replacement=True, generator=g).view(batch, n)
+
+
+# A training stream for the bigram tables over WORDS: Zipf draws with a few fixed phrases, so
+# some pairs are strongly associated ("the cat sat on a mat", "big red dog").
+PHRASES = [[0, 9, 10, 12, 13, 11], [18, 19, 14], [3, 0, 14, 15]]
+
+
+def _training_stream(seed: int = 0, n: int = 3000) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    noise = _random_tokens(seed + 1000, batch=1, n=n).flatten().tolist()
+    out, i = [], 0
+    while len(out) < n:
+        if rng.random() < 0.3:
+            out += PHRASES[int(rng.integers(len(PHRASES)))]
+        else:
+            out.append(noise[i])
+            i += 1
+    return np.array(out[:n])
+
+
+TABLES = kn_bigram_tables(_training_stream(), len(WORDS))
+
+
+def _partitions(**kw):
+    """One partition of each strategy over the WORDS vocabulary."""
+    cfg = ModelConfig(vocab_size=len(WORDS), cutoffs=(), **kw)
+    return [make_partition(dataclasses.replace(cfg, partition=k), words=WORDS, bigram=TABLES)
+            for k in ("fixed", "punctuation", "recruited", "bigram")]
 
 
 @pytest.mark.parametrize("size,offset,n", [(1, 0, 7), (3, 0, 10), (5, 2, 23), (10, 0, 9)])
@@ -49,7 +78,8 @@ def test_fixed_partition_covers_each_position_once_contiguously(size, offset, n)
 @pytest.mark.parametrize("seed", range(4))
 def test_every_partition_covers_each_position_once_in_contiguous_blocks(seed):
     tokens = _random_tokens(seed)
-    for part in _partitions(block_size=4, max_block_size=6, boundary_bits=1.5):
+    for part in _partitions(block_size=4, max_block_size=6, boundary_bits=1.5,
+                            bigram_boundary_bits=1.5):
         ids = part.block_ids(tokens)
         assert ids.shape == tokens.shape and ids.dtype == torch.long, part
         assert (ids[:, 0] == 0).all(), part
@@ -64,11 +94,12 @@ def test_every_partition_is_causal(seed):
     """The blocks of a prefix never change when later tokens change (the leak test's premise)."""
     tokens = _random_tokens(seed)
     other = _random_tokens(seed + 100)
-    for part in _partitions(boundary_bits=1.5):
+    for part in _partitions(boundary_bits=1.5, bigram_boundary_bits=1.5):
         full = part.block_ids(tokens)
         for t in (1, 7, 30, 59):
             changed = torch.cat([tokens[:, :t], other[:, t:]], dim=1)
             assert torch.equal(part.block_ids(changed)[:, :t], full[:, :t]), (part, t)
+            assert torch.equal(part.block_ids(tokens[:, :t]), full[:, :t]), (part, t)  # prefix
 
 
 def test_punctuation_blocks_end_at_punctuation_or_the_maximum_length():
@@ -174,3 +205,190 @@ def test_causal_anchors_never_depend_on_later_tokens():
     # At the last position of a block, causal anchors equal the whole block's anchors.
     full = block_anchors(ids, ent, 2)
     assert torch.equal(mask[0, 4, :5], full[0, :5]) and torch.equal(mask[0, 9, 5:], full[0, 5:])
+
+
+# -- the bigram partition: a split test that reads the words -----------------------------------
+
+D = 0.75
+
+
+def _reference_kn(stream: list[int], v: int, min_count: int = 1):
+    """P_KN(x | w) and P_uni(x) as ``kn_bigram_tables`` states them, from counts in plain Python
+    (pruned pairs: unseen, their whole count in the backoff weight)."""
+    pairs = Counter(zip(stream[:-1], stream[1:]))
+    c_w, stored, pruned = Counter(), Counter(), Counter()
+    for (w, _), k in pairs.items():
+        c_w[w] += k
+        if k >= min_count:
+            stored[w] += 1
+        else:
+            pruned[w] += k
+    after = Counter(x for _, x in pairs)                 # N1+(•x)
+
+    def p_cont(x):
+        return (max(after[x] - D, 0.0) + D * len(after) / v) / len(pairs)
+
+    def p_kn(w, x):
+        if c_w[w] == 0:
+            return p_cont(x)
+        k = pairs.get((w, x), 0)
+        own = max(k - D, 0.0) / c_w[w] if k >= min_count else 0.0
+        return own + (D * stored[w] + pruned[w]) / c_w[w] * p_cont(x)
+
+    uni = Counter(stream)
+    return p_kn, lambda x: (uni[x] + 1) / (len(stream) + v)
+
+
+def _reference_bigram_gains(tokens, p_kn, p_uni, alpha, c_bits, cap):
+    """BigramPartition's docstring, one token at a time: (boundaries, gains)."""
+    start, gains, boundaries = 0, [0.0], []
+    for s in range(1, len(tokens)):
+        block = tokens[start:s]
+        n, c = len(block), block.count(tokens[s])
+        l_continue = -math.log2((c + alpha * p_kn(tokens[s - 1], tokens[s])) / (n + alpha))
+        l_new = -math.log2(p_uni(tokens[s]))
+        g = math.inf if n >= cap else l_continue - l_new - c_bits
+        gains.append(g)
+        if g > 0:
+            boundaries.append(s)
+            start = s
+    return boundaries, gains
+
+
+def _kn(tables, w: int, x: int) -> float:
+    return 2.0 ** float(tables.log2_kn(torch.tensor(w), torch.tensor(x)))
+
+
+def test_kn_tables_match_a_hand_computation():
+    # Pairs: 0→1 ×3, 1→2 ×2, 1→3, 2→0, 2→3, 3→0: c(0)=3, c(1)=3; 6 distinct pairs, every word
+    # follows another, so P_cont(v) = N1+(•v)/6 = (2, 1, 1, 2)/6; γ(0) = 0.75/3, γ(1) = 1.5/3.
+    ids = [0, 1, 2, 0, 1, 3, 0, 1, 2, 3]
+    t = kn_bigram_tables(ids, 4, min_count=1)
+    assert _kn(t, 0, 1) == pytest.approx(2.25 / 3 + 0.25 / 6)          # 19/24
+    assert _kn(t, 1, 2) == pytest.approx(1.25 / 3 + 0.5 / 6)           # 1/2
+    assert _kn(t, 1, 3) == pytest.approx(0.25 / 3 + 0.5 * 2 / 6)       # 1/4
+    assert _kn(t, 1, 0) == pytest.approx(0.5 * 2 / 6)                  # unseen: γ·P_cont
+    assert 2.0 ** t.log2_uni.numpy() == pytest.approx(np.array([4, 4, 3, 3]) / 14)
+    # Pairs seen once pruned: γ'(1) = (0.75·1 + 1)/3 = 7/12 takes in 1→3's count.
+    p = kn_bigram_tables(ids, 4, min_count=2)
+    assert int((p.codes != PAD_CODE).sum()) == 2                         # 0→1 and 1→2
+    assert _kn(p, 1, 2) == pytest.approx(1.25 / 3 + 7 / 12 / 6)        # 37/72
+    assert _kn(p, 1, 3) == pytest.approx(7 / 12 * 2 / 6)               # 7/36
+    assert _kn(p, 3, 0) == pytest.approx(2 / 6)                        # γ'(3) = 1
+
+
+@pytest.mark.parametrize("min_count,capacity", [(1, None), (2, None), (1, 15), (3, 64)])
+def test_kn_every_context_sums_to_one(min_count, capacity):
+    stream = _training_stream(3, 800)
+    v = len(WORDS) + 1                     # the last word never occurs: never a predecessor
+    t = kn_bigram_tables(stream, v, capacity=capacity, min_count=min_count)
+    w, x = torch.meshgrid(torch.arange(v), torch.arange(v), indexing="ij")
+    p = t.log2_kn(w, x).double().exp2()
+    np.testing.assert_allclose(p.sum(-1).numpy(), 1.0, atol=1e-5)
+    assert (p > 0).all()                                  # no word costs infinite bits
+    assert torch.allclose(p[-1], t.log2_cont.double().exp2())            # γ = 1: P_cont alone
+    np.testing.assert_allclose(float(t.log2_uni.double().exp2().sum()), 1.0, atol=1e-5)
+    real = t.codes[t.codes != PAD_CODE]
+    assert (real[1:] > real[:-1]).all() and (capacity is None or len(t.codes) == capacity)
+    p_kn, _ = _reference_kn(stream.tolist(), v, min_count)
+    if capacity is None:
+        for a, b in [(0, 9), (9, 10), (18, 19), (5, 5), (20, 3)]:
+            assert float(p[a, b]) == pytest.approx(p_kn(a, b), rel=1e-5)
+
+
+def test_kn_capacity_keeps_the_most_frequent_pairs():
+    stream = _training_stream(4, 2000)
+    full = kn_bigram_tables(stream, len(WORDS), min_count=1)
+    small = kn_bigram_tables(stream, len(WORDS), capacity=10, min_count=1)
+    codes = stream[:-1] * len(WORDS) + stream[1:]
+    top = [c for c, _ in Counter(codes.tolist()).most_common(10)]
+    assert sorted(top) == small.codes.tolist()
+    assert len(full.codes) > 10
+
+
+@pytest.mark.parametrize("alpha,c_bits,cap,min_count", [(1.0, 1.5, 8, 2), (0.5, 0.0, 5, 1),
+                                                        (2.0, 3.0, 12, 1), (1.0, 3.75, 8, 2)])
+def test_bigram_adds_a_boundary_exactly_where_its_gain_is_positive(alpha, c_bits, cap, min_count):
+    """Against the formula in plain Python: the same boundaries and gains; every boundary has
+    gain > 0 (+∞ where the block was full) and every other position gain ≤ 0."""
+    stream = _training_stream(0, 3000)
+    tables = kn_bigram_tables(stream, len(WORDS), min_count=min_count)
+    p_kn, p_uni = _reference_kn(stream.tolist(), len(WORDS), min_count)
+    part = BigramPartition(tables, alpha, c_bits, cap)
+    tokens = torch.tensor(_training_stream(7, 4 * 70)).view(4, 70)
+    trace = part.trace_terms(tokens)
+    assert torch.equal(trace.block_ids, part.block_ids(tokens))
+    for b in range(tokens.shape[0]):
+        ids, gain = trace.block_ids[b], trace.gain[b]
+        starts = (torch.nonzero(ids[1:] != ids[:-1]).flatten() + 1).tolist()
+        assert all(gain[s] > 0 for s in starts)
+        assert all(gain[s] <= 0 for s in range(1, len(ids)) if s not in starts)
+        assert int(torch.bincount(ids).max()) <= cap
+        ref_starts, ref_gains = _reference_bigram_gains(tokens[b].tolist(), p_kn, p_uni, alpha,
+                                                        c_bits, cap)
+        assert starts == ref_starts
+        np.testing.assert_allclose(gain.numpy(), ref_gains, atol=1e-4)
+        # The terms: gain = L_continue − L_new − C; for a new word L_continue − L_new is
+        # log2((n + α)/α) − PMI.
+        finite = torch.isfinite(gain[1:])
+        g = trace.l_continue[b, 1:] - trace.l_new[b, 1:] - c_bits
+        assert torch.allclose(g[finite], gain[1:][finite], atol=1e-4)
+
+
+def test_a_full_bigram_block_ends_whatever_the_words():
+    part = BigramPartition(TABLES, 1.0, 100.0, 4)        # C so high that only the cap splits
+    ids, gain = part.trace(torch.tensor(_training_stream(9, 30)).view(1, 30))
+    assert ids[0].tolist() == [i // 4 for i in range(30)]
+    assert torch.isinf(gain[0, 4::4]).all() and (gain[0, 1:][gain[0, 1:].isfinite()] < 0).all()
+
+
+def _valid_windows(corpus, n: int = 48, count: int = 24) -> torch.Tensor:
+    return corpus.valid[: n * count].view(count, n)
+
+
+def test_bigram_reads_the_words_and_recruited_does_not(tiny_corpus):
+    """Give every word another id, the tables unchanged: the recruited partition (a length
+    threshold) cuts every window as before; the bigram one, now reading other words, does not.
+    Rebuild the tables over the relabelled training split too, and the bigram partition is
+    back: it depends on the words, not on their ids."""
+    v = len(tiny_corpus.tokenizer)
+    cfg = ModelConfig(vocab_size=v, cutoffs=(), bigram_boundary_bits=1.5)
+    tables = kn_bigram_tables(tiny_corpus.train.numpy(), v)
+    x = _valid_windows(tiny_corpus)
+    perm = torch.randperm(v, generator=torch.Generator().manual_seed(0))
+    y = perm[x]
+    bigram = make_partition(dataclasses.replace(cfg, partition="bigram"), bigram=tables)
+    recruited = make_partition(dataclasses.replace(cfg, partition="recruited"))
+    assert torch.equal(recruited.block_ids(x), recruited.block_ids(y))
+    changed = (bigram.block_ids(x) != bigram.block_ids(y)).any(-1)
+    assert changed.float().mean() > 0.5, changed
+    relabelled = kn_bigram_tables(perm[tiny_corpus.train].numpy(), v)
+    again = BigramPartition(relabelled, cfg.recruit_alpha, 1.5, cfg.max_block_size)
+    assert torch.equal(again.block_ids(y), bigram.block_ids(x))
+
+
+def test_bigram_keeps_associated_words_together():
+    """Inside the training phrases (strongly associated neighbours) a block starts less often
+    than elsewhere."""
+    part = BigramPartition(TABLES, 1.0, 1.0, 8)
+    stream = _training_stream(11, 2000)
+    ids = part.block_ids(torch.tensor(stream).view(1, -1))[0]
+    starts = torch.zeros(len(stream), dtype=torch.bool)
+    starts[1:] = ids[1:] != ids[:-1]
+    inside = torch.zeros_like(starts)
+    for ph in PHRASES:
+        for i in range(len(stream) - len(ph) + 1):
+            if stream[i:i + len(ph)].tolist() == ph:
+                inside[i + 1:i + len(ph)] = True
+    assert starts[inside].float().mean() < 0.5 * starts[~inside].float().mean()
+
+
+def test_the_bigram_partition_without_tables_says_what_is_missing():
+    cfg = ModelConfig(vocab_size=len(WORDS), cutoffs=(), partition="bigram")
+    with pytest.raises(ValueError, match="needs the Kneser–Ney bigram tables"):
+        make_partition(cfg)
+    part = make_partition(cfg, bigram=placeholder_tables(len(WORDS), 8))
+    with pytest.raises(ValueError, match="needs the Kneser–Ney bigram tables"):
+        part.block_ids(torch.zeros(1, 5, dtype=torch.long))
+    with pytest.raises(ValueError, match="21 words|20"):
+        make_partition(dataclasses.replace(cfg, vocab_size=21), bigram=TABLES)

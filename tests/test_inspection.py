@@ -1,4 +1,6 @@
 """The live path: ``analyze`` and ``next_words`` agree with the full distribution."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -163,3 +165,102 @@ def test_one_head_reduction_serves_patterns_and_entropies(trained_tiny, tiny_cor
     np.testing.assert_allclose(reduce_heads(a.entropy, None, None),
                                a.entropy.astype(np.float32).mean((0, 1)), rtol=1e-6)
     assert np.array_equal(reduce_heads(a.entropy, 1, 0), a.entropy[1, 0])
+
+
+# -- the bigram trace and the tables it reads --------------------------------------------------
+
+def _bigram_model(tiny_model_cfg, tiny_corpus, **kw):
+    import dataclasses
+
+    from localist_core.experiments.train import make_model
+    cfg = dataclasses.replace(tiny_model_cfg, partition="bigram", bigram_pairs=1024, **kw)
+    return make_model(cfg, tiny_corpus).eval()
+
+
+def test_the_bigram_trace_reads_the_models_own_table_and_states_every_term(tiny_model_cfg,
+                                                                           tiny_corpus):
+    from localist_core.analysis.inspection import analyze, recruitment_trace
+    model = _bigram_model(tiny_model_cfg, tiny_corpus, bigram_boundary_bits=0.5,
+                          max_block_size=6)
+    tok = tiny_corpus.tokenizer
+    text = TEXT + " . the cat follows a red house in 1990 . my sister loves the law"
+    trace = recruitment_trace(model, tok, text, "bigram")
+    assert trace.partition == "bigram" and trace.table == "the model's own table"
+    assert (trace.boundary_bits, trace.max_block_size) == (0.5, 6) and not trace.missing
+    ids = torch.tensor([tok.encode(text)])
+    assert trace.block_ids.tolist() == model.partition_info(ids).block_ids[0].tolist()
+    assert analyze(model, tok, text).block_ids.tolist() == trace.block_ids.tolist()
+    bounds = trace.boundaries()
+    assert bounds and all(bits > 0 for _, _, bits in bounds)
+    gain, t = trace.gain_bits[1:], {k: v[1:] for k, v in trace.terms.items()}
+    ok = np.isfinite(gain)
+    np.testing.assert_allclose(gain[ok], (t["l_continue"] - t["l_new"] - 0.5)[ok], atol=1e-4)
+    assert (~ok).sum() == sum(np.isinf(b) for _, _, b in bounds)        # the full blocks
+    assert np.isnan(trace.terms["pmi"][0]) and trace.gain_bits[0] == 0
+
+
+def test_a_checkpoint_without_a_table_for_its_vocabulary_gets_no_bigram_trace(trained_tiny,
+                                                                              tiny_corpus):
+    """The shipped table is for WikiText-2's vocabulary, not the tiny corpus's: the trace says
+    why it is missing, and re-blocking with bigram keeps the trained blocks with a notice."""
+    from localist_core.analysis.inspection import analyze, recruitment_trace
+    tok = tiny_corpus.tokenizer
+    trace = recruitment_trace(trained_tiny, tok, TEXT, "bigram")
+    assert not trace.labels and "another vocabulary" in trace.missing
+    assert "carries none" in trace.missing
+    a = analyze(trained_tiny, tok, TEXT, partition="bigram")
+    assert a.partition == trained_tiny.cfg.partition
+    assert a.block_ids.tolist() == analyze(trained_tiny, tok, TEXT).block_ids.tolist()
+    assert any("keeps the checkpoint's own blocks" in n and "another vocabulary" in n
+               for n in a.notices)
+    with pytest.raises(ValueError, match="partition must be one of"):
+        recruitment_trace(trained_tiny, tok, TEXT, "fixed")
+
+
+def test_a_table_file_is_checked_before_it_is_read(tmp_path, tiny_model_cfg, tiny_corpus,
+                                                   trained_tiny, monkeypatch):
+    """A table file for this vocabulary serves any checkpoint; one that is too big, too long,
+    for another vocabulary or out of order is refused by name, the first three unread."""
+    from localist_core.analysis.inspection import bigram_tables_for, recruitment_trace
+    from localist_core.model import bigram
+    from localist_core.model.config import MODEL_SIZE_LIMITS
+    tok = tiny_corpus.tokenizer
+    own = _bigram_model(tiny_model_cfg, tiny_corpus).bigram_tables()
+    good = tmp_path / "table.safetensors"
+    bigram.write_table_file(good, own, tok.words, {"source": "tiny"})
+    tables, where = bigram_tables_for(trained_tiny, tok, good)
+    assert where.startswith("the shipped") and torch.equal(tables.codes, own.codes)
+    monkeypatch.setattr(bigram, "load_file", None)                  # reading would fail
+    with pytest.raises(bigram.UnsafeFileError, match="another vocabulary"):
+        bigram.read_table_file(good, tok.words[:-1] + ["zzz"])
+    monkeypatch.setitem(MODEL_SIZE_LIMITS, "bigram_pairs", 100)
+    with pytest.raises(bigram.UnsafeFileError, match="at most 100 pairs"):
+        bigram.read_table_file(good, tok.words)
+    monkeypatch.setattr(bigram, "MAX_TABLE_FILE_BYTES", 1000)
+    with pytest.raises(bigram.UnsafeFileError, match="refused unread"):
+        bigram.read_table_file(good, tok.words)
+    monkeypatch.undo()
+    shuffled = bigram.BigramTables(own.codes.flip(0).contiguous(), own.log2_pair,
+                                   own.log2_backoff, own.log2_cont, own.log2_uni)
+    bad = tmp_path / "bad.safetensors"
+    bigram.write_table_file(bad, shuffled, tok.words, {})
+    assert "sorted" in bigram_tables_for(trained_tiny, tok, bad)[1]
+    assert recruitment_trace(trained_tiny, tok, TEXT, "bigram").missing     # the shipped one
+
+
+@pytest.mark.skipif(not (Path(__file__).parents[1] / "assets" / "checkpoints" / "dial"
+                         / "vocab.json").is_file(), reason="no shipped dial model")
+def test_the_shipped_table_serves_the_shipped_checkpoints():
+    """The shipped table is exactly what training builds for WikiText-2's vocabulary (its
+    size is the config's default), and a shipped checkpoint gets a bigram trace from it."""
+    from localist_core import load_model
+    from localist_core.analysis.inspection import bigram_tables_for, recruitment_trace
+    from localist_core.paths import BIGRAM_TABLE, CHECKPOINT_DIR
+    model, tok = load_model(CHECKPOINT_DIR / "dial")
+    assert BIGRAM_TABLE.stat().st_size <= 1.5e6
+    tables, where = bigram_tables_for(model, tok)
+    assert tables is not None and "shipped" in where
+    assert len(tables.codes) == model.cfg.bigram_pairs
+    trace = recruitment_trace(model, tok, "The old castle stood on a hill above the river . "
+                              "It was built in the 12th century by the Duke of York .", "bigram")
+    assert trace.labels and trace.table == where and trace.boundaries()

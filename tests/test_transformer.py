@@ -164,12 +164,16 @@ def test_run_with_cache_return_types(trained_tiny, tokens):
         trained_tiny.run_with_cache(tokens, return_type="logits")
 
 
-@pytest.fixture(scope="module", params=["punctuation", "recruited"])
+@pytest.fixture(scope="module", params=["punctuation", "recruited", "bigram"])
 def adaptive_tiny(request, tiny_model_cfg, tiny_corpus):
-    """A tiny model trained a few steps with an adaptive partition and the attention penalty."""
+    """A tiny model trained a few steps with an adaptive partition and the attention penalty
+    (the bigram one builds its Kneser–Ney table from the training split as it starts)."""
     from localist_core.experiments.train import train
     from localist_core.model.config import TrainConfig, preset
-    mcfg = dataclasses.replace(tiny_model_cfg, partition=request.param, boundary_bits=1.5)
+    # The synthetic text repeats a few phrases, so most of its word pairs are well predicted:
+    # a bigram boundary that costs nothing (C = 0) still leaves blocks of several words.
+    mcfg = dataclasses.replace(tiny_model_cfg, partition=request.param, boundary_bits=1.5,
+                               bigram_boundary_bits=0.0)
     tcfg = TrainConfig(**{**preset("tiny").train, "locality": 0.6, "max_steps": 8})
     res = train(mcfg, tcfg, tiny_corpus, progress=False)
     assert all(torch.isfinite(torch.tensor(h["train_loss"])) for h in res.history
@@ -186,8 +190,8 @@ def test_adaptive_partitions_train_and_pass_the_leak_test(adaptive_tiny, tokens)
 
 
 def test_adaptive_model_blocks_follow_their_rule_on_real_text(adaptive_tiny, tokens, tiny_corpus):
-    """Punctuation: every full stop ends its block. Recruited: a block starts exactly where
-    the split test gains bits."""
+    """Punctuation: every full stop ends its block. Recruited and bigram: a block starts exactly
+    where the split test gains bits."""
     ids = adaptive_tiny.partition_info(tokens).block_ids
     starts = torch.zeros_like(ids, dtype=torch.bool)
     starts[:, 1:] = ids[:, 1:] != ids[:, :-1]
@@ -201,6 +205,82 @@ def test_adaptive_model_blocks_follow_their_rule_on_real_text(adaptive_tiny, tok
         _, gain = adaptive_tiny.partition.trace(tokens)
         assert starts.any()
         assert torch.equal(starts[:, 1:], gain[:, 1:] > 0)
+
+
+def test_adaptive_models_save_and_reload_with_identical_outputs(adaptive_tiny, tokens, tmp_path,
+                                                                tiny_corpus):
+    """The bigram model's table travels in its checkpoint (kept fp32 in an fp16 export too)."""
+    from localist_core.model.checkpoint import load_model, save_checkpoint
+    want, _ = adaptive_tiny.run_with_cache(tokens, Dial(0.6))
+    path = save_checkpoint(tmp_path / "fp32", adaptive_tiny, tiny_corpus.tokenizer)
+    loaded, _ = load_model(path)
+    got, _ = loaded.run_with_cache(tokens, Dial(0.6))
+    assert torch.equal(got, want)
+    half, _ = load_model(save_checkpoint(tmp_path / "fp16", adaptive_tiny, tiny_corpus.tokenizer,
+                                         precision="fp16"))
+    assert torch.equal(half.partition_info(tokens).block_ids,
+                       adaptive_tiny.partition_info(tokens).block_ids)
+    if adaptive_tiny.cfg.partition == "bigram":
+        for name, t in adaptive_tiny.bigram_tables().tensors().items():
+            assert torch.equal(getattr(half, name), t), name
+
+
+@pytest.fixture()
+def bigram_folder(tmp_path, tiny_model_cfg, tiny_corpus):
+    """A saved tiny bigram model whose table holds 512 pair slots."""
+    from localist_core.experiments.train import make_model
+    from localist_core.model.checkpoint import save_checkpoint
+    cfg = dataclasses.replace(tiny_model_cfg, partition="bigram", bigram_pairs=512)
+    model = make_model(cfg, tiny_corpus).eval()
+    return save_checkpoint(tmp_path / "bigram", model, tiny_corpus.tokenizer)
+
+
+def test_an_oversized_bigram_table_is_refused_before_it_is_read(bigram_folder, monkeypatch):
+    """A config asking for more pairs than MODEL_SIZE_LIMITS, or a weights file whose table is
+    bigger than its config says, is refused by name from the config and the header alone."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from localist_core.model import checkpoint
+    from localist_core.model.checkpoint import CONFIG, WEIGHTS, CheckpointError, load_model
+    tensors = load_file(str(bigram_folder / WEIGHTS))
+    config = json.loads((bigram_folder / CONFIG).read_text())
+    monkeypatch.setattr(checkpoint, "load_file", None)      # reading the weights would fail
+    checkpoint.expected_shapes.cache_clear()
+    huge = {**config, "model": {**config["model"], "bigram_pairs": 10**9}}
+    (bigram_folder / CONFIG).write_text(json.dumps(huge))
+    with pytest.raises(CheckpointError, match="bigram_pairs: 1,000,000,000 is over"):
+        load_model(bigram_folder)
+    (bigram_folder / CONFIG).write_text(json.dumps(config))
+    tensors["bigram_codes"] = torch.full((4096,), 2**31 - 1, dtype=torch.int32)
+    tensors["bigram_log2_pair"] = torch.zeros(4096)
+    save_file(tensors, str(bigram_folder / WEIGHTS))
+    with pytest.raises(CheckpointError, match=r"bigram_codes has shape \[4096\], the config "
+                                              r"implies \[512\]"):
+        load_model(bigram_folder)
+
+
+def test_a_bigram_table_out_of_order_is_refused(bigram_folder):
+    from safetensors.torch import load_file, save_file
+
+    from localist_core.model.checkpoint import WEIGHTS, CheckpointError, load_model
+    tensors = load_file(str(bigram_folder / WEIGHTS))
+    tensors["bigram_codes"] = tensors["bigram_codes"].flip(0).contiguous()
+    save_file(tensors, str(bigram_folder / WEIGHTS))
+    with pytest.raises(CheckpointError, match="sorted"):
+        load_model(bigram_folder)
+
+
+def test_a_bigram_model_without_its_table_says_what_is_missing(tiny_model_cfg, tokens):
+    cfg = dataclasses.replace(tiny_model_cfg, partition="bigram", bigram_pairs=64)
+    model = LocalistLM(cfg).eval()
+    with pytest.raises(ValueError, match="needs the Kneser–Ney bigram tables"):
+        model(tokens)
+    with pytest.raises(ValueError, match="bigram tables of 64 pairs"):
+        from localist_core.model.bigram import placeholder_tables
+        LocalistLM(dataclasses.replace(cfg, bigram_pairs=65),
+                   bigram=placeholder_tables(cfg.vocab_size, 64))
 
 
 def _zipf_targets(n_classes: int, n: int, seed: int = 0) -> torch.Tensor:

@@ -141,21 +141,40 @@ def top_tokens_bar(words: list[str], probs: np.ndarray, title: str = "") -> go.F
     return fig
 
 
+# The terms a bigram trace carries, as its chart's hover names them.
+TRACE_TERMS = {"l_continue": "L_continue", "l_new": "L_new", "pmi": "PMI"}
+
+
 def recruitment_chart(labels: list[str], gain_bits: np.ndarray, block_ids: np.ndarray,
-                      title: str = "") -> go.Figure:
-    """The recruited partition's split test at every position: bars of bits gained, solid where
+                      title: str = "", terms: dict[str, np.ndarray] | None = None
+                      ) -> go.Figure:
+    """A recruiting partition's split test at every position: bars of bits gained, solid where
     a block was recruited (gain > 0), pale where the test said "continue"; orange dotted lines
-    mark the block starts."""
+    mark the block starts. A gain of +inf (a full block, which cannot continue) is drawn as a
+    purple bar as tall as the tallest finite one. ``terms`` (name → [T] bits, ``TRACE_TERMS``)
+    go into each bar's hover."""
     n = len(labels)
     safe = [inert(w) for w in labels]
     names = [f"{i}·{w}" for i, w in enumerate(safe)]
     gain = np.asarray(gain_bits, dtype=np.float32)
+    full = np.isinf(gain)
+    finite = gain[~full]
+    tall = max(1.0, float(np.abs(finite).max())) if finite.size else 1.0
+    shown = np.where(full, np.float32(tall), gain)
     starts = np.zeros(n, bool)
     starts[1:] = block_ids[1:] != block_ids[:-1]
-    colours = np.where(starts, "#1f77b4", "#c6dbef")
+    colours = np.where(full, "#9467bd", np.where(starts, "#1f77b4", "#c6dbef"))
+    hover = np.array(["+∞ bits: the block is full, a boundary whatever the words" if f
+                      else f"{g:+.2f} bits" for g, f in zip(gain, full)], dtype=object)
+    for key, name in TRACE_TERMS.items():
+        if terms and key in terms:
+            vals = np.asarray(terms[key], dtype=np.float64)
+            hover = hover + np.array([f"<br>{name} {v:+.2f}" if np.isfinite(v) else ""
+                                      for v in vals], dtype=object)
     fig = go.Figure(go.Bar(
-        x=names, y=gain, marker_color=colours.tolist(), customdata=starts.astype(int),
-        hovertemplate="%{x}: %{y:+.2f} bits<extra></extra>", name="bits saved by a split"))
+        x=names, y=shown, marker_color=colours.tolist(), customdata=hover.tolist(),
+        hovertemplate="%{x}: %{customdata}<extra></extra>",
+        name="bits saved by a split"))
     zero = dict(type="line", xref="paper", x0=0, x1=1, y0=0, y1=0,
                 line=dict(color="black", width=1))
     fig.update_layout(

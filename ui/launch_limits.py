@@ -12,6 +12,7 @@ from pathlib import Path
 from localist_core.experiments.sweep import PROTOCOL_NAMES
 from localist_core.model.config import (
     LOCALITY_RANGE,
+    MODEL_SIZE_LIMITS,
     TEMPERATURE_RANGE,
     ConfigError,
     ModelConfig,
@@ -68,6 +69,8 @@ OVERRIDE_BOUNDS: dict[str, tuple[float, float]] = {
     "dropout": (0.0, 0.9),
     "recruit_alpha": (0.01, 100.0),
     "boundary_bits": (0.0, 100.0),
+    "bigram_boundary_bits": (0.0, 100.0),
+    "bigram_pairs": (1, MODEL_SIZE_LIMITS["bigram_pairs"]),   # 8 bytes a pair
     "barrier_sharpness": (0.01, 100.0),
     "div_value": (1.0, 16.0),
     "cutoffs": (1, 30_000),   # each boundary (WikiText-2 has ~33k words); how many: APP_LIMITS

@@ -52,10 +52,12 @@ def load_checkpoint(path: str):
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def cached_trace(path: str, text: str):
-    """Where the recruited partition starts blocks in ``text`` (inspection.recruitment_trace)."""
+def cached_trace(path: str, text: str, partition: str = "recruited"):
+    """Where a recruiting partition starts blocks in ``text`` (inspection.recruitment_trace;
+    the bigram one reads the checkpoint's own Kneser–Ney table or the shipped one, checked and
+    read again for each new text, a few milliseconds)."""
     model, tok = load_checkpoint(path)
-    return trace_text(model, tok, text)
+    return trace_text(model, tok, text, partition)
 
 
 @st.cache_data(show_spinner=False, max_entries=MAPS_KEPT)
@@ -150,10 +152,10 @@ def n_layers(s: Settings) -> int | None:
 
 
 @guarded("trace the recruited blocks of this text")
-def recruitment_trace(s: Settings):
-    """The recruited partition's split test over the sidebar's text (a ``RecruitTrace``), or
-    None after a notice."""
-    return cached_trace(s.checkpoint_path, s.text)
+def recruitment_trace(s: Settings, partition: str = "recruited"):
+    """A recruiting partition's split test over the sidebar's text (a ``RecruitTrace``;
+    ``partition`` is "recruited" or "bigram"), or None after a notice."""
+    return cached_trace(s.checkpoint_path, s.text, partition)
 
 
 @guarded("read this stored attention map")

@@ -17,7 +17,7 @@ from localist_core.experiments.sweep import PROTOCOL_NAMES  # noqa: F401 (for th
 from localist_core.model.config import PARTITIONS  # noqa: F401 (for the Sweeps page)
 from ui import figures
 from ui.loaders import load_checkpoint
-from ui.notices import guarded
+from ui.notices import guarded, plain
 
 # The metrics the Compare page sets side by side.
 COMPARED = ("entropy_bits", "in_block_mass", "recent_b_mass", "shifted_block_mass",
@@ -153,8 +153,41 @@ def barrier_note(reach: rules.RuleReach | None) -> str | None:
 
 @guarded("list the block boundaries", [])
 def boundary_rows(trace) -> list[dict]:
-    """The recruited block starts of a ``RecruitTrace``: position, word and bits saved."""
-    return [{"position": i, "word": w, "bits saved": b} for i, w, b in trace.boundaries()]
+    """The recruited block starts of a ``RecruitTrace``: position, word and bits saved; a
+    bigram trace adds the word before, each term of its test and why the block ended (its
+    gain, or a full block, whose bits saved are left blank: +∞)."""
+    rows = []
+    for i, w, b in trace.boundaries():
+        row = {"position": i, "word": w, "bits saved": b if math.isfinite(b) else None}
+        if trace.terms:
+            row = {"position": i, "after": trace.labels[i - 1], "word": w,
+                   "bits saved": row["bits saved"],
+                   "PMI (bits)": float(trace.terms["pmi"][i]),
+                   "L_continue": float(trace.terms["l_continue"][i]),
+                   "L_new": float(trace.terms["l_new"][i]),
+                   "why": (f"block full ({trace.max_block_size} words)" if math.isinf(b)
+                           else "gain > 0")}
+        rows.append(row)
+    return rows
+
+
+@guarded("explain the missing trace")
+def missing_trace_note(trace) -> str | None:
+    """Why a bigram trace could not be drawn (no Kneser–Ney table fits the checkpoint), as
+    plain text with server paths cut out; None when it was drawn."""
+    if trace is None or not trace.missing:
+        return None
+    return plain(f"No word-reading trace for this checkpoint: {trace.missing}. It is drawn for "
+                 "checkpoints trained with partition=bigram, which carry their own table, and "
+                 "for any checkpoint with the shipped WikiText-2 vocabulary.")
+
+
+def trace_title(trace) -> str:
+    """The recruitment chart's title: the test and its settings."""
+    if trace.partition == "bigram":
+        return (f"bigram split test per position · α={trace.alpha:g}, "
+                f"C={trace.boundary_bits:g} bits, at most {trace.max_block_size} words")
+    return f"split test per position · α={trace.alpha:g}, C={trace.boundary_bits:g} bits"
 
 
 # -- the papers' threshold (Theory) --------------------------------------------------------------

@@ -12,10 +12,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..model.bigram import BigramTables, read_table_file
 from ..model.blocks import make_partition
 from ..model.config import PARTITIONS, TEMPERATURE_RANGE
 from ..model.dial import Dial
+from ..model.files import UnsafeFileError
 from ..model.tokenizer import dropped_characters
+from ..paths import BIGRAM_TABLE
 from .evaluate import attention_summary, head_summary
 from .rules import Rule, RuleError, make_rule, rule_bias, rule_fidelity, rule_pairs
 
@@ -106,7 +109,8 @@ def inference_partition(model, tokenizer, kind: str | None = None,
     """The partition to re-block a text with at inference, or None for the trained one.
 
     ``kind`` is one of ``config.PARTITIONS`` (None: as trained); ``block_size`` sets the fixed
-    windows. Other settings (maximum length, α, C) come from the model's config."""
+    windows. Other settings (maximum length, α, C) come from the model's config; ``bigram``
+    reads the tables of ``bigram_tables_for``."""
     cfg = model.cfg
     kind = kind or cfg.partition
     if kind not in PARTITIONS:
@@ -114,8 +118,36 @@ def inference_partition(model, tokenizer, kind: str | None = None,
     size = int(block_size) if block_size is not None else cfg.block_size
     if kind == cfg.partition and (kind != "fixed" or size == cfg.block_size):
         return None
+    tables = None
+    if kind == "bigram":
+        tables, why = bigram_tables_for(model, tokenizer)
+        if tables is None:
+            raise MissingTableError(why)
     return make_partition(dataclasses.replace(cfg, partition=kind, block_size=size),
-                          words=tokenizer.words)
+                          words=tokenizer.words, bigram=tables)
+
+
+class MissingTableError(ValueError):
+    """No Kneser–Ney table fits the model, so its text cannot be re-blocked with bigram."""
+
+
+def bigram_tables_for(model, tokenizer, table_file=BIGRAM_TABLE
+                      ) -> tuple[BigramTables | None, str]:
+    """The Kneser–Ney tables the bigram partition reads for ``model``, and where they come
+    from: the model's own (a model trained with partition=bigram carries them), else the
+    shipped table of WikiText-2 (``paths.BIGRAM_TABLE``) when it was built for the model's
+    vocabulary; else ``(None, why not)``. The table file is checked before it is read
+    (``bigram.read_table_file``)."""
+    own = model.bigram_tables()
+    if own is not None and own.is_set():
+        return own, "the model's own table"
+    try:
+        return (read_table_file(table_file, tokenizer.words),
+                "the shipped WikiText-2 table (scripts/bigram_table.py)")
+    except UnsafeFileError as e:
+        return None, (f"the bigram partition needs a Kneser–Ney table: this checkpoint carries "
+                      f"none (it was not trained with partition=bigram), and the shipped table "
+                      f"cannot serve it: {e}")
 
 
 @dataclass(frozen=True)
@@ -137,7 +169,8 @@ def analyze(model, tokenizer, text: str, dial: Dial = Dial(), *, block_size: int
     (``dial.notices``) or a rule that cannot run give notices (and, for no text, an empty
     Analysis), never an exception. ``partition`` and ``block_size`` re-block the text at
     inference (None keeps the trained partition); ``rule`` (a Rule, or the plain values
-    ``make_rule`` takes) adds its score bias and reports its fidelity."""
+    ``make_rule`` takes) adds its score bias and reports its fidelity. Re-blocking with
+    ``bigram`` where no table fits the model keeps the trained blocks, with a notice."""
     ids, notices = prepare_text(tokenizer, text, model.cfg.n_ctx)
     notices += dial.notices
     if not ids:
@@ -145,7 +178,11 @@ def analyze(model, tokenizer, text: str, dial: Dial = Dial(), *, block_size: int
                         np.zeros((0, 0), bool), np.zeros((0, 0, 0)), {}, None, np.zeros(0),
                         np.zeros((0, model.cfg.d_model), np.float32), dial, notices,
                         partition=partition or model.cfg.partition)
-    part = inference_partition(model, tokenizer, partition, block_size)
+    try:
+        part = inference_partition(model, tokenizer, partition, block_size)
+    except MissingTableError as e:
+        notices.append(f"The text keeps the checkpoint's own blocks: {e}.")
+        part, partition = None, None
     labels = tokenizer.labels(ids)
     pairs, bias = None, None
     if rule is not None:
@@ -192,33 +229,68 @@ def analyze(model, tokenizer, text: str, dial: Dial = Dial(), *, block_size: int
         rule_fidelity=rule_fidelity(patterns, pairs) if pairs is not None else None)
 
 
+# The partitions whose block starts a split test decides, each with its trace.
+TRACED_PARTITIONS = ("bigram", "recruited")
+
+
 @dataclass
 class RecruitTrace:
-    """Where the recruited partition starts blocks in a text, and the bits each test gained."""
+    """Where a recruiting partition (``recruited`` or ``bigram``) starts blocks in a text, and
+    the bits each test gained."""
 
     labels: list[str]
     block_ids: np.ndarray      # [T]
-    gain_bits: np.ndarray      # [T] the split test at each position (0 at position 0)
+    gain_bits: np.ndarray      # [T] the split test at each position (0 at position 0; +inf
+                               # where a bigram block was full)
     alpha: float
     boundary_bits: float
     notices: list[str] = field(default_factory=list)
+    partition: str = "recruited"
+    # bigram only: each term of the test, [T] bits each (NaN at position 0): "l_continue",
+    # "l_new" and "pmi" (BigramPartition's docstring states them).
+    terms: dict[str, np.ndarray] = field(default_factory=dict)
+    max_block_size: int | None = None   # bigram: the cap (a full block cannot continue)
+    table: str = ""                     # bigram: where its Kneser–Ney table came from
+    missing: str = ""                   # bigram: why there is no trace (no table to read)
 
     def boundaries(self) -> list[tuple[int, str, float]]:
-        """(position, word, bits saved) of every recruited block start after the first."""
+        """(position, word, bits saved) of every recruited block start after the first (bits
+        saved is +inf where the block before was full)."""
         return [(i, self.labels[i], float(self.gain_bits[i]))
                 for i in range(1, len(self.labels)) if self.block_ids[i] != self.block_ids[i - 1]]
 
 
-def recruitment_trace(model, tokenizer, text: str) -> RecruitTrace:
-    """Run the recruited partition (with the model's α and C) over ``text``."""
+def recruitment_trace(model, tokenizer, text: str, partition: str = "recruited") -> RecruitTrace:
+    """Run a recruiting partition (``TRACED_PARTITIONS``) over ``text`` with the model's α, C
+    and cap. ``bigram`` reads ``bigram_tables_for``'s tables; without any, the trace is empty
+    and its ``missing`` says why."""
+    if partition not in TRACED_PARTITIONS:
+        raise ValueError(f"partition must be one of {TRACED_PARTITIONS}, got {partition!r}")
     ids, notices = prepare_text(tokenizer, text, model.cfg.n_ctx)
-    part = make_partition(dataclasses.replace(model.cfg, partition="recruited"))
+    cfg = dataclasses.replace(model.cfg, partition=partition)
+    table, where = (bigram_tables_for(model, tokenizer) if partition == "bigram"
+                    else (None, ""))
+    empty = RecruitTrace([], np.zeros(0, int), np.zeros(0, np.float32), cfg.recruit_alpha,
+                         cfg.boundary_bits, notices, partition)
+    if partition == "bigram":
+        empty.boundary_bits, empty.max_block_size = cfg.bigram_boundary_bits, cfg.max_block_size
+        if table is None:
+            empty.missing = where
+            return empty
+        empty.table = where
     if not ids:
-        return RecruitTrace([], np.zeros(0, int), np.zeros(0, np.float32), part.alpha,
-                            part.boundary_bits, notices)
-    block_ids, gain = part.trace(torch.tensor([ids]))
-    return RecruitTrace(tokenizer.labels(ids), block_ids[0].numpy(), gain[0].numpy(),
-                        part.alpha, part.boundary_bits, notices)
+        return empty
+    part = make_partition(cfg, bigram=table)
+    tokens = torch.tensor([ids])
+    if partition == "recruited":
+        block_ids, gain = part.trace(tokens)
+        return RecruitTrace(tokenizer.labels(ids), block_ids[0].numpy(), gain[0].numpy(),
+                            part.alpha, part.boundary_bits, notices)
+    t = part.trace_terms(tokens)
+    return RecruitTrace(tokenizer.labels(ids), t.block_ids[0].numpy(), t.gain[0].numpy(),
+                        part.alpha, part.boundary_bits, notices, partition,
+                        {"l_continue": t.l_continue[0].numpy(), "l_new": t.l_new[0].numpy(),
+                         "pmi": t.pmi[0].numpy()}, part.max_block_size, where)
 
 
 @torch.no_grad()

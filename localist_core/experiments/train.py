@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ..analysis.evaluate import evaluate_stream
+from ..model.bigram import kn_bigram_tables
 from ..model.blocks import local_entropy_table
 from ..model.checkpoint import load_model, read_config, save_checkpoint
 from ..model.config import (
@@ -69,13 +70,18 @@ class TrainResult:
 
 
 def make_model(model_cfg: ModelConfig, corpus: Corpus, seed: int = 1234) -> LocalistLM:
-    """A fresh model with its anchor table computed from the training split (the warm-up pass)."""
+    """A fresh model with its anchor table computed from the training split (the warm-up pass),
+    and for partition=bigram the Kneser–Ney tables of the same split."""
     torch.manual_seed(seed)
     table = local_entropy_table(corpus.train.numpy(), model_cfg.vocab_size)
     tok = getattr(corpus, "tokenizer", None)
     if model_cfg.partition == "punctuation" and tok is None:
         raise ValueError("the punctuation partition needs the corpus's vocabulary")
-    return LocalistLM(model_cfg, table, words=tok.words if tok is not None else None)
+    bigram = (kn_bigram_tables(corpus.train.numpy(), model_cfg.vocab_size,
+                               capacity=model_cfg.bigram_pairs)
+              if model_cfg.partition == "bigram" else None)
+    return LocalistLM(model_cfg, table, words=tok.words if tok is not None else None,
+                      bigram=bigram)
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:
@@ -216,7 +222,11 @@ def _load_trainer(folder: Path, model, opt, cfg: TrainConfig) -> tuple[int, floa
         saved_train = config_to_dict(config_from_dict(TrainConfig, saved["train"]))
     except (ValueError, TypeError):
         saved_train = saved["train"]
-    if (saved["model"] != config_to_dict(model.cfg)
+    try:   # a state written before a model field was added holds no value for it: its default
+        saved_model = config_to_dict(config_from_dict(ModelConfig, saved["model"]))
+    except (ValueError, TypeError):
+        saved_model = saved["model"]
+    if (saved_model != config_to_dict(model.cfg)
             or what_is_computed(saved_train) != what_is_computed(config_to_dict(cfg))):
         raise ValueError(f"{folder} holds a run with another config; resume with the same "
                          f"config, or start again (--no-resume, or another --out)")

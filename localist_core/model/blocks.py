@@ -2,6 +2,7 @@
 
 Every partition answers one question, ``block_ids(tokens) -> [batch, pos]``, with ids that start
 at 0 and never decrease along a sequence, so attention and metrics never care which one is used.
+The partition that reads the words, ``bigram``, and its tables live in ``bigram.py``.
 """
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ from typing import Protocol
 import numpy as np
 import torch
 from torch import Tensor
+
+from .bigram import NO_TABLES, BigramPartition, BigramTables
+from .config import PARTITIONS
 
 
 class Partition(Protocol):
@@ -207,11 +211,13 @@ class RecruitedPartition:
         return (f"RecruitedPartition(alpha={self.alpha}, boundary_bits={self.boundary_bits})")
 
 
-def make_partition(cfg, words: list[str] | None = None, boundary: Tensor | None = None):
+def make_partition(cfg, words: list[str] | None = None, boundary: Tensor | None = None,
+                   bigram: BigramTables | None = None):
     """Build the partition a ModelConfig names (``cfg.partition``).
 
     ``punctuation`` needs to know which ids are punctuation: pass the vocabulary's ``words``
-    or a ready ``boundary`` mask.
+    or a ready ``boundary`` mask. ``bigram`` needs the Kneser–Ney tables of the training split
+    (``bigram.kn_bigram_tables``).
     """
     kind = cfg.partition
     if kind == "fixed":
@@ -225,8 +231,15 @@ def make_partition(cfg, words: list[str] | None = None, boundary: Tensor | None 
     if kind == "recruited":
         return RecruitedPartition(zipf_log2_prior(cfg.vocab_size), cfg.recruit_alpha,
                                   cfg.boundary_bits)
-    raise ValueError(f"partition {kind!r} is not available; choose fixed, punctuation or "
-                     f"recruited")
+    if kind == "bigram":
+        if bigram is None:
+            raise ValueError(NO_TABLES)
+        if bigram.vocab_size != cfg.vocab_size:
+            raise ValueError(f"bigram tables of {bigram.vocab_size:,} words for a vocabulary of "
+                             f"{cfg.vocab_size:,}")
+        return BigramPartition(bigram, cfg.recruit_alpha, cfg.bigram_boundary_bits,
+                               cfg.max_block_size)
+    raise ValueError(f"partition {kind!r} is not available; choose one of {PARTITIONS}")
 
 
 def block_starts(block_ids: Tensor) -> Tensor:

@@ -1,9 +1,11 @@
 """Checkpoints: a folder of ``model.safetensors`` + ``config.json`` + ``vocab.json``. Never pickle.
 
 The anchor table (local entropy per word) is the ``local_entropy`` tensor inside the safetensors
-file. Every file is checked before it is parsed (the generic checks are in ``files``): a pickle
-is refused unread, a truncated or foreign file is reported with its name and the problem, and
-the weights' header is checked against the shapes the config implies before any weight is read.
+file, and so are the bigram partition's Kneser–Ney tables (``bigram.TABLE_NAMES``), at the size
+the config names (``bigram_pairs``). Every file is checked before it is parsed (the generic
+checks are in ``files``): a pickle is refused unread, a truncated or foreign file is reported
+with its name and the problem, and the weights' header is checked against the shapes the config
+implies before any weight is read.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from .bigram import TABLE_NAMES, BigramTables
 from .config import ConfigError, ModelConfig, TrainConfig, config_from_dict, config_to_dict
 from .files import (
     KiB,
@@ -75,8 +78,8 @@ def _quantize(state: dict[str, torch.Tensor], precision: str) -> dict[str, torch
             scale = t.abs().amax(dim=1, keepdim=True).clamp_min(1e-12) / 127.0
             out[name] = torch.round(t / scale).clamp(-127, 127).to(torch.int8)
             out[name + SCALE_SUFFIX] = scale.float()
-        elif name == "local_entropy":
-            out[name] = t.float()  # the anchor table decides ties; keep it exact
+        elif name == "local_entropy" or name in TABLE_NAMES:
+            out[name] = t.float()  # the anchor and bigram tables decide blocks; keep them exact
         else:
             out[name] = t.half()
     return out
@@ -284,6 +287,11 @@ def load_model(path: str | os.PathLike, device: str = "cpu") -> tuple[LocalistLM
     for name, t in state.items():
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise CheckpointError(f"{weights}: tensor {name} holds NaN or inf values")
+    if model_cfg.partition == "bigram":      # sorted codes, log-probabilities ≤ 0
+        try:
+            BigramTables.from_tensors(state, str(weights))
+        except ValueError as e:
+            raise CheckpointError(str(e)) from None
     model = LocalistLM(model_cfg)
     try:
         model.load_state_dict(state, strict=True)

@@ -13,7 +13,9 @@ from dataclasses import InitVar, dataclass, field
 
 from .files import short_repr as _r
 
-PARTITIONS = ("fixed", "punctuation", "recruited")
+PARTITIONS = ("fixed", "punctuation", "recruited", "bigram")
+# The bigram partition codes a word pair as prev·V + next in int32: V ≤ ⌊√(2³¹ − 1)⌋.
+BIGRAM_MAX_VOCAB = 46_340
 PENALTY_FORMS = ("none", "weights", "attention")
 PROTOCOLS = ("penalty", "dial")
 # Compute precision and device of training and evaluation (model/precision.py decides what
@@ -25,6 +27,19 @@ DEVICES = ("auto", "cpu", "cuda")
 # thread count changes only the order of floating-point sums (two one-thread runs side by side
 # use two cores better than one two-thread run beside other work: BENCHMARKS.md).
 WHERE_FIELDS = ("device", "threads")
+
+
+# Model fields added after runs were trained with their default behaviour: a run's identity
+# (its checkpoint folder's hash) leaves one out while it holds its default, so adding a field
+# never renames a finished or interrupted run, and its checkpoint is still found and resumed.
+LATER_MODEL_FIELDS = ("bigram_boundary_bits", "bigram_pairs")
+
+
+def model_identity(model: dict) -> dict:
+    """A stored model config less ``LATER_MODEL_FIELDS`` that hold their default."""
+    defaults = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
+    return {k: v for k, v in model.items()
+            if not (k in LATER_MODEL_FIELDS and v == defaults[k])}
 
 
 def what_is_computed(train: dict) -> dict:
@@ -49,7 +64,9 @@ ANCHOR_STRENGTH_SLIDER_MAX = 5.0
 # d_ff 1024, n_ctx 128 and 2 cutoffs; the papers' size is d_model 512, 8 heads, n_ctx 256.
 MODEL_SIZE_LIMITS = {"vocab_size": 1_000_000, "d_model": 8192, "n_layers": 64, "n_heads": 128,
                      "d_ff": 32768, "n_ctx": 8192, "block_size": 8192, "max_block_size": 8192,
-                     "cutoffs": 16}   # cutoffs: how many (one tail cluster each)
+                     "cutoffs": 16,   # cutoffs: how many (one tail cluster each)
+                     # the bigram partition's stored word pairs (8 bytes each: ≤ 8 MB)
+                     "bigram_pairs": 1_000_000}
 
 
 class ConfigError(ValueError):
@@ -107,7 +124,7 @@ class ModelConfig:
     dropout: float = 0.1
     block_size: int = 5
     partition: str = "fixed"
-    # punctuation: the longest block; a block that reaches it ends there.
+    # punctuation and bigram: the longest block; a block that reaches it ends there.
     # The defaults give both adaptive partitions a mean block length near the fixed default (5), so
     # a sweep compares where blocks fall, not how long they are (REPRODUCTION.md).
     max_block_size: int = 8
@@ -115,6 +132,12 @@ class ModelConfig:
     # C=2.5 a block of new words ends after 5 tokens; repeated words extend it.
     recruit_alpha: float = 1.0
     boundary_bits: float = 2.5
+    # bigram (blocks.py, bigram.py): α is recruit_alpha; C is its own, since its gain also
+    # holds the words' association. The default puts its visible in-block keys on WikiText-2
+    # valid near punctuation's 3.91 (scripts/block_lengths.py). bigram_pairs: how many word
+    # pairs its Kneser–Ney table stores (the size of the table a checkpoint carries).
+    bigram_boundary_bits: float = 3.75
+    bigram_pairs: int = 131_072
     anchors_per_block: int = 3
     # β in b(λ_f) = β·log(1-λ_f): how sharply the dial pushes cross-block scores down.
     barrier_sharpness: float = 4.0
@@ -128,11 +151,12 @@ class ModelConfig:
         _check(is_integer(self.vocab_size) and self.vocab_size >= 4,
                f"vocab_size must be an integer ≥ 4, got {_r(self.vocab_size)}")
         for name in ("d_model", "n_layers", "n_heads", "d_ff", "n_ctx", "block_size",
-                     "max_block_size"):
+                     "max_block_size", "bigram_pairs"):
             v = getattr(self, name)
             _check(is_integer(v) and v >= 1, f"{name} must be a positive integer, got {_r(v)}")
         _check_types(self, ("anchors_per_block",), ("dropout", "recruit_alpha", "boundary_bits",
-                                                    "barrier_sharpness", "div_value"),
+                                                    "bigram_boundary_bits", "barrier_sharpness",
+                                                    "div_value"),
                      ("noncausal_diagnostic",), ("partition",))
         _check(isinstance(self.cutoffs, (tuple, list)) and all(map(is_integer, self.cutoffs)),
                f"cutoffs must be a list of integers, got {_r(self.cutoffs)}")
@@ -149,6 +173,11 @@ class ModelConfig:
                f"recruit_alpha (α) must be > 0, got {_r(self.recruit_alpha)}")
         _check(math.isfinite(self.boundary_bits) and self.boundary_bits >= 0,
                f"boundary_bits (C) must be ≥ 0, got {_r(self.boundary_bits)}")
+        _check(math.isfinite(self.bigram_boundary_bits) and self.bigram_boundary_bits >= 0,
+               f"bigram_boundary_bits (C) must be ≥ 0, got {_r(self.bigram_boundary_bits)}")
+        _check(self.partition != "bigram" or self.vocab_size <= BIGRAM_MAX_VOCAB,
+               f"partition bigram needs vocab_size ≤ {BIGRAM_MAX_VOCAB:,} (its word-pair codes "
+               f"are int32), got {self.vocab_size:,}")
         _check(1 <= self.anchors_per_block <= 5,
                f"anchors_per_block must be in 1..5, got {_r(self.anchors_per_block)}")
         _check(math.isfinite(self.barrier_sharpness) and self.barrier_sharpness > 0,

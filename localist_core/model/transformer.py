@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .attention import HookPoint, LocalityAttention, off_block_attention_penalty
+from .bigram import TABLE_NAMES, BigramTables, placeholder_tables
 from .blocks import anchor_mask, block_anchors, boundary_mask, make_partition
 from .config import ModelConfig
 from .dial import Dial
@@ -80,10 +81,24 @@ class LocalistLM(nn.Module):
     """Causal decoder-only localist language model."""
 
     def __init__(self, cfg: ModelConfig, local_entropy: Tensor | None = None,
-                 words: list[str] | None = None):
+                 words: list[str] | None = None, bigram: BigramTables | None = None):
         super().__init__()
         self.cfg = cfg
-        if cfg.partition == "punctuation":
+        if cfg.partition == "bigram":
+            # The Kneser–Ney tables travel with the weights too, at the size the config names
+            # (so a checkpoint's header is checked against it before anything is read). Without
+            # them the model holds all-zero placeholders, which loading fills; a forward pass
+            # before that says what is missing (bigram.NO_TABLES).
+            tables = (bigram if bigram is not None
+                      else placeholder_tables(cfg.vocab_size, cfg.bigram_pairs))
+            if tables.codes.shape != (cfg.bigram_pairs,) or tables.vocab_size != cfg.vocab_size:
+                raise ValueError(f"bigram tables of {len(tables.codes):,} pairs and "
+                                 f"{tables.vocab_size:,} words for a config of bigram_pairs="
+                                 f"{cfg.bigram_pairs:,} and vocab_size={cfg.vocab_size:,}")
+            for name, t in tables.tensors().items():
+                self.register_buffer(name, t.clone(), persistent=True)
+            self.partition = make_partition(cfg, bigram=self.bigram_tables())
+        elif cfg.partition == "punctuation":
             # Which ids end a block travels with the weights, so a checkpoint needs nothing else.
             mask = boundary_mask(words) if words is not None else torch.zeros(cfg.vocab_size,
                                                                              dtype=torch.bool)
@@ -144,7 +159,15 @@ class LocalistLM(nn.Module):
             return partition.block_ids(tokens)
         if self.cfg.partition == "punctuation":
             self.partition.boundary = self.boundary_token   # follows .to() and load_state_dict
+        elif self.cfg.partition == "bigram":
+            self.partition.tables = self.bigram_tables()    # the same
         return self.partition.block_ids(tokens)
+
+    def bigram_tables(self) -> BigramTables | None:
+        """The Kneser–Ney tables this model carries (partition=bigram), or None."""
+        if self.cfg.partition != "bigram":
+            return None
+        return BigramTables(*(getattr(self, name) for name in TABLE_NAMES))
 
     def anchors_for(self, tokens: Tensor, block_ids: Tensor) -> Tensor:
         """``[batch, query, key]`` anchor mask of each query's block (causal unless diagnostic)."""
