@@ -13,6 +13,7 @@ from localist_core.model.config import (
     TrainConfig,
     apply_overrides,
     config_from_dict,
+    config_to_dict,
     preset,
 )
 
@@ -96,3 +97,32 @@ def test_the_large_presets_are_their_stated_size_and_step_bounded(name, lo, hi):
     assert lo <= counted <= hi
     assert "max_steps" in p.train and tcfg.max_steps < TrainConfig().max_steps
     assert tcfg.lr_by_time is False and tcfg.time_budget_s >= 24 * 3600
+
+
+def test_the_bigram_partition_fields_are_checked_and_old_configs_keep_their_meaning():
+    """partition=bigram needs a vocabulary whose word-pair codes fit int32; its C and table size
+    are its own fields, so a stored config without them (every run before it) loads with the
+    defaults and a recruited run keeps its C."""
+    from localist_core.model.config import BIGRAM_MAX_VOCAB
+    base = {"vocab_size": BIGRAM_MAX_VOCAB, "cutoffs": (10, 20), "partition": "bigram"}
+    ModelConfig(**base)
+    with pytest.raises(ConfigError, match="partition bigram needs vocab_size ≤ 46,340"):
+        ModelConfig(**{**base, "vocab_size": BIGRAM_MAX_VOCAB + 1})
+    ModelConfig(**{**base, "vocab_size": BIGRAM_MAX_VOCAB + 1, "partition": "recruited"})
+    for name, value in (("bigram_boundary_bits", -0.5), ("bigram_pairs", 0)):
+        with pytest.raises(ConfigError, match=name):
+            ModelConfig(**{**base, name: value})
+    old = {k: v for k, v in config_to_dict(ModelConfig(vocab_size=100, cutoffs=(10, 20),
+                                                       partition="recruited")).items()
+           if not k.startswith("bigram_")}
+    cfg = config_from_dict(ModelConfig, old)
+    assert cfg.boundary_bits == 2.5 and cfg == ModelConfig(**{**old, "cutoffs": (10, 20)})
+
+
+def test_model_identity_leaves_out_only_later_fields_at_their_default():
+    from localist_core.model.config import LATER_MODEL_FIELDS, model_identity
+    cfg = config_to_dict(ModelConfig(vocab_size=100, cutoffs=(10, 20)))
+    ident = model_identity(cfg)
+    assert set(cfg) - set(ident) == set(LATER_MODEL_FIELDS)
+    changed = dict(cfg, bigram_pairs=7)
+    assert model_identity(changed)["bigram_pairs"] == 7

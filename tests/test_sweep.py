@@ -1,4 +1,5 @@
 """Sweeps: finished runs are skipped, a killed sweep resumes losing nothing, writes are atomic."""
+import dataclasses
 import json
 import os
 import random
@@ -278,3 +279,18 @@ def test_a_killed_multi_seed_sweep_resumes_with_no_seed_lost(tmp_path, tiny_mode
     from localist_core.experiments.results import curve_points
     pt = next(p for p in curve_points(loaded) if "as trained" in p["series"])
     assert pt["n"] == 2 and pt["seeds"] == "1,2" and pt["perplexity_sd"] is not None
+
+
+def test_adding_a_model_field_never_renames_a_run():
+    """A run's folder is its id plus a hash of its config. The cpu-ref study run below was
+    trained before ``bigram_boundary_bits`` and ``bigram_pairs`` existed; with them at their
+    defaults its folder keeps its name, so its checkpoint is still found and resumed."""
+    from localist_core.cli.commands import configs
+    from localist_core.experiments.sweep import run_dir_for
+    budget = ["max_steps=1500", "time_budget_s=86400", "lr_by_time=false", "precision=fp32"]
+    model_cfg, train_cfg = configs("cpu-ref", budget, 33278)
+    spec = plan_runs(model_cfg, train_cfg, ["attention"], [0.6], [0.5, 1, 2], budget)[0]
+    assert run_dir_for(spec) == "attention-l0.6-9d5c326f"     # its folder in runs/ since then
+    other = dataclasses.replace(model_cfg, bigram_boundary_bits=2.0)
+    moved = plan_runs(other, train_cfg, ["attention"], [0.6], [0.5, 1, 2], budget)[0]
+    assert run_dir_for(moved) != run_dir_for(spec)            # a value set by hand is identity

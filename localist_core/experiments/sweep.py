@@ -31,6 +31,7 @@ from ..model.config import (
     TrainConfig,
     config_from_dict,
     config_to_dict,
+    model_identity,
     what_is_computed,
 )
 from ..model.dial import Dial
@@ -103,8 +104,9 @@ def run_id_for(protocol_name: str, locality: float, overrides: list[str]) -> str
 def run_dir_for(spec: "RunSpec") -> str:
     """The checkpoint folder name: the run id plus a hash of its whole config, so two configs
     never resume from each other's checkpoints. Where a run is computed (``WHERE_FIELDS``: the
-    device) is not part of the hash: a run started on one device resumes on another."""
-    blob = json.dumps({"model": config_to_dict(spec.model),
+    device) is not part of the hash: a run started on one device resumes on another, and a model
+    field added later is not part of it while it holds its default (``LATER_MODEL_FIELDS``)."""
+    blob = json.dumps({"model": model_identity(config_to_dict(spec.model)),
                        "train": what_is_computed(config_to_dict(spec.train))}, sort_keys=True)
     return f"{spec.train_id or spec.run_id}-{hashlib.sha1(blob.encode()).hexdigest()[:8]}"
 
