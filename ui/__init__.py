@@ -72,6 +72,7 @@ PAGES = (Page("app_pages/explorer.py", "Explorer", ":material/grid_on:"),
          Page("app_pages/rules.py", "Rules & blocks", ":material/rule:"),
          Page("app_pages/theory.py", "Theory", ":material/functions:"),
          Page("app_pages/sweeps.py", "Sweeps", ":material/science:"),
+         Page("app_pages/experts.py", "Experts", ":material/account_tree:"),
          Page("app_pages/about.py", "About", ":material/school:"))
 
 # -- navigation ------------------------------------------------------------------------------

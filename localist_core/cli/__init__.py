@@ -14,7 +14,8 @@ writes the shipped ``assets/sweep`` only when ``--cache assets/sweep`` names it.
 
 This module builds the parser and runs a command; ``args`` parses numbers and configs, ``guards``
 checks paths and memory before anything slow, ``commands`` and ``export`` do the work, and
-``errors`` turns a failure into its one line and exit code.
+``errors`` turns a failure into its one line and exit code. ``experts`` (model-level recruitment)
+builds its own subcommand in ``experts``.
 """
 from __future__ import annotations
 
@@ -55,6 +56,7 @@ from .errors import (
     is_allocation_failure,
     os_error_message,
 )
+from .experts import add_parser as add_experts_parser
 from .export import cmd_export
 
 __all__ = ["build_parser", "main"]
@@ -203,6 +205,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     r.add_argument("--cache", default=SHIPPED_SWEEP_CACHE,
                    help=f"sweep cache folder, only read (default: {SHIPPED_SWEEP_CACHE})")
     r.set_defaults(func=cmd_report)
+    add_experts_parser(sub, seed_list)
     return ap
 
 
