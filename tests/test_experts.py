@@ -277,3 +277,24 @@ def test_cli_numbers_are_bounded(flag, value, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["experts", "--checkpoint", "x", "--out", "y", flag, value])
     assert exc.value.code == 2 and flag in capsys.readouterr().err
+
+
+def test_stream_valid_recruits_on_validation_articles_and_holds_out_test(tiny_ckpt,
+                                                                        tiny_data_dir, tmp_path):
+    """--stream valid: the base never saw the stream or the held-out articles."""
+    from localist_core.experiments.data import load_lines
+    from localist_core.experiments.documents import articles
+    from localist_core.model.checkpoint import load_model
+    out = tmp_path / "experts"
+    assert _cli(tiny_ckpt, out, tiny_data_dir, "--stream", "valid", "--seeds", "1",
+                "--bits-per-param", "64") == 0
+    run = json.loads((out / "run-s1-b64.json").read_text())
+    assert run["settings"]["stream"] == "valid"
+    tok = load_model(tiny_ckpt)[1]
+    lines, _ = load_lines(tiny_data_dir)
+    titles = {s: [d.title for d in articles(lines[s], tok, max_tokens=96)]
+              for s in ("train", "valid", "test")}
+    streamed = [t for e in run["experts"] for t in e["titles"]]
+    assert streamed and set(streamed) <= set(titles["valid"][:12])
+    assert run["stream"]["docs"] == min(12, len(titles["valid"]))
+    assert run["heldout"]["titles"] == titles["test"][:6] != titles["valid"][:6]

@@ -37,6 +37,8 @@ MAX_RUNS_PER_COMMAND = 64       # seeds × bits-per-parameter values
 MAX_DOCS = 10_000               # WikiText-2 has 629 training and 124 held-out articles
 MAX_DOC_TOKENS = 1_000_000
 DEFAULTS = RecruitConfig()
+# --stream: the splits whose articles arrive in order, and the splits held out for evaluation.
+STREAMS = {"train": (("train",), ("valid", "test")), "valid": (("valid",), ("test",))}
 # On WikiText-2 with the λ = 0 base a child saves tens of bits, so an expert of 4,096 numbers is
 # recruited only below about 0.1 bit a number (README "Model-level recruitment").
 DEFAULT_BITS = (0.01, 0.1, 1.0, 16.0)
@@ -86,10 +88,15 @@ def add_parser(sub, seed_list) -> None:
                    default=DEFAULTS.max_experts, help="largest pool, the base included")
     x.add_argument("--batch-tokens", type=int_in(1, 8192), default=DEFAULTS.batch_tokens)
     x.add_argument("--lr", type=finite_float(0.0, 1.0, lo_open=True), default=DEFAULTS.lr)
+    x.add_argument("--stream", choices=STREAMS, default="train",
+                   help="train: the stream is the training articles (which the base was "
+                        "trained on) and the valid+test articles are held out; valid: the "
+                        "stream is the validation articles and the test articles are held "
+                        "out, so the base has seen neither (default train)")
     x.add_argument("--max-docs", type=int_in(2, MAX_DOCS), default=200,
-                   help="stream length: the first N training articles (default 200)")
+                   help="stream length: its first N articles (default 200)")
     x.add_argument("--max-heldout", type=int_in(1, MAX_DOCS), default=MAX_DOCS,
-                   help="the first N valid+test articles (default: all 124)")
+                   help="the first N held-out articles (default: all)")
     x.add_argument("--max-doc-tokens", type=int_in(64, MAX_DOC_TOKENS), default=1024,
                    help="each article cut to its first N tokens (default 1024)")
     x.add_argument("--threads", type=int_in(1, 256), default=1,
@@ -140,7 +147,8 @@ def cmd_experts(args: argparse.Namespace) -> int:
     settings = {"rank": args.rank, "steps": args.steps, "rounds": args.rounds,
                 "check_every": args.check_every, "min_docs": args.min_docs,
                 "max_experts": args.max_experts, "batch_tokens": args.batch_tokens,
-                "lr": args.lr, "max_docs": args.max_docs, "max_heldout": args.max_heldout,
+                "lr": args.lr, "stream": args.stream, "max_docs": args.max_docs,
+                "max_heldout": args.max_heldout,
                 "max_doc_tokens": args.max_doc_tokens, "d_model": base.pop("d_model"),
                 "base": base}
     done, problems = load_runs(out) if out.is_dir() else ([], [])
@@ -180,11 +188,14 @@ def _compute(args, ckpt: Path, out: Path, settings: dict, todo: list[tuple[int, 
         remove_own_temps(out)                       # what a killed run of ours left
     model, tok = load_model(ckpt)
     lines, _ = load_lines(args.data_dir)
-    stream = articles(lines["train"], tok, max_tokens=args.max_doc_tokens)[:args.max_docs]
-    held = (articles(lines["valid"], tok, max_tokens=args.max_doc_tokens)
-            + articles(lines["test"], tok, max_tokens=args.max_doc_tokens))[:args.max_heldout]
+    stream_splits, held_splits = STREAMS[args.stream]
+    stream = [d for split in stream_splits
+              for d in articles(lines[split], tok, max_tokens=args.max_doc_tokens)]
+    held = [d for split in held_splits
+            for d in articles(lines[split], tok, max_tokens=args.max_doc_tokens)]
+    stream, held = stream[:args.max_docs], held[:args.max_heldout]
     if len(stream) < 2 or not held:
-        raise UsageError(f"the corpus has {len(stream)} training and {len(held)} held-out "
+        raise UsageError(f"the corpus has {len(stream)} stream and {len(held)} held-out "
                          f"articles; recruitment needs at least 2 and 1")
     tokens = sum(len(d.tokens) for d in stream + held)
     need = tokens * settings["d_model"] * 2 * 2      # fp16 states, and as much again to work
