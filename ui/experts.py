@@ -4,7 +4,6 @@ figure built from a run, and the routing of the sidebar's text through a run's e
 maths are in ``localist_core.experiments`` (``experts``, ``expert_runs``)."""
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from localist_core.experiments.expert_files import (
     read_summary,
 )
 from localist_core.experiments.expert_runs import lineage_deltas, route_text
-from localist_core.model.checkpoint import WEIGHTS
+from localist_core.model.checkpoint import weights_sha256
 from localist_core.paths import ASSETS
 from ui.catalogue import checkpoint_stamp
 from ui.loaders import load_checkpoint
@@ -167,11 +166,7 @@ def timeline_figure(run: dict) -> go.Figure:
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def _weights_sha(path: str, stamp: tuple) -> str:
-    digest = hashlib.sha256()
-    with open(Path(path) / WEIGHTS, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return weights_sha256(path)
 
 
 @guarded("check which base these experts were grown on", False)

@@ -8,7 +8,6 @@ evaluates both on the held-out articles. Each run is written to ``--out`` as
 from __future__ import annotations
 
 import argparse
-import hashlib
 from pathlib import Path
 
 from ..experiments.expert_files import (
@@ -122,14 +121,10 @@ def check_out(out: Path) -> None:
 def base_identity(path: Path) -> dict:
     """What names the base: its folder name, run id and the SHA-256 of its weights (the app
     matches a checkpoint to these results by it)."""
-    from ..model.checkpoint import WEIGHTS, check_checkpoint
+    from ..model.checkpoint import check_checkpoint, weights_sha256
     cfg = check_checkpoint(path)
-    digest = hashlib.sha256()
-    with open(path / WEIGHTS, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
     return {"name": path.resolve().name, "run_id": (cfg.get("meta") or {}).get("run_id"),
-            "sha256": digest.hexdigest(), "d_model": cfg["model"]["d_model"]}
+            "sha256": weights_sha256(path), "d_model": cfg["model"]["d_model"]}
 
 
 def cmd_experts(args: argparse.Namespace) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import math
 import os
@@ -302,3 +303,13 @@ def load_model(path: str | os.PathLike, device: str = "cpu") -> tuple[LocalistLM
     model.meta = cfg.get("meta") or {}
     model.precision = cfg.get("precision", "fp32")
     return model.to(device).eval(), tok
+
+
+def weights_sha256(folder: str | os.PathLike) -> str:
+    """The SHA-256 of a checkpoint folder's weights file, read in 1 MiB chunks: what names a
+    base model (the experts' results record it; the app matches a checkpoint to them by it)."""
+    digest = hashlib.sha256()
+    with open(Path(folder) / WEIGHTS, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
