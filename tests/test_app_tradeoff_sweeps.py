@@ -368,7 +368,8 @@ def test_where_blocks_fall_sets_each_partition_against_its_context_matched_contr
     assert names(blocks)[:3] == ["fixed blocks (b = block size)", "punctuation", "recruited"]
     rows = _verdicts(at)
     assert {(r["partition"], r["control"]) for r in rows} == {
-        (p, f"fixed (b={b})") for p in ("punctuation", "recruited") for b in (5, 7)}
+        (p, f"fixed (b={b})") for p in ("punctuation", "recruited") for b in (5, 7)} | {
+        ("recruited", "punctuation")}                 # each adaptive partition against the last
     assert {(r["partition"], r["control"], r["metric"]) for r in rows
             if r["verdict"] == "established"} == {
         ("punctuation", "fixed (b=5)", "valid perplexity"),

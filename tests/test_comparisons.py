@@ -1,7 +1,15 @@
 """Settings compared by seed from synthetic sweep results: partitions against fixed blocks, and
 blocks against their context-matched control (builders: sweep_examples)."""
 import pytest
-from sweep_examples import KEYS, PPL, block_runs, make_run, seeded, synthetic_runs
+from sweep_examples import (
+    KEYS,
+    PPL,
+    arrangement_run,
+    block_runs,
+    make_run,
+    seeded,
+    synthetic_runs,
+)
 
 from localist_core.experiments import comparisons as cp
 from localist_core.experiments import results as tr
@@ -58,14 +66,35 @@ def test_block_control_localities_need_two_arrangements():
     assert cp.fixed_sizes(runs) == [5, 3, 7]                      # the default first
 
 
+def test_adaptive_partitions_are_paired_with_each_earlier_one():
+    runs = block_runs()
+    bigram = [arrangement_run("bigram", s, p, 3.92) for s, p in ((1, 221.0), (2, 222.5),
+                                                                  (3, 220.9))]
+    rows = cp.adaptive_differences(runs + bigram)
+    pairs = list(dict.fromkeys((r["partition"], r["control"], r["locality"]) for r in rows))
+    assert pairs == [("recruited", "punctuation", 0.6), ("bigram", "punctuation", 0.6),
+                     ("bigram", "recruited", 0.6)]     # λ = 1 has punctuation alone
+    ppl = {(r["partition"], r["control"]): r for r in rows if r["metric"] == "perplexity"}
+    vs_punct = ppl[("bigram", "punctuation")]                  # −4, −4.7, −3.2 by seed
+    assert vs_punct["n"] == 3 and vs_punct["mean"] == pytest.approx(-11.9 / 3)
+    assert vs_punct["hi"] < 0 and vs_punct["established"]
+    assert not ppl[("recruited", "punctuation")]["established"]   # 1.0, 8.8, −8.1
+    # One seed in common leaves no interval; no seed in common, no row.
+    lone = cp.adaptive_differences([r for r in runs if r["config"]["train"]["seed"] != 2]
+                                   + bigram[1:2])
+    assert not any(r["partition"] == "bigram" for r in lone)
+
+
 def test_block_control_differences_are_the_reports_rows_at_one_lambda():
     runs = block_runs()
     rows = cp.block_control_differences(runs, 0.6)
     assert [(r["partition"], r["control"]) for r in rows[::len(cp.DIFF_METRICS)]] == [
         ("punctuation", "fixed (b=5)"), ("punctuation", "fixed (b=7)"),
-        ("recruited", "fixed (b=5)"), ("recruited", "fixed (b=7)")]
+        ("recruited", "fixed (b=5)"), ("recruited", "fixed (b=7)"),
+        ("recruited", "punctuation")]
     every = [r for b in cp.fixed_sizes(runs) for r in cp.partition_differences(runs,
                                                                               block_size=b)]
+    every += cp.adaptive_differences(runs)
     key = lambda r: (r["partition"], r["control"], r["metric"])   # noqa: E731
     assert sorted(map(key, rows)) == sorted(key(r) for r in every if r["locality"] == 0.6)
     established = {key(r) for r in rows if r["established"]}

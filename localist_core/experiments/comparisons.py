@@ -109,10 +109,34 @@ def block_control_localities(runs: list[dict]) -> list[float]:
     return sorted(lam for lam, names in by.items() if len(names) >= 2)
 
 
+def adaptive_differences(runs: list[dict], metrics=DIFF_METRICS) -> list[dict]:
+    """Each adaptive partition minus each one before it (punctuation, recruited, then the rest
+    by name) at each λ, paired by seed: one row per (partition, control partition, λ, metric).
+    ``bigram`` − ``punctuation`` asks whether boundaries read from the words do better than the
+    text's punctuation at about the same visible in-block keys."""
+    by: dict[float, dict[str, dict[int, dict]]] = {}
+    for p in strategy_run_points(runs, DEFAULT_BLOCK_SIZE):
+        if p.get("seed") is not None and not p["series"].startswith("fixed"):
+            by.setdefault(p["locality"], {}).setdefault(p["series"], {}).setdefault(p["seed"], p)
+    rows = []
+    for lam in sorted(by):
+        names = sorted(by[lam], key=lambda s: (_PARTITION_ORDER.get(s, 2), s))
+        for i, name in enumerate(names):
+            for control in names[:i]:
+                for m in metrics:
+                    d = paired_difference({k: p.get(m) for k, p in by[lam][name].items()},
+                                          {k: p.get(m) for k, p in by[lam][control].items()})
+                    if d["n"]:
+                        rows.append({"partition": name, "control": control, "locality": lam,
+                                     "metric": m, **d})
+    return rows
+
+
 def control_differences(runs: list[dict], metrics=DIFF_METRICS) -> list[dict]:
     """``partition_differences`` against every fixed block size present as a control (the
-    default size first): the rows the report prints."""
-    return [r for b in fixed_sizes(runs) for r in partition_differences(runs, metrics, b)]
+    default size first), then ``adaptive_differences``: the rows the report prints."""
+    return ([r for b in fixed_sizes(runs) for r in partition_differences(runs, metrics, b)]
+            + adaptive_differences(runs, metrics))
 
 
 def block_control_differences(runs: list[dict], locality: float = BLOCK_CONTROL_LOCALITY,

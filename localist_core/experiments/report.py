@@ -184,7 +184,8 @@ def differences_table(runs: list[dict]) -> str | None:
     """Each partition minus fixed blocks at each λ, paired by seed: mean difference, sd, n and
     the 95% t-interval; "established" only where the interval excludes zero. Every fixed block
     size in the cache is a control (fixed-5, the default; fixed-7, matched to punctuation in
-    visible in-block keys). None when no pair of settings shares two seeds."""
+    visible in-block keys), and so is each adaptive partition for the ones after it (bigram −
+    punctuation). None when no pair of settings shares two seeds."""
     rows = control_differences(runs)
     if not any(r["n"] > 1 for r in rows):
         return None
@@ -264,7 +265,7 @@ def full_report(cache_dir: str | Path, runs: list[dict] | None = None) -> str:
     if seeds:
         parts += ["## Across seeds (τ = 1): mean ± sd (n)", seeds, ""]
     if diffs:
-        parts += ["## Partitions minus fixed, paired by seed (95% t-interval)", diffs, ""]
+        parts += ["## Partitions minus their controls, paired by seed (95% t-interval)", diffs, ""]
     along = locality_table(runs)
     if along:
         parts += ["## Each λ minus λ = 0, paired by seed (95% t-interval)", along, ""]
