@@ -20,6 +20,9 @@ FIDELITY = "Fidelity to the rule's targets"
 # A change the tile's three decimals show plainly; the old example (pronouns → capitalised
 # words) moved it by 0.001 at λ = 0 and 0.000 at λ = 0.6.
 VISIBLE = 0.01
+# Behind the barrier at λ = 0.6 the rule acts only on the pairs inside a block: a smaller rise,
+# still plain at three decimals (0.005 on the shipped dial's smallest, the "storm" text).
+VISIBLE_BEHIND_BARRIER = 0.003
 # The note's counts: "28 of the rule's 36 pairs …", "It acts on the 8 pairs …".
 ACROSS = re.compile(r"(\d+) of the rule's (\d+) pairs have their target in another block")
 INSIDE = re.compile(r"It acts on the (\d+) pairs")
@@ -76,7 +79,7 @@ def test_the_example_rule_raises_fidelity_on_every_sample_text_at_lambda_0_6(shi
     assert len(prompts) > 1
     for prompt in prompts:
         at = _rules_page(lam=0.6, prompt=prompt)
-        assert _fidelity_delta(at) >= VISIBLE, prompt
+        assert _fidelity_delta(at) >= VISIBLE_BEHIND_BARRIER, prompt
 
 
 @shipped

@@ -220,13 +220,14 @@ def test_overrides_take_precision_and_the_old_bf16_key():
         apply_overrides({}, {}, ["bf16=maybe"])
 
 
-def test_shipped_checkpoint_configs_read_their_bf16_key():
+def test_shipped_checkpoint_configs_read_their_precision_or_bf16_key():
     folders = sorted((REPO / "assets" / "checkpoints").glob("*/config.json"))
     assert folders
     for path in folders:
         train_cfg = json.loads(path.read_text())["train"]
-        assert config_from_dict(TrainConfig, train_cfg).precision == (
-            "bf16" if train_cfg.get("bf16", True) else "fp32")
+        # Written since issue 15: "precision"; before it: the bf16 key (true by default).
+        want = train_cfg.get("precision") or ("bf16" if train_cfg.get("bf16", True) else "fp32")
+        assert config_from_dict(TrainConfig, train_cfg).precision == want
 
 
 def test_no_preset_pins_bf16_and_all_default_to_auto_but_tiny():
