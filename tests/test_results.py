@@ -154,33 +154,36 @@ def test_grouping_ignores_the_seed_and_nothing_else():
     assert sorted((p["n"], p["perplexity"]) for p in pts) == [(1, 200.0), (2, 105.0)]
 
 
-def test_the_shipped_single_seed_cache_gives_the_same_points_as_before():
+def test_the_shipped_sweep_gives_one_seed_points_each_its_runs_own_point_as_in_the_study():
+    """assets/sweep holds one seed of the study: every point is one run's (n = 1, no sd, no
+    interval), equal to make_point of that run, and the attention penalty's λ = 0 point has the
+    perplexity the study's seed-1234 λ = 0 result records at λ_f = 0, τ = 1."""
+    import json
+
     from localist_core.experiments.cache import load_cache
     runs, problems = load_cache(REPO / "assets" / "sweep")
     assert not problems
     curves, strategies = tr.curve_points(runs), tr.strategy_points(runs)
-    assert len(curves) == 31 and len(strategies) == 12    # as before seeds existed
+    assert curves and strategies
     assert all(p["n"] == 1 and p["perplexity_sd"] is None and p["entropy_bits_ci95"] is None
                for p in curves + strategies)
-    # Values recorded from curve_points before this change.
-    first = curves[:3]
-    assert [p["run_id"] for p in first] == ["attention-l0.0", "attention-l0.2", "attention-l0.4"]
-    assert first[0]["series"] == "attention penalty · as trained"
-    assert [p["perplexity"] for p in first] == [165.58981026147742, 218.2658029669996,
-                                                231.61011764026384]
-    assert first[0]["entropy_bits"] == 1.7003265080701668
-    assert first[0]["in_block_mass"] == 0.5200175556942389
-    assert [p["locality"] for p in first] == [0.0, 0.2, 0.4]
-    # Each point is still exactly its one run's point, plus its rise over λ = 0 of its curve.
+    # Each point is exactly its one run's point, plus its rise over λ = 0 of its curve.
     by_id = {r["run_id"]: r for r in runs}
     rise = ("perplexity_rise", "perplexity_rise_ci95", "perplexity_rise_n",
             "perplexity_rise_established")
-    for p in curves:
+    for p in curves + strategies:
         ref = tr.make_point(by_id[p["run_id"]], p["locality"], p["dial_locality"],
                             p["attn_temperature"], series=p["series"], label=p["label"],
                             curve=p["curve"])
         assert {k: v for k, v in p.items() if k not in rise} == {
             k: v for k, v in ref.items() if k not in rise}
+    (zero,) = [p for p in curves
+               if p["series"] == "attention penalty · as trained" and p["locality"] == 0.0]
+    study = json.loads((REPO / "assets" / "study" / "attention-l0.0.json").read_text())
+    assert tr.seed_of(study) == 1234 and zero["run_id"] == study["run_id"]
+    (ev,) = [v for v in study["metrics"]["valid"]
+             if (v["dial"]["locality"], v["dial"]["attn_temperature"]) == (0.0, 1.0)]
+    assert zero["perplexity"] == ev["perplexity"]
 
 
 def test_each_curve_point_carries_its_rise_over_lambda_0_paired_by_seed():

@@ -319,3 +319,213 @@ def test_every_shell_script_parses(script):
     out = subprocess.run(["bash", "-n", str(ROOT / "scripts" / script)],
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
+
+
+# -- shipped_sweep.py: a synthetic study whose seed-1234 runs name a real tiny checkpoint -----
+PROMPTS = [{"name": "short", "text": "the cat sees the bridge ."},
+           {"name": "long", "text": " ".join(["the old man finds a letter near the sea ."] * 5)}]
+SETTINGS = {"dial": [(0.0, 0.5), (0.0, 1.0), (0.5, 0.5), (0.5, 1.0), (1.0, 0.5), (1.0, 1.0)],
+            "attention-l0.5": [(0.0, 0.5), (0.0, 1.0), (0.5, 0.5), (0.5, 1.0)]}
+SHIPPED = ("attention-l0.5", "dial", "dial-beta64")       # the runs trained with seed 1234
+
+
+def _shipped_sweep():
+    """scripts/shipped_sweep.py as a module (its ``main`` takes argv)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("shipped_sweep",
+                                                  ROOT / "scripts" / "shipped_sweep.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
+@pytest.fixture()
+def tiny_checkpoint(tmp_path, tiny_model, tiny_corpus) -> Path:
+    """The untrained tiny model (n_ctx 32, β = 4) saved as a checkpoint folder in tmp."""
+    from localist_core import save_checkpoint
+    from localist_core.model.config import TrainConfig
+    return save_checkpoint(tmp_path / "runs" / "tiny-0a1b2c3d", tiny_model, tiny_corpus.tokenizer,
+                           TrainConfig(protocol="dial", penalty_form="none"))
+
+
+def _shipping_study(tmp_path, checkpoint: Path, missing: str | None = None) -> Path:
+    """A study cache: ``SHIPPED`` trained with seed 1234 (``dial`` naming its checkpoint
+    relative to the repository root, the others absolutely; ``dial-beta64`` evaluated at
+    β = 64), ``dial-s2`` and ``attention-l0.5-s2`` with seed 2, an unseeded ``weights-l1.0``,
+    baselines.json and progress.json. ``missing`` names a run whose checkpoint is not there."""
+    from sweep_examples import make_run, seeded
+
+    from localist_core.experiments.cache import SCHEMA_VERSION, write_json_atomic
+    study = tmp_path / "study"
+    runs = [seeded(make_run("dial"), 1234, 101.0), seeded(make_run("dial"), 2, 102.0),
+            seeded(make_run("dial"), 1234, 103.0), seeded(make_run("attention", 0.5), 1234, 104.0),
+            seeded(make_run("attention", 0.5), 2, 105.0), make_run("weights", 1.0)]
+    for run, rid in zip(runs, ("dial", "dial-s2", "dial-beta64", "attention-l0.5",
+                               "attention-l0.5-s2", "weights-l1.0"), strict=True):
+        run["run_id"] = rid
+        run["checkpoint"] = str(checkpoint)
+        if rid == "dial":
+            run["checkpoint"] = os.path.relpath(checkpoint, ROOT)
+        if rid == "dial-beta64":
+            run["config"]["eval"] = {"barrier_sharpness": 64.0}
+        if rid == missing:
+            run["checkpoint"] = str(tmp_path / "runs" / f"{rid}-notthere")
+        write_json_atomic(study / f"{rid}.json", run)
+    write_json_atomic(study / "baselines.json", {
+        "schema_version": SCHEMA_VERSION, "valid": {"unigram_perplexity": 700.0},
+        "test": {"unigram_perplexity": 710.0}})
+    write_json_atomic(study / "progress.json", {"pid": 1, "runs_done": 6})
+    return study
+
+
+def _ship(tmp_path, checkpoint: Path, *extra: str, missing: str | None = None
+          ) -> tuple[int, Path, Path]:
+    """Run shipped_sweep.main on ``_shipping_study`` into tmp_path/out with ``PROMPTS``:
+    (its return code, the study, the out folder)."""
+    import json
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text(json.dumps({"prompts": PROMPTS}))
+    study, out = _shipping_study(tmp_path, checkpoint, missing), tmp_path / "out"
+    rc = _shipped_sweep().main(["--study", str(study), "--out", str(out),
+                                "--prompts", str(prompts), *extra])
+    return rc, study, out
+
+
+def _maps(path: Path) -> dict:
+    from safetensors.torch import load_file
+    return load_file(str(path))
+
+
+def _expected_maps(checkpoint: Path, settings, beta: float | None = None) -> dict:
+    """What attention_maps gives for ``checkpoint`` (at ``beta`` when given) on ``PROMPTS``."""
+    from localist_core.experiments.sweep import attention_maps, with_barrier_sharpness
+    from localist_core.model.checkpoint import load_model
+    model, tok = load_model(checkpoint)
+    if beta is not None:
+        model = with_barrier_sharpness(model, beta)
+    return attention_maps(model.eval(), tok, PROMPTS, settings)
+
+
+def test_shipped_sweep_copies_the_seed_1234_results_unchanged(tmp_path, tiny_checkpoint, capsys):
+    rc, study, out = _ship(tmp_path, tiny_checkpoint)
+    assert rc == 0, capsys.readouterr().err
+    assert {p.name for p in out.iterdir()} == {
+        "baselines.json", *(f"{r}.json" for r in SHIPPED),
+        *(f"{r}.maps.safetensors" for r in SHIPPED)}
+    for name in ("baselines.json", *(f"{r}.json" for r in SHIPPED)):
+        assert (out / name).read_bytes() == (study / name).read_bytes(), name
+    printed = capsys.readouterr().out
+    assert "dial: 6 settings × 2 prompts" in printed and "s2" not in printed
+
+
+def test_shipped_sweep_maps_are_each_prompt_at_each_setting_of_its_checkpoint(
+        tmp_path, tiny_checkpoint):
+    import torch
+
+    from localist_core.model.checkpoint import load_model
+    rc, _, out = _ship(tmp_path, tiny_checkpoint)
+    assert rc == 0
+    model, tok = load_model(tiny_checkpoint)
+    cfg = model.cfg
+    lengths = {p["name"]: min(len(tok.encode(p["text"])), cfg.n_ctx) for p in PROMPTS}
+    assert lengths["long"] == cfg.n_ctx > lengths["short"]          # one prompt is cut
+    for rid in ("dial", "attention-l0.5"):
+        maps = _maps(out / f"{rid}.maps.safetensors")
+        assert set(maps) == {f"{p['name']}|{lam:g}|{tau:g}" for p in PROMPTS
+                             for lam, tau in SETTINGS[rid]}
+        for key, pattern in maps.items():
+            t = lengths[key.split("|")[0]]
+            assert pattern.dtype == torch.float16
+            assert pattern.shape == (cfg.n_layers, cfg.n_heads, t, t)
+            assert torch.allclose(pattern.float().sum(-1), torch.ones(pattern.shape[:-1]),
+                                  atol=1e-2)
+        want = _expected_maps(tiny_checkpoint, SETTINGS[rid])
+        assert set(want) == set(maps)
+        assert all(torch.equal(maps[k], want[k]) for k in want)
+
+
+def test_shipped_sweep_maps_use_the_beta_the_result_was_evaluated_at(tmp_path, tiny_checkpoint):
+    """dial-beta64 names the dial's checkpoint (trained at β = 4) evaluated at β = 64: its maps
+    are the checkpoint's at β = 64, and β acts only through the barrier at 0 < λ_f < 1."""
+    import torch
+    rc, _, out = _ship(tmp_path, tiny_checkpoint)
+    assert rc == 0
+    at64, trained = (_maps(out / f"{r}.maps.safetensors") for r in ("dial-beta64", "dial"))
+    want = _expected_maps(tiny_checkpoint, SETTINGS["dial"], beta=64.0)
+    assert set(at64) == set(want) == set(trained)
+    assert all(torch.equal(at64[k], want[k]) for k in want)
+    for key in at64:
+        same = torch.equal(at64[key], trained[key])
+        assert same == (key.split("|")[1] != "0.5"), key
+
+
+def test_shipped_sweep_stops_before_writing_when_a_checkpoint_or_the_seed_is_missing(
+        tmp_path, tiny_checkpoint, capsys):
+    rc, _, out = _ship(tmp_path, tiny_checkpoint, missing="attention-l0.5")
+    assert rc == 2 and not out.exists()
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    assert "attention-l0.5" in lines[0] and "bash scripts/study.sh" in lines[0]
+    assert "dial" not in lines[0]                          # only the run that lacks one
+    # No run trained with the seed asked for: one line too, nothing written.
+    rc, _, out = _ship(tmp_path, tiny_checkpoint, "--seed", "99")
+    assert rc == 2 and not out.exists()
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "seed 99" in lines[0]
+
+
+def test_shipped_sweep_rerun_keeps_existing_maps_and_deletes_nothing(tmp_path, tiny_checkpoint):
+    rc, study, out = _ship(tmp_path, tiny_checkpoint)
+    assert rc == 0
+    maps = sorted(out.glob("*.maps.safetensors"))
+    before = {p: (p.stat().st_ino, p.stat().st_mtime_ns, p.read_bytes()) for p in maps}
+    (out / "notes.txt").write_text("kept")
+    script = _shipped_sweep()
+    assert script.main(["--study", str(study), "--out", str(out),
+                        "--prompts", str(tmp_path / "prompts.json")]) == 0
+    assert {p: (p.stat().st_ino, p.stat().st_mtime_ns, p.read_bytes()) for p in maps} == before
+    assert (out / "notes.txt").read_text() == "kept"
+
+
+def test_shipped_sweep_makes_maps_again_when_their_prompts_change(tmp_path, tiny_checkpoint):
+    import json
+    rc, study, out = _ship(tmp_path, tiny_checkpoint)
+    assert rc == 0
+    maps = sorted(out.glob("*.maps.safetensors"))
+    before = {p: p.read_bytes() for p in maps}
+    prompts = tmp_path / "prompts.json"
+    data = json.loads(prompts.read_text())
+    data["prompts"][0]["text"] += " and more words"           # same names, another text
+    prompts.write_text(json.dumps(data))
+    script = _shipped_sweep()
+    assert script.main(["--study", str(study), "--out", str(out), "--prompts", str(prompts)]) == 0
+    assert all(p.read_bytes() != before[p] for p in maps)
+
+
+def test_the_shipped_sweep_is_the_studys_seed_1234_results_with_their_maps():
+    """assets/sweep as shipped_sweep.py writes it: each result the study's own file of a seed-1234
+    run, the study's baselines, and each result's maps at exactly its prompts × settings (read
+    from the safetensors header only). Holds for whatever runs are there."""
+    import json
+
+    from safetensors import safe_open
+
+    from localist_core.experiments.cache import BASELINES_FILE, PROGRESS_FILE
+    from localist_core.experiments.results import seed_of
+    from localist_core.model.files import read_prompts
+    from localist_core.paths import PROMPTS_FILE, SHIPPED_SWEEP, STUDY_SWEEP
+    names = [p["name"] for p in read_prompts(PROMPTS_FILE)]
+    assert (SHIPPED_SWEEP / BASELINES_FILE).read_bytes() == (
+        STUDY_SWEEP / BASELINES_FILE).read_bytes()
+    results = sorted(p for p in SHIPPED_SWEEP.glob("*.json")
+                     if p.name not in (BASELINES_FILE, PROGRESS_FILE))
+    assert results
+    for path in results:
+        assert path.read_bytes() == (STUDY_SWEEP / path.name).read_bytes(), path.name
+        run = json.loads(path.read_text())
+        assert seed_of(run) == 1234 and run["run_id"] == path.stem
+        settings = {(v["dial"]["locality"], v["dial"]["attn_temperature"])
+                    for v in run["metrics"]["valid"]}
+        with safe_open(str(SHIPPED_SWEEP / f"{path.stem}.maps.safetensors"), "pt") as f:
+            keys = set(f.keys())
+        assert keys == {f"{n}|{lam:g}|{tau:g}" for n in names for lam, tau in settings}, path.name
