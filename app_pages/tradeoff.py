@@ -69,6 +69,10 @@ st.plotly_chart(fig.points_figure(ours, x, "perplexity",
                                   "valid perplexity", height=480),
                 key="tradeoff_headline", **chart)
 st.caption(fig.cost_caption(ours, headline, x))
+if any(p.get("curve") == "dial" for p in ours) and not any(
+        p.get("curve") == "dial" and p.get("variant") == fig.SHIPPED_DIAL for p in ours):
+    st.caption("The dial curve is read at the sharpness β the dial model was trained with; the "
+               "shipped dial checkpoint is used at β = 64, which this cache has not evaluated.")
 
 st.subheader("Entropy vs λ")
 ceil = ", ".join(f"{r['value']:.2f}" for r in views.entropy_references(ours)
@@ -114,8 +118,8 @@ st.subheader("Where blocks fall: fixed, punctuation and recruited")
 strategies, block_lams = views.strategy_points(runs), views.block_control_localities(runs)
 if len({p["series"] for p in strategies}) < 2 and not block_lams:
     st.caption("This cache has no runs with another partition. `bash scripts/reproduce.sh` "
-               "trains them (partition=punctuation and partition=recruited at λ = 0.2, 0.6, "
-               "1.0); the shipped cache has them.")
+               "trains them at λ = 0.6, with fixed blocks of 7 as their control; the multi-seed "
+               "study and the shipped cache have them.")
 if block_lams:
     block_lam = block_lams[0]
     if len(block_lams) > 1:
@@ -133,17 +137,17 @@ if block_lams:
         st.caption("The runs of this cache were evaluated before the number of in-block keys a "
                    "query sees was recorded, so the chart of blocks against that number is "
                    "empty here; the multi-seed study has it. The table still pairs each "
-                   "partition with every fixed size.")
+                   "partition with every fixed size and with the other partitions.")
     st.dataframe(views.differences_rows(diffs), hide_index=True)
     st.caption("A block-local query sees only the earlier keys of its own block, so longer "
                "blocks give it more context. The fixed sizes, joined by a line, show what more "
                "context alone does; the control for a partition is the fixed size whose "
                "queries see about as many keys (the caption above names it), and a partition "
                "above that line predicts worse than fixed windows that see as many "
-               "keys. Each row of the table is a partition minus one fixed size, paired by "
-               "training seed: \"established\" only where the 95% interval excludes zero; "
-               "\"not established\" where it includes zero, or where one seed (n = 1) gives no "
-               "interval at all.")
+               "keys. Each row of the table is a partition minus one fixed size or another "
+               "partition, paired by training seed: \"established\" only where the 95% "
+               "interval excludes zero; \"not established\" where it includes zero, or where "
+               "one seed (n = 1) gives no interval at all.")
 if len({p["series"] for p in strategies}) >= 2:
     st.plotly_chart(fig.panel_figure(strategies, "locality", "λ (trained penalty)", [
         {"y": "perplexity", "title": "valid perplexity"},
@@ -169,13 +173,13 @@ st.caption("Crimson crosses and dashed lines are the papers' reported figures, n
            "causal ceiling (dotted), which no causal attention can exceed.")
 for run in (r for r in runs if views.leak_flag(r)):
     with st.expander(f"⚠️ {ui.plain(run.get('run_id'))}: {views.leak_flag(run)}", expanded=False):
-        st.write("Attention that sees later tokens of its block sees its targets: positions "
-                 "before a block's last token are predicted almost perfectly. Per position in "
-                 "block (test):")
+        st.write("Attention that sees later tokens of its block sees its targets, so every "
+                 "position before a block's last token can read the word it must predict. Per "
+                 "position in block (test):")
         st.dataframe(views.position_rows(run), hide_index=True)
 if not leaks:
-    st.caption("No non-causal diagnostic run in this cache. docs/design.md explains how "
-               "figures like the papers' arise from attention that sees the target.")
+    st.caption("No non-causal diagnostic run in this cache. REPRODUCTION.md reports how "
+               "attention that sees its targets gives figures like the papers'.")
 
 st.subheader("τ family")
 ids = [str(r.get("run_id")) for r in runs]

@@ -216,7 +216,8 @@ def sidebar() -> Settings:
     labels = {c.key: c.label for c in usable}
     key = sb.selectbox("Checkpoint", keys, format_func=labels.get, **keep("ckpt", keys[0]),
                        help="The dial model was trained with λ drawn per batch, so one "
-                            "checkpoint serves every λ. A penalty model was trained at one λ.")
+                            "checkpoint can be read at every λ. A penalty model was trained at "
+                            "one λ.")
     info = next(c for c in usable if c.key == key)
     lam = sb.slider("λ — locality", *LOCALITY_RANGE, step=0.05, **keep("lam", DEFAULTS["lam"]),
                     help="0: ordinary (distributed) attention. 1: attention only inside the "

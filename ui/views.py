@@ -350,5 +350,4 @@ def formula_caption(rows: list[dict]) -> str:
     if not off:
         return said + "."
     return (f"{said}; elsewhere the in-block mass the formula predicts is off "
-            f"{' and '.join(off)}, because one margin stands for many queries whose margins "
-            f"differ widely.")
+            f"{' and '.join(off)}; it gives every query the one margin δ₀.")
