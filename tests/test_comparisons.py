@@ -7,6 +7,7 @@ from sweep_examples import (
     arrangement_run,
     block_runs,
     make_run,
+    multi_seed_runs,
     seeded,
     synthetic_runs,
 )
@@ -106,3 +107,22 @@ def test_block_control_differences_are_the_reports_rows_at_one_lambda():
     one = cp.block_control_differences(runs, 1.0)
     assert {(r["control"], cp.verdict(r)) for r in one} == {
         ("fixed (b=3)", "not established (n = 1)")}
+
+
+def test_dial_differences_pair_each_dial_setting_with_the_penalty_model_of_its_lambda():
+    runs = multi_seed_runs()
+    rows = cp.dial_differences(runs)
+    points = {(p["series"], p["locality"], p["seed"]): p for p in tr.curve_run_points(runs)}
+    dial_lams = {lam for (s, lam, _) in points if s == "dial protocol"}
+    penalty_lams = {lam for (s, lam, _) in points if s == cp.PENALTY_AS_TRAINED}
+    assert {r["locality"] for r in rows} == dial_lams & penalty_lams and len(dial_lams) > 1
+    assert {(r["series"], r["control"]) for r in rows} == {("dial protocol",
+                                                            cp.PENALTY_AS_TRAINED)}
+    for r in (r for r in rows if r["metric"] == "perplexity"):
+        diffs = [points[("dial protocol", r["locality"], s)]["perplexity"]
+                 - points[(cp.PENALTY_AS_TRAINED, r["locality"], s)]["perplexity"]
+                 for s in (1, 2, 3)]
+        assert r["n"] == 3 and r["mean"] == pytest.approx(sum(diffs) / 3)
+    # No penalty model at the dial's λ, or no seed in common: no row.
+    only_dial = [r for r in runs if r["protocol"] == "dial"]
+    assert cp.dial_differences(only_dial) == []

@@ -169,6 +169,35 @@ def locality_differences(runs: list[dict], metrics=DIFF_METRICS) -> list[dict]:
     return rows
 
 
+PENALTY_AS_TRAINED = "attention penalty · as trained"   # results._series of a fixed-5 run
+
+
+def dial_differences(runs: list[dict], metrics=DIFF_METRICS) -> list[dict]:
+    """Each dial curve (the trained β, and each β it was evaluated again at) at λ_f = λ minus
+    the attention-penalty model trained at λ and used as trained, paired by seed: one row per
+    (dial series, λ, metric) where both exist. It asks what serving every λ from one checkpoint
+    costs against a model trained for that λ."""
+    by: dict[tuple[str, float], dict[int, dict]] = {}
+    dials: set[str] = set()
+    for p in curve_run_points(runs):
+        if p.get("seed") is not None:
+            by.setdefault((p["series"], p["locality"]), {}).setdefault(p["seed"], p)
+            if p.get("curve") == "dial":
+                dials.add(p["series"])
+    rows = []
+    for (series, lam), pts in sorted(by.items()):
+        control = by.get((PENALTY_AS_TRAINED, lam))
+        if series not in dials or control is None:
+            continue
+        for m in metrics:
+            d = paired_difference({k: p.get(m) for k, p in pts.items()},
+                                  {k: p.get(m) for k, p in control.items()})
+            if d["n"]:
+                rows.append({"series": series, "control": PENALTY_AS_TRAINED, "locality": lam,
+                             "metric": m, **d})
+    return rows
+
+
 # -- the threshold formula against a sweep (analysis/theory.py) --------------------------------
 
 def _barrier_sharpness(run: dict) -> float:

@@ -14,6 +14,7 @@ from ..analysis.metrics import METRIC_LABELS
 from .cache import load_cache
 from .comparisons import (
     control_differences,
+    dial_differences,
     formula_rows,
     formula_runs,
     locality_differences,
@@ -212,6 +213,22 @@ def locality_table(runs: list[dict]) -> str | None:
     return "\n".join(lines)
 
 
+def dial_table(runs: list[dict]) -> str | None:
+    """Each dial curve at λ_f = λ minus the penalty model trained at λ, paired by seed
+    (``comparisons.dial_differences``), with the same verdicts; None when no pair shares two
+    seeds."""
+    rows = dial_differences(runs)
+    if not any(r["n"] > 1 for r in rows):
+        return None
+    head = ["dial series", "− control", "λ_f = λ", "metric", "n", "mean diff", "sd", "95% CI",
+            "verdict"]
+    lines = [_row(head), _row(["---"] * len(head))]
+    for r in rows:
+        lines.append(_row([r["series"], r["control"], _lam(r["locality"]), r["metric"], r["n"],
+                           _fmt(r["mean"]), _fmt(r["sd"]), _ci(r), verdict(r)]))
+    return "\n".join(lines)
+
+
 AGREE = 0.05   # |predicted − measured| in-block mass the formula table counts as agreement
 
 
@@ -269,6 +286,10 @@ def full_report(cache_dir: str | Path, runs: list[dict] | None = None) -> str:
     along = locality_table(runs)
     if along:
         parts += ["## Each λ minus λ = 0, paired by seed (95% t-interval)", along, ""]
+    dial = dial_table(runs)
+    if dial:
+        parts += ["## The dial at λ_f = λ minus the penalty model trained at λ, paired by seed "
+                  "(95% t-interval)", dial, ""]
     formula = formula_table(runs)
     if formula:
         parts += ["## The threshold formula against the sweep (one margin per run)", formula, ""]
