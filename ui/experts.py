@@ -74,10 +74,11 @@ def results(folder: str) -> tuple[list[dict], list[str], dict | None]:
 
 # -- tables and the figure -------------------------------------------------------------------------
 
-def _sd(x: dict) -> str:
+def _sd(x: dict, digits: int = 4) -> str:
     if x.get("mean") is None:
         return "–"
-    return f"{x['mean']:.4f}" + (f" ± {x['sd']:.4f}" if x.get("sd") is not None else "")
+    return f"{x['mean']:.{digits}f}" + (f" ± {x['sd']:.{digits}f}" if x.get("sd") is not None
+                                        else "")
 
 
 def cost_rows(summary: dict) -> list[dict]:
@@ -89,7 +90,7 @@ def cost_rows(summary: dict) -> list[dict]:
         ci = (f"[{d['lo']:+.4f}, {d['hi']:+.4f}]" if d.get("lo") is not None else "–")
         rows.append({"bits / param": r["bits_per_param"], "cost (bits)": r["cost_bits"],
                      "seeds": len(r.get("seeds", [])),
-                     "experts recruited": _sd(r["recruited"]).replace(".0000", ""),
+                     "experts recruited": _sd(r["recruited"], 1),
                      "base bits/token": r.get("base_bits_per_token"),
                      "single adapter": _sd(r["single_bits_per_token"]),
                      "pool": _sd(r["pool_bits_per_token"]),
@@ -102,7 +103,8 @@ def run_caption(run: dict) -> str:
     """What a run grew on, and what one expert costs in it."""
     st_, cfg = run["stream"], run["settings"]
     per = 2 * cfg["d_model"] * cfg["rank"]
-    return (f"{st_['docs']} training articles ({st_['tokens']:,} tokens) arrived in order, on "
+    return (f"{st_['docs']} articles of the {cfg.get('stream', 'train')} split "
+            f"({st_['tokens']:,} tokens) arrived in order, on "
             f"the base {cfg['base'].get('name')}. An expert's adapter holds 2·d·r = {per:,} "
             f"numbers, so at {run['bits_per_param']:g} bits each it costs "
             f"{per * run['bits_per_param']:,.6g} bits. {len(run['experts']) - 1} recruited in "
