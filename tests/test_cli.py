@@ -564,3 +564,16 @@ def test_export_stores_the_storage_precisions_only(capsys):
         with pytest.raises(SystemExit):
             build_parser().parse_args(["export", "a", "b", "--precision", p])
         assert "argument --precision:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("config", ["tiny", "cpu-ref"])
+def test_overrides_are_checked_with_a_vocabulary_every_partition_accepts(config):
+    """Before the corpus is read, overrides are checked with a placeholder vocabulary: a valid
+    partition=bigram must pass there (WikiText-2's 33,278 words fit its int32 pair codes),
+    and a real fault is still refused."""
+    from localist_core.cli.args import PLACEHOLDER_VOCAB, check_overrides
+    from localist_core.model.config import BIGRAM_MAX_VOCAB, ConfigError
+    assert 33_278 <= PLACEHOLDER_VOCAB <= BIGRAM_MAX_VOCAB
+    check_overrides(config, ["partition=bigram", "locality=0.6"])
+    with pytest.raises(ConfigError):
+        check_overrides(config, ["partition=bigram", "bigram_boundary_bits=-1"])

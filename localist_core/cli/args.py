@@ -6,10 +6,12 @@ import argparse
 import math
 from collections.abc import Callable
 
-from ..model.config import ModelConfig, TrainConfig, apply_overrides, preset
+from ..model.config import BIGRAM_MAX_VOCAB, ModelConfig, TrainConfig, apply_overrides, preset
 
-# Only for checking overrides before the corpus (and so the real vocabulary) is loaded.
-PLACEHOLDER_VOCAB = 50_000
+# Only for checking overrides before the corpus (and so the real vocabulary) is loaded: the
+# largest vocabulary every partition accepts (the bigram one's codes are int32), so a valid
+# partition=bigram is not refused for a vocabulary it will never have.
+PLACEHOLDER_VOCAB = BIGRAM_MAX_VOCAB
 
 
 def positive_int(text: str) -> int:
