@@ -295,7 +295,7 @@ def full_report(cache_dir: str | Path, runs: list[dict] | None = None) -> str:
         parts += ["## The threshold formula against the sweep (one margin per run)", formula, ""]
     for run in runs:
         if protocol_of(run) == "dial":
-            parts += ["## τ family of the dial model", tau_table(run), ""]
+            parts += [f"## τ family of {run['run_id']}", tau_table(run), ""]
         causal_l0 = protocol_of(run) == "attention" and trained_locality(run) == 0
         if (run["config"].get("model") or {}).get("noncausal_diagnostic") or causal_l0:
             parts += [f"## {run['run_id']}: by position in block (test)", position_table(run), ""]
