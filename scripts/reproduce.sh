@@ -1,28 +1,46 @@
 #!/usr/bin/env bash
-# Every cpu-ref run of the reproduction (issue 3), in priority order: shipped models first.
+# Every number in REPRODUCTION.md, from a fresh clone, in this order:
+#   1. the multi-seed study into assets/study (scripts/study.sh: about 9 hours on a 2-core
+#      CPU; resumable);
+#   2. the dial's β calibration from the study's dial and λ = 0 runs, into
+#      assets/beta_calibration.json;
+#   3. the visible in-block keys of each partition (the control of the block comparisons);
+#   4. the shipped sweep (assets/sweep): seed 1234 of the study's results, with the sample
+#      prompts' attention maps for the Compare page. Nothing is trained or evaluated again;
+#   5. the shipped checkpoints: int8 copies of seed 1234's λ = 0, λ = 1 and dial runs, each
+#      checked against fp32 on the validation split before it is kept;
+#   6. model-level recruitment (issue 18) on the shipped λ = 0 checkpoint, into assets/experts,
+#      and its contrast on the training stream into runs/experts-train;
+#   7. every table: `python -m localist_core report --cache assets/study`.
 # Safe to re-run: finished runs are skipped and an interrupted run resumes from its checkpoint.
 #   mkdir -p logs && nohup bash scripts/reproduce.sh > logs/reproduce.log 2>&1 &
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
 export HF_DATASETS_OFFLINE=1
-GRID=0,0.2,0.4,0.6,0.8,1.0
-sweep() { $PY -m localist_core sweep --config cpu-ref --cache assets/sweep --runs-dir runs "$@"; }
 
-sweep --protocols attention --lambdas 0,1.0        # shipped: penalty λ=0 and λ=1
-sweep --protocols dial --lambdas $GRID             # shipped: the dial model
-sweep --protocols dial --lambdas $GRID --eval-beta 64   # the shipped dial's β (REPRODUCTION.md)
-sweep --protocols attention --lambdas 0.6 noncausal_diagnostic=true   # the leak, flagged
-sweep --protocols weights --lambdas 0.6,1.0        # the papers' literal penalty
-sweep --protocols attention --lambdas $GRID        # the rest of the attention-form sweep
-sweep --protocols attention --lambdas 0.6 block_size=3
-sweep --protocols attention --lambdas 0.6 block_size=10
-# Issue 7: where blocks fall. Step-bounded (1,500 steps, about the fixed runs' count) so a busy
-# CPU changes the wall time but not the result.
-STEPS="max_steps=1500 time_budget_s=3600 lr_by_time=false"
-for part in punctuation recruited; do
-  sweep --protocols attention --lambdas 0.6 partition=$part $STEPS
-done
-for part in punctuation recruited; do
-  sweep --protocols attention --lambdas 0.2,1.0 partition=$part $STEPS
-done
+PYTHON="$PY" bash scripts/study.sh
+
+$PY scripts/calibrate_beta.py --cache assets/study --json assets/beta_calibration.json
+$PY scripts/block_lengths.py
+$PY scripts/shipped_sweep.py --study assets/study --out assets/sweep
+
+# A run's checkpoint folder, as its study result records it.
+checkpoint() {
+  $PY -c 'import json, sys; print(json.load(open(sys.argv[1]))["checkpoint"])' \
+    "assets/study/$1.json"
+}
+$PY -m localist_core export "$(checkpoint attention-l0.0)" assets/checkpoints/attention-l0.0 \
+  --precision int8 --force
+$PY -m localist_core export "$(checkpoint attention-l1.0)" assets/checkpoints/attention-l1.0 \
+  --precision int8 --force
+$PY -m localist_core export "$(checkpoint dial)" assets/checkpoints/dial \
+  --precision int8 --barrier-sharpness 64 --force
+
+$PY -m localist_core experts --checkpoint assets/checkpoints/attention-l0.0 --out assets/experts \
+  --stream valid --seeds 1234,2,3 --check-every 10
+# The contrast REPRODUCTION.md gives: the default stream, training articles the base has seen.
+$PY -m localist_core experts --checkpoint assets/checkpoints/attention-l0.0 \
+  --out runs/experts-train --seeds 1234 --bits-per-param 0.01 --check-every 10
+
+$PY -m localist_core report --cache assets/study
