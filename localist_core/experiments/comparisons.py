@@ -22,26 +22,39 @@ from .stats import finite, paired_difference
 DIFF_METRICS = ("perplexity", "entropy_bits", "in_block_mass", "pointer_fidelity_mass")
 
 
+def _by_seed(points: list[dict]) -> dict[tuple[str, float], dict[int, dict]]:
+    """Per-run points with a seed, as {(series, λ): {seed: point}} (the first point of each)."""
+    by: dict[tuple[str, float], dict[int, dict]] = {}
+    for p in points:
+        if p.get("seed") is not None:
+            by.setdefault((p["series"], p["locality"]), {}).setdefault(p["seed"], p)
+    return by
+
+
+def _paired(pts: dict[int, dict], base: dict[int, dict], metrics, **tags) -> list[dict]:
+    """One row per metric: ``tags``, the metric and ``paired_difference`` of ``pts`` minus
+    ``base`` over their common seeds; no row where they share none."""
+    rows = []
+    for m in metrics:
+        d = paired_difference({k: p.get(m) for k, p in pts.items()},
+                              {k: p.get(m) for k, p in base.items()})
+        if d["n"]:
+            rows.append({**tags, "metric": m, **d})
+    return rows
+
+
 def partition_differences(runs: list[dict], metrics=DIFF_METRICS,
                           block_size: int = DEFAULT_BLOCK_SIZE) -> list[dict]:
     """Each partition minus fixed at each λ (``results.strategy_points``' runs), paired by
     seed: one row per (partition, λ, metric) with ``paired_difference``'s figures (a λ or
     partition with no seed in common with fixed has no row)."""
-    by: dict[tuple[str, float], dict[int, dict]] = {}
-    for p in strategy_run_points(runs, block_size):
-        if p.get("seed") is not None:
-            by.setdefault((p["series"], p["locality"]), {}).setdefault(p["seed"], p)
+    by = _by_seed(strategy_run_points(runs, block_size))
     fixed = {lam: pts for (series, lam), pts in by.items() if series.startswith("fixed")}
     rows = []
     for (series, lam), pts in sorted(by.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        if series.startswith("fixed") or lam not in fixed:
-            continue
-        for m in metrics:
-            d = paired_difference({k: p.get(m) for k, p in pts.items()},
-                                  {k: p.get(m) for k, p in fixed[lam].items()})
-            if d["n"]:
-                rows.append({"partition": series, "control": f"fixed (b={block_size})",
-                             "locality": lam, "metric": m, **d})
+        if not series.startswith("fixed") and lam in fixed:
+            rows += _paired(pts, fixed[lam], metrics, partition=series,
+                            control=f"fixed (b={block_size})", locality=lam)
     return rows
 
 
@@ -114,21 +127,16 @@ def adaptive_differences(runs: list[dict], metrics=DIFF_METRICS) -> list[dict]:
     by name) at each λ, paired by seed: one row per (partition, control partition, λ, metric).
     ``bigram`` − ``punctuation`` asks whether boundaries read from the words do better than the
     text's punctuation at about the same visible in-block keys."""
-    by: dict[float, dict[str, dict[int, dict]]] = {}
-    for p in strategy_run_points(runs, DEFAULT_BLOCK_SIZE):
-        if p.get("seed") is not None and not p["series"].startswith("fixed"):
-            by.setdefault(p["locality"], {}).setdefault(p["series"], {}).setdefault(p["seed"], p)
+    by = {key: pts for key, pts in _by_seed(strategy_run_points(runs, DEFAULT_BLOCK_SIZE)).items()
+          if not key[0].startswith("fixed")}
     rows = []
-    for lam in sorted(by):
-        names = sorted(by[lam], key=lambda s: (_PARTITION_ORDER.get(s, 2), s))
+    for lam in sorted({lam for _, lam in by}):
+        names = sorted((s for s, x in by if x == lam),
+                       key=lambda s: (_PARTITION_ORDER.get(s, 2), s))
         for i, name in enumerate(names):
             for control in names[:i]:
-                for m in metrics:
-                    d = paired_difference({k: p.get(m) for k, p in by[lam][name].items()},
-                                          {k: p.get(m) for k, p in by[lam][control].items()})
-                    if d["n"]:
-                        rows.append({"partition": name, "control": control, "locality": lam,
-                                     "metric": m, **d})
+                rows += _paired(by[(name, lam)], by[(control, lam)], metrics, partition=name,
+                                control=control, locality=lam)
     return rows
 
 
@@ -152,20 +160,12 @@ def locality_differences(runs: list[dict], metrics=DIFF_METRICS) -> list[dict]:
     paired by seed: one row per (series, λ, metric) with ``paired_difference``'s figures. It
     asks how far a little locality moves each metric ("nearly a switch" is a large in-block
     change at a small λ with no established perplexity cost)."""
-    by: dict[tuple[str, float], dict[int, dict]] = {}
-    for p in curve_run_points(runs):
-        if p.get("seed") is not None:
-            by.setdefault((p["series"], p["locality"]), {}).setdefault(p["seed"], p)
+    by = _by_seed(curve_run_points(runs))
     rows = []
     for (series, lam), pts in sorted(by.items()):
         zero = by.get((series, 0.0))
-        if lam == 0.0 or zero is None:
-            continue
-        for m in metrics:
-            d = paired_difference({k: p.get(m) for k, p in pts.items()},
-                                  {k: p.get(m) for k, p in zero.items()})
-            if d["n"]:
-                rows.append({"series": series, "locality": lam, "metric": m, **d})
+        if lam != 0.0 and zero is not None:
+            rows += _paired(pts, zero, metrics, series=series, locality=lam)
     return rows
 
 
@@ -177,24 +177,15 @@ def dial_differences(runs: list[dict], metrics=DIFF_METRICS) -> list[dict]:
     the attention-penalty model trained at λ and used as trained, paired by seed: one row per
     (dial series, λ, metric) where both exist. It asks what serving every λ from one checkpoint
     costs against a model trained for that λ."""
-    by: dict[tuple[str, float], dict[int, dict]] = {}
-    dials: set[str] = set()
-    for p in curve_run_points(runs):
-        if p.get("seed") is not None:
-            by.setdefault((p["series"], p["locality"]), {}).setdefault(p["seed"], p)
-            if p.get("curve") == "dial":
-                dials.add(p["series"])
+    points = curve_run_points(runs)
+    by = _by_seed(points)
+    dials = {p["series"] for p in points if p.get("curve") == "dial"}
     rows = []
     for (series, lam), pts in sorted(by.items()):
         control = by.get((PENALTY_AS_TRAINED, lam))
-        if series not in dials or control is None:
-            continue
-        for m in metrics:
-            d = paired_difference({k: p.get(m) for k, p in pts.items()},
-                                  {k: p.get(m) for k, p in control.items()})
-            if d["n"]:
-                rows.append({"series": series, "control": PENALTY_AS_TRAINED, "locality": lam,
-                             "metric": m, **d})
+        if series in dials and control is not None:
+            rows += _paired(pts, control, metrics, series=series, control=PENALTY_AS_TRAINED,
+                            locality=lam)
     return rows
 
 
