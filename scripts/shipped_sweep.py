@@ -32,12 +32,6 @@ def chosen(runs: list[dict], seed: int) -> list[dict]:
     return sorted((r for r in runs if seed_of(r) == seed), key=lambda r: r["run_id"])
 
 
-def settings_of(run: dict) -> list[tuple[float, float]]:
-    """The (λ_f, τ) settings a run was evaluated at, in its result's order."""
-    return [(float(v["dial"]["locality"]), float(v["dial"]["attn_temperature"]))
-            for v in run["metrics"]["valid"]]
-
-
 def provenance(run: dict, prompts: list[dict]) -> dict[str, str]:
     """What a maps file was made from, stored in its header: the checkpoint, the β and the
     prompts' texts."""
@@ -54,6 +48,8 @@ def current(path: Path, run: dict, prompts: list[dict]) -> bool:
     """Whether ``path`` already holds ``run``'s maps on ``prompts``: the same provenance and a
     map for every prompt at every setting (read from the header alone)."""
     from safetensors import safe_open
+
+    from localist_core.experiments.results import dial_settings
     if not path.is_file():
         return False
     try:
@@ -61,7 +57,7 @@ def current(path: Path, run: dict, prompts: list[dict]) -> bool:
             meta, keys = f.metadata() or {}, set(f.keys())
     except Exception:          # unreadable: made again
         return False
-    want = {f"{p['name']}|{lam:g}|{tau:g}" for p in prompts for lam, tau in settings_of(run)}
+    want = {f"{p['name']}|{lam:g}|{tau:g}" for p in prompts for lam, tau in dial_settings(run)}
     return meta == provenance(run, prompts) and keys == want
 
 
@@ -70,6 +66,7 @@ def write_maps(run: dict, prompts: list[dict], path: Path) -> None:
     (atomically), evaluated at the β its result records."""
     from safetensors.torch import save_file
 
+    from localist_core.experiments.results import dial_settings
     from localist_core.experiments.sweep import attention_maps, with_barrier_sharpness
     from localist_core.model.checkpoint import load_model
     from localist_core.model.files import atomic_write
@@ -78,7 +75,7 @@ def write_maps(run: dict, prompts: list[dict], path: Path) -> None:
     beta = (run["config"].get("eval") or {}).get("barrier_sharpness")
     if beta is not None:
         model = with_barrier_sharpness(model, beta)
-    maps = attention_maps(model.eval(), tok, prompts, settings_of(run))
+    maps = attention_maps(model.eval(), tok, prompts, dial_settings(run))
     meta = provenance(run, prompts)
     atomic_write(path, lambda p, m=maps: save_file(m, p, metadata=meta))
 
@@ -91,6 +88,7 @@ def copy_atomically(source: Path, dest: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     from localist_core.experiments.cache import BASELINES_FILE, load_cache
+    from localist_core.experiments.results import dial_settings
     from localist_core.model.checkpoint import CheckpointError
     from localist_core.model.files import UnsafeFileError, read_prompts
     from localist_core.paths import PROMPTS_FILE, REPO, SHIPPED_SWEEP, STUDY_SWEEP
@@ -140,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"error: {rid}: {' '.join(str(e).split())}", file=sys.stderr)
                 return 2
         copy_atomically(study / f"{rid}.json", out / f"{rid}.json")   # after its maps
-        print(f"{rid}: {len(settings_of(run))} settings × {len(prompts)} prompts", flush=True)
+        print(f"{rid}: {len(dial_settings(run))} settings × {len(prompts)} prompts", flush=True)
     return 0
 
 
