@@ -15,7 +15,9 @@ def make_eval(lf: float, tau: float, lam: float = 0.0, attention: bool = True,
     if attention:
         vals = {"entropy_bits": ent, "normalised_entropy": ent / 4.0, "in_block_mass": 0.5 + lf / 2,
                 "recent_b_mass": 0.6, "shifted_block_mass": 0.45, "uniform_in_block_mass": 0.11,
-                "pointer_fidelity_mass": 0.4 + lf / 4, "pointer_argmax_hit": 0.4,
+                "pointer_fidelity_mass": 0.4 + lf / 4, "uniform_pointer_fidelity": 0.8,
+                "pointer_fidelity_lift": (0.4 + lf / 4) - (0.5 + lf / 2) * 0.8,
+                "pointer_argmax_hit": 0.4,
                 "mean_attention_distance": 6.0 - 4 * lf}
         ev["attention"] = {k: {"mean": v, "per_layer": [v], "per_head": [[v]]}
                            for k, v in vals.items()}

@@ -370,6 +370,9 @@ def test_where_blocks_fall_sets_each_partition_against_its_context_matched_contr
     assert {(r["partition"], r["control"]) for r in rows} == {
         (p, f"fixed (b={b})") for p in ("punctuation", "recruited") for b in (5, 7)} | {
         ("recruited", "punctuation")}                 # each adaptive partition against the last
+    from localist_core.experiments.comparisons import DIFF_METRICS
+    from ui.views import DIFFERENCE_LABELS
+    assert {r["metric"] for r in rows} == {DIFFERENCE_LABELS[m] for m in DIFF_METRICS}
     assert {(r["partition"], r["control"], r["metric"]) for r in rows
             if r["verdict"] == "established"} == {
         ("punctuation", "fixed (b=5)", "valid perplexity"),

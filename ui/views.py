@@ -244,7 +244,8 @@ BLOCK_CONTROL_LOCALITY = comparisons.BLOCK_CONTROL_LOCALITY
 
 # How the table of block differences names each metric.
 DIFFERENCE_LABELS = {"perplexity": "valid perplexity", "in_block_mass": "in-block mass",
-                     "entropy_bits": "entropy (bits)", "pointer_fidelity_mass": "pointer fidelity"}
+                     "entropy_bits": "entropy (bits)", "pointer_fidelity_mass": "pointer fidelity",
+                     "pointer_fidelity_lift": "fidelity lift over uniform"}
 
 
 @guarded("read the sweep results", [])

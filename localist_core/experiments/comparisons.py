@@ -19,7 +19,8 @@ from .results import (
 )
 from .stats import finite, paired_difference
 
-DIFF_METRICS = ("perplexity", "entropy_bits", "in_block_mass", "pointer_fidelity_mass")
+DIFF_METRICS = ("perplexity", "entropy_bits", "in_block_mass", "pointer_fidelity_mass",
+                "pointer_fidelity_lift")
 
 
 def _by_seed(points: list[dict]) -> dict[tuple[str, float], dict[int, dict]]:
