@@ -202,6 +202,15 @@ def test_the_block_figure_joins_fixed_sizes_by_one_line_and_marks_each_partition
         assert list(marks[1].error_x.array) == [pytest.approx(0.04)]
     assert fig.layout.xaxis.title.text.startswith("visible in-block keys")
     json.loads(fig.to_json())
+    # In-block mass is a share: its axis never zooms in below SHARE_MIN_SPAN.
+    lo, hi = fig.layout.yaxis2.range
+    assert hi - lo >= sweep_figures.SHARE_MIN_SPAN - 1e-12
+    assert lo <= min(p["in_block_mass"] for p in pts) and hi >= max(p["in_block_mass"] for p in pts)
+    flat = [{**p, "in_block_mass": 1.0 - 1e-4 * i, "in_block_mass_sd": None}
+            for i, p in enumerate(pts)]
+    lo, hi = sweep_figures.block_control_figure(flat).layout.yaxis2.range
+    assert hi - lo == pytest.approx(sweep_figures.SHARE_MIN_SPAN)
+    assert 1.0 < hi <= 1.0 + sweep_figures.SHARE_MIN_SPAN / 5             # the points near the top
     # One seed each: the same traces, no error bars.
     _, one, _ = _block_figure(seeds=(1,))
     assert len(one.data) == 6 and all(t.error_y.array is None and t.error_x.array is None

@@ -229,8 +229,10 @@ def panel_figure(points: list[dict], x: str, x_title: str, panels: list[dict], *
     the papers' reports as crimson crosses, reference lines (ceilings, baselines, the papers'
     figures) named in the legend. Each axis is set by what its panel draws, bars included.
 
-    ``panels``: dicts with ``y``, ``title`` and optional ``hlines`` and ``log_y``. Points that
-    average n > 1 seeds carry error bars of ± 1 sd across seeds (``seed_error``).
+    ``panels``: dicts with ``y``, ``title`` and optional ``hlines``, ``log_y`` and ``min_span``
+    (a linear axis at least that tall, its top just above the highest point, so that
+    differences far below it do not fill the panel). Points that average n > 1 seeds carry
+    error bars of ± 1 sd across seeds (``seed_error``).
     """
     n = len(panels)
     fig = make_subplots(rows=1, cols=n, horizontal_spacing=0.08)
@@ -249,6 +251,10 @@ def panel_figure(points: list[dict], x: str, x_title: str, panels: list[dict], *
         xs = _spread(pts, x) + [p[x] for p in pp] + [r["value"] for r in vl]
         ys = _spread(pts, y) + [p[y] for p in pp] + [r["value"] for r in hl] + ctl
         xr, yr = _padded(xs, log_x), _padded(ys, log_y)
+        span = panel.get("min_span")
+        if span and yr and not log_y and yr[1] - yr[0] < span:
+            top = yr[1] + span / 10                      # room for the labels above the points
+            yr = [top - span, top]
         groups = {s: [p for p in pts if p["series"] == s]
                   for s in dict.fromkeys(p["series"] for p in pts)}
         marks = [[(_px(p[x], xr, log_x, width), _px(p[y], yr, log_y, plot_h),
@@ -307,8 +313,11 @@ def points_figure(points: list[dict], x: str, y: str, x_title: str, y_title: str
 # The fixed block sizes make one line against the keys a query sees in its block ("more context");
 # each adaptive partition is a marker of its own, read against that line at its own x.
 FIXED_LINE = "fixed blocks (b = block size)"
-ADAPTIVE_SYMBOLS = {"punctuation": "diamond", "recruited": "square"}
+ADAPTIVE_SYMBOLS = {"punctuation": "diamond", "recruited": "square", "bigram": "hexagon"}
 VISIBLE_KEYS = "visible_in_block_keys"
+# The in-block panel spans at least this much of the [0, 1] share: at λ = 0.6 every partition
+# sits at 1.000 and a range fitted to the points would blow differences of 1e-4 up to full height.
+SHARE_MIN_SPAN = 0.1
 
 
 def block_control_figure(points: list[dict], height: int = 440) -> go.Figure:
@@ -323,7 +332,8 @@ def block_control_figure(points: list[dict], height: int = 440) -> go.Figure:
         p for p in points if p.get("arrangement") != "fixed"]
     fig = panel_figure(drawn, VISIBLE_KEYS, "visible in-block keys per query (valid, mean)",
                        [{"y": "perplexity", "title": "valid perplexity"},
-                        {"y": "in_block_mass", "title": "in-block mass"}], height=height)
+                        {"y": "in_block_mass", "title": "in-block mass",
+                         "min_span": SHARE_MIN_SPAN}], height=height)
     adaptive = dict.fromkeys(p["series"] for p in drawn if p["series"] != FIXED_LINE)
     for i, name in enumerate(adaptive):
         symbol = ADAPTIVE_SYMBOLS.get(name, ("star", "cross", "hexagon")[i % 3])
