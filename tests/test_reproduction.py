@@ -74,3 +74,18 @@ def test_every_marked_row_of_reproduction_md_is_printed_by_the_project():
         missing = [r for r in rows if r not in lines(path)]
         assert not missing, (f"rows of REPRODUCTION.md not printed by {source.format(path)}:\n"
                              + "\n".join(missing))
+
+
+def test_every_causal_model_behind_the_reported_figures_passed_the_leak_test():
+    """The study and the shipped cache hold one result per trained model: each passed the leak
+    test it ran after training, except the non-causal diagnostic, which must fail it."""
+    from localist_core.experiments.cache import load_cache
+    from localist_core.paths import SHIPPED_SWEEP, STUDY_SWEEP
+    for cache in (STUDY_SWEEP, SHIPPED_SWEEP):
+        runs, problems = load_cache(cache)
+        assert runs and not problems, cache
+        for run in runs:
+            diagnostic = run["config"]["model"].get("noncausal_diagnostic", False)
+            leak = run.get("leak_test")
+            assert isinstance(leak, dict) and leak["checked"] > 0, run["run_id"]
+            assert leak["passed"] is not diagnostic, run["run_id"]
