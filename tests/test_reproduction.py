@@ -81,9 +81,9 @@ def test_every_causal_model_behind_the_reported_figures_passed_the_leak_test():
     test it ran after training, except the non-causal diagnostic, which must fail it."""
     from localist_core.experiments.cache import load_cache
     from localist_core.paths import SHIPPED_SWEEP, STUDY_SWEEP
-    for cache in (STUDY_SWEEP, SHIPPED_SWEEP):
-        runs, problems = load_cache(cache)
-        assert runs and not problems, cache
+    for folder in (STUDY_SWEEP, SHIPPED_SWEEP):
+        runs, problems = load_cache(folder)
+        assert runs and not problems, folder
         for run in runs:
             diagnostic = run["config"]["model"].get("noncausal_diagnostic", False)
             leak = run.get("leak_test")
