@@ -126,3 +126,33 @@ def test_dial_differences_pair_each_dial_setting_with_the_penalty_model_of_its_l
     # No penalty model at the dial's λ, or no seed in common: no row.
     only_dial = [r for r in runs if r["protocol"] == "dial"]
     assert cp.dial_differences(only_dial) == []
+
+
+def _with_lift(run: dict, lift: float) -> dict:
+    """``run`` with its pointer-fidelity lift at λ_f = 0, τ = 1 set to ``lift``."""
+    for ev in run["metrics"]["valid"]:
+        if ev["dial"]["locality"] == 0.0 and ev["dial"]["attn_temperature"] == 1.0:
+            ev["attention"]["pointer_fidelity_lift"]["mean"] = lift
+    return run
+
+
+def test_lift_intervals_set_each_setting_against_zero_its_uniform_baseline():
+    runs = block_runs()
+    bigram = [_with_lift(arrangement_run("bigram", s, 220.0, 3.92), lift)
+              for s, lift in ((1, 0.003), (2, 0.004), (3, 0.005))]
+    noisy = {1: -0.01, 2: 0.0, 3: 0.012}
+    for run in runs:
+        if run["run_id"].startswith("attention-l0.6-partitionpunctuation-s"):
+            _with_lift(run, noisy[run["config"]["train"]["seed"]])
+    rows = {(r["series"], r["locality"]): r for r in cp.lift_intervals(runs + bigram)}
+    up = rows[("bigram", 0.6)]
+    assert up["metric"] == cp.LIFT and up["n"] == 3 and up["seeds"] == [1, 2, 3]
+    assert up["mean"] == pytest.approx(0.004) and up["lo"] > 0 and up["established"]
+    spread = rows[("punctuation", 0.6)]
+    assert spread["mean"] == pytest.approx(0.002 / 3) and not spread["established"]
+    assert spread["lo"] < 0 < spread["hi"]
+    # One seed: no interval. The leaky run and the weights run stay out of the partitions.
+    assert rows[("punctuation", 1.0)]["n"] == 1 and rows[("punctuation", 1.0)]["lo"] is None
+    assert not any("noncausal" in s or s.startswith("weights") for s, _ in rows
+                   if s in ("punctuation", "bigram"))
+    assert {s for s, _ in rows} >= {"punctuation", "recruited", "bigram"}

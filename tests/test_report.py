@@ -141,3 +141,18 @@ def test_a_lambda_is_printed_as_written():
     runs = [sweep_examples.seeded(base, s, p) for s, p in ((1, 100.0), (2, 101.0))]
     table = report.seeds_table(runs)
     assert "| 0.05 |" in table and "| 0.1 |" not in table
+
+
+def test_lift_table_sets_each_setting_against_zero():
+    runs = sweep_examples.multi_seed_runs()
+    for run in runs:             # lifts 0.002, 0.003, 0.004 by seed at λ_f = 0, τ = 1
+        seed = run["config"]["train"].get("seed")
+        for ev in run["metrics"]["valid"]:
+            if ev["dial"]["locality"] == 0.0 and ev["dial"]["attn_temperature"] == 1.0:
+                ev["attention"]["pointer_fidelity_lift"]["mean"] = 0.001 * ((seed or 0) + 1)
+    lines = report.lift_table(runs).splitlines()
+    assert lines[0] == "| series | λ | n | mean lift | sd | 95% CI | verdict |"
+    assert ("| attention penalty · as trained | 0 | 3 | 0.003 | 0.001 | [0.001, 0.005] | "
+            "established |") in lines
+    assert "Pointer fidelity lift" in report.full_report(REPO / "assets" / "study")
+    assert report.lift_table([sweep_examples.make_run("attention", 0.5)]) is None

@@ -170,6 +170,24 @@ def locality_differences(runs: list[dict], metrics=DIFF_METRICS) -> list[dict]:
     return rows
 
 
+LIFT = "pointer_fidelity_lift"   # fidelity − in-block mass × uniform fidelity (metrics.py)
+
+
+def lift_intervals(runs: list[dict]) -> list[dict]:
+    """Each setting's pointer-fidelity lift against zero, its uniform-attention baseline: one
+    row per (series, λ) of ``results.curve_points``' curves and each adaptive partition, with
+    ``paired_difference``'s figures for lift − 0 over its seeds (a one-sample t-interval). A
+    positive interval is anchors drawing more attention than uniform attention in the block
+    would give them."""
+    pts = curve_run_points(runs) + [p for p in strategy_run_points(runs, DEFAULT_BLOCK_SIZE)
+                                    if not p["series"].startswith("fixed")]
+    rows = []
+    for (series, lam), by_seed in _by_seed(pts).items():
+        zero = {seed: {LIFT: 0.0} for seed in by_seed}
+        rows += _paired(by_seed, zero, (LIFT,), series=series, locality=lam)
+    return rows
+
+
 PENALTY_AS_TRAINED = "attention penalty · as trained"   # results._series of a fixed-5 run
 
 

@@ -17,6 +17,7 @@ from .comparisons import (
     dial_differences,
     formula_rows,
     formula_runs,
+    lift_intervals,
     locality_differences,
     verdict,
 )
@@ -229,6 +230,21 @@ def dial_table(runs: list[dict]) -> str | None:
     return "\n".join(lines)
 
 
+def lift_table(runs: list[dict]) -> str | None:
+    """Each setting's pointer-fidelity lift against zero, the fidelity uniform attention over
+    the query's visible in-block keys would give (``comparisons.lift_intervals``), with the same
+    verdicts; None when no setting has two seeds."""
+    rows = lift_intervals(runs)
+    if not any(r["n"] > 1 for r in rows):
+        return None
+    head = ["series", "λ", "n", "mean lift", "sd", "95% CI", "verdict"]
+    lines = [_row(head), _row(["---"] * len(head))]
+    for r in rows:
+        lines.append(_row([r["series"], _lam(r["locality"]), r["n"], _fmt(r["mean"]),
+                           _fmt(r["sd"]), _ci(r), verdict(r)]))
+    return "\n".join(lines)
+
+
 AGREE = 0.05   # |predicted − measured| in-block mass the formula table counts as agreement
 
 
@@ -290,6 +306,10 @@ def full_report(cache_dir: str | Path, runs: list[dict] | None = None) -> str:
     if dial:
         parts += ["## The dial at λ_f = λ minus the penalty model trained at λ, paired by seed "
                   "(95% t-interval)", dial, ""]
+    lift = lift_table(runs)
+    if lift:
+        parts += ["## Pointer fidelity lift over its uniform-attention baseline, against zero "
+                  "(95% t-interval)", lift, ""]
     formula = formula_table(runs)
     if formula:
         parts += ["## The threshold formula against the sweep (one margin per run)", formula, ""]
