@@ -211,6 +211,11 @@ def test_the_block_figure_joins_fixed_sizes_by_one_line_and_marks_each_partition
     lo, hi = sweep_figures.block_control_figure(flat).layout.yaxis2.range
     assert hi - lo == pytest.approx(sweep_figures.SHARE_MIN_SPAN)
     assert 1.0 < hi <= 1.0 + sweep_figures.SHARE_MIN_SPAN / 5             # the points near the top
+    # Points spread over most of the span: the taller axis still holds the lowest one.
+    near = [{**p, "in_block_mass": v, "in_block_mass_sd": None}
+            for p, v in zip(pts, (0.9175, 1.0, 0.95, 0.96))]
+    lo, hi = sweep_figures.block_control_figure(near).layout.yaxis2.range
+    assert hi - lo == pytest.approx(sweep_figures.SHARE_MIN_SPAN) and lo < 0.9175 and hi > 1.0
     # One seed each: the same traces, no error bars.
     _, one, _ = _block_figure(seeds=(1,))
     assert len(one.data) == 6 and all(t.error_y.array is None and t.error_x.array is None

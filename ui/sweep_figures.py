@@ -251,10 +251,11 @@ def panel_figure(points: list[dict], x: str, x_title: str, panels: list[dict], *
         xs = _spread(pts, x) + [p[x] for p in pp] + [r["value"] for r in vl]
         ys = _spread(pts, y) + [p[y] for p in pp] + [r["value"] for r in hl] + ctl
         xr, yr = _padded(xs, log_x), _padded(ys, log_y)
-        span = panel.get("min_span")
-        if span and yr and not log_y and yr[1] - yr[0] < span:
-            top = yr[1] + span / 10                      # room for the labels above the points
-            yr = [top - span, top]
+        tall = panel.get("min_span")
+        if tall and yr and not log_y and yr[1] - yr[0] < tall:
+            # Taller, with room for labels above the points, never above the lowest one.
+            top = yr[1] + min(tall / 10, tall - (yr[1] - yr[0]))
+            yr = [top - tall, top]
         groups = {s: [p for p in pts if p["series"] == s]
                   for s in dict.fromkeys(p["series"] for p in pts)}
         marks = [[(_px(p[x], xr, log_x, width), _px(p[y], yr, log_y, plot_h),
@@ -336,7 +337,7 @@ def block_control_figure(points: list[dict], height: int = 440) -> go.Figure:
                          "min_span": SHARE_MIN_SPAN}], height=height)
     adaptive = dict.fromkeys(p["series"] for p in drawn if p["series"] != FIXED_LINE)
     for i, name in enumerate(adaptive):
-        symbol = ADAPTIVE_SYMBOLS.get(name, ("star", "cross", "hexagon")[i % 3])
+        symbol = ADAPTIVE_SYMBOLS.get(name, ("star", "cross", "triangle-down")[i % 3])
         fig.update_traces(selector=dict(name=inert(name)), mode="markers+text",
                           marker=dict(symbol=symbol, size=12))
     return fig
