@@ -84,6 +84,7 @@ def test_every_causal_model_behind_the_reported_figures_passed_the_leak_test():
     for folder in (STUDY_SWEEP, SHIPPED_SWEEP):
         runs, problems = load_cache(folder)
         assert runs and not problems, folder
+        assert any(r["config"]["model"].get("noncausal_diagnostic") for r in runs), folder
         for run in runs:
             diagnostic = run["config"]["model"].get("noncausal_diagnostic", False)
             leak = run.get("leak_test")
