@@ -40,8 +40,8 @@ proposal, not yet our finding.
 per setting. Locality rises gradually at small λ, at little cost in perplexity; perplexity
 jumps only when the last cross-block attention goes. Punctuation blocks predict better than
 fixed blocks of 5, but three seeds detect no difference from fixed blocks of 7, which give a
-word about as much context. Blocks recruited by reading the words (the bigram test below) do
-worse than both fixed blocks of 7 and punctuation blocks, which give as much context.
+word about as much context. Blocks recruited by reading the words (the bigram test below)
+predict worse than both fixed blocks of 7 and punctuation blocks, which give as much context.
 """)
 
 st.subheader("Where do the blocks come from?")

@@ -114,7 +114,7 @@ st.caption("A penalty model is trained at one λ and read at λ_f = 0 (\"as trai
            "to λ_f = λ; the dial model is one checkpoint read at each λ_f: compare the curves at "
            "equal λ.")
 
-st.subheader("Where blocks fall: fixed, punctuation and recruited blocks")
+st.subheader("Where blocks fall: fixed, punctuation, recruited and bigram blocks")
 strategies, block_lams = views.strategy_points(runs), views.block_control_localities(runs)
 if len({p["series"] for p in strategies}) < 2 and not block_lams:
     st.caption("This cache has no runs with another partition. `bash scripts/reproduce.sh` "
