@@ -182,67 +182,53 @@ def _ci(r: dict) -> str:
     return "—" if r["lo"] is None else f"[{r['lo']:.3f}, {r['hi']:.3f}]"
 
 
+def _interval_table(rows: list[dict], lead: list[str], key, mean: str = "mean diff") -> str | None:
+    """Rows of ``stats.paired_difference`` figures as a table: the columns ``lead`` (each row's
+    ``key(row)``), then n, the mean, sd, the 95% interval and the verdict; None when no row
+    has two seeds."""
+    if not any(r["n"] > 1 for r in rows):
+        return None
+    head = lead + ["n", mean, "sd", "95% CI", "verdict"]
+    lines = [_row(head), _row(["---"] * len(head))]
+    for r in rows:
+        lines.append(_row(key(r) + [r["n"], _fmt(r["mean"]), _fmt(r["sd"]), _ci(r), verdict(r)]))
+    return "\n".join(lines)
+
+
 def differences_table(runs: list[dict]) -> str | None:
     """Each partition minus fixed blocks at each λ, paired by seed: mean difference, sd, n and
     the 95% t-interval; "established" only where the interval excludes zero. Every fixed block
     size in the cache is a control (fixed-5, the default; fixed-7, matched to punctuation in
     visible in-block keys), and so is each adaptive partition for the ones after it (bigram −
     punctuation). None when no pair of settings shares two seeds."""
-    rows = control_differences(runs)
-    if not any(r["n"] > 1 for r in rows):
-        return None
-    head = ["partition", "− control", "λ", "metric", "n", "mean diff", "sd", "95% CI",
-            "verdict"]
-    lines = [_row(head), _row(["---"] * len(head))]
-    for r in rows:
-        lines.append(_row([r["partition"], r["control"], _lam(r["locality"]), r["metric"],
-                           r["n"], _fmt(r["mean"]), _fmt(r["sd"]), _ci(r), verdict(r)]))
-    return "\n".join(lines)
+    return _interval_table(control_differences(runs), ["partition", "− control", "λ", "metric"],
+                           lambda r: [r["partition"], r["control"], _lam(r["locality"]),
+                                      r["metric"]])
 
 
 def locality_table(runs: list[dict]) -> str | None:
     """Along each curve, each λ minus λ = 0, paired by seed (``comparisons.locality_differences``),
     with the same verdicts; None when no pair shares two seeds."""
-    rows = locality_differences(runs)
-    if not any(r["n"] > 1 for r in rows):
-        return None
-    head = ["series", "λ − 0", "metric", "n", "mean diff", "sd", "95% CI", "verdict"]
-    lines = [_row(head), _row(["---"] * len(head))]
-    for r in rows:
-        lines.append(_row([r["series"], _lam(r["locality"]), r["metric"], r["n"],
-                           _fmt(r["mean"]), _fmt(r["sd"]), _ci(r), verdict(r)]))
-    return "\n".join(lines)
+    return _interval_table(locality_differences(runs), ["series", "λ − 0", "metric"],
+                           lambda r: [r["series"], _lam(r["locality"]), r["metric"]])
 
 
 def dial_table(runs: list[dict]) -> str | None:
     """Each dial curve at λ_f = λ minus the penalty model trained at λ, paired by seed
     (``comparisons.dial_differences``), with the same verdicts; None when no pair shares two
     seeds."""
-    rows = dial_differences(runs)
-    if not any(r["n"] > 1 for r in rows):
-        return None
-    head = ["dial series", "− control", "λ_f = λ", "metric", "n", "mean diff", "sd", "95% CI",
-            "verdict"]
-    lines = [_row(head), _row(["---"] * len(head))]
-    for r in rows:
-        lines.append(_row([r["series"], r["control"], _lam(r["locality"]), r["metric"], r["n"],
-                           _fmt(r["mean"]), _fmt(r["sd"]), _ci(r), verdict(r)]))
-    return "\n".join(lines)
+    return _interval_table(dial_differences(runs),
+                           ["dial series", "− control", "λ_f = λ", "metric"],
+                           lambda r: [r["series"], r["control"], _lam(r["locality"]),
+                                      r["metric"]])
 
 
 def lift_table(runs: list[dict]) -> str | None:
     """Each setting's pointer-fidelity lift against zero, the fidelity uniform attention over
     the query's visible in-block keys would give (``comparisons.lift_intervals``), with the same
     verdicts; None when no setting has two seeds."""
-    rows = lift_intervals(runs)
-    if not any(r["n"] > 1 for r in rows):
-        return None
-    head = ["series", "λ", "n", "mean lift", "sd", "95% CI", "verdict"]
-    lines = [_row(head), _row(["---"] * len(head))]
-    for r in rows:
-        lines.append(_row([r["series"], _lam(r["locality"]), r["n"], _fmt(r["mean"]),
-                           _fmt(r["sd"]), _ci(r), verdict(r)]))
-    return "\n".join(lines)
+    return _interval_table(lift_intervals(runs), ["series", "λ"],
+                           lambda r: [r["series"], _lam(r["locality"])], mean="mean lift")
 
 
 AGREE = 0.05   # |predicted − measured| in-block mass the formula table counts as agreement
