@@ -32,12 +32,17 @@ def chosen(runs: list[dict], seed: int) -> list[dict]:
     return sorted((r for r in runs if seed_of(r) == seed), key=lambda r: r["run_id"])
 
 
+def eval_beta(run: dict) -> float | None:
+    """The β a run's result was evaluated at, or None where it kept its trained one."""
+    return (run["config"].get("eval") or {}).get("barrier_sharpness")
+
+
 def provenance(run: dict, prompts: list[dict]) -> dict[str, str]:
     """What a maps file was made from, stored in its header: the checkpoint, the β and the
     prompts' texts."""
     import hashlib
     import json
-    beta = (run["config"].get("eval") or {}).get("barrier_sharpness")
+    beta = eval_beta(run)
     texts = json.dumps([[p["name"], p["text"]] for p in prompts], ensure_ascii=False)
     return {"checkpoint": str(run["checkpoint"]),
             "beta": "trained" if beta is None else f"{beta:g}",
@@ -72,7 +77,7 @@ def write_maps(run: dict, prompts: list[dict], path: Path) -> None:
     from localist_core.model.files import atomic_write
     from localist_core.paths import REPO
     model, tok = load_model(REPO / run["checkpoint"])
-    beta = (run["config"].get("eval") or {}).get("barrier_sharpness")
+    beta = eval_beta(run)
     if beta is not None:
         model = with_barrier_sharpness(model, beta)
     maps = attention_maps(model.eval(), tok, prompts, dial_settings(run))
