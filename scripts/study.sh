@@ -13,7 +13,10 @@
 #     and the non-causal diagnostic at λ = 0.6 (the leak behind the papers' perplexity);
 #   - last, the partition that reads the words (issue 18): `bigram` at λ = 0.6, whose default
 #     C = 3.75 bits gives 3.92 visible in-block keys, beside punctuation's 3.91 and fixed-7's
-#     3.96. Its seeds are split over the two lanes so that they end together.
+#     3.96. Its seeds are split over the two lanes so that they end together;
+#   - then seeds 4 and 5 (PRIMARY_SEEDS) for the settings of the pre-registered primary family
+#     (REPRODUCTION.md): the penalty at λ = 0, 0.05, 0.2, 0.6 and 1, the dial at both β,
+#     fixed-7 and punctuation at λ = 0.6.
 # Two lanes run side by side, one thread each (STUDY_LANES=1 runs them one after the other):
 # on 2 cores that trains ~8% more tokens per second than one two-thread run, and a lane slowed
 # by other work does not stall the other (BENCHMARKS.md). The thread count is not part of a
@@ -29,6 +32,7 @@ PY=${PYTHON:-python}
 export HF_DATASETS_OFFLINE=1
 CACHE=${STUDY_CACHE:-assets/study}
 SEEDS=${STUDY_SEEDS:-1234,2,3}
+PRIMARY_SEEDS=${STUDY_PRIMARY_SEEDS:-4,5}
 LANES=${STUDY_LANES:-2}
 BUDGET="max_steps=1500 time_budget_s=86400 lr_by_time=false precision=fp32"
 THREADS=$(( LANES > 1 ? 1 : 2 ))
@@ -69,16 +73,31 @@ lane_b() {
   fi
 }
 
+# The primary family's extra seeds, balanced over the lanes (a dial run evaluates 36 settings).
+primary_a() {
+  sweep --protocols attention --lambdas 0,0.05,0.2,0.6 --seeds "$PRIMARY_SEEDS"
+}
+primary_b() {
+  sweep --protocols attention --lambdas 1.0 --seeds "$PRIMARY_SEEDS"
+  sweep --protocols dial --lambdas 0,0.2,0.4,0.6,0.8,1.0 --seeds "$PRIMARY_SEEDS"
+  sweep --protocols dial --lambdas 0,0.2,0.4,0.6,0.8,1.0 --eval-beta 64 --seeds "$PRIMARY_SEEDS"
+  for part in "block_size=7" "partition=punctuation"; do
+    sweep --protocols attention --lambdas 0.6 --seeds "$PRIMARY_SEEDS" "$part"
+  done
+}
+
 if [ "$LANES" -gt 1 ]; then
   LOGS=${STUDY_LOG_DIR:-logs}      # each lane's progress bars in its own file
   mkdir -p "$LOGS"
   echo "two lanes: $LOGS/study-a.log and $LOGS/study-b.log"
-  lane_a >> "$LOGS/study-a.log" 2>&1 & a=$!
-  lane_b >> "$LOGS/study-b.log" 2>&1 & b=$!
+  { lane_a; primary_a; } >> "$LOGS/study-a.log" 2>&1 & a=$!
+  { lane_b; primary_b; } >> "$LOGS/study-b.log" 2>&1 & b=$!
   wait $a
   wait $b
   echo "study finished"
 else
   lane_a
   lane_b
+  primary_a
+  primary_b
 fi
