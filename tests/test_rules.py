@@ -448,3 +448,78 @@ def test_any_typed_pattern_is_accepted_or_refused_with_a_notice(seed, watch):
     # timed (_Watched).
     compiled = [units for _, units in log["compiled"]]
     assert oversized and compiled and max(compiled) <= MAX_PATTERN_UNITS
+
+
+# -- recursion and remembered refusals ---------------------------------------------------------
+
+RECURSIVE = [r"(?=\w*ac)(((?1)))", r"(?R)?a", r"a(?0)?", r"(?<n>a(?&n)?)", r"(?P<n>a(?P>n)?)",
+             r"(a)(?+1)?(b)", r"(a(?-1)?)", r"(?(R)a|b)", r"(?(DEFINE)(?<x>a))(?&x)",
+             r"(?i)(?x) ( a (?1)? )"]
+
+
+@pytest.mark.parametrize("pattern", RECURSIVE)
+def test_recursion_is_refused_before_it_compiles(pattern, monkeypatch):
+    """``(?=\\w*ac)(((?1)))`` passed every probe, then recursed on real words until the match
+    timeout, ~200 MB a match. Group calls and recursion are refused from the parse alone: in
+    well under 50 ms, with nothing compiled and no more than a little memory."""
+    import time
+    import tracemalloc
+
+    compile_matcher.cache_clear()
+    monkeypatch.setattr(rules, "regex", types.SimpleNamespace(**{
+        **vars(regex), "compile": lambda *a, **k: pytest.fail(f"{pattern} was compiled")}))
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    for side in (("regex", pattern, "words", "the"), ("words", "the", "regex", pattern)):
+        with pytest.raises(RuleError, match="recursion"):
+            make_rule(*side, 1.0)
+    took = time.perf_counter() - t0
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert took < 0.05 and peak < 2**20, (took, peak)
+    compile_matcher.cache_clear()
+
+
+def test_a_refusal_is_remembered_per_pattern(monkeypatch):
+    """A refused pattern is parsed once: the same pattern again, on any text, is refused from
+    the remembered message without being parsed, compiled or matched."""
+    compile_matcher.cache_clear()
+    parses = []
+    parse = rules._parse
+    monkeypatch.setattr(rules, "_parse", lambda p: parses.append(p) or parse(p))
+    pattern = RECURSIVE[0]
+    messages = set()
+    for _ in range(5):
+        with pytest.raises(RuleError) as e:
+            make_rule("regex", pattern, "words", "the", 1.0)
+        messages.add(str(e.value))
+    assert parses == [pattern] and len(messages) == 1
+    compile_matcher.cache_clear()
+
+
+def test_a_match_that_ran_out_of_time_is_refused_from_then_on(monkeypatch):
+    """A pattern that passed its checks but ran past the match budget on a text is refused
+    for every later text without matching again."""
+    compile_matcher.cache_clear()
+    m = Matcher("regex", "[a-z]+")
+    monkeypatch.setattr(rules, "MATCH_BUDGET_S", 0.0)
+    with pytest.raises(RuleError, match="took longer"):
+        match_words(m, WORDS)
+    monkeypatch.setattr(rules, "MATCH_BUDGET_S", MATCH_BUDGET_S)
+    monkeypatch.setattr(rules, "_checked_matcher",
+                        lambda m: pytest.fail("a remembered refusal was checked again"))
+    for text in (WORDS, ["other", "words"]):
+        with pytest.raises(RuleError, match="took longer"):
+            match_words(m, text)
+    monkeypatch.undo()
+    compile_matcher.cache_clear()
+
+
+def test_remembered_refusals_are_bounded():
+    compile_matcher.cache_clear()
+    for i in range(rules.REFUSALS_KEPT + 40):
+        with pytest.raises(RuleError):
+            compile_matcher(Matcher("regex", f"(a{i})(?1)"))
+    assert len(rules._refusals) == rules.REFUSALS_KEPT
+    compile_matcher.cache_clear()
+    assert len(rules._refusals) == 0

@@ -15,14 +15,19 @@ matches. Before anything is compiled, the pattern is parsed by ``regex``'s own p
 size after expanding counted repeats is bounded: compiling ``a{1000000}`` would take 260 MB.
 Every pattern is then tried on adversarial probe strings, all under one deadline, and matched
 against the text under another. A refusal comes in well under a second where Python's ``re``
-would run for hours. A pattern's verdict is kept for the life of the process, so a page and its
-cache always agree.
+would run for hours. Group calls and recursion (``(?1)``, ``(?R)``, ``(?&name)``, ``(?P>name)``)
+are refused outright: a recursive pattern can pass every probe and then recurse on real words
+until the timeout, about 200 MB a match. An accepted pattern is kept compiled, and a refusal,
+whether from the checks or from a match that ran out of time, is remembered per pattern
+(``REFUSALS_KEPT``), so a new text never repeats the work.
 """
 from __future__ import annotations
 
 import functools
 import math
+import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,6 +46,7 @@ MAX_WORD_CHARS = 64
 MAX_REPEAT_COUNT = 100      # the largest m or n in {m,n}, and in a fuzzy constraint {e<=n}
 MAX_PATTERN_UNITS = 400     # parse-tree nodes once counted repeats are written out
 MATCHERS_KEPT = 64
+REFUSALS_KEPT = 256         # remembered refusals, one message each (< 1 KB): < 256 KB in all
 RULE_STRENGTH_MAX = 10.0
 PROBE_TIMEOUT_S = 0.05      # each probe string; a sound pattern needs microseconds
 PROBE_BUDGET_S = 0.5        # all probe strings of one pattern together
@@ -130,14 +136,22 @@ def _children(node) -> list:
     return out
 
 
-def _expanded_units(node, calls: list[int]) -> int:
-    """Atoms in ``node`` once every counted repeat is written out; counts group calls."""
+class UnboundedPattern(RuleError):
+    """A construct whose cost no check on the pattern alone can bound (recursion)."""
+
+
+# The conditions that only recursion uses: (?(R)…), (?(R1)…), (?(R&name)…), (?(DEFINE)…).
+_RECURSION_TEST = regex.compile(r"R\d*|R&\w+|DEFINE")
+
+
+def _expanded_units(node) -> int:
+    """Atoms in ``node`` once every counted repeat is written out."""
     if isinstance(node, _regex_core.GreedyRepeat):   # lazy and possessive repeats too
         counts = [c for c in (node.min_count, node.max_count) if c is not None]
         if max(counts, default=0) > MAX_REPEAT_COUNT:
             raise RuleError(f"a repeat count of {max(counts):,} is over the limit of "
                             f"{MAX_REPEAT_COUNT}")
-        return 1 + max([1, *counts]) * _expanded_units(node.subpattern, calls)
+        return 1 + max([1, *counts]) * _expanded_units(node.subpattern)
     if isinstance(node, _regex_core.Fuzzy):
         limits = [n for c in node.constraints.values() if isinstance(c, tuple)
                   for n in c if isinstance(n, int)]
@@ -147,30 +161,78 @@ def _expanded_units(node, calls: list[int]) -> int:
             raise RuleError(f"a fuzzy-match limit of {max(limits):,} is over the limit of "
                             f"{MAX_REPEAT_COUNT}")
     if isinstance(node, _regex_core.CallGroup):
-        calls[0] += 1
+        # (?1), (?R), (?&name), (?P>name), (?+1): a call may recurse, and a recursion's depth
+        # and memory depend on the text, not on the pattern, so no check here can bound it.
+        raise UnboundedPattern("group calls and recursion such as (?1), (?R) or (?&name) "
+                               "are not allowed; write the group out")
+    if isinstance(node, _regex_core.Conditional) and _RECURSION_TEST.fullmatch(
+            str(node.group)):
+        raise UnboundedPattern("conditions on recursion such as (?(R)…) or (?(DEFINE)…) are "
+                               "not allowed")
     size = 1 + len(getattr(node, "characters", ()))
-    return size + sum(_expanded_units(c, calls) for c in _children(node))
+    return size + sum(_expanded_units(c) for c in _children(node))
 
 
 def pattern_units(pattern: str) -> int:
     """The size of ``pattern`` with its counted repeats written out, from its parse alone:
-    ``(?:ab){3}c*`` is 13 (a sequence; a repeat of 3 × [a sequence, a, b]; c*). Each group
-    call may compile another copy of what it calls, so the count is multiplied by 1 + the
-    number of calls. Raises RuleError for a repeat count or a
-    fuzzy limit over MAX_REPEAT_COUNT, and regex.error for a pattern that does not parse."""
-    calls = [0]
+    ``(?:ab){3}c*`` is 13 (a sequence; a repeat of 3 × [a sequence, a, b]; c*). Raises
+    RuleError for a repeat count or a fuzzy limit over MAX_REPEAT_COUNT, UnboundedPattern (a
+    RuleError) for a group call or recursion, and regex.error for a pattern that does not
+    parse."""
     try:
-        units = _expanded_units(_parse(pattern), calls)
+        return _expanded_units(_parse(pattern))
     except RecursionError:
         raise RuleError("the pattern is nested too deeply") from None
-    return units * (1 + calls[0])
+
+
+class _Refusals:
+    """The last ``size`` refusals, matcher → message, shared by every session's thread."""
+
+    def __init__(self, size: int):
+        self.size, self._kept, self._lock = size, OrderedDict(), threading.Lock()
+
+    def get(self, m: Matcher) -> str | None:
+        with self._lock:
+            if m in self._kept:
+                self._kept.move_to_end(m)
+            return self._kept.get(m)
+
+    def remember(self, m: Matcher, message: str) -> None:
+        with self._lock:
+            self._kept[m] = message
+            self._kept.move_to_end(m)
+            while len(self._kept) > self.size:
+                self._kept.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._kept.clear()
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+
+_refusals = _Refusals(REFUSALS_KEPT)
+
+
+def compile_matcher(m: Matcher):
+    """Check a matcher and return a function ``word -> bool``, or raise RuleError. The verdict
+    is kept per matcher: an accepted one compiled (``MATCHERS_KEPT``), a refusal as its message
+    (``REFUSALS_KEPT``; lru_cache keeps no exceptions), so a refused pattern is parsed, probed
+    and matched at most once. ``compile_matcher.cache_clear()`` forgets both."""
+    refused = _refusals.get(m)
+    if refused is not None:
+        raise RuleError(refused)
+    try:
+        return _checked_matcher(m)
+    except RuleError as e:
+        _refusals.remember(m, str(e))
+        raise
 
 
 @functools.lru_cache(maxsize=MATCHERS_KEPT)
-def compile_matcher(m: Matcher):
-    """Check a matcher and return a function ``word -> bool``, or raise RuleError. The verdict
-    is cached per matcher (a refusal is re-raised from the cache: lru_cache keeps no
-    exceptions, so a refused pattern is probed again, at most once a call)."""
+def _checked_matcher(m: Matcher):
+    """``compile_matcher``'s checks and compilation, for a matcher not refused before."""
     if m.kind not in MATCHER_KINDS:
         raise RuleError(f"a rule side must be one of {MATCHER_KINDS}, got {m.kind!r}")
     if not isinstance(m.spec, str) or not m.spec.strip():
@@ -183,6 +245,8 @@ def compile_matcher(m: Matcher):
         return lambda w, _t=None: w.lower() in words
     try:
         units = pattern_units(m.spec)
+    except UnboundedPattern as e:
+        raise RuleError(f"the regular expression /{m.spec}/ is refused: {e}") from None
     except RuleError as e:
         raise RuleError(f"the regular expression /{m.spec}/ is too large: {e}") from None
     except (regex.error, OverflowError, ValueError, KeyError, AttributeError) as e:
@@ -218,6 +282,15 @@ def compile_matcher(m: Matcher):
     return lambda w, t=PROBE_TIMEOUT_S: pat.fullmatch(w, timeout=t, concurrent=True) is not None
 
 
+def _clear_verdicts() -> None:
+    _checked_matcher.cache_clear()
+    _refusals.clear()
+
+
+compile_matcher.cache_clear = _clear_verdicts
+compile_matcher.cache_info = _checked_matcher.cache_info
+
+
 def make_rule(source_kind: str, source: str, target_kind: str, target: str,
               strength: float) -> Rule:
     """Build and validate a rule from plain values (what a form or a link gives)."""
@@ -235,20 +308,26 @@ def make_rule(source_kind: str, source: str, target_kind: str, target: str,
 
 
 def match_words(m: Matcher, words: list[str]) -> np.ndarray:
-    """``[T]`` bool: which words the matcher selects. All words share one deadline."""
+    """``[T]`` bool: which words the matcher selects. All words share one deadline; a matcher
+    that runs out of time is refused from then on (``compile_matcher``), whatever the text."""
     fn = compile_matcher(m)
     deadline = time.perf_counter() + MATCH_BUDGET_S
     out = np.zeros(len(words), bool)
     for i, w in enumerate(words):
         left = deadline - time.perf_counter()
+        slow = None
         if left <= 0:
-            raise RuleError(f"matching {m.describe()} against the text took longer than "
-                            f"{MATCH_BUDGET_S * 1000:.0f} ms; simplify the pattern")
-        try:
-            out[i] = fn(w, left)
-        except TimeoutError:
-            raise RuleError(f"matching {m.describe()} against the word {w[:20]!r} took longer "
-                            f"than {MATCH_BUDGET_S * 1000:.0f} ms; simplify the pattern") from None
+            slow = "the text"
+        else:
+            try:
+                out[i] = fn(w, left)
+            except TimeoutError:
+                slow = f"the word {w[:20]!r}"
+        if slow is not None:
+            message = (f"matching {m.describe()} against {slow} took longer than "
+                       f"{MATCH_BUDGET_S * 1000:.0f} ms; simplify the pattern")
+            _refusals.remember(m, message)
+            raise RuleError(message)
     return out
 
 
