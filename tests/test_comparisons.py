@@ -156,3 +156,18 @@ def test_lift_intervals_set_each_setting_against_zero_its_uniform_baseline():
     assert not any("noncausal" in s or s.startswith("weights") for s, _ in rows
                    if s in ("punctuation", "bigram"))
     assert {s for s, _ in rows} >= {"punctuation", "recruited", "bigram"}
+
+
+def test_holm_and_benjamini_hochberg_match_a_hand_computation():
+    p = [0.01, 0.04, 0.03, 0.005]
+    # Holm: sorted 0.005·4 = 0.02, 0.01·3 = 0.03, 0.03·2 = 0.06, 0.04·1 = 0.04 → max so far 0.06
+    assert cp.holm(p) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    # BH: 0.005·4/1 = 0.02, 0.01·4/2 = 0.02, 0.03·4/3 = 0.04, 0.04·4/4 = 0.04 (min from the top)
+    assert cp.benjamini_hochberg(p) == pytest.approx([0.02, 0.04, 0.04, 0.02])
+    # A comparison with no test yet counts in Holm's m as p = 1 and stays None
+    assert cp.holm([0.01, None]) == [pytest.approx(0.02), None]
+    assert cp.benjamini_hochberg([0.01, None]) == [pytest.approx(0.01), None]
+    assert cp.holm([0.9, 0.8]) == [1.0, 1.0]                     # capped at 1
+    assert cp.holm([0.02, 0.03]) == pytest.approx([0.04, 0.04])  # 0.03·1 < 0.04: monotone
+    rows = cp.with_q_values([{"p": 0.01}, {"p": None}, {"p": 0.04}])
+    assert [r["q"] for r in rows] == [pytest.approx(0.02), None, pytest.approx(0.04)]

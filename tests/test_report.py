@@ -1,6 +1,6 @@
-"""The report's seed figures: mean ± sd (n) where a point averages n > 1 seeds, and the paired
-partition-minus-fixed table, "established" only where the 95% t-interval excludes zero; a
-single-seed cache's report has neither."""
+"""The report's seed figures: mean ± sd (n) where a point averages n > 1 seeds, the paired
+partition-minus-fixed table with its relative change, p-value and BH q-value (exploratory: no
+verdict), and the pre-registered family first; a single-seed cache's report has no seed tables."""
 from pathlib import Path
 
 import sweep_examples
@@ -25,18 +25,24 @@ def test_strategy_table_shows_mean_sd_and_n():
     assert "| punctuation | 0.5 | 5 | 107.0 ± 4.4 (3) |" in table
 
 
-def test_differences_table_says_established_only_when_the_interval_excludes_zero():
+def _cell(line: str, i: int) -> str:
+    return line.strip("| ").split(" | ")[i]
+
+
+def test_differences_table_gives_relative_change_p_and_q_but_no_verdict():
     table = report.differences_table(_seeded_partitions())
     lines = table.splitlines()
+    assert lines[0].endswith("| n | mean diff | relative | sd | 95% CI | p | BH q |")
     ppl = next(line for line in lines if "| perplexity |" in line)
-    # diffs 4, 3, 5: mean 4, sd 1, half-width 4.303/√3 = 2.484
-    assert ppl == "| punctuation | fixed (b=5) | 0.5 | perplexity | 3 | 4.000 | 1.000 | " \
-                  "[1.516, 6.484] | established |"
-    in_block = next(line for line in lines if "| in_block_mass |" in line)
-    assert in_block.endswith("| not established |")
+    # diffs 4, 3, 5: mean 4, sd 1, half-width 4.303/√3 = 2.484; over fixed's mean 103: +3.9%;
+    # t = 4√3 = 6.93 at df 2, where P(|T| ≥ t) = 1 − t/√(t² + 2) = 0.0202
+    assert ppl.startswith("| punctuation | fixed (b=5) | 0.5 | perplexity | 3 | 4.000 | +3.9% | "
+                          "1.000 | [1.516, 6.484] | 0.0202 |")
+    assert float(_cell(ppl, -1)) >= 0.0202          # a q-value is never below its p
+    assert "established" not in table
     noisy = report.differences_table(_seeded_partitions((110.0, 95.0, 108.0)))
     ppl = next(line for line in noisy.splitlines() if "| perplexity |" in line)
-    assert ppl.endswith("| not established |")     # diffs 10, -7, 1: the interval spans 0
+    assert float(_cell(ppl, -2)) > 0.5              # diffs 10, -7, 1: t = 0.24
 
 
 def test_differences_table_compares_with_every_fixed_size_as_a_control():
@@ -52,7 +58,7 @@ def test_differences_table_compares_with_every_fixed_size_as_a_control():
     assert ppl[0].startswith("| punctuation | fixed (b=5) | 0.5 |")
     # 104−106, 105−104, 112−112: mean −1/3, the interval spans 0
     assert ppl[1].startswith("| punctuation | fixed (b=7) | 0.5 | perplexity | 3 | -0.333 |")
-    assert ppl[1].endswith("| not established |") and len(ppl) == 2
+    assert float(_cell(ppl[1], -2)) > 0.5 and len(ppl) == 2
 
 
 def test_locality_table_pairs_each_lambda_with_lambda_zero_by_seed():
@@ -63,8 +69,8 @@ def test_locality_table_pairs_each_lambda_with_lambda_zero_by_seed():
     lines = report.locality_table(runs).splitlines()
     ppl = next(line for line in lines if line.startswith(
         "| attention penalty · as trained | 0.5 | perplexity |"))
-    assert ppl == ("| attention penalty · as trained | 0.5 | perplexity | 3 | 4.000 | 1.000 | "
-                   "[1.516, 6.484] | established |")
+    assert ppl.startswith("| attention penalty · as trained | 0.5 | perplexity | 3 | 4.000 | "
+                          "+3.9% | 1.000 | [1.516, 6.484] | 0.0202 |")
     assert report.locality_table([ex.make_run("attention", 0.5)]) is None
 
 
@@ -83,6 +89,26 @@ def test_seeds_table_lists_only_multi_seed_points():
     table = report.seeds_table(runs)
     assert "| attention penalty · as trained | 0.5 | 1,2,3 | 103.0 ± 3.6 (3) |" in table
     assert report.seeds_table([sweep_examples.make_run("attention", 0.5)]) is None
+
+
+def test_strategy_table_step_1000_column_is_the_mean_over_seeds():
+    """The column once printed the first seed's value in string order, not the mean."""
+    runs = _seeded_partitions()
+    for run, ppl in zip(runs, (300.0, 310.0, 320.0, 400.0, 410.0, 420.0)):
+        run["training"]["history"] = [{"step": 1000, "valid_ppl": ppl}]
+    table = report.strategy_table(runs)
+    assert next(line for line in table.splitlines() if line.startswith("| fixed (b=5) |")) \
+        .endswith("| 310.0 ± 10.0 (3) |")
+    assert next(line for line in table.splitlines() if line.startswith("| punctuation |")) \
+        .endswith("| 410.0 ± 10.0 (3) |")
+
+
+def test_the_report_opens_with_the_primary_family():
+    text = report.full_report(REPO / "assets" / "study")
+    first = text.split("\n\n")[0].splitlines()
+    assert first[0].startswith("## The primary family")
+    assert [line.split(" | ")[0] for line in first[3:]] == [f"| F{i}" for i in range(1, 11)]
+    assert "established" not in text.split("## Baselines")[1]     # the rest is exploratory
 
 
 def test_single_seed_report_has_no_seed_sections():
@@ -151,8 +177,10 @@ def test_lift_table_sets_each_setting_against_zero():
             if ev["dial"]["locality"] == 0.0 and ev["dial"]["attn_temperature"] == 1.0:
                 ev["attention"]["pointer_fidelity_lift"]["mean"] = 0.001 * ((seed or 0) + 1)
     lines = report.lift_table(runs).splitlines()
-    assert lines[0] == "| series | λ | n | mean lift | sd | 95% CI | verdict |"
-    assert ("| attention penalty · as trained | 0 | 3 | 0.003 | 0.001 | [0.001, 0.005] | "
-            "established |") in lines
-    assert "Pointer fidelity lift" in report.full_report(REPO / "assets" / "study")
+    assert lines[0] == "| series | λ | n | mean lift | relative | sd | 95% CI | p | BH q |"
+    # lifts 0.002, 0.003, 0.004: t = 3√3 = 5.20 at df 2, p = 1 − t/√(t² + 2) = 0.0351; a lift
+    # against zero has no relative change
+    assert any(line.startswith("| attention penalty · as trained | 0 | 3 | 0.003 | — | 0.001 | "
+                               "[0.001, 0.005] | 0.0351 |") for line in lines)
+    assert "pointer fidelity lift" in report.full_report(REPO / "assets" / "study")
     assert report.lift_table([sweep_examples.make_run("attention", 0.5)]) is None

@@ -38,3 +38,30 @@ def test_paired_difference_matches_a_hand_computation():
     assert weak["lo"] < 0 < weak["hi"] and not weak["established"]
     one = stats.paired_difference({1: 3.0}, {1: 1.0})
     assert one["n"] == 1 and one["sd"] is None and not one["established"]
+
+
+def test_t_p_value_meets_the_t_table_and_a_hand_computation():
+    """P(|T| ≥ t975(df)) is 0.05 at every df of the table (both come from the same
+    distribution), and at df = 2, P(|T| ≥ t) = 1 − t/√(t² + 2) by hand."""
+    for df, t in enumerate(stats.T975, 1):
+        assert stats.t_two_sided_p(t, df) == pytest.approx(0.05, abs=2e-4), df
+    for t in (0.5, 2.0, 6.0):
+        assert stats.t_two_sided_p(t, 2) == pytest.approx(1 - t / math.sqrt(t * t + 2))
+        assert stats.t_two_sided_p(-t, 2) == stats.t_two_sided_p(t, 2)
+    assert stats.t_two_sided_p(1.0, 1) == pytest.approx(0.5)     # Cauchy: atan(1) = π/4
+    assert stats.t_two_sided_p(0.0, 7) == pytest.approx(1.0)
+    # p falls as |t| grows and as df grows at a fixed t
+    assert stats.t_two_sided_p(3.0, 4) < stats.t_two_sided_p(2.0, 4)
+    assert stats.t_two_sided_p(3.0, 9) < stats.t_two_sided_p(3.0, 4)
+    with pytest.raises(ValueError):
+        stats.t_two_sided_p(1.0, 0)
+
+
+def test_paired_difference_carries_its_p_value_and_the_controls_mean():
+    d = stats.paired_difference({1: 104.0, 2: 105.0, 3: 112.0}, {1: 100.0, 2: 102.0, 3: 107.0})
+    t = 4.0 / (1.0 / math.sqrt(3.0))                # diffs 4, 3, 5: mean 4, sd 1
+    assert d["p"] == pytest.approx(1 - t / math.sqrt(t * t + 2))
+    assert d["base_mean"] == pytest.approx(103.0)
+    assert stats.paired_difference({1: 2.0, 2: 2.0}, {1: 1.0, 2: 1.0})["p"] == 0.0
+    assert stats.paired_difference({1: 1.0, 2: 1.0}, {1: 1.0, 2: 1.0})["p"] == 1.0
+    assert stats.paired_difference({1: 3.0}, {1: 1.0})["p"] is None

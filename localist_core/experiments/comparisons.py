@@ -1,6 +1,7 @@
 """Settings compared by a paired difference matched by seed (partitions against fixed blocks,
-blocks against their context-matched control, each λ against λ = 0), their verdicts, and the
-threshold formula set against a sweep's measured in-block mass."""
+blocks against their context-matched control, each λ against λ = 0), the pre-registered primary
+family's corrections (Holm for the family in ``family.py``, Benjamini–Hochberg for the
+exploratory rest), and the threshold formula set against a sweep's measured in-block mass."""
 from __future__ import annotations
 
 from ..analysis.theory import effective_margin, predicted_cross_mass
@@ -23,7 +24,7 @@ DIFF_METRICS = ("perplexity", "entropy_bits", "in_block_mass", "pointer_fidelity
                 "pointer_fidelity_lift")
 
 
-def _by_seed(points: list[dict]) -> dict[tuple[str, float], dict[int, dict]]:
+def by_seed(points: list[dict]) -> dict[tuple[str, float], dict[int, dict]]:
     """Per-run points with a seed, as {(series, λ): {seed: point}} (the first point of each)."""
     by: dict[tuple[str, float], dict[int, dict]] = {}
     for p in points:
@@ -49,7 +50,7 @@ def partition_differences(runs: list[dict], metrics=DIFF_METRICS,
     """Each partition minus fixed at each λ (``results.strategy_points``' runs), paired by
     seed: one row per (partition, λ, metric) with ``paired_difference``'s figures (a λ or
     partition with no seed in common with fixed has no row)."""
-    by = _by_seed(strategy_run_points(runs, block_size))
+    by = by_seed(strategy_run_points(runs, block_size))
     fixed = {lam: pts for (series, lam), pts in by.items() if series.startswith("fixed")}
     rows = []
     for (series, lam), pts in sorted(by.items(), key=lambda kv: (kv[0][1], kv[0][0])):
@@ -57,6 +58,42 @@ def partition_differences(runs: list[dict], metrics=DIFF_METRICS,
             rows += _paired(pts, fixed[lam], metrics, partition=series,
                             control=f"fixed (b={block_size})", locality=lam)
     return rows
+
+
+# -- multiple comparisons ----------------------------------------------------------------------
+
+def holm(pvalues: list[float | None], alpha: float = 0.05) -> list[float | None]:
+    """Holm's step-down adjusted p-values, in the order given: the k-th smallest of the m
+    p-values becomes max over j ≤ k of min(1, (m − j + 1)·p₍ⱼ₎). A None (a comparison with no
+    test yet) counts in m as p = 1 and stays None, so a family's size is fixed in advance."""
+    m = len(pvalues)
+    order = sorted(range(m), key=lambda i: 1.0 if pvalues[i] is None else pvalues[i])
+    adjusted: list[float | None] = [None] * m
+    running = 0.0
+    for rank, i in enumerate(order):
+        p = 1.0 if pvalues[i] is None else pvalues[i]
+        running = max(running, min(1.0, (m - rank) * p))
+        adjusted[i] = None if pvalues[i] is None else running
+    return adjusted
+
+
+def benjamini_hochberg(pvalues: list[float | None]) -> list[float | None]:
+    """Benjamini–Hochberg q-values, in the order given: the k-th smallest of the m p-values
+    becomes min over j ≥ k of min(1, m·p₍ⱼ₎/j). Nones are left out of m and stay None."""
+    idx = sorted((i for i, p in enumerate(pvalues) if p is not None), key=lambda i: pvalues[i])
+    m = len(idx)
+    q: list[float | None] = [None] * len(pvalues)
+    running = 1.0
+    for rank in range(m - 1, -1, -1):
+        i = idx[rank]
+        running = min(running, m * pvalues[i] / (rank + 1))
+        q[i] = running
+    return q
+
+
+def with_q_values(rows: list[dict]) -> list[dict]:
+    """The exploratory rows with each one's Benjamini–Hochberg ``q`` over all of them."""
+    return [{**r, "q": q} for r, q in zip(rows, benjamini_hochberg([r.get("p") for r in rows]))]
 
 
 def verdict(row: dict) -> str:
@@ -128,7 +165,7 @@ def adaptive_differences(runs: list[dict], metrics=DIFF_METRICS) -> list[dict]:
     by name) at each λ, paired by seed: one row per (partition, control partition, λ, metric).
     ``bigram`` − ``punctuation`` asks whether boundaries read from the words do better than the
     text's punctuation at about the same visible in-block keys."""
-    by = {key: pts for key, pts in _by_seed(strategy_run_points(runs, DEFAULT_BLOCK_SIZE)).items()
+    by = {key: pts for key, pts in by_seed(strategy_run_points(runs, DEFAULT_BLOCK_SIZE)).items()
           if not key[0].startswith("fixed")}
     rows = []
     for lam in sorted({lam for _, lam in by}):
@@ -161,7 +198,7 @@ def locality_differences(runs: list[dict], metrics=DIFF_METRICS) -> list[dict]:
     paired by seed: one row per (series, λ, metric) with ``paired_difference``'s figures. It
     asks how far a little locality moves each metric ("nearly a switch" is a large in-block
     change at a small λ with no established perplexity cost)."""
-    by = _by_seed(curve_run_points(runs))
+    by = by_seed(curve_run_points(runs))
     rows = []
     for (series, lam), pts in sorted(by.items()):
         zero = by.get((series, 0.0))
@@ -182,7 +219,7 @@ def lift_intervals(runs: list[dict]) -> list[dict]:
     pts = curve_run_points(runs) + [p for p in strategy_run_points(runs, DEFAULT_BLOCK_SIZE)
                                     if not p["series"].startswith("fixed")]
     rows = []
-    for (series, lam), by_seed in _by_seed(pts).items():
+    for (series, lam), by_seed in by_seed(pts).items():
         zero = {seed: {LIFT: 0.0} for seed in by_seed}
         rows += _paired(by_seed, zero, (LIFT,), series=series, locality=lam)
     return rows
@@ -197,7 +234,7 @@ def dial_differences(runs: list[dict], metrics=DIFF_METRICS) -> list[dict]:
     (dial series, λ, metric) where both exist. It asks what serving every λ from one checkpoint
     costs against a model trained for that λ."""
     points = curve_run_points(runs)
-    by = _by_seed(points)
+    by = by_seed(points)
     dials = {p["series"] for p in points if p.get("curve") == "dial"}
     rows = []
     for (series, lam), pts in sorted(by.items()):

@@ -19,8 +19,9 @@ from .comparisons import (
     formula_runs,
     lift_intervals,
     locality_differences,
-    verdict,
+    with_q_values,
 )
+from .family import FAMILY_SEEDS, primary_family
 from .results import (  # noqa: F401 (PAPER re-exported)
     PAPER,
     curve_points,
@@ -138,16 +139,10 @@ def position_table(run: dict, locality: float = 0.0) -> str:
     return "\n".join(lines)
 
 
-def _history_ppl(run: dict, step: int) -> float | None:
-    for h in (run.get("training") or {}).get("history") or []:
-        if isinstance(h, dict) and h.get("step") == step:
-            return finite(h.get("valid_ppl"))
-    return None
-
-
 def strategy_table(runs: list[dict]) -> str:
     """Fixed, punctuation and recruited partitions per λ (attention penalty, λ_f = 0,
-    τ = 1), with the step-1000 validation perplexity from training (32k-token prefix)."""
+    τ = 1), with the step-1000 validation perplexity from training (32k-token prefix), as
+    mean ± sd over seeds like every other column."""
     by_id = {r["run_id"]: r for r in runs}
     head = (["partition", "λ", "steps", "valid ppl", "test ppl", "test acc"]
             + _labels(STRATEGY_METRICS) + ["step-1000 ppl (32k prefix)"])
@@ -159,7 +154,7 @@ def strategy_table(runs: list[dict]) -> str:
                            _pm(p, "perplexity", 1), _pm(p, "test_perplexity", 1),
                            _pm(p, "test_accuracy", 3)]
                           + [_pm(p, k, DIGITS.get(k, 3)) for k in STRATEGY_METRICS]
-                          + [_fmt(_history_ppl(run, 1000), 1)]))
+                          + [_pm(p, "step1000_perplexity", 1)]))
     return "\n".join(lines)
 
 
@@ -182,53 +177,98 @@ def _ci(r: dict) -> str:
     return "—" if r["lo"] is None else f"[{r['lo']:.3f}, {r['hi']:.3f}]"
 
 
+def _p(p) -> str:
+    """A p- or q-value to three significant figures, "< 0.001" below that."""
+    if p is None:
+        return "—"
+    return "< 0.001" if p < 0.001 else f"{p:.3g}"
+
+
+def _relative(r: dict) -> str:
+    """The mean difference over the control's mean, as a signed percentage."""
+    base = r.get("base_mean")
+    if r["mean"] is None or not base:
+        return "—"
+    return f"{100 * r['mean'] / base:+.1f}%"
+
+
 def _interval_table(rows: list[dict], lead: list[str], key, mean: str = "mean diff") -> str | None:
-    """Rows of ``stats.paired_difference`` figures as a table: the columns ``lead`` (each row's
-    ``key(row)``), then n, the mean, sd, the 95% interval and the verdict; None when no row
-    has two seeds."""
+    """Exploratory rows of ``stats.paired_difference`` figures as a table: the columns ``lead``
+    (each row's ``key(row)``), then n, the mean, the relative change, sd, the 95% interval, the
+    uncorrected p and the Benjamini–Hochberg q (the rows' own ``q``, else over this table);
+    no verdict: only the primary family's rows carry one. None when no row has two seeds."""
     if not any(r["n"] > 1 for r in rows):
         return None
-    head = lead + ["n", mean, "sd", "95% CI", "verdict"]
+    if any("q" not in r for r in rows):
+        rows = with_q_values(rows)
+    head = lead + ["n", mean, "relative", "sd", "95% CI", "p", "BH q"]
     lines = [_row(head), _row(["---"] * len(head))]
     for r in rows:
-        lines.append(_row(key(r) + [r["n"], _fmt(r["mean"]), _fmt(r["sd"]), _ci(r), verdict(r)]))
+        lines.append(_row(key(r) + [r["n"], _fmt(r["mean"]), _relative(r), _fmt(r["sd"]),
+                                    _ci(r), _p(r["p"]), _p(r["q"])]))
     return "\n".join(lines)
 
 
-def differences_table(runs: list[dict]) -> str | None:
-    """Each partition minus fixed blocks at each λ, paired by seed: mean difference, sd, n and
-    the 95% t-interval; "established" only where the interval excludes zero. Every fixed block
-    size in the cache is a control (fixed-5, the default; fixed-7, matched to punctuation in
-    visible in-block keys), and so is each adaptive partition for the ones after it (bigram −
+def family_table(runs: list[dict]) -> str:
+    """The pre-registered primary family (``family.primary_family``): each question's paired
+    difference, relative effect, 95% interval, p-value, Holm-adjusted p-value over all ten and
+    verdict."""
+    head = ["#", "question", "metric", "seeds", "mean diff", "relative", "95% CI", "p",
+            "Holm p", "verdict"]
+    lines = [_row(head), _row(["---"] * len(head))]
+    for r in primary_family(runs):
+        lines.append(_row([r["key"], r["question"], r["metric"], r["n"], _fmt(r["mean"]),
+                           _relative(r), _ci(r), _p(r["p"]), _p(r["p_holm"]), r["verdict"]]))
+    return "\n".join(lines)
+
+
+def differences_table(runs: list[dict], rows: list[dict] | None = None) -> str | None:
+    """Each partition minus fixed blocks at each λ, paired by seed: mean difference, relative
+    change, sd, n, the 95% t-interval, p and q (exploratory). Every fixed block size in the
+    cache is a control (fixed-5, the default; fixed-7, matched to punctuation in visible
+    in-block keys), and so is each adaptive partition for the ones after it (bigram −
     punctuation). None when no pair of settings shares two seeds."""
-    return _interval_table(control_differences(runs), ["partition", "− control", "λ", "metric"],
+    return _interval_table(control_differences(runs) if rows is None else rows,
+                           ["partition", "− control", "λ", "metric"],
                            lambda r: [r["partition"], r["control"], _lam(r["locality"]),
                                       r["metric"]])
 
 
-def locality_table(runs: list[dict]) -> str | None:
+def locality_table(runs: list[dict], rows: list[dict] | None = None) -> str | None:
     """Along each curve, each λ minus λ = 0, paired by seed (``comparisons.locality_differences``),
-    with the same verdicts; None when no pair shares two seeds."""
-    return _interval_table(locality_differences(runs), ["series", "λ − 0", "metric"],
+    exploratory like the rest; None when no pair shares two seeds."""
+    return _interval_table(locality_differences(runs) if rows is None else rows,
+                           ["series", "λ − 0", "metric"],
                            lambda r: [r["series"], _lam(r["locality"]), r["metric"]])
 
 
-def dial_table(runs: list[dict]) -> str | None:
+def dial_table(runs: list[dict], rows: list[dict] | None = None) -> str | None:
     """Each dial curve at λ_f = λ minus the penalty model trained at λ, paired by seed
-    (``comparisons.dial_differences``), with the same verdicts; None when no pair shares two
-    seeds."""
-    return _interval_table(dial_differences(runs),
+    (``comparisons.dial_differences``), exploratory; None when no pair shares two seeds."""
+    return _interval_table(dial_differences(runs) if rows is None else rows,
                            ["dial series", "− control", "λ_f = λ", "metric"],
                            lambda r: [r["series"], r["control"], _lam(r["locality"]),
                                       r["metric"]])
 
 
-def lift_table(runs: list[dict]) -> str | None:
+def lift_table(runs: list[dict], rows: list[dict] | None = None) -> str | None:
     """Each setting's pointer-fidelity lift against zero, the fidelity uniform attention over
-    the query's visible in-block keys would give (``comparisons.lift_intervals``), with the same
-    verdicts; None when no setting has two seeds."""
-    return _interval_table(lift_intervals(runs), ["series", "λ"],
+    the query's visible in-block keys would give (``comparisons.lift_intervals``), exploratory;
+    None when no setting has two seeds."""
+    return _interval_table(lift_intervals(runs) if rows is None else rows, ["series", "λ"],
                            lambda r: [r["series"], _lam(r["locality"])], mean="mean lift")
+
+
+def exploratory_rows(runs: list[dict]) -> dict[str, list[dict]]:
+    """The rows of the four exploratory tables, each with its Benjamini–Hochberg q-value taken
+    over all of them together (one exploratory family for the whole report)."""
+    parts = {"differences": control_differences(runs), "locality": locality_differences(runs),
+             "dial": dial_differences(runs), "lift": lift_intervals(runs)}
+    flat = with_q_values([r for rows in parts.values() for r in rows])
+    out, i = {}, 0
+    for name, rows in parts.items():
+        out[name], i = flat[i:i + len(rows)], i + len(rows)
+    return out
 
 
 AGREE = 0.05   # |predicted − measured| in-block mass the formula table counts as agreement
@@ -277,25 +317,30 @@ def full_report(cache_dir: str | Path, runs: list[dict] | None = None) -> str:
     problems: list[str] = []
     if runs is None:
         runs, problems = load_cache(cache_dir)
-    parts = ["## Baselines", baselines_table(cache_dir), "", "## Runs (τ = 1)", run_table(runs), "",
+    explore = exploratory_rows(runs)
+    parts = ["## The primary family (pre-registered; Holm-adjusted over its ten rows, verdicts "
+             f"need {FAMILY_SEEDS} seeds)", family_table(runs), "",
+             "## Baselines", baselines_table(cache_dir), "", "## Runs (τ = 1)", run_table(runs), "",
              "## Penalty models dialled at inference", dialled_table(runs), "",
              "## Partitions: fixed, punctuation, recruited", strategy_table(runs), ""]
-    seeds, diffs = seeds_table(runs), differences_table(runs)
+    seeds, diffs = seeds_table(runs), differences_table(runs, explore["differences"])
     if seeds:
         parts += ["## Across seeds (τ = 1): mean ± sd (n)", seeds, ""]
     if diffs:
-        parts += ["## Partitions minus their controls, paired by seed (95% t-interval)", diffs, ""]
-    along = locality_table(runs)
+        parts += ["## Exploratory: partitions minus their controls, paired by seed (95% "
+                  "t-interval, BH q over every exploratory row)", diffs, ""]
+    along = locality_table(runs, explore["locality"])
     if along:
-        parts += ["## Each λ minus λ = 0, paired by seed (95% t-interval)", along, ""]
-    dial = dial_table(runs)
+        parts += ["## Exploratory: each λ minus λ = 0, paired by seed (95% t-interval, BH q)",
+                  along, ""]
+    dial = dial_table(runs, explore["dial"])
     if dial:
-        parts += ["## The dial at λ_f = λ minus the penalty model trained at λ, paired by seed "
-                  "(95% t-interval)", dial, ""]
-    lift = lift_table(runs)
+        parts += ["## Exploratory: the dial at λ_f = λ minus the penalty model trained at λ, "
+                  "paired by seed (95% t-interval, BH q)", dial, ""]
+    lift = lift_table(runs, explore["lift"])
     if lift:
-        parts += ["## Pointer fidelity lift over its uniform-attention baseline, against zero "
-                  "(95% t-interval)", lift, ""]
+        parts += ["## Exploratory: pointer fidelity lift over its uniform-attention baseline, "
+                  "against zero (95% t-interval, BH q)", lift, ""]
     formula = formula_table(runs)
     if formula:
         parts += ["## The threshold formula against the sweep (one margin per run)", formula, ""]

@@ -25,7 +25,18 @@ PAPER = {"entropy_bits_l1": 5.36, "entropy_bits_l0": 7.18, "test_perplexity_l06"
 LEAK = "LEAK"
 
 # The numbers a point averages over seeds; each gets ``<key>_sd`` and ``<key>_ci95``.
-STAT_KEYS = ("perplexity", "accuracy", "test_perplexity", "test_accuracy", *METRIC_NAMES)
+STAT_KEYS = ("perplexity", "accuracy", "test_perplexity", "test_accuracy", "step1000_perplexity",
+             *METRIC_NAMES)
+HISTORY_STEP = 1000   # the training step whose 32k-prefix validation perplexity a point carries
+
+
+def history_perplexity(run: dict, step: int = HISTORY_STEP) -> float | None:
+    """The validation perplexity training logged at ``step`` (on its 32k-token prefix)."""
+    training = run.get("training") if isinstance(run.get("training"), dict) else {}
+    for h in training.get("history") or []:
+        if isinstance(h, dict) and h.get("step") == step:
+            return finite(h.get("valid_ppl"))
+    return None
 
 
 def config_part(run: dict, part: str) -> dict:
@@ -165,7 +176,8 @@ def make_point(run: dict, lam: float, dial_locality: float, tau: float = 1.0,
          "dial_locality": dial_locality, "attn_temperature": tau,
          "perplexity": finite(ev.get("perplexity")), "accuracy": finite(ev.get("accuracy")),
          "test_perplexity": finite(test.get("perplexity")),
-         "test_accuracy": finite(test.get("accuracy")), "entropy_ceiling_bits": ceiling,
+         "test_accuracy": finite(test.get("accuracy")),
+         "step1000_perplexity": history_perplexity(run), "entropy_ceiling_bits": ceiling,
          "leak": leak_flag(run)}
     for k in METRIC_NAMES:
         p[k] = finite(att[k].get("mean")) if isinstance(att.get(k), dict) else None
