@@ -219,9 +219,9 @@ def lift_intervals(runs: list[dict]) -> list[dict]:
     pts = curve_run_points(runs) + [p for p in strategy_run_points(runs, DEFAULT_BLOCK_SIZE)
                                     if not p["series"].startswith("fixed")]
     rows = []
-    for (series, lam), by_seed in by_seed(pts).items():
-        zero = {seed: {LIFT: 0.0} for seed in by_seed}
-        rows += _paired(by_seed, zero, (LIFT,), series=series, locality=lam)
+    for (series, lam), seeds in by_seed(pts).items():
+        zero = {seed: {LIFT: 0.0} for seed in seeds}
+        rows += _paired(seeds, zero, (LIFT,), series=series, locality=lam)
     return rows
 
 
