@@ -306,6 +306,21 @@ def test_kn_capacity_keeps_the_most_frequent_pairs():
     assert len(full.codes) > 10
 
 
+@pytest.mark.parametrize("capacity,stored", [(4, 3), (9, 7), (10, 10), (20, 18)])
+def test_kn_capacity_keeps_or_drops_tied_pairs_together(capacity, stored):
+    """The counts of this stream run 124, 114, 107, 101, 101, 96, 90, 89, 89, 89, 57, … and
+    19 three times at ranks 19–21: a cap inside a tie drops the whole tie, so every stored pair
+    was seen more often than every pair left out, and the next tie would not fit."""
+    stream = _training_stream(4, 2000)
+    tables = kn_bigram_tables(stream, len(WORDS), capacity=capacity, min_count=1)
+    counts = Counter((stream[:-1] * len(WORDS) + stream[1:]).tolist())
+    kept = tables.codes[tables.codes != PAD_CODE].tolist()
+    left = [k for c, k in counts.items() if c not in kept]
+    assert len(kept) == stored and len(tables.codes) == capacity
+    assert min(counts[c] for c in kept) > max(left)
+    assert stored + left.count(max(left)) > capacity
+
+
 @pytest.mark.parametrize("alpha,c_bits,cap,min_count", [(1.0, 1.5, 8, 2), (0.5, 0.0, 5, 1),
                                                         (2.0, 3.0, 12, 1), (1.0, 3.75, 8, 2)])
 def test_bigram_adds_a_boundary_exactly_where_its_gain_is_positive(alpha, c_bits, cap, min_count):
@@ -365,6 +380,32 @@ def test_bigram_reads_the_words_and_recruited_does_not(tiny_corpus):
     relabelled = kn_bigram_tables(perm[tiny_corpus.train].numpy(), v)
     again = BigramPartition(relabelled, cfg.recruit_alpha, 1.5, cfg.max_block_size)
     assert torch.equal(again.block_ids(y), bigram.block_ids(x))
+
+
+def test_capped_bigram_tables_cut_windows_alike_whatever_the_word_ids(tiny_corpus):
+    """With the cap on, and falling inside a tie (as on WikiText-2, among the pairs seen
+    twice): tables rebuilt over a consistently relabelled training split store the same pairs
+    (relabelled) and cut every held-out window as before. A cap that broke the tie by pair code
+    would store other pairs of the tie under the other ids, and cut windows elsewhere."""
+    v = len(tiny_corpus.tokenizer)
+    train = tiny_corpus.train.numpy()
+    _, counts = np.unique(train[:-1] * v + train[1:], return_counts=True)
+    level, ties = Counter(counts.tolist()).most_common(1)[0]      # the largest tie
+    above = int((counts > level).sum())
+    assert ties >= 10 and above > 0
+    capacity = above + ties // 2                        # the cap falls inside that tie
+    tables = kn_bigram_tables(train, v, capacity=capacity)
+    perm = torch.randperm(v, generator=torch.Generator().manual_seed(0))
+    relabelled = kn_bigram_tables(perm.numpy()[train], v, capacity=capacity)
+    x = _valid_windows(tiny_corpus)
+    for c_bits in (1.5, 3.75):
+        before = BigramPartition(tables, 1.0, c_bits, 8).block_ids(x)
+        after = BigramPartition(relabelled, 1.0, c_bits, 8).block_ids(perm[x])
+        assert torch.equal(before, after), (before != after).any(-1).float().mean()
+    kept = tables.codes[tables.codes != PAD_CODE].long()
+    moved = perm[kept // v] * v + perm[kept % v]
+    assert sorted(moved.tolist()) == relabelled.codes[relabelled.codes != PAD_CODE].tolist()
+    assert len(kept) == above                           # the whole tie is left out
 
 
 def test_bigram_keeps_associated_words_together():

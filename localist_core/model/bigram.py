@@ -149,9 +149,15 @@ def kn_bigram_tables(ids: np.ndarray | Tensor, vocab_size: int, capacity: int | 
       start of a fresh block.
 
     Pruning: only pairs seen at least ``min_count`` times are stored, and at most ``capacity``
-    of them (the most frequent; ties by code). A pruned pair is treated as unseen: it gets
-    γ'(w)·P_cont(v), where γ'(w) = (D·#stored(w) + Σ_pruned c(w,v))/c(w) takes in the whole
-    count of w's pruned pairs, so every P_KN(· | w) still sums to 1 (with nothing pruned γ' = γ).
+    of them: when more qualify, those seen more often than the first pair past the cap in
+    order of count. Pairs seen equally often are kept or dropped together, so the cap may store
+    fewer than ``capacity``, but the counts alone decide: a consistent relabelling of the
+    vocabulary stores the same pairs, relabelled, and changes no partition. Breaking the tie
+    by pair code, as this did before, let the word ids decide. On WikiText-2 the default cap
+    falls among the pairs seen twice: it keeps the 117,081 seen three times or more. A
+    pruned pair is treated as unseen: it gets γ'(w)·P_cont(v), where γ'(w) = (D·#stored(w) +
+    Σ_pruned c(w,v))/c(w) takes in the whole count of w's pruned pairs, so every P_KN(· | w)
+    still sums to 1 (with nothing pruned γ' = γ).
     The codes are padded with PAD_CODE up to ``capacity``, the fixed size a model's config
     implies.
     """
@@ -177,10 +183,10 @@ def kn_bigram_tables(ids: np.ndarray | Tensor, vocab_size: int, capacity: int | 
     cont = (np.maximum(n1_after - discount, 0.0) + discount * seen / v) / len(pairs)
     keep = cnt >= min_count
     if capacity is not None and keep.sum() > capacity:
-        order = np.lexsort((pairs, -cnt))                  # most frequent first, ties by code
-        chosen = order[keep[order]][:capacity]
-        keep = np.zeros_like(keep)
-        keep[chosen] = True
+        # The count of the first pair past the cap: keep only those seen more often, so a tie
+        # is never split and no word id decides which pairs are stored.
+        first_out = np.sort(cnt[keep])[::-1][capacity]
+        keep &= cnt > first_out
     stored_w = np.bincount(prev[keep], minlength=v).astype(np.float64)
     pruned_w = np.bincount(prev[~keep], weights=cnt[~keep], minlength=v)
     with np.errstate(divide="ignore", invalid="ignore"):
