@@ -32,6 +32,7 @@ from localist_core.model.dial import Dial
 from localist_core.paths import PROMPTS_FILE
 from localist_core.paths import REPO as REPO
 from localist_core.paths import SHIPPED_SWEEP as SHIPPED_SWEEP
+from ui import server_guard
 from ui.links import (
     BLOCK_CHOICES,
     BLOCK_SIZE_DEFAULT,
@@ -111,7 +112,9 @@ def _freeze_warm_heap() -> int:
 
 
 def run_page(page) -> None:
-    """Run the page ``navigation`` chose, on one torch thread (SCRIPT_TORCH_THREADS)."""
+    """Run the page ``navigation`` chose, on one torch thread (SCRIPT_TORCH_THREADS), after
+    the server's guards on what visitors send are in place (``ui.server_guard``, once)."""
+    server_guard.install()
     torch.set_num_threads(SCRIPT_TORCH_THREADS)
     st.session_state["_page"] = page.url_path  # ui.keep re-seeds widgets once per page visit
     try:
