@@ -433,3 +433,72 @@ def test_the_bigram_partition_without_tables_says_what_is_missing():
         part.block_ids(torch.zeros(1, 5, dtype=torch.long))
     with pytest.raises(ValueError, match="21 words|20"):
         make_partition(dataclasses.replace(cfg, vocab_size=21), bigram=TABLES)
+
+
+# -- the random partition: punctuation's lengths at random places --------------------------------
+
+def _lengths(ids: torch.Tensor) -> Counter:
+    """Lengths of every complete block (each row's last block may be cut by the window)."""
+    out: Counter = Counter()
+    for row in ids:
+        out.update(torch.bincount(row).tolist()[:-1])
+    return out
+
+
+def test_random_partition_blocks_follow_the_length_shares_it_is_given():
+    from localist_core.model.blocks import RandomPartition
+    shares = (0.1, 0.2, 0.0, 0.3, 0.4)
+    tokens = torch.randint(0, 5000, (400, 128), generator=torch.Generator().manual_seed(0))
+    ids = RandomPartition(shares, max_block_size=8).block_ids(tokens)
+    assert (ids[:, 0] == 0).all() and (ids.diff(dim=1) >= 0).all()
+    assert (ids.diff(dim=1) <= 1).all()                         # contiguous ids
+    got = _lengths(ids)
+    total = sum(got.values())
+    for length, share in enumerate(shares, 1):
+        assert got[length] / total == pytest.approx(share, abs=0.02), length
+    assert max(got) <= len(shares)
+    capped = RandomPartition(shares, max_block_size=2).block_ids(tokens)   # the cap holds
+    assert max(_lengths(capped)) <= 2
+
+
+def test_random_partition_is_causal_and_ignores_punctuation():
+    from localist_core.model.blocks import RandomPartition
+    part = make_partition(ModelConfig(vocab_size=len(WORDS), cutoffs=(), partition="random"))
+    assert isinstance(part, RandomPartition)
+    g = torch.Generator().manual_seed(1)
+    a = torch.randint(0, len(WORDS), (8, 64), generator=g)
+    for cut in (1, 17, 40):
+        b = a.clone()
+        b[:, cut:] = torch.randint(0, len(WORDS), (8, 64 - cut), generator=g)
+        assert torch.equal(part.block_ids(a)[:, :cut], part.block_ids(b)[:, :cut])
+    # a boundary word does not end its block: blocks end after punctuation no more than by chance
+    ends = torch.tensor([w in BOUNDARY_WORDS for w in WORDS])[a[:, :-1]]
+    starts = part.block_ids(a).diff(dim=1) == 1
+    assert not torch.equal(starts, ends)
+
+
+def test_random_partitions_default_lengths_are_punctuations_on_the_training_split():
+    from localist_core.experiments.data import load_corpus, resolve_data_dir
+    from localist_core.model.config import PUNCTUATION_BLOCK_LENGTHS
+    if resolve_data_dir() is None:
+        pytest.skip("no WikiText-2 folder on this machine")
+    corpus = load_corpus()
+    ends = np.flatnonzero(
+        PunctuationPartition.from_words(corpus.tokenizer.words, 8).boundary.numpy()[
+            corpus.train.numpy()])
+    runs = np.diff(np.concatenate([[-1], ends]))     # tokens up to each boundary word
+    counts = np.bincount(runs[runs % 8 > 0] % 8, minlength=9)[1:]
+    counts[7] += int((runs // 8).sum())              # a run of 8 or more leaves blocks of 8
+    assert tuple(np.round(counts / counts.sum(), 4)) == PUNCTUATION_BLOCK_LENGTHS
+
+
+def test_random_block_lengths_are_checked_and_leave_old_run_identities_alone():
+    from localist_core.model.config import model_identity
+    for bad in ((), (0.0, 0.0), (-0.1, 1.0), (float("nan"),), (1.0,) * 65, "abc"):
+        with pytest.raises(ValueError):
+            ModelConfig(vocab_size=len(WORDS), cutoffs=(), random_block_lengths=bad)
+    cfg = ModelConfig(vocab_size=len(WORDS), cutoffs=(), random_block_lengths=[1, 2])
+    assert cfg.random_block_lengths == (1.0, 2.0)
+    stored = dataclasses.asdict(ModelConfig(vocab_size=len(WORDS), cutoffs=()))
+    stored["random_block_lengths"] = list(stored["random_block_lengths"])    # as JSON holds it
+    assert "random_block_lengths" not in model_identity(stored)

@@ -24,6 +24,7 @@ WRONG = {
     "bool": [None, "true", 1, 0, [], {}],
     "str": [None, 1, [], {}, True],
     "tuple[int, ...]": [None, "2000", 5, {}, [1.5], ["x"], [True], [[1]]],
+    "tuple[float, ...]": [None, "0.5", 5, {}, [], ["x"], [True], [[1.0]], [math.nan], [-1.0]],
 }
 BASE = {ModelConfig: {"vocab_size": 100, "cutoffs": (10, 20)}, TrainConfig: {}}
 

@@ -82,10 +82,12 @@ _KINDS = {"int": (is_integer, "an integer"), "number": (is_finite_number, "a fin
           "object": (lambda v: isinstance(v, dict), "an object"),
           "list": (lambda v: isinstance(v, list), "a list"),
           "ints": (lambda v: isinstance(v, list) and all(map(is_integer, v)),
-                   "a list of integers")}
+                   "a list of integers"),
+          "numbers": (lambda v: isinstance(v, list) and all(map(is_finite_number, v)),
+                      "a list of numbers")}
 # A config dataclass field's annotation → the kind its stored value must have.
 _ANNOTATION_KINDS = {"int": "int", "float": "number", "str": "str", "bool": "bool",
-                     "tuple[int, ...]": "ints"}
+                     "tuple[int, ...]": "ints", "tuple[float, ...]": "numbers"}
 
 
 def _need(value, kind: str, where: str) -> None:

@@ -110,6 +110,67 @@ class PunctuationPartition:
         return f"PunctuationPartition(max_block_size={self.max_block_size})"
 
 
+def _pair_uniform(tokens: Tensor) -> Tensor:
+    """``[batch, pos]`` numbers in [0, 1) from an integer hash of (previous token, token): a
+    fixed pseudo-random draw for each word pair, unrelated to what the words mean. Position 0
+    has no previous token and hashes with −1."""
+    prev = torch.full_like(tokens, -1)
+    prev[:, 1:] = tokens[:, :-1]
+    h = (prev + 1) * 0x9E3779B1 + tokens * 0x85EBCA77 + 0x165667B1     # int64 wraps
+    h = h ^ (h >> 15)
+    h = (h & 0xFFFFFFFF) * 0x2C1B3C6D
+    h = h ^ (h >> 13)
+    return (h & 0xFFFFFF).double() / float(1 << 24)
+
+
+class RandomPartition:
+    """Blocks of punctuation's lengths at random places: the control for *where* punctuation
+    puts its boundaries. A block that has reached length L ends at the current token with the
+    hazard P(length = L | length ≥ L) of ``lengths`` (shares of lengths 1, 2, …), decided by
+    a fixed pseudo-random number of the (previous, current) word pair (``_pair_uniform``); so
+    its lengths follow ``lengths`` while its boundaries ignore meaning and punctuation. Causal:
+    the block of position t depends only on tokens ≤ t.
+
+    >>> p = RandomPartition((0.0, 1.0), max_block_size=8)      # every block exactly 2 long
+    >>> p.block_ids(torch.tensor([[5, 3, 9, 9, 1]])).tolist()
+    [[0, 0, 1, 1, 2]]
+    """
+
+    name = "random"
+
+    def __init__(self, lengths, max_block_size: int):
+        if max_block_size < 1:
+            raise ValueError(f"max_block_size must be ≥ 1, got {max_block_size}")
+        share = torch.tensor([float(x) for x in lengths], dtype=torch.float64)
+        if share.numel() == 0 or bool((share < 0).any()) or float(share.sum()) <= 0:
+            raise ValueError("lengths must be shares ≥ 0 with a positive sum")
+        self.max_block_size = int(max_block_size)
+        share = share[: self.max_block_size] / share.sum()
+        survive = 1.0 - torch.cumsum(share, 0) + share          # P(length ≥ L)
+        hazard = torch.where(survive > 0, share / survive.clamp_min(1e-300),
+                             torch.ones_like(share))
+        hazard[-1] = 1.0           # the longest length given (or the cap) always ends a block
+        self.hazard = hazard
+
+    def block_ids(self, tokens: Tensor) -> Tensor:
+        u = _pair_uniform(tokens)
+        hazard = self.hazard.to(tokens.device)
+        batch, n = tokens.shape
+        ids = torch.zeros(batch, n, dtype=torch.long, device=tokens.device)
+        cur = torch.zeros(batch, dtype=torch.long, device=tokens.device)
+        length = torch.ones(batch, dtype=torch.long, device=tokens.device)
+        for t in range(1, n):
+            # the block holding t − 1 ends there with the hazard of its length
+            ended = u[:, t - 1] < hazard[(length - 1).clamp_max(len(hazard) - 1)]
+            cur = cur + ended
+            length = torch.where(ended, torch.ones_like(length), length + 1)
+            ids[:, t] = cur
+        return ids
+
+    def __repr__(self) -> str:
+        return f"RandomPartition(max_block_size={self.max_block_size})"
+
+
 def boundary_mask(words: list[str]) -> Tensor:
     """``[vocab]`` bool: the ids of ``BOUNDARY_WORDS`` in a vocabulary."""
     mark = set(BOUNDARY_WORDS)
@@ -231,6 +292,8 @@ def make_partition(cfg, words: list[str] | None = None, boundary: Tensor | None 
     if kind == "recruited":
         return RecruitedPartition(zipf_log2_prior(cfg.vocab_size), cfg.recruit_alpha,
                                   cfg.boundary_bits)
+    if kind == "random":
+        return RandomPartition(cfg.random_block_lengths, cfg.max_block_size)
     if kind == "bigram":
         if bigram is None:
             raise ValueError(NO_TABLES)

@@ -13,7 +13,7 @@ from dataclasses import InitVar, dataclass, field
 
 from .files import short_repr as _r
 
-PARTITIONS = ("fixed", "punctuation", "recruited", "bigram")
+PARTITIONS = ("fixed", "punctuation", "recruited", "bigram", "random")
 # The bigram partition codes a word pair as prev·V + next in int32: V ≤ ⌊√(2³¹ − 1)⌋.
 BIGRAM_MAX_VOCAB = 46_340
 PENALTY_FORMS = ("none", "weights", "attention")
@@ -22,6 +22,11 @@ PROTOCOLS = ("penalty", "dial")
 # "auto" means on this machine).
 COMPUTE_PRECISIONS = ("auto", "fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
+# Punctuation's block lengths on the WikiText-2 training split (max_block_size 8), the random
+# partition's default: P(length = 1), P(2), …, P(8), to four decimals.
+PUNCTUATION_BLOCK_LENGTHS = (0.1266, 0.0832, 0.0752, 0.0706, 0.0633, 0.0635, 0.0584, 0.4591)
+
+
 # Train fields that say where a run is computed, not what: changing one never renames a run,
 # never moves its checkpoint folder and never makes a finished run count as unfinished. The
 # thread count changes only the order of floating-point sums (two one-thread runs side by side
@@ -32,14 +37,15 @@ WHERE_FIELDS = ("device", "threads")
 # Model fields added after runs were trained with their default behaviour: a run's identity
 # (its checkpoint folder's hash) leaves one out while it holds its default, so adding a field
 # never renames a finished or interrupted run, and its checkpoint is still found and resumed.
-LATER_MODEL_FIELDS = ("bigram_boundary_bits", "bigram_pairs")
+LATER_MODEL_FIELDS = ("bigram_boundary_bits", "bigram_pairs", "random_block_lengths")
 
 
 def model_identity(model: dict) -> dict:
     """A stored model config less ``LATER_MODEL_FIELDS`` that hold their default."""
     defaults = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
     return {k: v for k, v in model.items()
-            if not (k in LATER_MODEL_FIELDS and v == defaults[k])}
+            if not (k in LATER_MODEL_FIELDS
+                    and (v == defaults[k] or isinstance(v, list) and tuple(v) == defaults[k]))}
 
 
 def what_is_computed(train: dict) -> dict:
@@ -138,6 +144,11 @@ class ModelConfig:
     # pairs its Kneser–Ney table stores (the size of the table a checkpoint carries).
     bigram_boundary_bits: float = 3.75
     bigram_pairs: int = 131_072
+    # random (blocks.RandomPartition), the control for where punctuation puts boundaries: the
+    # share of blocks of length 1, 2, … that punctuation makes on the WikiText-2 training split
+    # with max_block_size 8 (counts 47,389, 31,132, 28,153, 26,436, 23,707, 23,784, 21,859 and
+    # 171,815; tests/test_blocks.py measures them again), placed at random.
+    random_block_lengths: tuple[float, ...] = PUNCTUATION_BLOCK_LENGTHS
     anchors_per_block: int = 3
     # β in b(λ_f) = β·log(1-λ_f): how sharply the dial pushes cross-block scores down.
     barrier_sharpness: float = 4.0
@@ -189,6 +200,12 @@ class ModelConfig:
         _check(not cut or cut[-1] < self.vocab_size - 1,
                f"last cutoff {cut[-1] if cut else None} must be < vocab_size - 1 "
                f"({self.vocab_size - 1})")
+        lengths = self.random_block_lengths
+        _check(isinstance(lengths, (tuple, list)) and 1 <= len(lengths) <= 64
+               and all(is_finite_number(x) and x >= 0 for x in lengths) and sum(lengths) > 0,
+               f"random_block_lengths must be 1 to 64 shares ≥ 0 with a positive sum, got "
+               f"{_r(lengths)}")
+        object.__setattr__(self, "random_block_lengths", tuple(float(x) for x in lengths))
         # The tail clusters' widths are d_model // div_value**(i+1): a huge div_value overflows
         # that power (OverflowError while the model is built) and leaves the tails empty anyway.
         _check(1.0 <= self.div_value <= 1000.0,
