@@ -101,8 +101,10 @@ st.plotly_chart(views.top_tokens_bar(words, probs, title=f"top-5 after “{a.lab
 
 d1, d2 = st.columns(2)
 # Callables: the files are built only when a button is clicked, not on every rerun (the CSV
-# has one row per visible weight, ~66k at T = 128).
-d1.download_button("Attention (CSV)", lambda: views.attention_csv(a),
+# has one row per visible weight, ~66k at T = 128), and once per view for every click.
+download_view = views.view_key(s)
+d1.download_button("Attention (CSV)", lambda: views.attention_csv(a, download_view),
                    file_name="attention.csv", mime="text/csv", on_click="ignore")
-d2.download_button("Metrics (JSON)", lambda: views.metrics_file(a, s.checkpoint_key),
+d2.download_button("Metrics (JSON)", lambda: views.metrics_file(a, s.checkpoint_key,
+                                                                download_view),
                    file_name="metrics.json", mime="application/json", on_click="ignore")

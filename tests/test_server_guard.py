@@ -190,3 +190,80 @@ def test_the_message_limits_are_set():
 
     server = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())["server"]
     assert server["maxWidgetStateSize"] == 1 and server["maxMessageSize"] <= 8
+
+
+def _server_cpu_s(pid: int) -> float:
+    sampler = load_test.Sampler(pid)
+    sampler.sample()
+    return sampler._server_ticks() / __import__("os").sysconf("SC_CLK_TCK")
+
+
+class _Downloads(load_test.WsUser):
+    """A session that also notes its id and the Explorer's download buttons: label →
+    deferred file id."""
+
+    def __init__(self, ws, query_string: str):
+        super().__init__(ws, query_string)
+        self.downloads: dict[str, str] = {}
+        self.session_id = ""
+
+    def _read(self, msg, run) -> None:
+        if msg.WhichOneof("type") == "new_session":
+            self.session_id = msg.new_session.initialize.session_id
+        super()._read(msg, run)
+
+    def _element(self, el, run) -> None:
+        if el.WhichOneof("type") == "download_button" and el.download_button.deferred_file_id:
+            self.downloads[el.download_button.label] = el.download_button.deferred_file_id
+        super()._element(el, run)
+
+
+DOWNLOAD_REQUESTS = 20
+# The Explorer at T = 128 (the shipped models' context): ~66k weights in the CSV.
+LONG_VIEW = load_test.START_QUERY + "&text=" + "+".join(["the cat sees the bridge ."] * 30)
+
+
+def test_download_spam_builds_each_file_once(server):
+    """Forged download clicks (one websocket message each) for the same view: the first builds
+    the attention CSV (~217 ms of CPU at T = 128), the others reuse it, so twenty cost less
+    CPU in all than a few builds, where each rebuilt it before."""
+    from streamlit.proto.BackMsg_pb2 import BackMsg
+    from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
+
+    url, proc, _ = server
+
+    async def request(user, file_id: str, n: int) -> str:
+        back = BackMsg()
+        back.backend_operation_request.request_id = f"spam-{n}"
+        back.backend_operation_request.session_id = user.session_id
+        back.backend_operation_request.deferred_file.file_id = file_id
+        await user.ws.send(back.SerializeToString())
+        deadline = time.monotonic() + 120
+        while True:
+            msg = ForwardMsg()
+            msg.ParseFromString(await asyncio.wait_for(user.ws.recv(),
+                                                       deadline - time.monotonic()))
+            if msg.WhichOneof("type") == "backend_operation_response":
+                answer = msg.backend_operation_response
+                assert answer.request_id == f"spam-{n}"
+                return answer.deferred_file.url
+
+    async def scenario():
+        async with _connect(url) as ws:
+            user = _Downloads(ws, LONG_VIEW)
+            await user.rerun(load_test.WS_LOAD_TIMEOUT_S)
+            file_id = user.downloads["Attention (CSV)"]
+            cpu0 = _server_cpu_s(proc.pid)
+            first = await request(user, file_id, 0)
+            cpu1 = _server_cpu_s(proc.pid)
+            urls = [await request(user, file_id, n) for n in range(1, DOWNLOAD_REQUESTS)]
+            return first, urls, cpu1 - cpu0, _server_cpu_s(proc.pid) - cpu1
+
+    first, urls, build_s, rest_s = asyncio.run(scenario())
+    print(f"\nserver CPU: first download {build_s:.2f} s, the next {DOWNLOAD_REQUESTS - 1} "
+          f"{rest_s:.2f} s")
+    assert first and set(urls) == {first}           # one file, the same for every click
+    with urllib.request.urlopen(url + first, timeout=30) as r:
+        assert r.read(64).startswith(b"layer,head,query_pos")
+    # Before: each request rebuilt the CSV, so the rest cost ~19 builds.
+    assert rest_s < 4 * max(build_s, 0.1), (build_s, rest_s)

@@ -68,16 +68,45 @@ def metric_table(a_metrics: dict, b_metrics: dict) -> dict[str, dict[str, float]
             for name in COMPARED}
 
 
-@guarded("write the attention table", "")
-def attention_csv(a) -> str:
-    """Every visible weight of an analysis as CSV (one row per layer, head, query and key)."""
-    return csv_text(inspection.attention_table(a))
+# -- the Explorer's downloads, built once per view and shared like the figures ---------------
+# A download button's callable runs on every click, and a forged click costs one websocket
+# message: the attention CSV took ~217 ms of CPU at T = 128 each time. Each file is cached on the
+# view it shows (``view_key``: checkpoint, text, dial, blocks), so a view's file is built once
+# for every session and every click; a hit costs under a millisecond. Held as bytes (what
+# Streamlit stores): the attention CSV is 1.8–2.2 MiB at T = 128 for the shipped models, so
+# DOWNLOADS_KEPT of each kind hold ≤ 18 MiB (~35 MiB a file for 4 layers × 8 heads at
+# T = 256); a metrics file is a few KiB (README "Limits").
+DOWNLOADS_KEPT = 8
 
 
-@guarded("write the metrics", "{}")
-def metrics_file(a, checkpoint: str) -> str:
-    """The live metrics of an analysis as indented JSON."""
-    return json.dumps(inspection.metrics_json(a, checkpoint), indent=1)
+def view_key(s) -> tuple:
+    """What identifies the sidebar's analysis (``ui.Settings``), as plain values to cache on."""
+    return s.checkpoint_path, s.text, s.dial, s.block_size, s.partition
+
+
+@st.cache_resource(show_spinner=False, max_entries=DOWNLOADS_KEPT)
+def _attention_csv(view: tuple, _a) -> bytes:
+    """``_a`` is the analysis ``view`` names; it is not hashed (the leading underscore)."""
+    return csv_text(inspection.attention_table(_a)).encode()
+
+
+@st.cache_resource(show_spinner=False, max_entries=DOWNLOADS_KEPT)
+def _metrics_file(view: tuple, checkpoint: str, _a) -> bytes:
+    return json.dumps(inspection.metrics_json(_a, checkpoint), indent=1).encode()
+
+
+@guarded("write the attention table", b"")
+def attention_csv(a, view: tuple) -> bytes:
+    """Every visible weight of the analysis ``a`` of ``view`` (``view_key``) as CSV (one row
+    per layer, head, query and key), built once per view."""
+    return _attention_csv(view, a)
+
+
+@guarded("write the metrics", b"{}")
+def metrics_file(a, checkpoint: str, view: tuple) -> bytes:
+    """The live metrics of the analysis ``a`` of ``view`` as indented JSON, built once per
+    view."""
+    return _metrics_file(view, checkpoint, a)
 
 
 def csv_text(rows: list[dict]) -> str:
