@@ -38,20 +38,24 @@ proposal, not yet our finding.
 
 **What locality costs.** The *Tradeoff* page answers from a study with three training seeds
 per setting. Locality rises gradually at small λ, at little cost in perplexity; perplexity
-jumps only when the last cross-block attention goes. Punctuation blocks predict better than
-fixed blocks of 5, but three seeds detect no difference from fixed blocks of 7, which give a
-word about as much context. Blocks recruited by reading the words (the bigram test below)
-predict worse than both fixed blocks of 7 and punctuation blocks, which give as much context.
+jumps only when the last cross-block attention goes, by about a third. Ten questions were
+fixed in advance and get their verdicts, corrected for being asked together, once five seeds
+have trained; until then these are a three-seed study's readings, not findings. Which blocks
+predict best at the same context (punctuation, the bigram test below, or the same lengths at
+random places) is among those questions and is not settled yet.
 """)
 
 st.subheader("Where do the blocks come from?")
 st.markdown(r"""
 The sidebar's **Blocks** menu re-cuts the text at inference; a checkpoint can also be trained
-with any of the four partitions.
+with any of the partitions.
 
 - **Fixed:** every 5 words (or the size you pick).
 - **Punctuation:** a block ends at a sentence or clause mark (`. , ; : ! ?`, a dash or a line
   end), or after 8 words, whichever comes first.
+- **Random:** blocks as long as punctuation's, on the same mix of lengths, but ending at
+  arbitrary places. It is the control that tells whether *where* punctuation cuts matters, or
+  only how long its blocks are.
 - **Recruited** (the third paper's idea): reading left to right, the block so far is "the one
   block". At each new word the model asks whether *recruiting* a new block for it saves bits,
   in the language of description length (how many bits it takes to write the text down):
@@ -87,7 +91,8 @@ with any of the four partitions.
     previous one (always in the block) under a **Kneser–Ney bigram model** of WikiText-2's
     training split: a pair's count less a discount D = 0.75, over the previous word's count,
     plus the discounted mass spread by how many different words each word follows. Pairs
-    seen only once (and any beyond the 131,072 most frequent) are not stored: they count as
+    seen fewer than three times are not stored (a cap of 131,072 pairs, applied so that pairs
+    seen equally often are kept or dropped together, whatever their word ids): they count as
     unseen and get only the spread mass, which takes in their counts so that the
     probabilities after each word still sum to 1.
   - **L_new = −log₂ P_uni**: the bits to write the word as a fresh block's first word, with

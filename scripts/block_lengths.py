@@ -69,12 +69,13 @@ def main() -> int:
                               bigram=tables)
         lens, visible = block_stats(part, corpus.valid)
         cap = {"fixed": c.block_size, "punctuation": c.max_block_size,
-               "bigram": c.max_block_size}.get(kind)
+               "bigram": c.max_block_size, "random": c.max_block_size}.get(kind)
         settings = {"fixed": f"b={c.block_size}",
                     "punctuation": f"max_block_size={c.max_block_size}",
                     "recruited": f"α={c.recruit_alpha:g}, C={c.boundary_bits:g} bits",
                     "bigram": f"α={c.recruit_alpha:g}, C={c.bigram_boundary_bits:g} bits, "
-                              f"max_block_size={c.max_block_size}"}[kind]
+                              f"max_block_size={c.max_block_size}",
+                    "random": f"punctuation's lengths, max_block_size={c.max_block_size}"}[kind]
         share = f"{float((lens == cap).double().mean()):.0%}" if cap else "—"
         print(f"| {kind} | {settings} | {len(lens):,} | {float(lens.mean()):.2f} | "
               f"{float(lens.median()):.0f} | {int(lens.max())} | {share} | {visible:.2f} |")

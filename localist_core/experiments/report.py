@@ -13,6 +13,7 @@ from pathlib import Path
 from ..analysis.metrics import METRIC_LABELS
 from .cache import load_cache
 from .comparisons import (
+    LIFT,
     control_differences,
     dial_differences,
     formula_rows,
@@ -185,9 +186,10 @@ def _p(p) -> str:
 
 
 def _relative(r: dict) -> str:
-    """The mean difference over the control's mean, as a signed percentage."""
+    """The mean difference over the control's mean, as a signed percentage; none for the
+    fidelity lift, whose control sits at its own baseline, about zero."""
     base = r.get("base_mean")
-    if r["mean"] is None or not base:
+    if r["mean"] is None or not base or r.get("metric") == LIFT:
         return "—"
     return f"{100 * r['mean'] / base:+.1f}%"
 
