@@ -1,5 +1,6 @@
 """Reading and writing files safely: sizes checked before reading, JSON depth bounded, a
 safetensors header checked against its file, pickles refused unread, writes atomic."""
+import errno
 import json
 import os
 import pickle
@@ -7,6 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
+import safetensors.torch
 import torch
 from safetensors.torch import save_file
 
@@ -17,11 +19,13 @@ from localist_core.model.files import (
     atomic_write,
     check_safetensors_file,
     checked_size,
+    is_library_temp,
     json_depth,
     parse_json,
     read_json_file,
     read_prompts,
     remove_own_temps,
+    safetensors_writer,
     short_repr,
 )
 from localist_core.paths import PROMPTS_FILE
@@ -185,3 +189,53 @@ def test_remove_own_temps_removes_only_a_killed_writers_temp_files(tmp_path):
         (tmp_path / name).write_text("x")
     remove_own_temps(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(theirs)
+
+
+def test_safetensors_are_written_through_our_temp_file_only(tmp_path, monkeypatch):
+    """The same bytes save_file would write, without save_file: it writes through a temp file
+    of its own (``.tmpXXXXXX``) that a kill leaves behind and the folder checks would refuse."""
+    tensors = {"b": torch.randn(3, 4), "a": torch.arange(5), "m": torch.tensor([True, False])}
+    save_file(tensors, str(tmp_path / "want.safetensors"), metadata={"k": "v"})
+
+    def refuse(*_a, **_k):
+        raise AssertionError("safetensors' own file writer was called")
+
+    monkeypatch.setattr(safetensors.torch, "serialize_file", refuse)
+    target = tmp_path / "x.safetensors"
+    atomic_write(target, safetensors_writer(tensors, metadata={"k": "v"}))
+    assert target.read_bytes() == (tmp_path / "want.safetensors").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["want.safetensors", "x.safetensors"]
+
+
+def test_a_full_disk_keeps_the_old_file_and_names_the_new_one(tmp_path, monkeypatch):
+    target = tmp_path / "w.safetensors"
+    atomic_write(target, safetensors_writer({"x": torch.zeros(3)}))
+    old = target.read_bytes()
+    real = os.write
+
+    def full(fd, data):   # room for 100 bytes, then ENOSPC
+        if len(data) <= 100:
+            return real(fd, data)
+        real(fd, memoryview(data)[:100])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "write", full)
+    with pytest.raises(OSError) as e:
+        atomic_write(target, safetensors_writer({"x": torch.ones(1000)}))
+    assert e.value.errno == errno.ENOSPC and e.value.filename == str(target)
+    assert target.read_bytes() == old and list(tmp_path.iterdir()) == [target]
+
+
+def test_a_killed_safetensors_writers_temp_file_is_recognised_and_only_it(tmp_path):
+    save_file({"x": torch.zeros(8)}, str(tmp_path / "w.safetensors"))
+    header = (tmp_path / "w.safetensors").read_bytes()[:20]   # a write cut short
+    ours = {".tmpQfoQOE": header, ".tmpA1b2C3": b"", ".tmp000001": b"\x10\x00"}
+    theirs = {".tmpNotes1": b"my notes, not a tensor", ".tmpQfoQOEx": header, ".tmp_a1b2c": b""}
+    for name, data in {**ours, **theirs}.items():
+        (tmp_path / name).write_bytes(data)
+    (tmp_path / ".tmpLinked").symlink_to(tmp_path / ".tmpQfoQOE")
+    os.mkfifo(tmp_path / ".tmpFifo01")             # never opened for a blocking read
+    assert {p.name for p in tmp_path.iterdir() if is_library_temp(p)} == set(ours)
+    remove_own_temps(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [*theirs, ".tmpLinked", ".tmpFifo01", "w.safetensors"])

@@ -76,7 +76,7 @@ def test_a_kill_while_checkpointing_still_resumes_exactly(tmp_path, tiny_model_c
     def dying(path, write):
         if path.name == trainer.TRAINER_STATE:
             writes.append(path)
-            if len(writes) == 2:   # the step-8 checkpoint: its weights are already on disk
+            if len(writes) == 2:   # the step-8 checkpoint, before any of its files is written
                 raise _Killed
         real(path, write)
 

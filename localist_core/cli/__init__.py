@@ -3,9 +3,10 @@
 Configs are named (``tiny``, ``cpu-ref``, ``paper``) and take ``key=value`` overrides checked
 against ModelConfig and TrainConfig. Every failure a user can cause ends with one line on stderr,
 ``error: …``, and no traceback. Exit codes: 2 for bad input or a command that cannot succeed as
-given (a config, a path, a diverged run, an allocation that cannot fit), 1 for missing data (no
-corpus) and for an export outside its tolerance, 130 when interrupted. An unexpected bug still
-shows its traceback.
+given (a config, a path, a diverged run, an allocation that cannot fit, a full disk), 1 for
+missing data (no corpus) and for an export outside its tolerance, 130 when interrupted (^C), 143
+when terminated (SIGTERM: the write in flight is abandoned cleanly, so the same command resumes).
+An unexpected bug still shows its traceback.
 
 Path defaults (``runs``, ``runs/sweep``, ``assets/prompts.json``, ``assets/sweep``) are relative to
 the current folder, like every path given on the command line. No command deletes what it did
@@ -49,12 +50,15 @@ from .errors import (
     EXIT_BROKEN_PIPE,
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
     CannotAllocate,
+    Terminated,
     allocation_message,
     diverged_message,
     fail,
     is_allocation_failure,
     os_error_message,
+    sigterm_raises,
 )
 from .experts import add_parser as add_experts_parser
 from .export import cmd_export
@@ -218,7 +222,8 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     from ..experiments.train import TrainingDiverged
     from ..model.checkpoint import CheckpointError
     try:
-        return args.func(args)
+        with sigterm_raises():
+            return args.func(args)
     except TrainingDiverged as e:
         return fail(diverged_message(e, args))
     except (ConfigError, ValueError, CheckpointError, SweepCacheError) as e:
@@ -237,6 +242,9 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
         if not is_allocation_failure(e):
             raise                   # a bug: the developer needs the traceback
         return fail(allocation_message(e, args.command))
+    except Terminated:
+        print("terminated (SIGTERM); run the same command again to resume", file=sys.stderr)
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
         print("interrupted; run the same command again to resume", file=sys.stderr)
         return EXIT_INTERRUPTED

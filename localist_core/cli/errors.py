@@ -1,9 +1,14 @@
 """How a failure a user can cause becomes one ``error: …`` line and an exit code: the CLI's own
-exceptions, and the wording for allocation, divergence and OS errors."""
+exceptions, the wording for allocation, divergence and OS errors, and SIGTERM as an exception."""
 from __future__ import annotations
 
+import contextlib
+import errno
 import re
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 
 from ..model.config import ConfigError
 from .args import PLACEHOLDER_VOCAB, configs
@@ -11,6 +16,7 @@ from .args import PLACEHOLDER_VOCAB, configs
 EXIT_USAGE = 2
 EXIT_FAILURE = 1        # missing data (no corpus), or an export outside its tolerance
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143   # 128 + SIGTERM, as a shell reports a command that SIGTERM ended
 EXIT_BROKEN_PIPE = 141  # as a shell reports a command killed by SIGPIPE (`report | head`)
 # What to shrink when an allocation cannot succeed, per command.
 ALLOCATION_HINTS = {
@@ -28,6 +34,36 @@ class UsageError(ValueError):
 
 class CannotAllocate(Exception):
     """A run needs more memory than this machine has; found before torch tries to allocate."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived (``sigterm_raises``). A KeyboardInterrupt, so it unwinds like ^C: no
+    ``except Exception`` swallows it, and every write in flight is abandoned cleanly (atomic_write
+    removes its temp file; the file it was replacing stays as it was)."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    # A second SIGTERM while this one unwinds ends the process at once (the default action):
+    # the only thing it can leave is a temp file of ours, which the next run removes.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """While inside, SIGTERM raises ``Terminated`` in the main thread instead of ending the
+    process wherever it is (in the middle of a checkpoint write, say). Python runs the handler
+    between bytecodes, so a write in C (an os.write chunk, safetensors' serialisation) finishes
+    first and the exception is raised right after it. Outside the main thread (where no handler
+    can be installed) it does nothing; the previous handler is restored on the way out."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def one_line(text: str) -> str:
@@ -102,8 +138,13 @@ def diverged_message(e: BaseException, args) -> str:
 
 
 def os_error_message(e: OSError) -> str:
-    """``FILE: why`` (or ``cannot move A to B: why``) for a disk, permission or path error."""
+    """``FILE: why`` (or ``cannot move A to B: why``) for a disk, permission or path error. A
+    full disk says what was kept: every write is atomic (files.atomic_write), so the file being
+    written was not replaced and no part of it is left."""
     why = e.strerror or str(e) or type(e).__name__
+    if e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        why += ("; nothing was replaced (what was there before is kept, and no partial file is "
+                "left): free some space and run the same command again")
     if e.filename is not None and e.filename2 is not None:
         return f"cannot move {e.filename} to {e.filename2}: {why}"
     if e.filename is not None:

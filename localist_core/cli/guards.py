@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..model import files
 from ..model.config import ModelConfig, TrainConfig
-from ..model.files import UnsafeFileError, own_temp_of
+from ..model.files import UnsafeFileError, is_library_temp, own_temp_of
 from .errors import CannotAllocate, UsageError, bytes_text
 
 # --- folders and files -----------------------------------------------------------------------
@@ -59,9 +59,11 @@ def is_checkpoint(folder: Path) -> bool:
 
 def foreign_entries(folder: Path, ours: set[str]) -> list[str]:
     """Names in ``folder`` that this project did not write: anything but ``ours`` and the temp
-    files a killed writer of one of them leaves (``files.OWN_TEMP``)."""
+    files a killed writer of one of them leaves (``files.OWN_TEMP``, and safetensors' own temp
+    file, ``files.is_library_temp``, which training's clean-up removes too)."""
     return sorted(p.name for p in folder.iterdir()
-                  if p.name not in ours and own_temp_of(p.name) not in ours)
+                  if p.name not in ours and own_temp_of(p.name) not in ours
+                  and not is_library_temp(p))
 
 
 def _names(entries: list[str]) -> str:
@@ -104,7 +106,7 @@ def check_sweep_cache(cache: Path) -> None:
     if not cache.is_dir() or (cache / BASELINES_FILE).is_file() or (
             cache / PROGRESS_FILE).is_file():
         return
-    if any(own_temp_of(p.name) is None for p in cache.iterdir()):
+    if any(own_temp_of(p.name) is None and not is_library_temp(p) for p in cache.iterdir()):
         raise UsageError(f"--cache {cache} is a folder that is not a sweep cache (no "
                          f"{BASELINES_FILE}); give a new or empty folder")
 

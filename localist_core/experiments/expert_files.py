@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from ..model.files import (
     MAX_HEADER_BYTES,
@@ -20,6 +20,7 @@ from ..model.files import (
     check_safetensors_file,
     checked_size,
     read_json_file,
+    safetensors_writer,
     short_repr,
 )
 from .cache import write_json_atomic
@@ -51,7 +52,7 @@ def write_run(folder: Path, run: dict, tensors: dict[str, torch.Tensor]) -> Path
     """Write a run's adapters, then its JSON (the JSON's presence marks a finished run)."""
     folder.mkdir(parents=True, exist_ok=True)
     stem = run_stem(run["seed"], run["bits_per_param"])
-    atomic_write(folder / f"{stem}.safetensors", lambda p: save_file(tensors, p))
+    atomic_write(folder / f"{stem}.safetensors", safetensors_writer(tensors))
     write_json_atomic(folder / f"{stem}.json", {"format": FORMAT, "format_version":
                                                 FORMAT_VERSION, **run})
     return folder / f"{stem}.json"

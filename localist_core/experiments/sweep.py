@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from ..analysis.evaluate import evaluate_stream, leak_test
@@ -35,7 +34,7 @@ from ..model.config import (
     what_is_computed,
 )
 from ..model.dial import Dial
-from ..model.files import atomic_write, remove_own_temps
+from ..model.files import atomic_write, remove_own_temps, safetensors_writer
 from ..paths import REPO
 from .cache import (
     BASELINES_FILE,
@@ -278,7 +277,7 @@ def run_one(spec: RunSpec, corpus: Corpus, cache_dir: str | Path, runs_dir: str 
     if prompts:
         save_maps = cache_dir / f"{spec.run_id}.maps.safetensors"
         maps = attention_maps(model, tok, prompts, spec.settings)
-        atomic_write(save_maps, lambda p, m=maps: save_file(m, p))
+        atomic_write(save_maps, safetensors_writer(maps))
     data = {
         "schema_version": SCHEMA_VERSION,
         "run_id": spec.run_id,

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from ..analysis.evaluate import evaluate_stream
@@ -36,7 +36,7 @@ from ..model.config import (
     what_is_computed,
 )
 from ..model.dial import Dial
-from ..model.files import atomic_write, remove_own_temps
+from ..model.files import atomic_write, remove_own_temps, safetensors_writer
 from ..model.precision import resolve_device, resolve_precision
 from ..model.transformer import LocalistLM, autocast_ctx
 from .data import Corpus, random_windows
@@ -176,8 +176,7 @@ class TrainingLoss(torch.nn.Module):
 
 
 def _save_trainer(folder: Path, model, tok, cfg, opt, step, train_s, history, meta) -> None:
-    # A loadable checkpoint of the current weights, for inspection (load_model(OUT/last)).
-    save_checkpoint(folder, model, tok, cfg, meta={**meta, "step": step})
+    folder.mkdir(parents=True, exist_ok=True)
     tensors = {f"{MODEL_PREFIX}{k}": v.detach().cpu().contiguous()
                for k, v in model.state_dict().items()}
     scalars = {}
@@ -201,8 +200,12 @@ def _save_trainer(folder: Path, model, tok, cfg, opt, step, train_s, history, me
     # Resuming reads this one file only, and it is replaced in one atomic step: a kill at any
     # moment leaves the previous complete state or the new one, never the weights of one step
     # with the optimiser moments or step count of another.
-    atomic_write(folder / TRAINER_STATE, lambda p: save_file(tensors, p, metadata=header))
+    # It is written first, so a full disk (the biggest file fails first) leaves all of
+    # ``folder`` at the previous checkpoint, and a write interrupted later keeps the new state.
+    atomic_write(folder / TRAINER_STATE, safetensors_writer(tensors, metadata=header))
     atomic_write(folder / TRAINER_META, lambda p: Path(p).write_text(json.dumps(state)))
+    # A loadable checkpoint of the current weights, for inspection (load_model(OUT/last)).
+    save_checkpoint(folder, model, tok, cfg, meta={**meta, "step": step})
 
 
 def _load_trainer(folder: Path, model, opt, cfg: TrainConfig) -> tuple[int, float, list, dict]:

@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from .bigram import TABLE_NAMES, BigramTables
 from .config import ConfigError, ModelConfig, TrainConfig, config_from_dict, config_to_dict
@@ -31,6 +31,7 @@ from .files import (
     checked_size,
     read_json_file,
     refuse_pickle,
+    safetensors_writer,
     short_repr,
 )
 from .tokenizer import Tokenizer
@@ -111,7 +112,7 @@ def save_checkpoint(path: str | os.PathLike, model: LocalistLM, tokenizer: Token
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = _quantize(model.state_dict(), precision)
-    atomic_write(folder / WEIGHTS, lambda p: save_file(tensors, p))
+    atomic_write(folder / WEIGHTS, safetensors_writer(tensors))
     config = {"format": FORMAT, "format_version": FORMAT_VERSION, "precision": precision,
               "model": config_to_dict(model.cfg),
               "train": config_to_dict(train_cfg) if train_cfg is not None else None,

@@ -3,7 +3,9 @@
 Every file is checked before it is parsed: its size with stat() before it is opened, a JSON
 value's depth, a safetensors header's structure against the file's length. A pickle is refused
 unread. Each refusal names the file and the problem and raises the ``error`` class the caller
-passes (``UnsafeFileError`` by default). Writes are atomic: a temporary file, then a rename.
+passes (``UnsafeFileError`` by default). Writes are atomic: a temporary file of ours, then a
+rename; safetensors files are serialised in memory and written by us, never through the
+library's own temp file, so a kill or a full disk leaves nothing this project cannot recognise.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import reprlib
 import stat
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -222,6 +225,15 @@ def check_safetensors_file(path: Path, error: type[Exception] = UnsafeFileError)
 # The one rule for which temp files are ours: removed here, and not counted as a user's by the
 # CLI's folder checks (cli.guards).
 OWN_TEMP = re.compile(r"\.(?P<of>.+\.(?:json|safetensors))\.[a-z0-9_]{8}\.tmp")
+# What safetensors' own ``save_file`` leaves when killed mid-write: it writes through a temp
+# file of the Rust tempfile crate, ".tmp" and 6 letters or digits, beside its target. This
+# project no longer calls save_file (``safetensors_writer``), but a folder written by an earlier
+# version may hold one; such a name counts as ours only when it holds the start of a
+# safetensors file or nothing (``is_library_temp``).
+LIBRARY_TEMP = re.compile(r"\.tmp[A-Za-z0-9]{6}")
+# os.write's chunk: a signal handler runs between two chunks, so a SIGTERM abandons a big write
+# within one chunk's time (the CLI's handler: cli.errors.sigterm_raises).
+WRITE_CHUNK_BYTES = 16 * MiB
 
 
 def own_temp_of(name: str) -> str | None:
@@ -235,23 +247,91 @@ def own_temp_of(name: str) -> str | None:
     return m["of"] if m else None
 
 
+def is_library_temp(path: Path) -> bool:
+    """Whether ``path`` is a temp file that a killed safetensors ``save_file`` left: named like
+    LIBRARY_TEMP, a regular file (not a link), and empty, shorter than the 8-byte header length,
+    or with ``{`` where a safetensors header starts. Anything else of that name is someone
+    else's file."""
+    path = Path(path)
+    if not LIBRARY_TEMP.fullmatch(path.name):
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        head = os.read(fd, 9)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return len(head) < 9 or head[8:9] == b"{"
+
+
 def remove_own_temps(folder: Path) -> None:
-    """Delete the temporary files a killed ``atomic_write`` left in ``folder``, and nobody
-    else's: only names matching OWN_TEMP."""
+    """Delete the temporary files a killed writer left in ``folder``, and nobody else's: only
+    names matching OWN_TEMP, and safetensors' own temp files (``is_library_temp``)."""
+    for stale in Path(folder).glob(".tmp*"):
+        if is_library_temp(stale):
+            stale.unlink(missing_ok=True)
     for stale in Path(folder).glob(".*.tmp"):
         if OWN_TEMP.fullmatch(stale.name):
             stale.unlink(missing_ok=True)
 
 
+def _naming(e: OSError, path: Path, tmp: str | None) -> OSError:
+    """``e`` naming ``path`` (the file being written) instead of its temp file or nothing, so a
+    full disk reads "PATH: No space left on device"; a failed rename keeps both its names."""
+    temp = e.filename in (None, tmp) or (isinstance(e.filename, str)   # mkstemp's own try
+                                         and own_temp_of(Path(e.filename).name) == path.name)
+    if e.errno is None or e.filename2 is not None or not temp:
+        return e
+    return OSError(e.errno, e.strerror, str(path))   # the errno's subclass (PermissionError, …)
+
+
 def atomic_write(path: Path, write) -> None:
     """Write ``path`` by calling ``write(temp_path)`` on a temporary file beside it, then
     renaming it over ``path``: a reader sees the old file or the new one, never half of one. A
-    failed or interrupted write removes its temporary file and leaves ``path`` as it was."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    failed or interrupted write (a full disk, a SIGTERM turned into an exception) removes its
+    temporary file and leaves ``path`` as it was; an OSError names ``path``."""
+    path = Path(path)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
         write(tmp)
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    except BaseException as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        named = _naming(e, path, tmp) if isinstance(e, OSError) else e
+        if named is e:
+            raise
+        raise named from e
+
+
+def bytes_writer(data: bytes) -> Callable[[str], None]:
+    """A ``write`` for ``atomic_write`` that puts ``data`` into the temp file with os.write, in
+    WRITE_CHUNK_BYTES chunks (a full disk raises OSError ENOSPC, which atomic_write reports
+    naming its file)."""
+    def write(tmp: str) -> None:
+        view = memoryview(data)
+        fd = os.open(tmp, os.O_WRONLY | os.O_TRUNC)
+        try:
+            while view:
+                view = view[os.write(fd, view[:WRITE_CHUNK_BYTES]):]
+        finally:
+            os.close(fd)
+    return write
+
+
+def safetensors_writer(tensors: dict, metadata: dict[str, str] | None = None
+                       ) -> Callable[[str], None]:
+    """A ``write`` for ``atomic_write`` holding ``tensors`` as a safetensors file: serialised
+    now, in memory (``safetensors.torch.save``, the same bytes ``save_file`` writes), then
+    written by ``bytes_writer``. Never ``save_file``: it writes through a temp file of its own
+    (LIBRARY_TEMP) that a kill leaves behind, and a full disk raises its SafetensorError."""
+    from safetensors.torch import save
+    return bytes_writer(save(tensors, metadata=metadata))
