@@ -22,7 +22,10 @@ from .dial import Dial
 
 
 class HookPoint(nn.Module):
-    """An identity module; its module path is its hook name (``blocks.0.attn.hook_pattern``)."""
+    """An identity module; its module path is its hook name (``blocks.0.attn.hook_pattern``),
+    which the model also stores as ``.name`` (what a hook function reads as ``hook.name``)."""
+
+    name: str | None = None
 
     def forward(self, x: Tensor) -> Tensor:
         return x

@@ -5,7 +5,8 @@ vocabulary.
 ``run_with_cache`` follows TransformerLens: it returns ``(log_probs, cache)``, the cache keyed by
 hook name with TransformerLens's shapes (``blocks.0.attn.hook_pattern`` is
 ``[batch, head_index, query_pos, key_pos]``) and holding activations only. Block ids and anchors
-come from ``partition_info``.
+come from ``partition_info``. ``run_with_hooks`` and ``hooks`` let hook functions replace
+activations (``hooks.py``).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from .bigram import TABLE_NAMES, BigramTables, placeholder_tables
 from .blocks import anchor_mask, block_anchors, boundary_mask, make_partition
 from .config import ModelConfig
 from .dial import Dial
+from .hooks import attached, name_hook_points
 
 
 @dataclass(frozen=True)
@@ -120,12 +122,14 @@ class LocalistLM(nn.Module):
         if local_entropy is None:
             local_entropy = torch.zeros(cfg.vocab_size)
         self.register_buffer("local_entropy", local_entropy.float().clone(), persistent=True)
-        # run_with_cache attaches hooks to shared modules: one caller at a time, so that
-        # sessions sharing one cached model never see each other's activations.
+        # run_with_cache, run_with_hooks and hooks() attach hooks to shared modules: one caller
+        # at a time, so that sessions sharing one cached model never see each other's
+        # activations or interventions.
         self._run_lock = threading.RLock()
         self.apply(self._init_weights)
         for blk in self.blocks:
             blk.attn.equalize_channels()
+        name_hook_points(self)
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
@@ -299,10 +303,38 @@ class LocalistLM(nn.Module):
 
     # -- public analysis API -----------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def hooks(self, fwd_hooks=()):
+        """While inside, ``fwd_hooks`` act on every forward pass of this thread (``run_with_cache``
+        and ``run_with_hooks`` included), and other callers of those wait. Each hook is a pair
+        ``(name or predicate on names, fn)``; ``fn(activation, hook)`` returns a replacement of
+        the same shape, dtype and device (anything else raises ``HookReplacementError``) or None
+        to keep it, and ``hook.name`` is the hook's name. Every hook is removed on the way out,
+        also after an exception.
+
+        >>> with model.hooks(fwd_hooks=[("blocks.0.attn.hook_z", zero_head_0)]):  # doctest: +SKIP
+        ...     a, _ = model.run_with_cache(tokens_a)
+        ...     b, _ = model.run_with_cache(tokens_b)
+        """
+        with self._run_lock, attached(self, fwd_hooks):
+            yield self
+
+    def run_with_hooks(self, tokens, dial: Dial = Dial(), *, fwd_hooks=(), partition=None,
+                       return_type: str | None = "log_probs",
+                       score_bias: Tensor | None = None) -> Tensor | None:
+        """Run in eval mode at ``dial`` with ``fwd_hooks`` attached for this call only
+        (TransformerLens's ``run_with_hooks``; the hooks as in ``hooks``) and return what
+        ``run_with_cache`` returns first: log-probs ``[B, T, V]``, the final hidden states
+        (``return_type="hidden"``) or None. No gradients are kept."""
+        return self.run_with_cache(tokens, dial, names_filter=_nothing, partition=partition,
+                                   return_type=return_type, score_bias=score_bias,
+                                   fwd_hooks=fwd_hooks)[0]
+
     @torch.no_grad()
     def run_with_cache(self, tokens, dial: Dial = Dial(), *, names_filter=None,
                        partition=None, return_type: str | None = "log_probs",
-                       score_bias: Tensor | None = None) -> tuple[Tensor | None, dict]:
+                       score_bias: Tensor | None = None, fwd_hooks=()
+                       ) -> tuple[Tensor | None, dict]:
         """Run in eval mode at ``dial`` (default ``Dial()``: plain attention) and return
         ``(log_probs [B, T, V], cache)``.
 
@@ -313,6 +345,8 @@ class LocalistLM(nn.Module):
         The cache maps each hook name (``hook_names()``; ``names_filter`` picks some: a name, a
         list or a predicate) to its activation, and holds nothing else. Block ids and anchors
         are ``partition_info(tokens, partition)``; what the dial clamped is ``dial.notices``.
+        ``fwd_hooks`` (as in ``hooks``) act during this call, and the cache holds what they
+        returned.
         """
         if return_type not in ("log_probs", "hidden", None):
             raise ValueError(f"return_type must be 'log_probs', 'hidden' or None, got "
@@ -327,11 +361,12 @@ class LocalistLM(nn.Module):
             keep = wanted.__contains__
         cache: dict[str, Tensor] = {}
         handles = []
-        with self._run_lock:
+        with self.hooks(fwd_hooks):
             was_training = self.training
             if was_training:      # train()/eval() walk every module: only when needed
                 self.eval()
             try:
+                # Registered after fwd_hooks, so the cache records their replacements.
                 for name, mod in self.named_modules():
                     if isinstance(mod, HookPoint) and keep(name):
                         handles.append(mod.register_forward_hook(
@@ -354,6 +389,10 @@ class LocalistLM(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def _nothing(_name: str) -> bool:
+    return False
 
 
 def adaptive_nll(head: nn.AdaptiveLogSoftmaxWithLoss, hidden: Tensor, targets: Tensor,
