@@ -9,7 +9,7 @@ from pathlib import Path
 import streamlit as st
 
 import ui
-from ui import launch_limits, launch_root, views
+from ui import launch_budget, launch_limits, launch_root, views
 from ui import launcher as launch
 
 s = ui.page_setup("Sweeps")
@@ -148,6 +148,15 @@ with st.expander("Limits on this server"):
                f"{limits['budget_hours']} h, max_steps / eval_interval ≤ "
                f"{limits['evals_per_run']}, {limits['sweeps']} sweeps kept. Other override "
                f"keys: {', '.join(launch_limits.FREE_OVERRIDES)}.")
+    disk = launch_budget.DISK_LIMITS
+    st.caption(f"Disk: a run writes its final weights, a resumable trainer state (the weights "
+               f"again with AdamW's two moments, so about five times the weights in all, even "
+               f"after one step), its attention maps and its result. Once its result is in the "
+               f"cache the trainer state is removed. Checked before a sweep starts, counting "
+               f"every run at full size: at most {launch_budget.mb(disk['run'])} a run, "
+               f"{launch_budget.mb(disk['sweep'])} a sweep folder (earlier runs under the same "
+               f"name, other seeds included, count too) and {launch_budget.mb(disk['root'])} "
+               f"for every app sweep together.")
     st.dataframe([{"override": k, "min": lo, "max": hi}
                   for k, (lo, hi) in launch_limits.OVERRIDE_BOUNDS.items()], hide_index=True)
 with st.form("sweep_form"):

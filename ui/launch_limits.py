@@ -20,6 +20,9 @@ from localist_core.model.config import (
     apply_overrides,
     preset,
 )
+from localist_core.model.files import UnsafeFileError, read_prompts
+from localist_core.paths import PROMPTS_FILE
+from ui.launch_budget import budget_problems, map_bytes, run_bytes
 from ui.launch_root import (
     app_root,
     disabled_message,
@@ -34,8 +37,12 @@ from ui.notices import shown
 CONFIG_COST = {"tiny": 0.5, "cpu-ref": 15.0, "paper": 360.0}
 APP_CONFIGS = ("tiny", "cpu-ref")             # paper takes hours per run: CLI only
 RESERVED_OVERRIDES = ("protocol", "penalty_form", "locality")  # set by the form itself
-REFUSED_OVERRIDES = ("vocab_size",)           # taken from the corpus, never from a visitor
+REFUSED_OVERRIDES = ("vocab_size", "random_block_lengths")  # from the corpus, never a visitor
 DEFAULT_EVAL_TOKENS = 20_000
+# The vocabulary of the server's corpus (WikiText-2; the shipped checkpoints have it), for the
+# checks made before the corpus is loaded: the model's size on disk, and the bigram partition's
+# int32 pair codes. The sweep checks the real vocabulary again when it starts.
+SERVER_VOCAB = 33_278
 
 # Every bound on what a visitor may ask for, in one place, sized for the 2-core CPU server.
 APP_LIMITS: dict[str, int] = {
@@ -259,7 +266,7 @@ def check_overrides(config: str, overrides: str) -> tuple[tuple[str, ...], list[
     try:
         p = preset(config)
         m, t = apply_overrides(p.model, p.train, list(items))
-        model = ModelConfig(**{"vocab_size": 50_000, **m})
+        model = ModelConfig(**{"vocab_size": SERVER_VOCAB, **m})
         train = TrainConfig(**t)
     except (ConfigError, TypeError, ValueError) as e:
         return items, [f"Overrides: {e}"]
@@ -271,6 +278,33 @@ def check_overrides(config: str, overrides: str) -> tuple[tuple[str, ...], list[
         problems.append(f"Overrides: max_steps/eval_interval = {evals:g} evaluations during "
                         f"training; at most {APP_LIMITS['evals_per_run']} (raise eval_interval)")
     return items, problems
+
+
+def _configs(config: str, overrides: tuple[str, ...]) -> tuple[ModelConfig, TrainConfig]:
+    p = preset(config)
+    m, t = apply_overrides(p.model, p.train, list(overrides))
+    return ModelConfig(**{"vocab_size": SERVER_VOCAB, **m}), TrainConfig(**t)
+
+
+def run_disk_bytes(req: SweepRequest) -> int:
+    """What one run of ``req`` writes at its largest (``ui.launch_budget.run_bytes``): its
+    parameters are counted on the meta device (no memory), its maps from the sample prompts and
+    the most (λ, τ) settings a run of the sweep is evaluated at."""
+    import torch
+
+    from localist_core.model.transformer import LocalistLM
+    mcfg, _ = _configs(req.config, req.overrides)
+    with torch.device("meta"):
+        model = LocalistLM(mcfg)
+    state = sum(v.numel() * v.element_size() for v in model.state_dict().values())
+    params = sum(p.numel() for p in model.parameters())
+    try:
+        prompts = len(read_prompts(PROMPTS_FILE))
+    except UnsafeFileError:
+        prompts = 0
+    settings = max(len(req.lambdas), 2) * len(req.taus)
+    return run_bytes(state, params, map_bytes(prompts, settings, mcfg.n_layers, mcfg.n_heads,
+                                              mcfg.n_ctx))
 
 
 def _time_budget(config: str, overrides: tuple[str, ...]) -> float:
@@ -335,4 +369,7 @@ def check_request(name: str, protocols: list[str], lambdas: str, taus: str, conf
         if any(inside(resolved(p), shipped) or inside(shipped, resolved(p))
                for p in (req.cache_dir, req.runs_dir)):
             return None, [f"Sweep name: {name!r} would write into the shipped results"]
-    return req, []
+    # Disk: what the runs plan to write; ui.launcher.start_sweep adds what the folder and the
+    # other sweeps already hold, under the root's lock.
+    problems = budget_problems(run_disk_bytes(req), req.n_runs, name)
+    return (None, problems) if problems else (req, [])

@@ -15,6 +15,10 @@ Anyone who can open the dashboard can reach these entry points, so they are guar
   and ``OVERRIDE_BOUNDS``;
 - at most ``$LOCALIST_APP_SWEEPS_MAX_JOBS`` (default 1) sweeps run under the root at once,
   checked and started here under one file lock;
+- bytes on disk are bounded per run, per sweep folder and for the root (what they hold plus
+  what the new sweep plans), checked here under the lock (``ui.launch_budget``); a finished
+  run's resumable trainer state is removed, and a thread waits for each started sweep, so a
+  finished one never stays a zombie;
 - nothing shown to a visitor holds a server path (``ui.notices.shown``).
 """
 from __future__ import annotations
@@ -40,7 +44,8 @@ from localist_core.experiments.cache import (
 from localist_core.experiments.stats import finite
 from localist_core.model.files import read_json_file
 from localist_core.paths import PROMPTS_FILE, REPO
-from ui.launch_limits import APP_LIMITS, NAME, SweepRequest, sweep_folder
+from ui.launch_budget import budget_problems, held_bytes, prune_finished, watch
+from ui.launch_limits import APP_LIMITS, NAME, SweepRequest, run_disk_bytes, sweep_folder
 from ui.launch_root import (
     ROOT_VAR,
     app_root,
@@ -300,6 +305,12 @@ def start_sweep(req: SweepRequest, low_priority: bool = True) -> subprocess.Pope
         if len(running) >= max_jobs():
             raise SweepBusy(f"{len(running)} sweep(s) already running on this server (the "
                             f"limit is {max_jobs()}); wait for one to finish or stop one.")
+        prune_finished(req.cache_dir, req.runs_dir)   # a server restarted mid-sweep
+        held = held_bytes([folder])
+        others = held_bytes([f for n, f in kept.items() if n != req.name])
+        problems = budget_problems(run_disk_bytes(req), req.n_runs, req.name, held, others)
+        if problems:
+            raise LaunchError(problems[0])
         folder.mkdir(parents=True, exist_ok=True)   # the cache itself is run_sweep's to make
         cmd = sweep_command(req)
         if low_priority and shutil.which("nice"):
@@ -315,6 +326,7 @@ def start_sweep(req: SweepRequest, low_priority: bool = True) -> subprocess.Pope
                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
         write_json_atomic(folder / LAUNCH_FILE, {"pid": proc.pid, "command": cmd,
                                                  "started": time.time()})
+    watch(proc, req.cache_dir, req.runs_dir)   # reaps it, and prunes each finished run
     return proc
 
 
