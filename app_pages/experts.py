@@ -37,7 +37,7 @@ run = next(r for r in runs if r["bits_per_param"] == bpp and r["seed"] == seed)
 base = run["settings"]["base"]
 
 st.subheader("The experts as they were recruited")
-st.caption(ex.run_caption(run))
+st.caption(ui.plain(ex.run_caption(run)))   # names from the file: never Markdown
 if run["attempts"]:
     st.plotly_chart(ex.timeline_figure(run), key="experts_timeline")
     st.dataframe(ex.attempt_rows(run), hide_index=True)

@@ -4,6 +4,7 @@ figure built from a run, and the routing of the sidebar's text through a run's e
 maths are in ``localist_core.experiments`` (``experts``, ``expert_runs``)."""
 from __future__ import annotations
 
+import html
 import os
 from pathlib import Path
 
@@ -100,7 +101,8 @@ def cost_rows(summary: dict) -> list[dict]:
 
 
 def run_caption(run: dict) -> str:
-    """What a run grew on, and what one expert costs in it."""
+    """What a run grew on, and what one expert costs in it: plain text (names come from the
+    file) for ``ui.plain``, never Markdown."""
     st_, cfg = run["stream"], run["settings"]
     per = 2 * cfg["d_model"] * cfg["rank"]
     return (f"{st_['docs']} articles of the {cfg.get('stream', 'train')} split "
@@ -155,7 +157,8 @@ def timeline_figure(run: dict) -> go.Figure:
         fig.add_trace(go.Scatter(
             x=[a["doc_index"] + 1 for a in pts], y=[a["savings_bits"] for a in pts],
             mode="markers", name=name, marker={"symbol": symbol, "size": 10},
-            text=[f"parent {a['parent']}: {a['seed_title']}" for a in pts]))
+            # plotly renders a subset of HTML in hover text (links included): escape titles
+            text=[html.escape(f"parent {a['parent']}: {a['seed_title']}") for a in pts]))
     if run["attempts"]:
         fig.add_hline(y=run["attempts"][0]["cost_bits"], line_dash="dash",
                       annotation_text="description cost")

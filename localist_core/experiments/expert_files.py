@@ -66,7 +66,10 @@ def _int(v) -> bool:
 
 KINDS = {"int": _int, "number": lambda v: finite(v) is not None, "str": lambda v: isinstance(
     v, str), "bool": lambda v: isinstance(v, bool), "list": lambda v: isinstance(v, list),
-    "object": lambda v: isinstance(v, dict), "int?": lambda v: v is None or _int(v)}
+    "object": lambda v: isinstance(v, dict), "int?": lambda v: v is None or _int(v),
+    "number?": lambda v: v is None or finite(v) is not None,
+    "str?": lambda v: v is None or isinstance(v, str), "bool?": lambda v: v is None or
+    isinstance(v, bool)}
 
 
 def _need(obj: dict, where: str, kinds: dict[str, str]) -> None:
@@ -90,7 +93,9 @@ def _check_run(data) -> None:
     if data["format"] != FORMAT or data["format_version"] != FORMAT_VERSION:
         raise ValueError(f"not a {FORMAT} file of version {FORMAT_VERSION}")
     s = data["settings"]
-    _need(s, "settings", {"rank": "int", "d_model": "int", "base": "object"})
+    _need(s, "settings", {"rank": "int", "d_model": "int", "base": "object", "stream": "str?"})
+    _need(s["base"], "settings.base", {"name": "str?", "sha256": "str?"})
+    _need(data["stream"], "stream", {"docs": "int", "tokens": "int"})
     if not (RANK_RANGE[0] <= s["rank"] <= RANK_RANGE[1] and 1 <= s["d_model"] <= MAX_D_MODEL):
         raise ValueError(f"settings: rank {s['rank']} or d_model {s['d_model']} out of range")
     experts = data["experts"]
@@ -245,10 +250,20 @@ def read_summary(folder: str | Path) -> dict | None:
         if data["format"] != FORMAT or data["format_version"] != FORMAT_VERSION:
             raise ValueError(f"not a {FORMAT} file of version {FORMAT_VERSION}")
         for i, row in enumerate(data["by_bits_per_param"]):
-            _need(row, f"by_bits_per_param[{i}]", {
+            where = f"by_bits_per_param[{i}]"
+            _need(row, where, {
                 "bits_per_param": "number", "cost_bits": "number", "recruited": "object",
                 "single_bits_per_token": "object", "pool_bits_per_token": "object",
-                "pool_minus_single": "object"})
+                "pool_minus_single": "object", "seeds": "list",
+                "base_bits_per_token": "number?"})
+            for key in ("recruited", "single_bits_per_token", "pool_bits_per_token"):
+                _need(row[key], f"{where}.{key}", {"mean": "number?", "sd": "number?"})
+            _need(row["pool_minus_single"], f"{where}.pool_minus_single",
+                  {"lo": "number?", "hi": "number?", "established": "bool?"})
+            d = row["pool_minus_single"]
+            if (d.get("lo") is None) != (d.get("hi") is None):
+                raise ValueError(f"{where}.pool_minus_single: lo and hi must both be numbers "
+                                 f"or both null")
     except ValueError as e:
         raise ExpertsError(f"{path}: {e}") from None
     return data
