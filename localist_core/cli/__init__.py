@@ -36,6 +36,7 @@ from ..model.config import (
     TEMPERATURE_RANGE,
     ConfigError,
 )
+from .ablate import add_parser as add_ablate_parser
 from .args import finite_float, float_list, positive_int
 from .commands import (
     DEFAULT_PROMPTS,
@@ -210,6 +211,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
                    help=f"sweep cache folder, only read (default: {SHIPPED_SWEEP_CACHE})")
     r.set_defaults(func=cmd_report)
     add_experts_parser(sub, seed_list)
+    add_ablate_parser(sub)
     return ap
 
 
