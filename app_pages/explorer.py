@@ -6,49 +6,68 @@ import ui
 from ui import motion, views
 from ui.figures import head_grid, panel_name
 
-s = ui.page_setup("Explorer")
+s = ui.page_setup("Explorer", header=False)
 a = ui.analysis_or_stop(s)
 
 n_layers, n_heads = a.patterns.shape[:2]
 m = a.metrics
 base = ui.get_analysis(s, lam=0.0) if s.locality > 0 else None
 d_entropy, d_inblock = (views.change(a, base, k) for k in ("entropy_bits", "in_block_mass"))
-cols = st.columns(5)
-cols[0].metric("Entropy (bits)", f"{m['entropy_bits']['mean']:.2f}",
-               delta=None if d_entropy is None else f"{d_entropy:+.2f} vs λ=0",
-               delta_color="inverse", help="Mean over queries, heads and layers.")
-cols[1].metric("In-block mass", f"{m['in_block_mass']['mean']:.3f}",
-               delta=None if d_inblock is None else f"{d_inblock:+.3f} vs λ=0",
-               help=f"Controls — recent-b: {m['recent_b_mass']['mean']:.3f}, shifted blocks: "
-                    f"{m['shifted_block_mass']['mean']:.3f}, uniform: "
-                    f"{m['uniform_in_block_mass']['mean']:.3f}")
-cols[2].metric("Pointer fidelity", f"{m['pointer_fidelity_mass']['mean']:.3f}",
-               help=f"Mass on the block's anchors. Argmax hits an anchor "
-                    f"{m['pointer_argmax_hit']['mean']:.0%} of the time. Uniform attention "
-                    f"inside the block would give "
-                    f"{views.metric_mean(m, 'uniform_pointer_fidelity')}; the lift over it is "
-                    f"{views.metric_mean(m, 'pointer_fidelity_lift', '+.3f')}.")
-cols[3].metric("Perplexity of the text", f"{a.perplexity:.1f}" if a.perplexity else "—")
-cols[4].metric("Tokens", len(a.labels))
-st.caption(f"Controls for in-block mass — recent-b {m['recent_b_mass']['mean']:.3f} · "
-           f"shifted blocks {m['shifted_block_mass']['mean']:.3f} · uniform "
-           f"{m['uniform_in_block_mass']['mean']:.3f}. Localist structure is what exceeds them.")
 
-c1, c2, c3, c4 = st.columns([1, 1, 1, 1])
+# The first screen is the instrument: the heatmap, with the numbers and its controls beside it.
+picture, side = st.columns([3, 1], gap="small")
 layer_opts = ["mean"] + list(range(n_layers))
 head_opts = ["mean"] + list(range(n_heads))
+query_opts = list(range(len(a.labels)))
 ui.fit_choice("layer", layer_opts, "layer")
 ui.fit_choice("head", head_opts, "head")
-layer = c1.selectbox("Layer", layer_opts, **ui.keep("layer", "mean"))
-head = c2.selectbox("Head", head_opts, format_func=lambda h: "mean of heads"
-                    if h == "mean" else f"head {h}", **ui.keep("head", "mean"))
-log_scale = c3.toggle("Log colour scale", **ui.keep("log_scale", False))
-show_grid = c4.toggle("All heads at once", **ui.keep("head_grid", False),
-                      help="A small heatmap per layer × head, and the means: click one to open "
-                           "it here.")
+with side:
+    st.metric("In-block mass", f"{m['in_block_mass']['mean']:.3f}",
+              delta=None if d_inblock is None else f"{d_inblock:+.3f} vs λ=0",
+              help=f"The share of attention that stays inside the query's block. Controls — "
+                   f"recent-b: {m['recent_b_mass']['mean']:.3f}, shifted blocks: "
+                   f"{m['shifted_block_mass']['mean']:.3f}, uniform: "
+                   f"{m['uniform_in_block_mass']['mean']:.3f}. Localist structure is what "
+                   "exceeds them.")
+    st.metric("Entropy (bits)", f"{m['entropy_bits']['mean']:.2f}",
+              delta=None if d_entropy is None else f"{d_entropy:+.2f} vs λ=0",
+              delta_color="inverse", help="How spread each query's attention is: the mean over "
+                                          "queries, heads and layers.")
+    st.metric("Pointer fidelity", f"{m['pointer_fidelity_mass']['mean']:.3f}",
+              help=f"Mass on the block's anchors. Argmax hits an anchor "
+                   f"{m['pointer_argmax_hit']['mean']:.0%} of the time. Uniform attention "
+                   f"inside the block would give "
+                   f"{views.metric_mean(m, 'uniform_pointer_fidelity')}; the lift over it is "
+                   f"{views.metric_mean(m, 'pointer_fidelity_lift', '+.3f')}.")
+    st.metric("Perplexity of the text", f"{a.perplexity:.1f}" if a.perplexity else "—",
+              help=f"Over its {len(a.labels)} tokens.")
+    c1, c2 = st.columns(2)
+    layer = c1.selectbox("Layer", layer_opts, **ui.keep("layer", "mean"))
+    head = c2.selectbox("Head", head_opts, format_func=lambda h: "mean"
+                        if h == "mean" else f"head {h}", **ui.keep("head", "mean"))
+    query = st.selectbox("Anchors of", query_opts, format_func=lambda i: f"{i} · {a.labels[i]}",
+                         help="The query whose block anchors are marked (★ and orange "
+                              "circles).", **ui.keep("query", query_opts[-1], query_opts))
+    log_scale = st.toggle("Log colour scale", **ui.keep("log_scale", False))
+    show_grid = st.toggle("All heads at once", **ui.keep("head_grid", False),
+                          help="A small heatmap per layer × head, and the means: click one to "
+                               "open it here.")
 ui.write_deep_link(s, layer, head)
 
 L, H = (None if layer == "mean" else layer), (None if head == "mean" else head)
+view, ent = views.reduce_heads(a.patterns, L, H), views.reduce_heads(a.entropy, L, H)
+if view is None or ent is None:
+    st.stop()
+fig = views.attention_heatmap(view, a.labels, a.block_ids, a.anchor_mask, a.block_anchors,
+                              log_scale=log_scale, title=f"{panel_name(layer, head)} · "
+                              f"λ={s.locality:g} τ={s.attn_temperature:g} γ={s.rule_strength:g}",
+                              query=query, cross_share=views.cross_share(view, a.block_ids))
+with picture:
+    st.plotly_chart(fig, key="heatmap", config={"toImageButtonOptions": {"format": "svg"}})
+    st.caption("Rows are queries, columns keys; white lines are block boundaries and grey the "
+               "masked future. The strip on the right: how much of each row's attention leaves "
+               "its block. ★ and orange circles: the anchors of the query chosen beside.")
+
 grid = motion.head_panels(a.patterns) if show_grid else None
 if grid is not None:
     # The key follows the open panel, so each click starts from an empty selection.
@@ -56,21 +75,11 @@ if grid is not None:
     st.plotly_chart(head_grid(grid.panels, grid.layers, grid.heads, log_scale, (layer, head)),
                     key=key, on_select=motion.opener(key, n_layers, n_heads),
                     selection_mode="points")
-    st.caption("Click a panel to open it below (orange: the one open)."
+    st.caption("Click a panel to open it above (orange: the one open)."
                + (f" Each cell averages {grid.pool} × {grid.pool} weights." if grid.pool > 1
                   else "")
                + (f" The first {motion.GRID_MAX_SHOWN} layers and heads are drawn; the means "
                   "cover all." if max(n_layers, n_heads) > motion.GRID_MAX_SHOWN else ""))
-view, ent = views.reduce_heads(a.patterns, L, H), views.reduce_heads(a.entropy, L, H)
-if view is None or ent is None:
-    st.stop()
-fig = views.attention_heatmap(view, a.labels, a.block_ids, a.anchor_mask, a.block_anchors,
-                              log_scale=log_scale, title=f"{panel_name(layer, head)} · "
-                              f"λ={s.locality:g} τ={s.attn_temperature:g} γ={s.rule_strength:g}")
-st.plotly_chart(fig, key="heatmap", config={"toImageButtonOptions": {"format": "svg"}})
-st.caption("Rows are queries, columns keys. White lines: block boundaries. ★ and orange "
-           "circles: anchors of each query's block. Grey: the masked future. Use the camera "
-           "button for a PNG/SVG.")
 
 st.subheader("The dial in motion")
 if st.toggle("Play the dial", **ui.keep("motion", False),

@@ -42,7 +42,8 @@ def test_a_nan_weight_checkpoint_gives_the_same_notice_on_every_page(broken_dirs
     for page in ui.PAGES:
         at = _cold(page.file, ckpt="nan-weights")
         assert not at.exception, (page.file, [e.value for e in at.exception])
-        assert at.header, page.file                       # the page itself still renders
+        # the page itself still renders (the Explorer's picture is its heading: none here)
+        assert at.header or page.file.endswith("explorer.py"), page.file
         assert at.sidebar.selectbox(key="ckpt").value == "nan-weights"
         notices[page.title] = [e.value.replace("\\", "") for e in at.error]
     first = notices[ui.PAGES[0].title]

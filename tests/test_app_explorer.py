@@ -167,3 +167,26 @@ def test_a_click_on_the_grid_opens_that_panel_and_a_hostile_one_nothing(event, o
     assert (at.selectbox(key="layer").value, at.selectbox(key="head").value) == opened
     if opened != ("mean", "mean"):          # kept for the other pages, as ui.links.keep does
         assert (at.session_state["_p_layer"], at.session_state["_p_head"]) == opened
+
+
+def test_the_first_screen_marks_one_querys_anchors_and_shows_what_leaves_each_block(app_env):
+    """The heatmap marks the anchors of one query (the last by default, then the one chosen),
+    and its strip shows each row's attention leaving the block: 1 − its in-block mass."""
+    at = _app()
+    _ok(at)
+    spec = _chart(at, "heatmap")
+    heat = spec["data"][0]
+    n = len(heat["x"])
+    marks = next(t for t in spec["data"] if t.get("name") == "anchor of the block")
+    assert set(marks["y"]) == {heat["y"][n - 1]}                # only the last query's row
+    strip = next(t for t in spec["data"][1:] if t.get("type") == "heatmap")
+    share = _array(strip["z"]).ravel()
+    weights = _array(heat["customdata"])
+    assert share.shape == (n,) and ((0 <= share) & (share <= 1)).all()
+    assert share.max() > 0.01                  # the dial model at λ = 0 attends across blocks
+    assert np.allclose(np.nansum(weights, axis=1), 1.0, atol=1e-3)
+    at.selectbox(key="query").set_value(3).run()
+    _ok(at)
+    marks = next(t for t in _chart(at, "heatmap")["data"] if t.get("name") ==
+                 "anchor of the block")
+    assert set(marks["y"]) == {heat["y"][3]}

@@ -152,13 +152,13 @@ def _lam_in_url(url: str) -> str | None:
 
 
 @contextlib.contextmanager
-def _browser_page(messages: list[str], console: bool = False):
+def _browser_page(messages: list[str], console: bool = False, size=(1400, 1400)):
     """A page in Debian's chromium that records page errors (and console lines) in
     ``messages``; the browser closes when the block ends."""
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1400})
+            page = browser.new_page(viewport={"width": size[0], "height": size[1]})
             if console:
                 page.on("console", lambda m: messages.append(f"console.{m.type}: {m.text}"))
             page.on("pageerror", lambda e: messages.append(f"pageerror: {e}"))
@@ -312,8 +312,10 @@ def fresh_server(request, tmp_path_factory):
         yield url
 
 
-HEADER_STARTS = """title => [...document.querySelectorAll('h2')]
-    .some(h => h.innerText.trim().startsWith(title))"""
+# A page is there once its header is; the Explorer's heading is its heatmap.
+HEADER_STARTS = """title => title === 'Explorer'
+    ? !!document.querySelector('.st-key-heatmap .main-svg')
+    : [...document.querySelectorAll('h2')].some(h => h.innerText.trim().startsWith(title))"""
 
 
 # Drawn: idle, no placeholder skeleton left, and every plotly chart has drawn its SVG.
@@ -351,6 +353,21 @@ def test_every_page_opens_from_a_link_and_reads_correctly(fresh_server):
         assert exceptions == 0 and not messages, (title, exceptions, messages)
     log = (ARTIFACTS / "e2e-pages-streamlit.log").read_text(encoding="utf-8")
     assert "Traceback" not in log, log
+
+
+def test_the_heatmap_is_on_a_projectors_first_screen(server):
+    """At 1280×720 at least 60% of the Explorer's heatmap lies inside the first screen, with
+    its numbers beside it; the screenshot goes to test-artifacts/ (e2e-first-screen.png)."""
+    messages: list[str] = []
+    with _browser_page(messages, size=(1280, 720)) as page:
+        _open(page, server + "/", "Explorer")
+        box = page.locator(".st-key-heatmap .js-plotly-plot").bounding_box()
+        tile = page.get_by_text("In-block mass").first.bounding_box()
+        page.screenshot(path=ARTIFACTS / "e2e-first-screen.png")
+    visible = max(0.0, min(box["y"] + box["height"], 720) - max(box["y"], 0))
+    assert visible / box["height"] >= 0.6, box
+    assert tile["y"] < 720 and tile["x"] > box["x"], (tile, box)
+    assert not messages, messages
 
 
 def test_theory_formulas_are_rendered_as_mathematics(fresh_server):

@@ -228,3 +228,22 @@ def test_a_grid_click_is_read_or_ignored_never_raised(event, choice):
     from ui.motion import panel_choice
 
     assert panel_choice(event) == choice
+
+
+def test_one_querys_anchors_and_the_leaving_strip(view):
+    """``query`` marks that row's anchors only (and stars its anchor keys); ``cross_share`` adds
+    a strip with one value per query on its own [0, 1] scale."""
+    from localist_core.analysis.inspection import cross_block_share
+    p, labels, ids, anchors = view
+    share = cross_block_share(p, ids)
+    fig = attention_heatmap(p, labels, ids, anchors, block_anchors=anchors.any(0), query=7,
+                            cross_share=share)
+    heat, marks, strip = fig.data
+    assert {heat.y.index(y) for y in marks.y} == {7}
+    assert {heat.x.index(x) for x in marks.x} == set(np.nonzero(anchors[7])[0])
+    starred = {i for i, name in enumerate(heat.x) if name.endswith("★")}
+    assert starred == set(np.nonzero(anchors[7])[0])
+    assert list(strip.y) == list(heat.y) and (strip.zmin, strip.zmax) == (0.0, 1.0)
+    assert np.allclose(np.asarray(strip.z).ravel(), share)
+    in_block = (p * (ids[:, None] == ids[None, :])).sum(1)
+    assert np.allclose(share, 1 - in_block, atol=1e-6)

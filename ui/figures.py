@@ -27,6 +27,11 @@ def _tick_labels(labels: list[str], anchors: np.ndarray | None) -> list[str]:
     return [f"{i}·{inert(w)}{' ★' if star[i] else ''}" for i, w in enumerate(labels)]
 
 
+# The heatmap's height: 16 px a token up to what a 720-px projector shows beside the tiles.
+HEATMAP_MAX_HEIGHT = 600
+CROSS_COLOURS = "OrRd"      # the "leaving the block" strip: its own scale, apart from Viridis
+
+
 def _boundaries(block_ids: np.ndarray) -> list[float]:
     """Positions (between tokens) where a new block starts."""
     return [i - 0.5 for i in range(1, len(block_ids)) if block_ids[i] != block_ids[i - 1]]
@@ -67,7 +72,8 @@ def _block_lines(block_ids: np.ndarray, xref: str = "x", yref: str = "y") -> lis
     return shapes
 
 
-def _anchor_marks(names: list[str], anchor_mask: np.ndarray | None) -> go.Scatter | None:
+def _anchor_marks(names: list[str], anchor_mask: np.ndarray | None,
+                  legend: bool = True) -> go.Scatter | None:
     """Orange circles on the cells where a query sees an anchor of its block."""
     if anchor_mask is None or not anchor_mask.any():
         return None
@@ -76,14 +82,20 @@ def _anchor_marks(names: list[str], anchor_mask: np.ndarray | None) -> go.Scatte
                       mode="markers", name="anchor of the block",
                       marker=dict(symbol="circle-open", size=7, color="#ff7f0e",
                                   line=dict(width=1.5)),
-                      hoverinfo="skip", showlegend=True)
+                      hoverinfo="skip", showlegend=legend)
 
 
 def attention_heatmap(pattern: np.ndarray, labels: list[str], block_ids: np.ndarray,
                       anchor_mask: np.ndarray | None = None,
                       block_anchors: np.ndarray | None = None, log_scale: bool = False,
-                      title: str = "", diverging: bool = False) -> go.Figure:
+                      title: str = "", diverging: bool = False, query: int | None = None,
+                      cross_share: np.ndarray | None = None) -> go.Figure:
     """Heatmap of a ``[query, key]`` pattern; masked (future) cells are grey, not zero.
+
+    ``query``: mark only that query's anchors (circles on its row, ★ on its anchor keys), so the
+    marks point at one row instead of covering the matrix; None marks every query's.
+    ``cross_share``: a ``[query]`` strip beside the matrix, the share of each row's attention
+    that leaves its block (``inspection.cross_block_share``), on its own [0, 1] scale.
 
     Built for speed at T = 128 (the bar in BENCHMARKS.md: ≤ 30 ms): the axes are categories named
     ``"pos·word"`` (unique, so repeated words stay apart, and hover reads them directly), the
@@ -93,24 +105,51 @@ def attention_heatmap(pattern: np.ndarray, labels: list[str], block_ids: np.ndar
     n = len(labels)
     exact = visible_weights(pattern)
     z, zmin, zmax, colorscale, colorbar = _colour_scale(exact, log_scale, diverging)
+    if query is not None and anchor_mask is not None and 0 <= query < n:
+        one = np.zeros_like(anchor_mask)
+        one[query] = anchor_mask[query]
+        anchor_mask, block_anchors = one, anchor_mask[query]
     names = _tick_labels(labels, block_anchors)       # unique: each starts with its position
-    fig = go.Figure(go.Heatmap(
+    strip = cross_share is not None and len(cross_share) == n
+    fig = (make_subplots(rows=1, cols=2, shared_yaxes=True, column_widths=[0.95, 0.05],
+                         horizontal_spacing=0.01) if strip else go.Figure())
+    fig.add_trace(go.Heatmap(
         z=z, x=names, y=names, zmin=zmin, zmax=zmax, colorscale=colorscale,
-        colorbar=colorbar, customdata=exact, hoverongaps=False,
+        colorbar=dict(colorbar, len=0.75, thickness=14), customdata=exact, hoverongaps=False,
         hovertemplate="query %{y}<br>key %{x}<br>weight %{customdata:.5f}<extra></extra>"))
-    marks = _anchor_marks(names, anchor_mask)
+    marks = _anchor_marks(names, anchor_mask, legend=query is None)
     if marks is not None:
         fig.add_trace(marks)
+    if strip:
+        share = np.asarray(cross_share, dtype=np.float32)[:, None]
+        fig.add_trace(go.Heatmap(
+            z=share, x=["leaves block"], y=names, zmin=0.0, zmax=1.0, colorscale=CROSS_COLOURS,
+            showscale=False, customdata=share,
+            hovertemplate="query %{y}<br>%{customdata:.1%} of its attention leaves its block"
+                          "<extra></extra>"), row=1, col=2)
+        fig.update_xaxes(row=1, col=2, type="category", side="top", tickangle=0,
+                         showgrid=False, zeroline=False)
+        fig.update_yaxes(row=1, col=2, showticklabels=False, showgrid=False, zeroline=False)
+    # The masked future shows what lies behind the matrix: grey there, white around it.
+    grey = dict(type="rect", xref="x", yref="y", x0=-0.5, x1=n - 0.5, y0=-0.5, y1=n - 0.5,
+                fillcolor=FUTURE_GREY, line=dict(width=0), layer="below")
     fig.update_layout(
-        title=inert(title), plot_bgcolor=FUTURE_GREY, height=max(420, 16 * n + 160),
-        shapes=_block_lines(block_ids),
+        title=inert(title), plot_bgcolor="white",
+        height=min(HEATMAP_MAX_HEIGHT, max(420, 16 * n + 160)),
+        shapes=[grey] + _block_lines(block_ids),
         margin=dict(l=10, r=10, t=60 if title else 30, b=10),
         legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0),
         xaxis=dict(title="key", type="category", tickangle=-60, side="bottom", showgrid=False,
-                   zeroline=False, constrain="domain"),
+                   zeroline=False, constrain="domain", **_every_word(n)),
         yaxis=dict(title="query", type="category", autorange="reversed", showgrid=False,
-                   zeroline=False, scaleanchor="x"))
+                   zeroline=False, scaleanchor="x", constrain="domain", **_every_word(n)))
     return fig
+
+
+def _every_word(n: int) -> dict:
+    """Axis settings that label every word of a short text in a smaller font (plotly would skip
+    every other one at the capped height); long texts keep plotly's own thinning."""
+    return dict(dtick=1, tickfont=dict(size=10)) if n <= 48 else {}
 
 
 def entropy_strip(entropy: np.ndarray, labels: list[str], ceiling: np.ndarray | None = None

@@ -49,6 +49,7 @@ top_tokens_bar = _shared(figures.top_tokens_bar)
 
 _view = guarded("draw this view of the attention")
 reduce_heads = _view(inspection.reduce_heads)
+cross_share = _view(inspection.cross_block_share)
 difference = _view(inspection.difference)
 
 

@@ -317,6 +317,21 @@ def reduce_heads(values: np.ndarray, layer: int | None, head: int | None) -> np.
     return (v.mean(0, dtype=np.float32) if head is None else v[head]).astype(np.float32)
 
 
+def cross_block_share(view: np.ndarray, block_ids: np.ndarray) -> np.ndarray:
+    """``[query]`` float32: the share of each query's attention that leaves its block, 1 − its
+    in-block mass, of a ``[query, key]`` view (``reduce_heads``). Distributed attention spread
+    thin over many keys is hard to see cell by cell; summed per row it is not.
+
+    >>> v = np.array([[1, 0, 0], [0.5, 0.5, 0], [0.2, 0.3, 0.5]], np.float32)
+    >>> cross_block_share(v, np.array([0, 0, 1])).round(2).tolist()
+    [0.0, 0.0, 0.5]
+    """
+    v = np.asarray(view, dtype=np.float32)
+    ids = np.asarray(block_ids)
+    same = ids[:, None] == ids[None, :]
+    return np.clip(1.0 - (v * same).sum(-1), 0.0, 1.0).astype(np.float32)
+
+
 def difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """b − a of two ``[query, key]`` views of the same text."""
     return np.asarray(b, dtype=np.float32) - np.asarray(a, dtype=np.float32)
