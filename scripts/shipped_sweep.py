@@ -69,12 +69,10 @@ def current(path: Path, run: dict, prompts: list[dict]) -> bool:
 def write_maps(run: dict, prompts: list[dict], path: Path) -> None:
     """The attention maps of ``run``'s checkpoint on ``prompts`` at its settings, into ``path``
     (atomically), evaluated at the β its result records."""
-    from safetensors.torch import save_file
-
     from localist_core.experiments.results import dial_settings
     from localist_core.experiments.sweep import attention_maps, with_barrier_sharpness
     from localist_core.model.checkpoint import load_model
-    from localist_core.model.files import atomic_write
+    from localist_core.model.files import atomic_write, safetensors_writer
     from localist_core.paths import REPO
     model, tok = load_model(REPO / run["checkpoint"])
     beta = eval_beta(run)
@@ -82,7 +80,7 @@ def write_maps(run: dict, prompts: list[dict], path: Path) -> None:
         model = with_barrier_sharpness(model, beta)
     maps = attention_maps(model.eval(), tok, prompts, dial_settings(run))
     meta = provenance(run, prompts)
-    atomic_write(path, lambda p, m=maps: save_file(m, p, metadata=meta))
+    atomic_write(path, safetensors_writer(maps, meta))
 
 
 def copy_atomically(source: Path, dest: Path) -> None:

@@ -16,11 +16,17 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor
 
 from .config import BIGRAM_MAX_VOCAB, MODEL_SIZE_LIMITS
-from .files import UnsafeFileError, atomic_write, check_safetensors_file, checked_size
+from .files import (
+    UnsafeFileError,
+    atomic_write,
+    check_safetensors_file,
+    checked_size,
+    safetensors_writer,
+)
 
 # Interpolated Kneser–Ney's absolute discount (Chen & Goodman's usual value).
 KN_DISCOUNT = 0.75
@@ -348,7 +354,7 @@ def write_table_file(path: Path, tables: BigramTables, words: list[str], meta: d
     header = {TABLE_META: json.dumps({**meta, "vocab": vocab_fingerprint(words)},
                                      sort_keys=True)}
     tensors = {k: t.contiguous() for k, t in tables.tensors().items()}
-    atomic_write(Path(path), lambda p: save_file(tensors, p, metadata=header))
+    atomic_write(Path(path), safetensors_writer(tensors, header))
 
 
 def table_file_meta(header: dict) -> dict:
