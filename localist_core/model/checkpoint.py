@@ -15,6 +15,7 @@ import hashlib
 import json
 import math
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -249,6 +250,35 @@ def _check_shapes(folder: Path, model_cfg: ModelConfig, header: dict) -> None:
             if of not in want or len(want[of]) != 2 or tuple(v["shape"]) != (want[of][0], 1):
                 raise CheckpointError(f"{weights}: row scale {short_repr(name)} has shape "
                                       f"{v['shape']}, which fits no tensor of {folder / CONFIG}")
+    _check_dtypes(weights, model_cfg, tensors)
+
+
+# safetensors' names of torch's dtypes; a float tensor may be stored as any float (the fp16
+# export) or as I8 with a row scale (the int8 export), any other tensor only as the model's own.
+_STORED = {torch.bool: "BOOL", torch.uint8: "U8", torch.int8: "I8", torch.int16: "I16",
+           torch.int32: "I32", torch.int64: "I64"}
+FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
+
+
+def _check_dtypes(weights: Path, model_cfg: ModelConfig, tensors: dict) -> None:
+    """Each tensor's stored dtype against the model's (header only): integer or bool weights
+    loaded silently before, and gave an infinite perplexity."""
+    with torch.device("meta"):
+        one = LocalistLM(dataclasses.replace(model_cfg, n_layers=1)).state_dict()
+    for name, v in tensors.items():
+        if name.endswith(SCALE_SUFFIX):
+            ok, need = v["dtype"] in FLOAT_DTYPES, "a float"
+        else:
+            t = one[re.sub(r"^blocks\.\d+\.", "blocks.0.", name)]
+            if t.is_floating_point():
+                ok = v["dtype"] in FLOAT_DTYPES or (v["dtype"] == "I8"
+                                                    and name + SCALE_SUFFIX in tensors)
+                need = "a float (or I8 with a row scale)"
+            else:
+                ok, need = v["dtype"] == _STORED.get(t.dtype), _STORED.get(t.dtype, str(t.dtype))
+        if not ok:
+            raise CheckpointError(f"{weights}: tensor {short_repr(name)} is stored as "
+                                  f"{v['dtype']}; the model needs {need}")
 
 
 def _checked(folder: Path) -> tuple[dict, ModelConfig, Tokenizer]:
