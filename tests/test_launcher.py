@@ -477,7 +477,7 @@ def test_messages_and_logs_name_no_server_path(root, fake):
     (root / "a").mkdir(parents=True)
     (root / "a" / launch.LOG_FILE).write_text(
         f"Traceback\n  File \"{REPO}/localist_core/x.py\"\n  File \"{sys.prefix}/lib/t.py\"\n"
-        f"{root}/a/cache/y.json\n")
+        f"error: {REPO}/localist_core/x.py: bad\n{root}/a/cache/y.json\n")
     texts.append(launch.log_tail(root / "a"))
     blob = "\n".join(texts)
     assert "localist_core/x.py" in blob and "$LOCALIST_APP_SWEEPS/a/cache/y.json" in blob

@@ -378,5 +378,29 @@ def log_tail(folder: str | Path, lines: int = 15) -> str:
             text = f.read().decode("utf-8", "replace")
     except OSError:
         return ""
-    rows = [r.split("\r")[-1] for r in text.split("\n")]
+    rows = without_traces([r.split("\r")[-1] for r in text.split("\n")])
     return without_paths("\n".join([r for r in rows if r.strip()][-lines:]))
+
+
+TRACE_START = "Traceback (most recent call last):"
+TRACE_SHOWN = "(a Python stack trace: the operator finds it in this sweep's log on the server)"
+
+
+def without_traces(rows: list[str]) -> list[str]:
+    """The log's lines with each Python stack trace cut to one line saying where it is and the
+    exception's last line: a visitor never sees the server's code or frames."""
+    out, inside = [], False
+    for row in rows:
+        head = row.strip()
+        if (head == TRACE_START or head.startswith(('File "', "During handling of ",
+                                                   "The above exception was the direct"))):
+            # a frame line starts a trace too: the tail may begin inside one
+            if not inside:
+                out.append(TRACE_SHOWN)
+            inside = True
+            continue
+        if inside and (row.startswith((" ", "\t")) or not row.strip()):
+            continue            # a frame, its source line, a caret line or a blank
+        inside = False
+        out.append(row)
+    return out

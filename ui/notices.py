@@ -76,10 +76,25 @@ def plain(text: str) -> str:
     return shown(text).translate(_MD_SPECIAL)
 
 
+MAX_NOTICES = 32  # shown per call; a folder of 10,000 junk files gave 4,097 warnings a rerun
+
+
 def show_notices(notices: list[str]) -> None:
-    """Notices as warnings, rendered as plain text (never as Markdown or HTML)."""
-    for note in notices:
+    """Notices as warnings, rendered as plain text (never as Markdown or HTML): the first
+    MAX_NOTICES, then one line counting the rest, which go to the server log (once per list)."""
+    for note in notices[:MAX_NOTICES]:
         st.warning(plain(note), icon="⚠️")
+    rest = notices[MAX_NOTICES:]
+    if rest:
+        st.warning(f"… and {len(rest):,} more notices like these (the server log lists them).",
+                   icon="⚠️")
+        _log_rest(tuple(rest))
+
+
+@functools.lru_cache(maxsize=16)
+def _log_rest(rest: tuple[str, ...]) -> None:
+    """Log the notices not shown, once per distinct list (not on every rerun)."""
+    LOG.warning("%d notices not shown:\n%s", len(rest), "\n".join(rest[:1000]))
 
 
 # -- the error guard -----------------------------------------------------------------------------
