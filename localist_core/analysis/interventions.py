@@ -101,30 +101,36 @@ class _Tally:
 def random_in_block_hooks(model, heads, block_ids: Tensor, variant: str = "renormalise",
                           generator: torch.Generator | None = None,
                           tally: _Tally | None = None) -> list:
-    """The control of ``cross_block_hooks``: for every query of the chosen heads, remove as
-    much in-block attention as the head gives to other blocks. In-block keys are taken in a
-    random order, each whole, the last in part, so the mass removed equals the cross-block
-    mass (or all in-block mass where that is smaller; ``tally`` sums both). ``zero`` keeps the
-    rest as it is; ``renormalise`` rescales each row to sum to 1."""
+    """The control of ``cross_block_hooks``: from each sequence and chosen head, remove as much
+    in-block attention as the head gives to other blocks over the whole sequence. In-block
+    (query, key) weights are taken in a random order, each whole, the last in part, so the mass
+    removed equals the cross-block mass (or all in-block mass where that is smaller; ``tally``
+    sums both). ``zero`` keeps the rest as it is; ``renormalise`` rescales each row that lost
+    something to sum to 1 (a row that lost all of it stays 0, as under ``zero``). Matched query
+    by query instead, a head whose queries attend either almost all inside or almost all
+    outside their block would have almost nothing to remove."""
     _check_variant(variant)
     inblock = (same_block(block_ids) & visible_keys(
         block_ids, model.cfg.noncausal_diagnostic)).unsqueeze(1)          # (B, 1, T, T)
 
     def hook(p: Tensor, _hook, sel: Tensor) -> Tensor:
-        target = p.masked_fill(inblock, 0.0).sum(-1, keepdim=True)       # (B, H, T, 1) cross
-        w_in = p.masked_fill(~inblock, 0.0)                              # (B, H, T, T)
-        u = torch.rand(p.shape, generator=generator, device=p.device)
-        order = u.masked_fill(~inblock, 2.0).argsort(-1)                  # in-block keys first
+        b, h, n, _ = p.shape
+        flat, inside = p.reshape(b, h, n * n), inblock.reshape(-1, 1, n * n)
+        target = flat.masked_fill(inside, 0.0).sum(-1, keepdim=True)     # (B, H, 1) cross mass
+        w_in = flat.masked_fill(~inside, 0.0)                             # (B, H, T·T)
+        u = torch.rand(flat.shape, generator=generator, device=p.device)
+        order = u.masked_fill(~inside, 2.0).argsort(-1)                   # in-block pairs first
         w = w_in.gather(-1, order)
         before = w.cumsum(-1) - w                                          # mass taken earlier
         take = (target - before).clamp_min(0.0).minimum(w)
-        removed = torch.zeros_like(p).scatter(-1, order, take) * sel      # chosen heads only
+        removed = torch.zeros_like(flat).scatter(-1, order, take).view_as(p) * sel
         new = p - removed
         if variant == "renormalise":    # only rows that lost something: others stay exact
             touched = removed.sum(-1, keepdim=True) > 0
-            new = torch.where(touched, new / new.sum(-1, keepdim=True), p)
+            left = new.sum(-1, keepdim=True)        # 0 where a row lost all its attention
+            new = torch.where(touched, new / left.clamp_min(1e-30), p)
         if tally is not None:
-            tally.wanted += float((target * sel).sum())
+            tally.wanted += float((target.unsqueeze(-1) * sel).sum())
             tally.removed += float(removed.sum())
         return new
 

@@ -1,8 +1,8 @@
 """``ablate``: what each head's cross-block attention is worth on held-out text. On evenly
 spaced WikiText-2 validation windows it cuts one head's cross-block attention at a time
 (``analysis.interventions``) and prints the change in valid perplexity with a 95% percentile
-bootstrap interval over windows, beside a control that removes as much in-block attention,
-drawn at random, from the same head."""
+bootstrap interval over windows, beside a control that removes as much in-block attention
+from the same head in each window, drawn at random."""
 from __future__ import annotations
 
 import argparse
@@ -108,8 +108,8 @@ def cmd_ablate(args: argparse.Namespace) -> int:
           f"({args.windows * model.cfg.n_ctx:,} targets); valid perplexity {base:.2f}")
     print(f"Δ perplexity with a 95% percentile-bootstrap interval over windows ({RESAMPLES} "
           f"resamples, paired); the control removes as much in-block attention from the same "
-          f"head, its keys drawn at random (matched: the share of the cross-block mass it "
-          f"found in-block to remove)")
+          f"head in each window, drawn at random (matched: the share of the cross-block mass "
+          f"it found in-block to remove)")
     print(f"{'head':>5} {'cross mass':>10} {'Δ ablation [95%]':>27} {'Δ control [95%]':>27} "
           f"{'matched':>8} {'ablation − control [95%]':>28}")
     for i, (layer, head) in enumerate(scan.heads):
