@@ -9,70 +9,83 @@ import ui
 from ui import launcher as launch
 from ui import sweep_figures as fig
 from ui import views
+from ui.names import series_name
 
 s = ui.page_setup("Tradeoff")
 
-shipped, study = ui.sweep_cache(), ui.study_cache()
-study_runs = ui.sweep_results(study)[0] if Path(study).is_dir() else []
-folders = {ui.cache_label("Multi-seed study", study): study} if Path(study).is_dir() else {}
-shipped_label = ui.cache_label("Shipped sweeps", shipped)
-folders[shipped_label] = shipped
-folders.update({f"Sweep “{name}” from the Sweeps page": str(cache)
-                for name, cache in launch.app_caches(protected=ui.project_caches()).items()})
-labels = list(folders)
-# The study is shown first once one of its points averages several seeds.
-study_first = fig.most_seeds(views.curve_points(study_runs)) > 1
-label = st.selectbox("Sweep cache", labels, key="tradeoff_cache",
-                     index=0 if study_first else labels.index(shipped_label)) \
-    if len(labels) > 1 else labels[0]
-folder = folders[label]
-# An app sweep keeps its launch record beside its cache, in <root>/<name>/.
-launch_dir = None if folder in (shipped, study) else str(Path(folder).parent)
+# The headline and its chart come first; the choice of data behind them folds away below.
+top = st.container()
+with st.expander("The data behind this page: which sweep, and more series"):
+    shipped, study = ui.sweep_cache(), ui.study_cache()
+    study_runs = ui.sweep_results(study)[0] if Path(study).is_dir() else []
+    folders = {ui.cache_label("Multi-seed study", study): study} if Path(study).is_dir() else {}
+    shipped_label = ui.cache_label("Shipped sweeps", shipped)
+    folders[shipped_label] = shipped
+    folders.update({f"Sweep “{name}” from the Sweeps page": str(cache)
+                    for name, cache in launch.app_caches(protected=ui.project_caches()).items()})
+    labels = list(folders)
+    # The study is shown first once one of its points averages several seeds.
+    study_first = fig.most_seeds(views.curve_points(study_runs)) > 1
+    label = st.selectbox("Sweep cache", labels, key="tradeoff_cache",
+                         index=0 if study_first else labels.index(shipped_label)) \
+        if len(labels) > 1 else labels[0]
+    folder = folders[label]
+    # An app sweep keeps its launch record beside its cache, in <root>/<name>/.
+    launch_dir = None if folder in (shipped, study) else str(Path(folder).parent)
 
-if not Path(folder).is_dir():
-    st.info(f"There is no sweep cache at {ui.plain(folder)} yet. Run `python -m localist_core "
-            "sweep` or start one on the Sweeps page; its runs appear here.")
-    st.stop()
-runs, problems, baselines = ui.sweep_results(folder)
-ui.show_notices([f"Refused cache file: {p}" for p in problems])
-if not runs:
-    st.info(f"The sweep cache {ui.plain(folder)} holds no finished runs yet. Each finished run "
-            "adds one JSON file; the Sweeps page shows the progress of a running sweep.")
-    st.stop()
-status = launch.sweep_status(folder, launch_dir=launch_dir)
-if status and status["state"] in ("running", "starting"):
-    st.caption(f"A sweep is still writing into this cache: {ui.plain(status['text'])}")
+    if not Path(folder).is_dir():
+        top.info(f"There is no sweep cache at {ui.plain(folder)} yet. Run `python -m localist_core "
+                "sweep` or start one on the Sweeps page; its runs appear here.")
+        st.stop()
+    runs, problems, baselines = ui.sweep_results(folder)
+    ui.show_notices([f"Refused cache file: {p}" for p in problems])
+    if not runs:
+        top.info(f"The sweep cache {ui.plain(folder)} holds no finished runs yet. Each "
+                 "finished run adds one JSON file; the Sweeps page shows the progress of a "
+                 "running sweep.")
+        st.stop()
+    status = launch.sweep_status(folder, launch_dir=launch_dir)
+    if status and status["state"] in ("running", "starting"):
+        st.caption(f"A sweep is still writing into this cache: {ui.plain(status['text'])}")
 
-curves, leaks, papers = views.curve_points(runs), views.leak_points(runs), views.paper_points()
-st.caption(f"Shown: {ui.plain(label)}, {len(runs)} runs; {fig.seeds_note(curves)}. The charts "
-           "down to the partitions draw only our causal runs at τ = 1, so their axes are ours.")
+    curves, leaks, papers = views.curve_points(runs), views.leak_points(runs), views.paper_points()
+    st.caption(f"Shown: {ui.plain(label)}, {len(runs)} runs; {fig.seeds_note(curves)}. The charts "
+               "down to the partitions draw only our causal runs at τ = 1, so their axes are ours.")
 
-headline = fig.headline_series(curves)
-others = [name for name in dict.fromkeys(p["series"] for p in curves) if name not in headline]
-st.session_state["tradeoff_series"] = [v for v in st.session_state.get("tradeoff_series", [])
-                                       if v in others]
-picked = st.multiselect("More series", others, key="tradeoff_series", disabled=not others,
-                        placeholder="the other curves of this cache",
-                        help="Other penalty forms, block sizes, the penalty models dialled at "
-                             "inference and the other dial evaluation; each one picked joins "
-                             "every chart of these curves.")
+    headline = fig.headline_series(curves)
+    others = [name for name in dict.fromkeys(p["series"] for p in curves) if name not in headline]
+    st.session_state["tradeoff_series"] = [v for v in st.session_state.get("tradeoff_series", [])
+                                           if v in others]
+    picked = st.multiselect("More series", others, key="tradeoff_series", disabled=not others,
+                            format_func=series_name,
+                            placeholder="the other curves of this cache",
+                            help="Other penalty forms, block sizes, the penalty models dialled at "
+                                 "inference and the other dial evaluation; each one picked joins "
+                                 "every chart of these curves.")
 ours = [p for p in curves if p["series"] in headline + picked]
 lam_axis = "λ (trained penalty λ, or dial λ_f)"
 chart = {"config": {"toImageButtonOptions": {"format": "svg"}}}
 
-st.subheader("What locality costs")
-x = st.segmented_control("Locality measured by", list(fig.LOCALITY_MEASURES),
-                         default="in_block_mass", required=True, key="tradeoff_x",
-                         format_func=lambda k: fig.LOCALITY_MEASURES[k][0])
-st.plotly_chart(fig.points_figure(ours, x, "perplexity",
-                                  f"{fig.LOCALITY_MEASURES[x][0]} (valid, τ = 1)",
-                                  "valid perplexity", height=480),
-                key="tradeoff_headline", **chart)
-st.caption(fig.cost_caption(ours, headline, x))
-if any(p.get("curve") == "dial" for p in ours) and not any(
-        p.get("curve") == "dial" and p.get("variant") == fig.SHIPPED_DIAL for p in ours):
-    st.caption("The dial curve is read at the sharpness β the dial model was trained with; the "
-               "shipped dial checkpoint is used at β = 64, which this cache has not evaluated.")
+with top:
+    message = fig.headline_message(ours, headline[0]) if headline else None
+    if message:
+        st.markdown(f"##### {message}")
+    st.caption("Each point is the mean over its training seeds, with error bars of ± 1 sd "
+               "across them. Readings, not findings: the study's verdicts are those of the "
+               "questions it fixed in advance (About).")
+    x = st.segmented_control("Locality measured by", list(fig.LOCALITY_MEASURES),
+                             default="in_block_mass", required=True, key="tradeoff_x",
+                             format_func=lambda k: fig.LOCALITY_MEASURES[k][0])
+    st.plotly_chart(fig.points_figure(ours, x, "perplexity",
+                                      f"{fig.LOCALITY_MEASURES[x][0]} (valid, τ = 1)",
+                                      "valid perplexity", height=480),
+                    key="tradeoff_headline", **chart)
+    st.caption(fig.cost_caption(ours, headline, x))
+    if any(p.get("curve") == "dial" for p in ours) and not any(
+            p.get("curve") == "dial" and p.get("variant") == fig.SHIPPED_DIAL for p in ours):
+        st.caption("The dial curve is read at the sharpness β the dial model was trained "
+                   "with; the shipped dial checkpoint is used at β = 64, which this cache has "
+                   "not evaluated.")
 
 st.subheader("Entropy vs λ")
 ceil = ", ".join(f"{r['value']:.2f}" for r in views.entropy_references(ours)
@@ -145,9 +158,10 @@ if block_lams:
                "queries see about as many keys (the caption above names it), and a partition "
                "above that line predicts worse than fixed windows that see as many "
                "keys. Each row of the table is a partition minus one fixed size or another "
-               "partition, paired by training seed: \"established\" only where the 95% "
-               "interval excludes zero; \"not established\" where it includes zero, or where "
-               "one seed (n = 1) gives no interval at all.")
+               "partition, paired by training seed, with its uncorrected p-value. These are "
+               "readings, not findings: the questions the study answers were fixed in advance "
+               "and get their verdicts, corrected for being asked together, once five seeds "
+               "have trained.")
 if len({p["series"] for p in strategies}) >= 2:
     st.plotly_chart(fig.panel_figure(strategies, "locality", "λ (trained penalty)", [
         {"y": "perplexity", "title": "valid perplexity"},

@@ -98,13 +98,13 @@ def test_the_picker_is_off_by_default_and_a_picked_series_joins_the_charts(env):
     write_cache(env / "shipped", examples.synthetic_runs())
     at = visit("app_pages/tradeoff.py")
     picker = at.multiselect(key="tradeoff_series")
-    assert picker.value == [] and "weights penalty · as trained" in picker.options
-    headline = ["attention penalty · as trained", "dial protocol"]
-    assert names(specs(at)[0]) == headline
+    assert picker.value == [] and "weights penalty, trained for one λ" in picker.options
+    headline = ["trained for one λ", "one model, dial turned (β as trained)"]
+    assert names(specs(at)[0]) == headline                # legends in words, not series keys
     picker.set_value(["weights penalty · as trained"]).run()
     assert not at.exception
-    assert names(specs(at)[0]) == headline + ["weights penalty · as trained"]
-    assert "weights penalty · as trained" in names(specs(at)[1])    # entropy vs λ too
+    assert names(specs(at)[0]) == headline + ["weights penalty, trained for one λ"]
+    assert "weights penalty, trained for one λ" in names(specs(at)[1])   # entropy vs λ too
 
 
 def _leaky_study() -> list[dict]:
@@ -123,9 +123,9 @@ def test_a_multi_seed_study_is_shown_first_with_error_bars_and_its_own_axes(env)
     at = visit("app_pages/tradeoff.py")
     assert at.selectbox(key="tradeoff_cache").value.startswith("Multi-seed study")
     assert "a point averages up to 3 training seeds" in texts(at)
-    assert "established over 3 paired seeds" in texts(at)
+    assert "over 3 paired seeds excludes 0" in texts(at)
     head = specs(at)[0]
-    penalty = next(t for t in head["data"] if t["name"] == "attention penalty · as trained")
+    penalty = next(t for t in head["data"] if t["name"] == "trained for one λ")
     assert penalty["error_y"]["visible"] and min(penalty["error_y"]["array"]) > 0
     # The headline's axes are ours: the leak (3.3) and the papers' 4.65 lie outside them, and
     # the chart of their own reaches both.
@@ -352,9 +352,10 @@ def test_hostile_form_input_never_raises(env, monkeypatch):
 
 def _verdicts(at: AppTest) -> list[dict]:
     """The rows of the block comparison's table of paired differences."""
-    (table,) = [d.value for d in at.dataframe if "verdict" in d.value.columns]
+    (table,) = [d.value for d in at.dataframe if "p (uncorrected)" in d.value.columns]
     assert {"partition", "control", "metric", "n", "mean difference", "95% interval"} <= set(
         table.columns)
+    assert "verdict" not in table.columns              # readings, not findings
     return table.to_dict("records")
 
 
@@ -365,22 +366,24 @@ def test_where_blocks_fall_sets_each_partition_against_its_context_matched_contr
     picker = at.selectbox(key="tradeoff_blocks_lam")          # λ = 0.6 and 1 qualify
     assert picker.value == 0.6 and picker.options == ["λ = 0.6", "λ = 1"]
     blocks = next(s for s in specs(at) if "fixed blocks (b = block size)" in names(s))
-    assert names(blocks)[:3] == ["fixed blocks (b = block size)", "punctuation", "recruited"]
+    assert names(blocks)[:3] == ["fixed blocks (b = block size)", "punctuation blocks",
+                                 "recruited blocks"]
     rows = _verdicts(at)
     assert {(r["partition"], r["control"]) for r in rows} == {
-        (p, f"fixed (b={b})") for p in ("punctuation", "recruited") for b in (5, 7)} | {
-        ("recruited", "punctuation")}                 # each adaptive partition against the last
+        (p, f"fixed blocks of {b}") for p in ("punctuation blocks", "recruited blocks")
+        for b in (5, 7)} | {("recruited blocks", "punctuation blocks")}   # and against the last
     from localist_core.experiments.comparisons import DIFF_METRICS
     from ui.views import DIFFERENCE_LABELS
     assert {r["metric"] for r in rows} == {DIFFERENCE_LABELS[m] for m in DIFF_METRICS}
     assert {(r["partition"], r["control"], r["metric"]) for r in rows
-            if r["verdict"] == "established"} == {
-        ("punctuation", "fixed (b=5)", "valid perplexity"),
-        ("punctuation", "fixed (b=7)", "valid perplexity")}
+            if r["p (uncorrected)"] not in ("—",) and (r["p (uncorrected)"] == "< 0.001"
+                                                      or float(r["p (uncorrected)"]) < 0.05)} == {
+        ("punctuation blocks", "fixed blocks of 5", "valid perplexity"),
+        ("punctuation blocks", "fixed blocks of 7", "valid perplexity")}
     assert "nearest to fixed blocks of 7 (3.96)" in texts(at)
     picker.set_value(1.0).run()
     assert not at.exception
-    assert {r["verdict"] for r in _verdicts(at)} == {"not established (n = 1)"}
+    assert {r["p (uncorrected)"] for r in _verdicts(at)} == {"—"}       # one seed: no test
 
 
 def test_where_blocks_fall_without_visible_keys_still_gives_the_table(env):
@@ -393,4 +396,4 @@ def test_where_blocks_fall_without_visible_keys_still_gives_the_table(env):
     at = visit("app_pages/tradeoff.py")
     assert "were evaluated before the number of in-block keys" in texts(at)
     assert not any("fixed blocks (b = block size)" in names(s) for s in specs(at))
-    assert "established" not in {r["verdict"] for r in _verdicts(at)}
+    assert {r["p (uncorrected)"] for r in _verdicts(at)} == {"—"}

@@ -26,7 +26,7 @@ def test_figure_draws_papers_leaks_and_reference_lines():
     names = [t.name for t in fig.data]
     assert sum(n.startswith(tr.PAPERS) for n in names) == 4            # 2 points, 2 lines
     assert any(n.startswith("causal ceiling") for n in names)
-    leak = [t for t in fig.data if t.name.startswith(tr.LEAK)]
+    leak = [t for t in fig.data if t.name.startswith("leak diagnostic")]
     assert leak and leak[0].marker.symbol == "triangle-up"
     assert any("recent-b control" in n for n in names) and "uniform-attention control" in names
     fig = points_figure([{**pts[0], "series": "<b>x</b>", "label": "<i>"}], "locality",
@@ -78,7 +78,7 @@ def test_the_headline_is_the_penalty_against_the_dial_with_seed_error_bars():
     ours, names = _headline(sweep_examples.multi_seed_runs())
     assert names == ["attention penalty · as trained", "dial protocol"]
     fig = points_figure(ours, "in_block_mass", "perplexity", "in-block mass", "ppl")
-    penalty = next(t for t in fig.data if t.name == names[0])
+    penalty = next(t for t in fig.data if t.name == "trained for one λ")
     sds = [p["perplexity_sd"] for p in ours if p["series"] == names[0]]
     assert all(sd > 0 for sd in sds)
     assert list(penalty.error_y.array) == [pytest.approx(sd) for sd in sds]
@@ -87,14 +87,15 @@ def test_the_headline_is_the_penalty_against_the_dial_with_seed_error_bars():
     assert _headline(runs)[1] == ["attention penalty · as trained", "dial protocol · beta64"]
 
 
-def test_the_cost_caption_says_established_only_where_the_paired_interval_excludes_0():
+def test_the_cost_caption_reads_the_paired_interval_and_states_no_finding():
     ours, names = _headline(sweep_examples.multi_seed_runs())
     text = sweep_figures.cost_caption(ours, names, "in_block_mass")
-    assert text.count("established over 3 paired seeds") == 2 and "+52.3 (+51%)" in text
+    assert text.count("over 3 paired seeds excludes 0") == 2 and "+52.3 (+51%)" in text
+    assert "established" not in text          # a page's findings are the family's alone
     single, names1 = _headline(sweep_examples.synthetic_runs())
     text = sweep_figures.cost_caption(single, names1, "entropy_bits")
-    assert text.count("not established (no seeds at both ends)") == 2
-    assert "established over" not in text
+    assert text.count("no interval (no seeds at both ends)") == 2
+    assert "excludes 0" not in text
     only = [p for p in ours if p["locality"] == 0]
     text = sweep_figures.cost_caption(only, names, "in_block_mass")
     assert text.count("has only λ = 0") == 2 and "not established" in text
@@ -190,11 +191,12 @@ def test_the_block_figure_joins_fixed_sizes_by_one_line_and_marks_each_partition
     pts, fig, _ = _block_figure()
     for panel, y in (("x", "perplexity"), ("x2", "in_block_mass")):
         traces = {t.name: t for t in fig.data if t.xaxis == panel}
-        assert list(traces) == [sweep_figures.FIXED_LINE, "punctuation", "recruited"]
+        assert list(traces) == [sweep_figures.FIXED_LINE, "punctuation blocks",
+                                "recruited blocks"]
         line = traces[sweep_figures.FIXED_LINE]
         assert "lines" in line.mode and list(line.x) == pytest.approx([2.98, 3.96])  # by keys
         assert list(line.y) == [pytest.approx(p[y]) for p in pts[:2]]
-        marks = [traces[n] for n in ("punctuation", "recruited")]
+        marks = [traces[n] for n in ("punctuation blocks", "recruited blocks")]
         assert all("lines" not in t.mode and len(t.x) == 1 for t in marks)
         assert {t.marker.symbol for t in marks} == {"diamond", "square"}
         # ± 1 sd across seeds on every point (each averages 3 seeds), x too where keys vary.
@@ -238,7 +240,7 @@ def test_the_block_caption_names_each_partitions_matched_control_and_its_verdict
     text = sweep_figures.block_control_caption(pts, rows)
     assert "punctuation blocks let a query see 3.91 in-block keys, nearest to fixed blocks " \
            "of 7 (3.96)" in text
-    assert "+10.1; established: 95% interval" in text
+    assert "+10.1; 95% interval" in text and "excludes 0: a reading, not a finding" in text
     assert "recruited blocks let a query see 3.04 in-block keys, nearest to fixed blocks of 5" \
         in text and "includes 0" in text
     assert sweep_figures.has_visible_keys(pts)

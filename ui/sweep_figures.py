@@ -13,6 +13,7 @@ from plotly.subplots import make_subplots
 from localist_core.experiments.results import LEAK, PAPERS
 from localist_core.experiments.stats import finite
 from ui.figures import inert
+from ui.names import series_name
 
 _PALETTE = ("#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2",
             "#bcbd22", "#7f7f7f", "#393b79")
@@ -60,13 +61,46 @@ def seeds_note(points: list[dict]) -> str:
             "± 1 sample sd across seeds; a point without bars is one seed")
 
 
+FREE = 0.02    # a perplexity rise below 2% counts as "nearly free" (the family's smallest effect)
+
+
+def headline_message(points: list[dict], series: str) -> str | None:
+    """The page's one sentence, from the means drawn along ``series`` (the penalty trained for
+    each λ): the most locality bought for under ``FREE`` more perplexity, and what cutting
+    cross-block attention altogether costs. None where the series lacks λ = 0 or a local end."""
+    pts = sorted((p for p in points if p["series"] == series
+                  and finite(p.get("perplexity")) is not None
+                  and finite(p.get("in_block_mass")) is not None), key=lambda p: p["locality"])
+    base = next((p for p in pts if p["locality"] == 0), None)
+    if base is None or len(pts) < 2:
+        return None
+    rise = {id(p): p["perplexity"] / base["perplexity"] - 1 for p in pts}
+    cheap = max((p for p in pts[1:] if rise[id(p)] < FREE), default=None,
+                key=lambda p: p["in_block_mass"])
+    end = max(pts, key=lambda p: (p["in_block_mass"], p["locality"]))
+    parts = []
+    if cheap is not None:
+        parts.append(f"a little locality is nearly free: trained at λ = {cheap['locality']:g}, "
+                     f"{cheap['in_block_mass']:.0%} of attention stays in its block (against "
+                     f"{base['in_block_mass']:.0%} at λ = 0) for {rise[id(cheap)]:+.1%} "
+                     "perplexity")
+    if end is not cheap and end["in_block_mass"] > 0.99:
+        parts.append(f"cutting cross-block attention altogether (λ = {end['locality']:g}) costs "
+                     f"{rise[id(end)]:+.0%} perplexity")
+    if not parts:
+        return None
+    text = "; ".join(parts)
+    return text[0].upper() + text[1:] + "."
+
+
 def _verdict(p: dict) -> str:
+    """What the paired seeds say of a rise, as a reading: the verdicts are the pre-registered
+    family's (REPRODUCTION.md), so a page states no finding of its own."""
     n, ci = p.get("perplexity_rise_n") or 0, finite(p.get("perplexity_rise_ci95"))
-    if p.get("perplexity_rise_established"):
-        return f"established over {n} paired seeds (95% interval ± {ci:.1f})"
     if n < 2 or ci is None:
-        return f"not established ({n or 'no'} seed{'' if n == 1 else 's'} at both ends)"
-    return f"not established (95% interval ± {ci:.1f} over {n} paired seeds includes 0)"
+        return f"no interval ({n or 'no'} seed{'' if n == 1 else 's'} at both ends)"
+    side = "excludes" if p.get("perplexity_rise_established") else "includes"
+    return f"its 95% interval ± {ci:.1f} over {n} paired seeds {side} 0"
 
 
 def cost_caption(points: list[dict], series: list[str], x: str) -> str:
@@ -88,14 +122,14 @@ def cost_caption(points: list[dict], series: list[str], x: str) -> str:
             continue
         last = pts[-1]
         if base is None:
-            parts.append(f"{name} has no λ = 0 point to compare with, so its cost is not "
-                         "established")
+            parts.append(f"{series_name(name)} has no λ = 0 point to compare with, so its "
+                         "cost is not established")
         elif last is base:
-            parts.append(f"{name} has only {at(base, True)} in this cache, so its cost is not "
-                         "established")
+            parts.append(f"{series_name(name)} has only {at(base, True)} in this cache, so its "
+                         "cost is not established")
         else:
             diff = last["perplexity"] - base["perplexity"]
-            parts.append(f"{name} goes from {base['perplexity']:.1f} at {at(base)} to "
+            parts.append(f"{series_name(name)} goes from {base['perplexity']:.1f} at {at(base)} to "
                          f"{last['perplexity']:.1f} at {at(last)}, {diff:+.1f} "
                          f"({100 * diff / base['perplexity']:+.0f}%), {_verdict(last)}")
     if not parts:
@@ -201,7 +235,7 @@ def _series_trace(pts: list[dict], x: str, y: str, color: str, legend: bool,
             if v is not None}
     return go.Scatter(
         x=[p[x] for p in pts], y=[p[y] for p in pts], mode="lines+markers+text",
-        name=inert(series), legendgroup=series, showlegend=legend,
+        name=inert(series_name(series)), legendgroup=series, showlegend=legend,
         text=[inert(p["label"]) if w else "" for p, w in zip(pts, where)],
         textposition=[w or "top center" for w in where], textfont=dict(size=10, color=color),
         customdata=[[inert(p.get("run_id", "")), inert(p["label"]), p.get("n") or 1]
@@ -270,7 +304,8 @@ def panel_figure(points: list[dict], x: str, x_title: str, panels: list[dict], *
                 cp = [p for p in g if finite(p.get(key)) is not None]
                 fig.add_trace(go.Scatter(
                     x=[p[x] for p in cp], y=[p[key] for p in cp], mode="lines",
-                    name=inert(f"{series}: {name}"), legendgroup=series, showlegend=col == 1,
+                    name=inert(f"{series_name(series)}: {name}"), legendgroup=series,
+                    showlegend=col == 1,
                     line=dict(dash=dash, width=1, color=colors[series])), **rc)
         up = [p for p in pts if controls and finite(p.get("uniform_in_block_mass")) is not None]
         if up:
@@ -338,7 +373,7 @@ def block_control_figure(points: list[dict], height: int = 440) -> go.Figure:
     adaptive = dict.fromkeys(p["series"] for p in drawn if p["series"] != FIXED_LINE)
     for i, name in enumerate(adaptive):
         symbol = ADAPTIVE_SYMBOLS.get(name, ("star", "cross", "triangle-down")[i % 3])
-        fig.update_traces(selector=dict(name=inert(name)), mode="markers+text",
+        fig.update_traces(selector=dict(name=inert(series_name(name))), mode="markers+text",
                           marker=dict(symbol=symbol, size=12))
     return fig
 
@@ -351,13 +386,11 @@ def has_visible_keys(points: list[dict]) -> bool:
 def _difference_words(row: dict | None) -> str:
     if row is None:
         return "no seed in common, so no paired difference"
-    if row["established"]:
-        return (f"established: 95% interval {row['lo']:+.1f} to {row['hi']:+.1f} over "
-                f"{row['n']} paired seeds")
     if row["lo"] is None:
-        return "not established (n = 1)"
-    return (f"not established: 95% interval {row['lo']:+.1f} to {row['hi']:+.1f} over "
-            f"{row['n']} paired seeds includes 0")
+        return "no interval (one seed)"
+    side = "excludes" if row["established"] else "includes"
+    return (f"95% interval {row['lo']:+.1f} to {row['hi']:+.1f} over {row['n']} paired seeds "
+            f"{side} 0: a reading, not a finding")
 
 
 def block_control_caption(points: list[dict], rows: list[dict]) -> str:

@@ -17,6 +17,7 @@ from localist_core.experiments.sweep import PROTOCOL_NAMES  # noqa: F401 (for th
 from localist_core.model.config import PARTITIONS  # noqa: F401 (for the Sweeps page)
 from ui import figures
 from ui.loaders import load_checkpoint
+from ui.names import series_name
 from ui.notices import guarded, plain
 
 # The metrics the Compare page sets side by side.
@@ -281,13 +282,15 @@ DIFFERENCE_LABELS = {"perplexity": "valid perplexity", "in_block_mass": "in-bloc
 @guarded("read the sweep results", [])
 def differences_rows(rows: list[dict]) -> list[dict]:
     """Paired differences (``comparisons.block_control_differences``) as the Tradeoff page's
-    table: partition, control, metric, n, mean difference, 95% interval and verdict (the
-    report's)."""
-    return [{"partition": r["partition"], "control": r["control"],
+    table: partition, control, metric, n, mean difference, 95% interval and the uncorrected
+    p-value. Exploratory: the findings are the pre-registered family's (REPRODUCTION.md), so
+    no row carries a verdict."""
+    return [{"partition": series_name(r["partition"]), "control": series_name(r["control"]),
              "metric": DIFFERENCE_LABELS.get(r["metric"], r["metric"]), "n": r["n"],
              "mean difference": None if r["mean"] is None else round(r["mean"], 3) + 0.0,
-             "95% interval": "—" if r["lo"] is None else f"[{r['lo']:.3f}, {r['hi']:.3f}]",
-             "verdict": comparisons.verdict(r)} for r in rows]
+             "95% interval": "—" if r["lo"] is None else f"{r['lo']:.3f} to {r['hi']:.3f}",
+             "p (uncorrected)": "—" if r.get("p") is None else
+             ("< 0.001" if r["p"] < 0.001 else f"{r['p']:.3f}")} for r in rows]
 
 
 # -- the papers' threshold, continued: the formulas, their words, and the sweep against them -----
