@@ -182,7 +182,8 @@ def test_each_widget_value_is_cut_to_what_the_app_reads():
     assert [w.id for w in values] == ["text", "number"]
     assert values[0].string_value == ("ab" * 400_000)[:MAX_TEXT_CHARS + 1]
     assert len(state.query_string) <= server_guard.QUERY_MAX_BYTES
-    assert state.query_string.startswith("ckpt=dial&p0=") and state.query_string.endswith("x")
+    assert state.query_string.startswith("ckpt=dial&p0=")
+    assert state.query_string.endswith(f"x&{server_guard.LINK_CUT}=301699")   # for the notice
 
 
 def test_the_message_limits_are_set():

@@ -18,6 +18,7 @@ from localist_core.model.config import (
     ModelConfig,
 )
 from ui.notices import show_notices
+from ui.server_guard import LINK_CUT, QUERY_MAX_BYTES
 
 if TYPE_CHECKING:
     from ui import Settings
@@ -81,6 +82,10 @@ def read_deep_link(ckpt_keys: list[str], prompts: dict[str, str], n_layers: int 
             ValueError(f"prompt={r!r} is not a sample prompt")),
         "text": str,   # cut to MAX_TEXT_CHARS, with a notice, by apply_deep_link
     }
+    if LINK_CUT in qp:    # ui.server_guard cut a link too long to read
+        notices.append(f"The link was {qp[LINK_CUT][:12]} characters long; only its first "
+                       f"{QUERY_MAX_BYTES // 1024} KB were read, so the parameters after that "
+                       f"(often a long text) use their defaults.")
     for key in LINK_KEYS:
         if key not in qp:
             continue
@@ -126,7 +131,10 @@ PERSIST = "_p_"
 
 
 def _save(key: str) -> None:
-    st.session_state[PERSIST + key] = st.session_state[key]
+    """A widget's on_change: persist its value (none for a stale widget id that is no longer
+    in the session, which raised KeyError)."""
+    if key in st.session_state:
+        st.session_state[PERSIST + key] = st.session_state[key]
 
 
 def keep(key: str, default, options=None):

@@ -17,6 +17,7 @@ on the websocket protocol uvicorn builds per connection (README "Security").
 from __future__ import annotations
 
 import logging
+import math
 
 from localist_core.analysis.inspection import MAX_TEXT_CHARS
 
@@ -25,6 +26,8 @@ _LOG = logging.getLogger(__name__)
 # A deep link's query string: the web server refuses a request line over ~128 KB (README
 # "Limits"), so a browser never sends a longer one; what the app reads of it is far less.
 QUERY_MAX_BYTES = 128 * 1024
+# Added to a query string that was cut, with its length, so the page says so (ui.links).
+LINK_CUT = "link_cut"
 # The largest value of any other widget: a typed text is cut, not dropped; the rest (numbers,
 # choices, the Sweeps form's fields) are a few hundred bytes at most.
 WIDGET_VALUE_MAX_BYTES = 4 * MAX_TEXT_CHARS + 1024
@@ -62,15 +65,25 @@ def bound_backmsg(msg):
         return msg
     state = msg.rerun_script
     if len(state.query_string) > QUERY_MAX_BYTES:
-        cut = state.query_string[:QUERY_MAX_BYTES]
-        state.query_string = cut[:cut.rfind("&")] if "&" in cut else ""
-        _LOG.warning("Cut a query string of over %d bytes.", QUERY_MAX_BYTES)
+        n = len(state.query_string)
+        cut = state.query_string[:QUERY_MAX_BYTES - 64]
+        kept = cut[:cut.rfind("&")] if "&" in cut else ""
+        state.query_string = (kept + "&" if kept else "") + f"{LINK_CUT}={n}"
+        _LOG.warning("Cut a query string of %d bytes.", n)
     widgets = state.widget_states.widgets
     for i in reversed(range(len(widgets))):
         w = widgets[i]
-        if w.WhichOneof("value") == "string_value":
+        kind = w.WhichOneof("value")
+        if kind == "string_value":
             if len(w.string_value) > MAX_TEXT_CHARS + 1:
                 w.string_value = w.string_value[:MAX_TEXT_CHARS + 1]
+        elif (kind == "double_value" and not math.isfinite(w.double_value)) or (
+                kind == "double_array_value"
+                and not all(math.isfinite(x) for x in w.double_array_value.data[:64])):
+            # no widget here sends NaN or inf; a forged one jammed the session (Streamlit's
+            # int deserializer raised on every later rerun, before the page ran)
+            _LOG.warning("Dropped a non-finite widget value (%s).", kind)
+            del widgets[i]
         elif w.ByteSize() > WIDGET_VALUE_MAX_BYTES:
             _LOG.warning("Dropped a widget value of %d bytes (%s).", w.ByteSize(),
                          w.WhichOneof("value"))

@@ -286,6 +286,14 @@ class TrainConfig:
         _check(self.warmup_steps >= 0,
                f"warmup_steps must be an integer ≥ 0, got {_r(self.warmup_steps)}")
         _check(self.time_budget_s > 0, f"time_budget_s must be > 0, got {_r(self.time_budget_s)}")
+        # torch's generators take a 64-bit seed, and training derives seed·1,000,003 + step
+        # from it (train.step_generator): a 20-digit seed ended in "Overflow when unpacking
+        # long long".
+        _check(0 <= self.seed <= SEED_MAX,
+               f"seed must be a whole number in 0..{SEED_MAX:,} (2³² − 1), got {_r(self.seed)}")
+
+
+SEED_MAX = 2**32 - 1
 
 
 @dataclass(frozen=True)

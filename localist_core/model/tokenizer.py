@@ -29,6 +29,14 @@ _MARKER = re.compile(r"@ ([-.,]) @")
 
 _ASCII_CONTROLS = {c: None for c in (*range(32), 127) if chr(c) not in "\n\t"}
 _DROPPED = ("Cc", "Cf", "Cs", "Co")   # control, format (zero-width, bidi), surrogate, private
+# Blank letters and marks outside those categories that render as nothing (or a blank) and are
+# used to hide text: combining grapheme joiner, the Hangul fillers, Khmer inherent vowels,
+# the blank Braille pattern. WikiText-2 holds none of them.
+_INVISIBLE = frozenset("\u034f\u115f\u1160\u17b4\u17b5\u2800\u3164\uffa0")
+
+
+def _dropped(ch: str) -> bool:
+    return ch in _INVISIBLE or unicodedata.category(ch) in _DROPPED
 
 
 def normalize_text(text: str) -> str:
@@ -36,17 +44,16 @@ def normalize_text(text: str) -> str:
     if text.isascii():   # the common case, done in C: ASCII has no format characters
         return text.translate(_ASCII_CONTROLS)
     text = unicodedata.normalize("NFC", text)
-    return "".join(ch for ch in text
-                   if ch in "\n\t" or unicodedata.category(ch) not in _DROPPED)
+    return "".join(ch for ch in text if ch in "\n\t" or not _dropped(ch))
 
 
 def dropped_characters(text: str) -> int:
     r"""How many characters ``normalize_text`` drops, not counting carriage returns (harmless).
 
-    >>> dropped_characters("a\u200bb\x07c\r\n")
-    2
+    >>> dropped_characters("a\u200bb\x07c\r\n"), dropped_characters("\u3164\u2800\u115f\u034f")
+    (2, 4)
     """
-    return sum(1 for ch in text if ch not in "\n\t\r" and unicodedata.category(ch) in _DROPPED)
+    return sum(1 for ch in text if ch not in "\n\t\r" and _dropped(ch))
 
 
 def split_words(line: str) -> list[str]:
