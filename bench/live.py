@@ -9,6 +9,7 @@ server does, on ``ui.SCRIPT_TORCH_THREADS`` (``ui.run_page`` sets it on every ru
 """
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -87,7 +88,8 @@ def bench_rerun(repeat: int, n_tokens: int = 128):
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
     at.query_params["text"] = _text(tok, n_tokens)
     at.run()
-    tokens = next(int(m.value) for m in at.metric if m.label == "Tokens")
+    heatmap = next(c for c in at.get("plotly_chart") if c.key == "heatmap")
+    tokens = len(json.loads(heatmap.proto.spec)["data"][0]["x"])    # one column per token
     if tokens != n_tokens:
         raise SystemExit(f"the app shows {tokens} tokens, expected {n_tokens}")
     if at.exception:
