@@ -94,7 +94,35 @@ def _attention_csv(view: tuple, _a) -> bytes:
 
 @st.cache_resource(show_spinner=False, max_entries=DOWNLOADS_KEPT)
 def _metrics_file(view: tuple, checkpoint: str, _a) -> bytes:
-    return json.dumps(inspection.metrics_json(_a, checkpoint), indent=1).encode()
+    return json_download(inspection.metrics_json(_a, checkpoint))
+
+
+def json_download(data: dict) -> bytes:
+    """``data`` as indented JSON that every parser reads: a non-finite number (an infinite
+    perplexity) becomes null, and a ``notes`` entry names each such field.
+
+    >>> json.loads(json_download({"perplexity": float("inf"), "m": [1.0, float("nan")]}))
+    ... # doctest: +NORMALIZE_WHITESPACE
+    {'perplexity': None, 'm': [1.0, None],
+     'notes': ['perplexity was inf, written as null', 'm[1] was nan, written as null']}
+    """
+    notes = []
+
+    def clean(v, where: str):
+        if isinstance(v, float) and not math.isfinite(v):
+            notes.append(f"{where} was {v}, written as null")
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x, f"{where}.{k}" if where else str(k)) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x, f"{where}[{i}]") for i, x in enumerate(v)]
+        return v
+
+    out = clean(data, "")
+    if notes:
+        out["notes"] = [*out.get("notes", []), *notes[:100]] if isinstance(
+            out.get("notes"), list) else notes[:100]
+    return json.dumps(out, indent=1, allow_nan=False).encode()
 
 
 @guarded("write the attention table", b"")
@@ -111,9 +139,20 @@ def metrics_file(a, checkpoint: str, view: tuple) -> bytes:
     return _metrics_file(view, checkpoint, a)
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
 def csv_text(rows: list[dict]) -> str:
-    """Rows of plain values as CSV text, one column per key."""
-    return pd.DataFrame(rows).to_csv(index=False)
+    """Rows of plain values as CSV text, one column per key. A text cell that a spreadsheet
+    would run as a formula (it starts with = + - @, a tab or a carriage return) gets a leading
+    ``'``; numbers are left alone.
+
+    >>> csv_text([{"token": "=HYPERLINK(1)", "w": -0.5}, {"token": "@-@", "w": 1}]).split()
+    ['token,w', "'=HYPERLINK(1),-0.5", "'@-@,1.0"]
+    """
+    def cell(v):
+        return "'" + v if isinstance(v, str) and v.startswith(FORMULA_STARTS) else v
+    return pd.DataFrame([{k: cell(v) for k, v in r.items()} for r in rows]).to_csv(index=False)
 
 
 # -- rules and recruited blocks (Rules & blocks) -------------------------------------------------
