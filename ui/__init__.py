@@ -70,6 +70,7 @@ class Page(NamedTuple):
 PAGES = (Page("app_pages/explorer.py", "Explorer", ":material/grid_on:"),
          Page("app_pages/tradeoff.py", "Tradeoff", ":material/show_chart:"),
          Page("app_pages/compare.py", "Compare", ":material/compare:"),
+         Page("app_pages/interventions.py", "Interventions", ":material/content_cut:"),
          Page("app_pages/rules.py", "Rules & blocks", ":material/rule:"),
          Page("app_pages/theory.py", "Theory", ":material/functions:"),
          Page("app_pages/sweeps.py", "Sweeps", ":material/science:"),
