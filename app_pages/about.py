@@ -1,9 +1,13 @@
-"""About: the localist/distributed spectrum for a class, and a guided demo that sets the dials."""
+"""About: the localist/distributed spectrum for a class, with the way into class mode's tour."""
 import streamlit as st
 
 import ui
+from ui import tour
 
 s = ui.page_setup("About: from localist to distributed attention")
+st.info(f"**Teaching with this?** Open [class mode](./?mode={tour.CLASS}): large type, the "
+        f"heatmap filling the screen and a {len(tour.TOUR)}-step tour with Back and Next, each "
+        "step setting the model, the dial and the head it talks about.")
 
 st.markdown("""
 **What is attention?** When a language model reads a word, each layer decides how much to
@@ -111,35 +115,5 @@ with any of the partitions.
 your own rule, "words matching X attend to words matching Y" (a word list or a regular
 expression), set its strength and watch fidelity to its targets and the text's perplexity move.
 """)
-
-st.subheader("Guided demo")
-STEPS = [
-    ("1 · Distributed", dict(lam=0.0, tau=1.0, gamma=0.0),
-     "λ = 0: no barrier between blocks. On the dial model, weight spreads across block lines."),
-    ("2 · Sharper", dict(lam=0.0, tau=0.25, gamma=0.0),
-     "τ = 0.25: each row sharpens and entropy falls, but the in-block-mass tile barely moves: "
-     "temperature alone does not localise."),
-    ("3 · Half way", dict(lam=0.5, tau=1.0, gamma=0.0),
-     "λ = 0.5: cross-block weights shrink; the in-block-mass tile rises."),
-    ("4 · Localist", dict(lam=1.0, tau=1.0, gamma=0.0),
-     "λ = 1: every row stays inside its block (the white squares)."),
-    ("5 · A rule", dict(lam=1.0, tau=1.0, gamma=3.0),
-     "γ = 3: a hand-written bonus pulls attention to the anchors (orange circles), so pointer "
-     "fidelity rises; without it, anchors draw no more than uniform attention would."),
-]
-
-
-def _go(values: dict) -> None:
-    for key, value in values.items():
-        st.session_state[ui.PERSIST + key] = value
-
-
-cols = st.columns(len(STEPS))
-for col, (title, values, text) in zip(cols, STEPS):
-    with col:
-        st.markdown(f"**{title}**")
-        st.caption(text)
-        if st.button("Show me", key=f"demo_{title}", on_click=_go, args=(values,)):
-            st.switch_page("app_pages/explorer.py")
 
 st.caption(f"Current dials: λ={s.locality:g}, τ={s.attn_temperature:g}, γ={s.rule_strength:g}.")

@@ -3,10 +3,11 @@ entropy per query, live metrics, top-5."""
 import streamlit as st
 
 import ui
-from ui import motion, views
+from ui import motion, tour, views
 from ui.figures import head_grid, panel_name
 
 s = ui.page_setup("Explorer", header=False)
+tour.tour_bar()
 a = ui.analysis_or_stop(s)
 
 n_layers, n_heads = a.patterns.shape[:2]

@@ -370,6 +370,27 @@ def test_the_heatmap_is_on_a_projectors_first_screen(server):
     assert not messages, messages
 
 
+def test_class_mode_shows_the_tour_and_next_changes_the_view(server):
+    """``/?mode=class``: the tour bar's first step, then Next redraws the heatmap at the next
+    step's λ (its title names it); screenshots go to test-artifacts/ (e2e-class-*.png)."""
+    messages: list[str] = []
+    with _browser_page(messages, size=(1280, 720)) as page:
+        _open(page, server + "/?mode=class", "Explorer")
+        first = page.evaluate(HEATMAP_STATE)
+        assert page.get_by_text("Step 1 of").count() == 1
+        page.screenshot(path=ARTIFACTS / "e2e-class-1.png")
+        page.locator(".st-key-tour_next button").click()
+        page.wait_for_function("() => [...document.querySelectorAll('p')].some("
+                               "p => p.innerText.startsWith('Step 2 of'))",
+                               timeout=REDRAW_WAIT_MS)
+        page.wait_for_function(REDRAWN, arg=[first["z"], "0.5"], timeout=REDRAW_WAIT_MS)
+        page.wait_for_function(SETTLED, timeout=REDRAW_WAIT_MS)
+        after = page.evaluate(HEATMAP_STATE)
+        page.screenshot(path=ARTIFACTS / "e2e-class-2.png")
+    assert "λ=0 " in first["title"] and "λ=0.5 " in after["title"], (first, after)
+    assert not messages, messages
+
+
 def test_theory_formulas_are_rendered_as_mathematics(fresh_server):
     messages: list[str] = []
     with _browser_page(messages) as page:
@@ -391,7 +412,11 @@ def test_the_tradeoff_picker_adds_a_series_to_the_headline(fresh_server):
         _open(page, fresh_server + PAGE_PATHS["Tradeoff"], "Tradeoff")
         page.wait_for_function(PLOT_TRACES, arg="tradeoff_headline", timeout=REDRAW_WAIT_MS)
         before = page.evaluate(PLOT_TRACES, "tradeoff_headline")
-        page.locator(".st-key-tradeoff_series").click()
+        page.get_by_text("The data behind this page").click()     # the analysts' expander
+        picker = page.locator(".st-key-tradeoff_series")
+        picker.wait_for(state="visible", timeout=REDRAW_WAIT_MS)
+        page.wait_for_timeout(500)                                # the expander's animation
+        picker.click()
         option = page.get_by_role("option").filter(has_not_text="Select all").first
         picked = option.inner_text()
         option.click()

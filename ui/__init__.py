@@ -217,6 +217,8 @@ def sidebar() -> Settings:
     keys = [c.key for c in usable]
     if ss.get(PERSIST + "ckpt") not in keys:
         ss[PERSIST + "ckpt"] = keys[0]
+    if "ckpt" in ss and ss["ckpt"] not in keys:      # a tour step naming a missing checkpoint
+        ss["ckpt"] = ss[PERSIST + "ckpt"]
     labels = {c.key: c.label for c in usable}
     key = sb.selectbox("Checkpoint", keys, format_func=labels.get, **keep("ckpt", keys[0]),
                        help="The dial model was trained with λ drawn per batch, so one "
