@@ -27,6 +27,8 @@ from localist_core.cli.errors import EXIT_TERMINATED, Terminated, sigterm_raises
 from localist_core.experiments.train import LAST, TRAINER_META, TRAINER_STATE
 from localist_core.model.checkpoint import WEIGHTS, check_checkpoint
 
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[1]
 # Checkpoints at steps 2 and 4; one thread, so a run split over two processes sums alike.
 TINY = ["--config", "tiny", "max_steps=4", "ckpt_interval=2", "eval_interval=4", "threads=1"]

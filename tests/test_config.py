@@ -57,8 +57,11 @@ def test_the_size_limits_are_the_largest_sizes_accepted():
 
 def test_every_preset_is_within_the_limits():
     for name in PRESETS:
-        ModelConfig(vocab_size=33_278, **preset(name).model)
+        cfg = ModelConfig(vocab_size=33_278, **preset(name).model)     # raises when over
         TrainConfig(**preset(name).train)
+        for field, limit in MODEL_SIZE_LIMITS.items():
+            value = len(cfg.cutoffs) if field == "cutoffs" else getattr(cfg, field)
+            assert value <= limit, (name, field, value, limit)
 
 
 def test_messages_stay_short_whatever_the_value():

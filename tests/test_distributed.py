@@ -31,6 +31,8 @@ from localist_core.experiments.train import (
     train,
 )
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
             "--standalone"]

@@ -43,6 +43,7 @@ except ImportError:      # CI installs it from requirements.txt
     sync_playwright = None
 
 pytestmark = [
+    pytest.mark.browser,
     pytest.mark.skipif(sync_playwright is None, reason="playwright is not importable "
                        "(pip install -r requirements.txt)"),
     pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"no Debian chromium at {CHROMIUM} "

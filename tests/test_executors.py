@@ -18,6 +18,8 @@ from localist_core.experiments.sweep import plan_runs
 from localist_core.model.config import TrainConfig, preset
 from ui import launcher
 
+pytestmark = pytest.mark.slow
+
 VOLATILE = ("wall_time_s", "git_commit", "checkpoint")
 RUNS = ["attention-l0.0", "attention-l1.0"]
 # Two tiny runs of one thread each: the 2-CPU Ray runs both at once.

@@ -100,6 +100,7 @@ def test_a_finished_sweep_is_reaped_without_the_page(root, fake):
     assert not Path(f"/proc/{proc.pid}").exists(), "the ended sweep stays a zombie"
 
 
+@pytest.mark.slow
 def test_a_finished_run_keeps_no_trainer_state(root, monkeypatch, tiny_data_dir):
     monkeypatch.setenv("LOCALIST_DATA_DIR", str(tiny_data_dir))
     req = good("e2e", protocols=["attention"], lambdas="0", taus="1",

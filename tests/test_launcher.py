@@ -336,7 +336,12 @@ def test_eleven_lambdas_and_eight_taus_are_fine(root):
 def test_the_shipped_cache_is_never_a_target(root):
     req, errors = limits.check_request("a", ["dial"], "0", "1", "tiny",
                                        protected=(str(root / "a" / "cache"),))
-    assert req is None and errors
+    assert req is None
+    assert errors == [f"{launch_root.ROOT_VAR} must not overlap the shipped sweep cache."]
+    # the refusal is for the overlap: the same request with the shipped cache elsewhere passes
+    req, errors = limits.check_request("a", ["dial"], "0", "1", "tiny",
+                                       protected=(str(root.parent / "elsewhere"),))
+    assert req is not None and not errors
 
 
 # -- the global job limit -------------------------------------------------------------------------
@@ -485,6 +490,7 @@ def test_messages_and_logs_name_no_server_path(root, fake):
         assert secret not in blob
 
 
+@pytest.mark.slow
 def test_a_tiny_sweep_started_from_the_app_runs_to_the_end(root, monkeypatch, tiny_data_dir):
     monkeypatch.setenv("LOCALIST_DATA_DIR", str(tiny_data_dir))   # the server's own corpus
     req = good("e2e", protocols=["attention"], lambdas="0", taus="1",

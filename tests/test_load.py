@@ -7,6 +7,7 @@ import sys
 import threading
 from pathlib import Path
 
+import pytest
 import torch
 
 from localist_core.experiments.train import make_model
@@ -51,6 +52,7 @@ def test_threads_sharing_one_model_never_see_each_others_activations(tiny_model_
     assert not errors and not mismatches, (errors, mismatches)
 
 
+@pytest.mark.load
 def test_thirty_sessions_moving_sliders_meet_no_error():
     # Websocket clients, not browsers: thirty Chromium renderers would starve a 2-core server
     # and the run would measure them. Wall time: server start, first views, 25 s of moves.

@@ -28,6 +28,7 @@ def _probe(env_value: str | None) -> str:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+@pytest.mark.slow
 def test_keep_freed_memory_is_idempotent_and_can_be_turned_off():
     assert _probe(None) == "True True"
     for off in ("0", "false", "Off"):

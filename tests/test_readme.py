@@ -23,6 +23,7 @@ def test_ci_runs_the_readme_test_command():
 
 
 @pytest.mark.skipif(resolve_data_dir() is None, reason="no WikiText-2 folder on this machine")
+@pytest.mark.slow
 def test_quick_start_snippet_runs():
     snippet = re.search(r"## Quick start.*?```python\n(.*?)```", README, flags=re.S).group(1)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_DATASETS_OFFLINE": "1"}

@@ -352,6 +352,7 @@ def _spaced(n: int) -> str:
     return " ".join(str(n))          # verbose mode reads "1 0 0 0" as 1000
 
 
+@pytest.mark.slow
 def test_a_rule_bomb_is_refused_before_it_costs_memory():
     """Every large repeat, in any spelling, is refused before regex compiles it; none raises
     the process's memory by more than a few MB, under a hard address-space ceiling."""

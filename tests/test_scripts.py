@@ -283,6 +283,7 @@ def test_calibrate_beta_json_keeps_every_raw_figure(tmp_path, monkeypatch, fake_
     assert {f["base"] for f in figures} == {"dial", "attention-l0.0"}
 
 
+@pytest.mark.slow
 def test_calibrate_beta_on_a_real_tiny_checkpoint(tmp_path, monkeypatch, tiny_dial_root,
                                                   tiny_data_dir, capsys):
     """End to end on the trained tiny dial model, from a cache naming its folder: every figure

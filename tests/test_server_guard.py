@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 if "load_test" not in sys.modules:
     _spec = importlib.util.spec_from_file_location("load_test", ROOT / "bench" / "load_test.py")

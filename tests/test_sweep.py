@@ -66,6 +66,7 @@ def test_an_eval_beta_run_reuses_the_trained_model_folder(tiny_model_cfg):
     assert beta.stored_config()["eval"] == {"barrier_sharpness": 64}
 
 
+@pytest.mark.slow
 def test_sweep_writes_results_and_skips_finished_runs(tmp_path, tiny_model_cfg, tiny_corpus):
     runs = _runs(tiny_model_cfg)
     prompts = [{"name": "p", "text": "the cat sees the bridge ."}]
@@ -132,6 +133,7 @@ def _assert_same_as_reference(cache: Path, ref: Path) -> None:
     assert (cache / "baselines.json").read_bytes() == (ref / "baselines.json").read_bytes()
 
 
+@pytest.mark.slow
 def test_killed_sweep_resumes_with_nothing_lost(tmp_path, sweep_args, reference):
     cmd = _sweep_cmd(*sweep_args[:1], tmp_path / "cache", tmp_path / "runs", sweep_args[1])
     cache = tmp_path / "cache"
@@ -161,6 +163,7 @@ def _position(cache: Path, pid: int) -> int:
         return -1
 
 
+@pytest.mark.slow
 def test_sweep_killed_at_random_moments_ends_as_if_never_killed(tmp_path, sweep_args, reference):
     """SIGKILL at seeded random moments (in training, evaluation or writing results, in several
     runs), running the same command again after each kill."""

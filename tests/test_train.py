@@ -41,6 +41,7 @@ def test_training_lowers_the_loss(tiny_model_cfg, tiny_corpus):
     assert ppl[-1] < ppl[0] < len(tiny_corpus.tokenizer) * 1.5
 
 
+@pytest.mark.slow
 def test_weights_penalty_shrinks_the_cross_channel(tiny_model_cfg, tiny_corpus):
     def cross_norm(lam):
         cfg = _cfg(penalty_form="weights", locality=lam, penalty_scale=1.0, max_steps=30)
