@@ -47,7 +47,8 @@ elif v is not None:
         st.plotly_chart(views.attention_heatmap(
             view, a.labels, a.block_ids, a.anchor_mask, a.block_anchors,
             title=f"{which} · {dial}" + (" · mean" if len(heads) > 1 else ""),
-            cross_share=views.cross_share(view, a.block_ids)), key="iv_heatmap")
+            query=len(a.labels) - 1, cross_share=views.cross_share(view, a.block_ids)),
+            key="iv_heatmap")
     before, after = ivs.perplexities(v)
     rows, n_changed = ivs.changed_rows(v)
     with side:
