@@ -76,10 +76,11 @@ with top:
     x = st.segmented_control("Locality measured by", list(fig.LOCALITY_MEASURES),
                              default="in_block_mass", required=True, key="tradeoff_x",
                              format_func=lambda k: fig.LOCALITY_MEASURES[k][0])
-    st.plotly_chart(fig.points_figure(ours, x, "perplexity",
-                                      f"{fig.LOCALITY_MEASURES[x][0]} (valid, τ = 1)",
-                                      "valid perplexity", height=480),
-                    key="tradeoff_headline", **chart)
+    head_fig = fig.points_figure(ours, x, "perplexity",
+                                 f"{fig.LOCALITY_MEASURES[x][0]} (valid, τ = 1)",
+                                 "valid perplexity", height=480)
+    fig.mark_here(head_fig, ours, x, "perplexity", s.locality)
+    st.plotly_chart(head_fig, key="tradeoff_headline", **chart)
     st.caption(fig.cost_caption(ours, headline, x))
     if any(p.get("curve") == "dial" for p in ours) and not any(
             p.get("curve") == "dial" and p.get("variant") == fig.SHIPPED_DIAL for p in ours):

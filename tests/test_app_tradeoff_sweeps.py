@@ -100,10 +100,11 @@ def test_the_picker_is_off_by_default_and_a_picked_series_joins_the_charts(env):
     picker = at.multiselect(key="tradeoff_series")
     assert picker.value == [] and "weights penalty, trained for one λ" in picker.options
     headline = ["trained for one λ", "one model, dial turned (β as trained)"]
-    assert names(specs(at)[0]) == headline                # legends in words, not series keys
+    here = "you are here (λ = 0)"                         # the sidebar's λ on the dial curve
+    assert names(specs(at)[0]) == headline + [here]       # legends in words, not series keys
     picker.set_value(["weights penalty · as trained"]).run()
     assert not at.exception
-    assert names(specs(at)[0]) == headline + ["weights penalty, trained for one λ"]
+    assert names(specs(at)[0]) == headline + ["weights penalty, trained for one λ", here]
     assert "weights penalty, trained for one λ" in names(specs(at)[1])   # entropy vs λ too
 
 
@@ -115,6 +116,19 @@ def _leaky_study() -> list[dict]:
         for ev in leak["metrics"][split]:
             ev["perplexity"] = 3.3
     return runs
+
+
+def test_you_are_here_sits_on_the_dial_curve_at_the_sidebars_lambda(env):
+    write_cache(env / "shipped", examples.synthetic_runs())
+    at = visit("app_pages/tradeoff.py")
+    at.sidebar.slider(key="lam").set_value(0.45).run()
+    assert not at.exception
+    head = specs(at)[0]
+    star = next(t for t in head["data"] if t["name"].startswith("you are here"))
+    dial = next(t for t in head["data"] if t["name"].startswith("one model, dial turned"))
+    assert star["name"] == "you are here (λ = 0.5)"        # the nearest λ_f evaluated
+    points = list(zip(dial["x"], dial["y"]))
+    assert (star["x"][0], star["y"][0]) in points
 
 
 def test_a_multi_seed_study_is_shown_first_with_error_bars_and_its_own_axes(env):

@@ -345,6 +345,29 @@ def points_figure(points: list[dict], x: str, y: str, x_title: str, y_title: str
                         log_x=log_x, controls=controls, height=height)
 
 
+HERE = "you are here"
+
+
+def nearest_dial_point(points: list[dict], locality: float) -> dict | None:
+    """The dial curve's point (``curve == "dial"``) whose λ_f is nearest ``locality`` (the
+    sidebar's λ), preferring the shipped β; None without a dial curve."""
+    dial = [p for p in points if p.get("curve") == "dial"]
+    shipped = [p for p in dial if p.get("variant") == SHIPPED_DIAL] or dial
+    return min(shipped, key=lambda p: abs(p["locality"] - locality), default=None)
+
+
+def mark_here(fig: go.Figure, points: list[dict], x: str, y: str, locality: float) -> None:
+    """A star on the dial curve at the sidebar's λ (its nearest evaluated λ_f), so a visitor
+    sees where the Explorer's model sits on the tradeoff."""
+    p = nearest_dial_point(points, locality)
+    if p is None or finite(p.get(x)) is None or finite(p.get(y)) is None:
+        return
+    fig.add_trace(go.Scatter(
+        x=[p[x]], y=[p[y]], mode="markers", name=f"{HERE} (λ = {p['locality']:g})",
+        marker=dict(symbol="star", size=18, color="#ff7f0e", line=dict(width=1, color="black")),
+        hovertemplate=f"{HERE}: the Explorer's dial at λ = {p['locality']:g}<extra></extra>"))
+
+
 # -- blocks against their context-matched control ------------------------------------------------
 # The fixed block sizes make one line against the keys a query sees in its block ("more context");
 # each adaptive partition is a marker of its own, read against that line at its own x.
