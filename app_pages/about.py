@@ -29,7 +29,7 @@ predictable. That is easy to read, and it is what the papers by J. Diederich (20
 **Honesty.** Our models are *causal*: a word never sees the words after it, as in real text
 generation. The papers report a perplexity of 4.65 on WikiText-2, which no causal model of
 this size reaches (ours sit in the hundreds). Attention that peeks at later words of its own
-block sees the very words it must predict; REPRODUCTION.md reports how such a leak gives
+block sees the very words it must predict; our reproduction notes report how such a leak gives
 numbers like theirs.
 
 **What to notice.** A causal model is already quite local: it puts about half its attention
@@ -37,8 +37,8 @@ in its own block, mostly because recent words are near. So the Explorer always s
 next to in-block mass — a sliding window of the last 5 words, blocks shifted by 2, and
 uniform attention. Localist structure is what exceeds those. The same holds for anchors: in our
 models they draw no more attention than uniform attention inside the block would give them
-(the lift over that control is about zero; REPRODUCTION.md), so the papers' anchors are their
-proposal, not yet our finding.
+(the lift over that control is about zero, in our reproduction notes), so the papers' anchors
+are their proposal, not yet our finding.
 
 **What locality costs.** The *Tradeoff* page answers from a study with three training seeds
 per setting. Locality rises gradually at small λ, at little cost in perplexity; perplexity
@@ -88,7 +88,7 @@ with any of the partitions.
   together, so it reads the words.
 
   **gain = L_continue − L_new − C** (bits); a block starts exactly where gain > 0, and a block
-  of 8 words (`max_block_size`) cannot grow: its gain is +∞.
+  of 8 words cannot grow: its gain is +∞.
 
   - **L_continue = −log₂((c + α·P_KN) / (n + α))**: the bits to write the word inside the
     current block. n and c are as above; P_KN is the probability of this word right after the

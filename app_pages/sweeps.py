@@ -11,6 +11,7 @@ import streamlit as st
 import ui
 from ui import launch_budget, launch_limits, launch_root, views
 from ui import launcher as launch
+from ui.names import leak_title
 
 s = ui.page_setup("Sweeps")
 shipped = ui.sweep_cache()
@@ -114,7 +115,7 @@ else:
                    "future and is never part of a causal curve. The Tradeoff page plots them.")
         for run in runs:
             if views.leak_flag(run):
-                st.warning(ui.plain(f"{run.get('run_id')}: {views.leak_flag(run)}"), icon="⚠️")
+                st.warning(ui.plain(leak_title(run, views.leak_flag(run))), icon="⚠️")
 
 st.subheader("Start a sweep")
 if not enabled:

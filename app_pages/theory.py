@@ -7,6 +7,7 @@ import streamlit as st
 
 import ui
 from ui import views
+from ui.names import number
 from ui.theory_figures import formula_sweep_figure, theory_figure
 
 s = ui.page_setup("Theory")
@@ -14,9 +15,9 @@ st.markdown("The papers give a threshold for the locality λ of head *h* on bloc
             "read them, a locality above it keeps the head's attention inside the block.")
 st.latex(views.THRESHOLD_LATEX)
 st.markdown("It rests on a **margin** δ: how far a query's scores for keys in its own block lie "
-            "above its scores for keys in other blocks. When every one of the n_x keys outside "
-            "the block scores δ below the n_in keys inside it, the share of attention that "
-            "leaves the block (m_cross) is at most")
+            "above its scores for keys in other blocks. When every one of the nₓ keys outside "
+            "the block scores δ below the nᵢₙ keys inside it, the share of attention that "
+            "leaves the block is at most")
 st.latex(views.BOUND_LATEX)
 st.markdown("A larger margin, or a lower temperature τ, shrinks that bound: e^(−δ/τ) is the "
             "amplification the papers speak of. On our trained models the measured share "
@@ -26,7 +27,7 @@ st.subheader("The formula against a cached λ-sweep")
 st.markdown("Our dial adds β·log(1 − λ_f) to every cross-block score, so it lowers every "
             "margin by the same amount:")
 st.latex(views.DIAL_LATEX)
-st.markdown("With n_x/n_in taken from uniform attention and one margin δ₀ read off a run at "
+st.markdown("With nₓ/nᵢₙ taken from uniform attention and one margin δ₀ read off a run at "
             "λ_f = 0 and τ = 1, the formula predicts the in-block mass at every λ_f and τ the "
             "run was evaluated at. Nothing else is fitted.")
 runs, problems, _ = ui.sweep_results(ui.sweep_cache())
@@ -60,8 +61,7 @@ est = views.threshold_inputs(report)
 if not est:
     st.stop()
 st.caption(f"Our estimates, measured on layer {model_layer} of the selected checkpoint at "
-           f"λ = {s.locality:g} (definitions in `localist_core/analysis/theory.py`). Edit any "
-           "value to explore.")
+           f"λ = {s.locality:g}. Edit any value to explore.")
 fields = [("lipschitz", "L_ℓ (Lipschitz)", {"min_value": 0.0}),
           ("r_x", "R_x", {"min_value": 0.0}),
           ("sigma_x", "σ_X", {"min_value": 0.0}),
@@ -88,7 +88,7 @@ else:
     elif not math.isnan(lam_star):
         underflow = lam_star == 0.0 and min(x["lipschitz"], x["r_x"], x["sigma_x"]) > 0.0
         st.metric("Threshold λ from the formula",
-                  "≈ 0 (below 1e-308)" if underflow else f"{lam_star:.4g}",
+                  "≈ 0 (below 10⁻³⁰⁸)" if underflow else number(lam_star),
                   help="Read against the λ scale the papers use; our dial λ ∈ [0, 1] is a "
                        "different parametrisation (a barrier β·log(1−λ)), so compare trends, "
                        "not values.")
@@ -101,4 +101,4 @@ st.caption("The bound uses each query's own margin δ = (lowest visible in-block
            "makes it weak, not wrong. The estimate uses each query's typical margin instead: "
            "it is exact at τ = 1 and an estimate, not a bound, elsewhere. The curves are means "
            "over queries and heads.")
-st.dataframe(report["rows"])
+st.dataframe(views.theory_table(report["rows"]), hide_index=True)

@@ -9,7 +9,7 @@ import ui
 from ui import launcher as launch
 from ui import sweep_figures as fig
 from ui import views
-from ui.names import series_name
+from ui.names import leak_title, series_name
 
 s = ui.page_setup("Tradeoff")
 
@@ -172,7 +172,7 @@ if len({p["series"] for p in strategies}) >= 2:
         height=420), key="tradeoff_strategies", **chart)
     st.caption("The same partitions against λ (fixed blocks at the default size only): "
                "attention-penalty models as trained (λ_f = 0, τ = 1) that differ only in where "
-               "their blocks fall, compared at equal λ (REPRODUCTION.md gives their block "
+               "their blocks fall, compared at equal λ (the reproduction notes give their block "
                "lengths).")
 
 st.subheader("Beside the papers' report and the leak")
@@ -187,13 +187,13 @@ st.caption("Crimson crosses and dashed lines are the papers' reported figures, n
            "red triangles are runs that leak the future: set both against our curves and the "
            "causal ceiling (dotted), which no causal attention can exceed.")
 for run in (r for r in runs if views.leak_flag(r)):
-    with st.expander(f"⚠️ {ui.plain(run.get('run_id'))}: {views.leak_flag(run)}", expanded=False):
+    with st.expander(f"⚠️ {leak_title(run, views.leak_flag(run))}", expanded=False):
         st.write("Attention that sees later tokens of its block sees its targets, so every "
                  "position before a block's last token can read the word it must predict. Per "
                  "position in block (test):")
         st.dataframe(views.position_rows(run), hide_index=True)
 if not leaks:
-    st.caption("No non-causal diagnostic run in this cache. REPRODUCTION.md reports how "
+    st.caption("No non-causal diagnostic run in this cache. The reproduction notes report how "
                "attention that sees its targets gives figures like the papers'.")
 
 st.subheader("τ family")
@@ -212,8 +212,8 @@ else:
     st.caption("One line per λ_f: lower τ sharpens attention (lower entropy), and τ = 1 is how "
                "the model was trained.")
 
-st.subheader("Every point")
 table = curves + leaks + fam
-st.dataframe(table, hide_index=True)
+with st.expander("Every point, as the cache holds it (for analysts)"):
+    st.dataframe(table, hide_index=True)
 st.download_button("Points (CSV)", views.csv_text(table), file_name="tradeoff_points.csv",
                    mime="text/csv")

@@ -190,7 +190,7 @@ def test_sweeps_page_lists_runs_and_flags_leaks(env):
     assert {"leak test", "in-block", "recent-b", "shifted", "uniform", "git commit"} <= set(
         table.value.columns)
     warned = " ".join(w.value for w in at.warning)
-    assert "noncausal" in warned and "not a sweep result" in warned
+    assert "A leak, trained at λ = 0\\.6" in warned and "not a sweep result" in warned
     assert "No sweep has run" in texts(at)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -390,6 +391,32 @@ def test_class_mode_shows_the_tour_and_next_changes_the_view(server):
         page.screenshot(path=ARTIFACTS / "e2e-class-2.png")
     assert "λ=0 " in first["title"] and "λ=0.5 " in after["title"], (first, after)
     assert not messages, messages
+
+
+# What a person should never read on a page's default view: internal names (snake_case),
+# Python's None, e-notation, file and module names, folder paths.
+INTERNAL = re.compile(r"\b[a-z]+_[a-z0-9_]+\b|\bNone\b|\b\d(?:\.\d+)?e[-+]?\d+\b"
+                      r"|\b[\w/]+\.(?:py|md|json|safetensors|txt)\b|\bassets/|\blocalist_core\b")
+# The main area's visible text: icon ligatures, KaTeX's hidden source and closed expanders out.
+MAIN_TEXT = """() => { const m = document.querySelector('[data-testid=stMain]').cloneNode(true);
+    m.querySelectorAll('[data-testid=stIconMaterial], .katex-mathml, details:not([open]) > div')
+     .forEach(e => e.remove());
+    return m.innerText; }"""
+
+
+def test_no_page_shows_internal_names_none_e_notation_or_file_names(server):
+    """Every page but Sweeps (an operator's page that names runs and folders) opened cold at
+    1280×720: its visible text matches none of ``INTERNAL``."""
+    found = {}
+    for title, path in PAGE_PATHS.items():
+        if title == "Sweeps":
+            continue
+        with _browser_page([], size=(1280, 720)) as page:
+            _open(page, server + path, title)
+            text = page.evaluate(MAIN_TEXT)
+            found[title] = sorted({text[max(0, m.start() - 40):m.end() + 20]
+                                   for m in INTERNAL.finditer(text)})
+    assert not any(found.values()), found
 
 
 def test_theory_formulas_are_rendered_as_mathematics(fresh_server):

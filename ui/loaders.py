@@ -19,7 +19,7 @@ from localist_core.model.checkpoint import CheckpointError
 from localist_core.model.files import read_prompts
 from localist_core.paths import PROMPTS_FILE, SHIPPED_SWEEP, STUDY_SWEEP
 from ui.catalogue import checkpoint_stamp, list_checkpoints
-from ui.notices import guarded, shown
+from ui.notices import guarded
 
 if TYPE_CHECKING:
     from ui import Settings
@@ -107,8 +107,11 @@ def study_cache() -> str:
 
 def cache_label(kind: str, folder: str) -> str:
     """How the pages' cache menus name a project cache: ``kind`` ("Shipped sweeps",
-    "Multi-seed study") and its folder as visitors see it."""
-    return f"{kind} ({shown(folder)})"
+    "Multi-seed study"), and "(another folder)" where the operator pointed it elsewhere; the
+    folder itself is an operator's detail, not a visitor's (README "Operating")."""
+    default = {"Shipped sweeps": SHIPPED_SWEEP, "Multi-seed study": STUDY_SWEEP}.get(kind)
+    same = default is not None and Path(folder).resolve() == Path(default).resolve()
+    return kind if same or default is None else f"{kind} (another folder)"
 
 
 def project_caches() -> tuple[str, ...]:

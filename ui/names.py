@@ -28,6 +28,37 @@ PARTITIONS = {"fixed": "fixed blocks", "punctuation": "punctuation blocks",
               "random": "random blocks of punctuation's lengths"}
 
 
+def number(v, digits: int = 3) -> str:
+    """A number as a person reads it: ``digits`` significant figures, never e-notation, "—"
+    for a missing value, and "≈ 0 (< 10⁻⁶)" for one too small to matter.
+
+    >>> [number(x) for x in (3.971e-16, 0.0, 1234.5, 0.012345, None, float("nan"), -2e-9)]
+    ['≈ 0 (< 10⁻⁶)', '0', '1,234', '0.0123', '—', '—', '≈ 0 (< 10⁻⁶)']
+    """
+    if v is None or not isinstance(v, (int, float)) or v != v:
+        return "—"
+    if v == 0:
+        return "0"
+    if abs(v) < 1e-6:
+        return "≈ 0 (< 10⁻⁶)"
+    if abs(v) >= 10 ** digits:
+        return f"{v:,.0f}" if abs(v) < 1e15 else "more than 10¹⁵"
+    return f"{float(f'{v:.{digits}g}'):,.{max(0, digits - 1 - int(_floor_log10(v)))}f}"
+
+
+def _floor_log10(v: float) -> int:
+    import math
+    return math.floor(math.log10(abs(v)))
+
+
+def leak_title(run: dict, why: str) -> str:
+    """A leaky run's warning line, by what it is rather than its run id."""
+    lam = run.get("locality")
+    at = (f", trained at λ = {lam:g}" if isinstance(lam, (int, float))
+          and not isinstance(lam, bool) else "")
+    return f"A leak{at}: {why}"
+
+
 def _variant(v: str) -> str:
     if v in VARIANTS:
         return VARIANTS[v]

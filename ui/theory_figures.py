@@ -15,7 +15,7 @@ def theory_figure(rows: list[dict]) -> go.Figure:
     fig.add_trace(go.Scatter(x=taus, y=[r["measured_cross_mass"] for r in rows],
                              mode="lines+markers", name="measured cross-block mass"))
     fig.add_trace(go.Scatter(x=taus, y=[r["bound_cross_mass"] for r in rows],
-                             mode="lines+markers", name="bound n_x·e^(−δ/τ)/(n_in + n_x·e^(−δ/τ))",
+                             mode="lines+markers", name="bound nₓ·e^(−δ/τ)/(nᵢₙ + nₓ·e^(−δ/τ))",
                              line=dict(dash="dash")))
     if rows and all("estimate_cross_mass" in r for r in rows):
         fig.add_trace(go.Scatter(x=taus, y=[r["estimate_cross_mass"] for r in rows],

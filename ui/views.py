@@ -17,7 +17,7 @@ from localist_core.experiments.sweep import PROTOCOL_NAMES  # noqa: F401 (for th
 from localist_core.model.config import PARTITIONS  # noqa: F401 (for the Sweeps page)
 from ui import figures
 from ui.loaders import load_checkpoint
-from ui.names import series_name
+from ui.names import number, series_name
 from ui.notices import guarded, plain
 
 # The metrics the Compare page sets side by side.
@@ -316,6 +316,20 @@ BLOCK_CONTROL_LOCALITY = comparisons.BLOCK_CONTROL_LOCALITY
 DIFFERENCE_LABELS = {"perplexity": "valid perplexity", "in_block_mass": "in-block mass",
                      "entropy_bits": "entropy (bits)", "pointer_fidelity_mass": "pointer fidelity",
                      "pointer_fidelity_lift": "fidelity lift over uniform"}
+
+
+THEORY_COLUMNS = {"attn_temperature": "τ", "measured_cross_mass": "measured share leaving",
+                  "bound_cross_mass": "bound", "estimate_cross_mass": "estimate",
+                  "bound_holds": "bound holds", "exactly_local": "exactly local"}
+
+
+def theory_table(rows: list[dict]) -> list[dict]:
+    """The Theory page's rows (``theory.formula_rows`` via the inspection report) with column
+    names and numbers a person reads (``names.number``; yes/no for the checks)."""
+    def cell(v):
+        return ("yes" if v else "no") if isinstance(v, bool) else number(v)
+    return [{THEORY_COLUMNS.get(k, k.replace("_", " ")): cell(v) for k, v in r.items()}
+            for r in rows]
 
 
 @guarded("read the sweep results", [])

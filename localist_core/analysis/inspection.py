@@ -143,7 +143,7 @@ def bigram_tables_for(model, tokenizer, table_file=BIGRAM_TABLE
         return own, "the model's own table"
     try:
         return (read_table_file(table_file, tokenizer.words),
-                "the shipped WikiText-2 table (scripts/bigram_table.py)")
+                "the shipped WikiText-2 table")
     except UnsafeFileError as e:
         return None, (f"the bigram partition needs a Kneser–Ney table: this checkpoint carries "
                       f"none (it was not trained with partition=bigram), and the shipped table "
