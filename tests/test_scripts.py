@@ -530,3 +530,29 @@ def test_the_shipped_sweep_is_the_studys_seed_1234_results_with_their_maps():
         with safe_open(str(SHIPPED_SWEEP / f"{path.stem}.maps.safetensors"), "pt") as f:
             keys = set(f.keys())
         assert keys == {f"{n}|{lam:g}|{tau:g}" for n in names for lam, tau in settings}, path.name
+
+
+def test_reprint_tables_replaces_changed_rows_and_leaves_the_rest():
+    """scripts/reprint_tables.py: a marked table whose figures moved is re-printed row by row
+    from the report (matched by its leading cells), a table still printed is left alone, a row
+    the report no longer prints is dropped and named, and the prose is untouched."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("reprint_tables",
+                                                  ROOT / "scripts" / "reprint_tables.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    report = ("## A\n| series | λ | n | mean |\n| --- | --- | --- | --- |\n"
+              "| x | 0 | 4 | 1.5 |\n| x | 1 | 3 | 2.0 |\n\n"
+              "## B\n| run | ppl |\n| --- | --- |\n| r1 | 10 |\n")
+    doc = ("Prose quoting 1.4.\n<!-- report: c -->\n| series | λ | n | mean |\n"
+           "| --- | --- | --- | --- |\n| x | 0 | 3 | 1.4 |\n| y | 0 | 3 | 9.9 |\n\n"
+           "<!-- report: c -->\n| run | ppl |\n| --- | --- |\n| r1 | 10 |\nmore prose\n")
+    text, dropped = script.reprint_document(doc, lambda cache: report)
+    assert text.splitlines()[:7] == [
+        "Prose quoting 1.4.", "<!-- report: c -->", "| series | λ | n | mean |",
+        "| --- | --- | --- | --- |", "| x | 0 | 4 | 1.5 |", "",
+        "<!-- report: c -->"]
+    assert dropped == ["| y | 0 | 3 | 9.9 |"]
+    assert text.endswith("| run | ppl |\n| --- | --- |\n| r1 | 10 |\nmore prose\n")
+    again, none = script.reprint_document(text, lambda cache: report)
+    assert again == text and none == []                       # idempotent
